@@ -1,0 +1,282 @@
+"""YAML configuration: defaults, environment expansion, typed command-line overrides.
+
+A config has five sections (DATA, MODEL, FLAME, TRAIN, INFER). Every valid key and its default is
+in ``DEFAULTS`` below; a YAML file or an override that names any other key is an error that lists
+the closest valid keys. ``DATA.datasets`` maps a dataset name to a dataset entry whose keys are
+those of ``DATASET_DEFAULTS``.
+
+Usage::
+
+    cfg = load_config("config/demo.yaml", ["TRAIN.epochs=1", "DATA.datasets.MEAD_VHAP.fps=25"])
+    cfg.TRAIN.epochs          # 1
+    resolve_data_path(cfg, "dataset_jsons/x.json")   # joined to DATA.data_root unless absolute
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A problem in a config file or an override, with the file/key named in the message."""
+
+
+DATASET_DEFAULTS = {
+    "format": "vhap",        # "emoca" (expcode/posecode) or "vhap" (expr/jaw_pose)
+    "fps": 25,               # native frame rate of the FLAME tracking
+    "train": None,           # JSON index (relative to DATA.data_root or absolute), or a list of them
+    "val": None,
+    "test": None,
+    "flame_model": None,     # per-dataset FLAME model file; None = FLAME.model_path
+}
+
+DEFAULTS = {
+    "DATA": {
+        "data_root": "${DATA_ROOT}",
+        "datasets": {},          # name -> DATASET_DEFAULTS-shaped entry
+        "target_fps": 25,
+        "sample_rate": 16000,
+        "max_frames": 300,       # random training crop length (frames at target_fps); 0 = whole clip
+        "train_subjects": None,  # explicit list of style classes; None = sorted training speakers
+        "bad_samples": "error",  # "error": fail at start-up validation; "skip": drop them with a report
+        "max_av_diff": 0.5,      # seconds of audio/motion length mismatch reported before trimming
+        "num_workers": 0,
+    },
+    "MODEL": {
+        "audio_encoder_repo": "facebook/wav2vec2-base-960h",
+        "audio_encoder_pretrained": True,
+        "audio_encoder_config": None,   # dict of Wav2Vec2Config kwargs when not pretrained
+        "freeze_feature_encoder": True,
+        "feature_dim": 64,
+        "n_head": 4,
+        "num_layers": 1,
+        "ff_dim": 128,
+        "dropout": 0.1,
+        "period": 30,
+        "motion_dim": 51,
+    },
+    "FLAME": {
+        "model_path": "FLAME/generic_model.pkl",
+        "masks_path": "FLAME/FLAME_masks.pkl",
+        "lip_indices": None,          # optional .npy/.txt of vertex ids overriding the mask file
+        "upper_face_indices": None,
+        "n_shape": 100,               # shape dims used from a sample's shape vector
+    },
+    "TRAIN": {
+        "lr": 1.0e-4,
+        "epochs": 200,
+        "batch_size": 1,
+        "grad_accum": 1,
+        "amp": False,
+        "device": "cuda",
+        "seed": 0,
+        "save_path": "outputs/faceformer_multi_dataset",
+        "resume": False,
+        "teacher_forcing": True,
+        "val_every": 1,
+        "velocity_weight": 0.0,
+        "max_steps_per_epoch": 0,     # 0 = full epoch
+        "log_every": 20,
+    },
+    "INFER": {
+        "checkpoint": None,           # None = TRAIN.save_path/best_model.pth
+        "output_root": "results/metrics/faceformer_run/test",
+        "coeff_root": "results/coeffs/faceformer_run/test",
+        "exp_name": "faceformer",
+        "output_fps": "native",       # "native" (each dataset's fps) or a number such as 25
+        "condition_style": None,      # style for untrained speakers; None = first training style
+        "window_seconds": 30.0,       # long audio is encoded in windows of this length ...
+        "overlap_seconds": 2.0,       # ... overlapping by this much, cross-faded
+        "batch_size": 4,
+        "device": "cuda",
+        "split": "test",
+        "overwrite": False,
+    },
+}
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class Config(dict):
+    """A dict with attribute access, recursively (``cfg.TRAIN.lr``)."""
+
+    def __getattr__(self, key):
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __setattr__(self, key, value):
+        self[key] = value
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+
+def _wrap(x):
+    if isinstance(x, dict):
+        return Config({k: _wrap(v) for k, v in x.items()})
+    if isinstance(x, list):
+        return [_wrap(v) for v in x]
+    return x
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_plain(v) for v in x]
+    return x
+
+
+def expand_env(value, where: str = ""):
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in strings (recursively). Unset without default stays
+    as is, so a missing DATA_ROOT is reported where the path is used, with the variable's name."""
+    if isinstance(value, str):
+        def sub(m):
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            return default if default is not None else m.group(0)
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: expand_env(v, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, where) for v in value]
+    return value
+
+
+def _unknown(key: str, valid, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"{where}: unknown config key '{key}'{hint} Valid keys: {', '.join(sorted(valid))}")
+
+
+def _merge(base: dict, new: dict, schema: dict, prefix: str, where: str):
+    for key, value in (new or {}).items():
+        path = f"{prefix}.{key}" if prefix else key
+        if prefix == "DATA.datasets":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {path} must be a mapping of dataset settings, got {value!r}")
+            entry = base.setdefault(key, copy.deepcopy(DATASET_DEFAULTS))
+            _merge(entry, value, DATASET_DEFAULTS, path, where)
+            continue
+        if key not in schema:
+            raise _unknown(path, [f"{prefix}.{k}" if prefix else k for k in schema], where)
+        if isinstance(schema[key], dict) and (schema[key] or key == "datasets"):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {path} must be a mapping, got {value!r}")
+            _merge(base[key], value, schema[key], path, where)
+        else:
+            base[key] = value
+
+
+def _parse_value(text: str, old, key: str):
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}={text}: not valid YAML ({e})") from None
+    if old is None or value is None:
+        return value
+    if isinstance(old, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"override {key}={text}: expected true/false")
+        return value
+    if isinstance(old, (int, float)) and not isinstance(old, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(old, float) or isinstance(value, str):
+                # e.g. INFER.output_fps=native where the default is a number elsewhere
+                return value
+            raise ConfigError(f"override {key}={text}: expected a number")
+        return float(value) if isinstance(old, float) else value
+    if isinstance(old, str) and isinstance(value, bool):
+        return text  # a string key given yes/no/true keeps the text
+    return value
+
+
+def apply_override(cfg: dict, item: str):
+    """Apply one ``SECTION.key=value`` (or ``DATA.datasets.NAME.key=value``) override in place."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}': expected SECTION.key=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    node, schema, prefix = cfg, DEFAULTS, ""
+    for i, part in enumerate(parts):
+        path = f"{prefix}.{part}" if prefix else part
+        last = i == len(parts) - 1
+        if prefix == "DATA.datasets":
+            if part not in node:
+                if last:
+                    raise ConfigError(f"override '{item}': a whole dataset cannot be set from the command line")
+                node[part] = copy.deepcopy(DATASET_DEFAULTS)
+            node, schema, prefix = node[part], DATASET_DEFAULTS, path
+            continue
+        if part not in schema:
+            raise _unknown(path, [f"{prefix}.{k}" if prefix else k for k in schema], "command line")
+        if last:
+            if isinstance(node.get(part), dict) and part != "audio_encoder_config":
+                raise ConfigError(f"override '{item}': {path} is a section; name one of its keys")
+            node[part] = expand_env(_parse_value(text, node.get(part), key))
+            return
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"override '{item}': {path} is not a section")
+        node, schema, prefix = node[part], schema[part] if isinstance(schema[part], dict) else {}, path
+
+
+def load_config(path: str | None = None, overrides=()) -> Config:
+    """Defaults <- YAML file <- overrides, environment variables expanded, checked. Returns a Config."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as f:
+            try:
+                data = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections {list(DEFAULTS)}, got {type(data).__name__}")
+        _merge(cfg, expand_env(data), DEFAULTS, "", path)
+    for item in overrides or ():
+        apply_override(cfg, item)
+    cfg = _wrap(cfg)
+    validate(cfg, path or "config")
+    return cfg
+
+
+def validate(cfg: Config, where: str):
+    for name, ds in cfg.DATA.datasets.items():
+        if ds.format not in ("emoca", "vhap"):
+            raise ConfigError(f"{where}: DATA.datasets.{name}.format is '{ds.format}'; expected 'emoca' or 'vhap'")
+        if not isinstance(ds.fps, (int, float)) or ds.fps <= 0:
+            raise ConfigError(f"{where}: DATA.datasets.{name}.fps must be a positive number, got {ds.fps!r}")
+    if cfg.DATA.bad_samples not in ("error", "skip"):
+        raise ConfigError(f"{where}: DATA.bad_samples is '{cfg.DATA.bad_samples}'; expected 'error' or 'skip'")
+    fps = cfg.INFER.output_fps
+    if not (fps == "native" or (isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0)):
+        raise ConfigError(f"{where}: INFER.output_fps is {fps!r}; expected 'native' or a positive number")
+    if cfg.MODEL.motion_dim != 51:
+        raise ConfigError(f"{where}: MODEL.motion_dim must be 51 (50 expression + 1 jaw), got {cfg.MODEL.motion_dim}")
+
+
+def resolve_data_path(cfg: Config, path: str | None) -> str | None:
+    """A relative DATA/FLAME path is joined to DATA.data_root; an absolute one is kept (DESIGN.md 9)."""
+    if path is None:
+        return None
+    path = os.path.expanduser(str(path))
+    if os.path.isabs(path):
+        return path
+    root = str(cfg.DATA.data_root)
+    if "${" in root:
+        raise ConfigError(f"DATA.data_root is '{root}': set the environment variable "
+                          f"(e.g. export DATA_ROOT=/path/to/data) or pass DATA.data_root=/path")
+    return os.path.join(root, path)
+
+
+def save_config(cfg: Config, path: str):
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
