@@ -75,7 +75,8 @@ DEFAULTS = {
         "device": "cuda",
         "seed": 0,
         "save_path": "outputs/faceformer_multi_dataset",
-        "resume": False,
+        "resume": False,              # continue from save_path/last.pth
+        "overwrite": False,           # allow starting afresh in a folder that holds a previous run
         "teacher_forcing": True,
         "val_every": 1,
         "velocity_weight": 0.0,

@@ -1,0 +1,120 @@
+"""Training entry: config -> datasets -> model -> Trainer.fit().
+
+    python train.py --config config/faceformer.yaml [SECTION.key=value ...]
+    torchrun --nproc_per_node 4 train.py --config config/faceformer.yaml   # DDP (see train_faceformer.sh)
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+
+from dataset.dataset import FaceDataset, collate, style_classes  # noqa: E402
+from models.faceformer import FaceFormer  # noqa: E402
+from models.flame import load_flame_for  # noqa: E402
+from main.train_eval_loop import Trainer  # noqa: E402
+from utils.config import load_config, save_config  # noqa: E402
+from utils.utils import pick_device, seed_everything, setup_logger  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train FaceFormer on FLAME motion.")
+    p.add_argument("--config", default="config/faceformer.yaml")
+    p.add_argument("overrides", nargs="*", help="SECTION.key=value, e.g. TRAIN.epochs=1")
+    return p.parse_args(argv)
+
+
+def init_distributed(cfg):
+    """(rank, world_size, device). torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; nccl on GPU, gloo on CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, None
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = str(cfg.TRAIN.device).startswith("cuda") and torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(minutes=30))
+    return rank, world_size, torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+
+
+def prepare_run_dir(cfg, rank):
+    """Refuse to start afresh over a previous run: resume it or overwrite it explicitly."""
+    run_dir = cfg.TRAIN.save_path
+    last = os.path.join(run_dir, "last.pth")
+    if os.path.exists(last) and not cfg.TRAIN.resume and not cfg.TRAIN.overwrite:
+        raise SystemExit(f"{run_dir} already holds a run (last.pth). Continue it with TRAIN.resume=true, "
+                         f"start over with TRAIN.overwrite=true, or set another TRAIN.save_path.")
+    if cfg.TRAIN.resume and not os.path.exists(last):
+        raise SystemExit(f"TRAIN.resume=true but {last} does not exist")
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        save_config(cfg, os.path.join(run_dir, "config.yaml"))
+    return last
+
+
+def build_loader(dataset, cfg, rank, world_size, train):
+    sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
+                                 seed=cfg.TRAIN.seed, drop_last=False)
+    return DataLoader(dataset, batch_size=cfg.TRAIN.batch_size, sampler=sampler, collate_fn=collate,
+                      num_workers=cfg.DATA.num_workers, pin_memory=torch.cuda.is_available())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    rank, world_size, device = init_distributed(cfg)
+    last = prepare_run_dir(cfg, rank)
+    if world_size > 1:
+        dist.barrier()  # run folder exists before other ranks look at it
+    log = setup_logger("train", os.path.join(cfg.TRAIN.save_path, "train.log"), rank)
+    device = device or pick_device(cfg.TRAIN.device, log)
+    log.info("config %s, overrides %s, device %s, %d process(es)", args.config, args.overrides, device,
+             world_size)
+    seed_everything(cfg.TRAIN.seed + rank)
+
+    styles = style_classes(cfg)
+    log.info("%d style classes: %s", len(styles), styles)
+    train_set = FaceDataset(cfg, "train", styles, train=True, logger=log)
+    val_set = FaceDataset(cfg, "val", styles, train=False, logger=log)
+    if len(train_set) == 0:
+        raise SystemExit(f"{args.config}: no training samples (check DATA.datasets.*.train)")
+    log.info("train: %d samples, val: %d samples", len(train_set), len(val_set))
+    train_loader = build_loader(train_set, cfg, rank, world_size, train=True)
+    val_loader = build_loader(val_set, cfg, 0, 1, train=False) if len(val_set) else None
+
+    model = FaceFormer(cfg.MODEL, n_styles=len(styles)).to(device)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model: %.2fM trainable parameters", n_train / 1e6)
+    if world_size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    # load_flame_for caches per file, so datasets sharing a FLAME model share one module
+    flame_of = {name: load_flame_for(cfg, name).to(device) for name in cfg.DATA.datasets}
+
+    writer = None
+    if rank == 0:
+        from tensorboardX import SummaryWriter
+        writer = SummaryWriter(os.path.join(cfg.TRAIN.save_path, "tensorboard"))
+    trainer = Trainer(cfg, model, train_loader, val_loader, flame_of, styles, device, log, rank, world_size,
+                      writer)
+    if cfg.TRAIN.resume:
+        trainer.resume(last)
+    trainer.fit()
+    if writer is not None:
+        writer.close()
+    log.info("done: %s", os.path.abspath(cfg.TRAIN.save_path))
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

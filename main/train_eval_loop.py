@@ -1,0 +1,223 @@
+"""The epoch loop: teacher-forced training steps, validation, checkpoints, resume.
+
+One ``Trainer`` owns the model, optimizer, AMP scaler and the run folder. ``main/train.py`` builds
+the pieces (config -> datasets -> model) and calls ``Trainer.fit()``. Under DDP every rank trains on
+its shard; rank 0 alone validates, logs and writes files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from loss.loss import motion_vertex_loss
+from utils.utils import atomic_torch_save
+
+
+def group_by_flame(datasets: list[str], flame_of: dict) -> list[tuple]:
+    """Batch rows grouped by the FLAME model of their dataset: [(flame, row indices), ...]."""
+    groups: dict[int, tuple] = {}
+    for row, name in enumerate(datasets):
+        flame = flame_of[name]
+        groups.setdefault(id(flame), (flame, []))[1].append(row)
+    return list(groups.values())
+
+
+def batch_loss(pred, batch, flame_of, velocity_weight=0.0):
+    """Vertex loss of a batch whose rows may come from datasets with different FLAME models.
+
+    pred (B,T,51) -> (mean loss over samples, per-sample loss (B,))."""
+    per_sample = torch.zeros(pred.shape[0], device=pred.device)
+    for flame, rows in group_by_flame(batch["dataset"], flame_of):
+        idx = torch.as_tensor(rows, device=pred.device)
+        _, ps = motion_vertex_loss(pred[idx].float(), batch["motion"][idx], batch["motion_mask"][idx],
+                                   flame, batch["shape"][idx], velocity_weight)
+        per_sample = per_sample.index_put((idx,), ps)
+    return per_sample.mean(), per_sample
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    def __init__(self, cfg, model, train_loader, val_loader, flame_of, styles, device, logger,
+                 rank=0, world_size=1, writer=None):
+        self.cfg, self.model, self.device, self.log = cfg, model, device, logger
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.flame_of, self.styles = flame_of, styles
+        self.rank, self.world_size, self.writer = rank, world_size, writer
+        self.run_dir = cfg.TRAIN.save_path
+        self.raw_model = model.module if hasattr(model, "module") else model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=cfg.TRAIN.lr)
+        self.use_amp = bool(cfg.TRAIN.amp) and device.type == "cuda"
+        if cfg.TRAIN.amp and not self.use_amp:
+            logger.warning("TRAIN.amp=true is only used on CUDA; training in float32 on %s", device)
+        self.scaler = torch.cuda.amp.GradScaler(enabled=self.use_amp)
+        self.epoch, self.step, self.best_val = 0, 0, math.inf
+
+    # ----------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
+                "best_val": self.best_val, "styles": list(self.styles),
+                "config": self.cfg.to_dict(), "rng": rng_state()}
+
+    def save(self, name: str):
+        if self.rank == 0:
+            atomic_torch_save(self.state(), os.path.join(self.run_dir, name))
+
+    def resume(self, path: str):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if list(ckpt.get("styles", [])) != list(self.styles):
+            raise RuntimeError(f"{path}: checkpoint styles {ckpt.get('styles')} differ from this config's "
+                               f"training styles {self.styles}; resume with the same data")
+        self.raw_model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step, self.best_val = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
+        set_rng_state(ckpt["rng"])
+        self.log.info("resumed from %s at epoch %d (step %d, best val %.6g)", path, self.epoch, self.step,
+                      self.best_val)
+
+    # ----------------------------------------------------------------- loops
+    def train_epoch(self) -> float:
+        cfg = self.cfg.TRAIN
+        self.model.train()
+        sampler = self.train_loader.sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.epoch)
+        accum = max(1, int(cfg.grad_accum))
+        n_batches = len(self.train_loader)
+        if cfg.max_steps_per_epoch:
+            n_batches = min(n_batches, int(cfg.max_steps_per_epoch) * accum)
+        total, count = 0.0, 0
+        bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=self.rank != 0,
+                   leave=False, dynamic_ncols=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(self.train_loader):
+            if i >= n_batches:
+                break
+            batch = to_device(batch, self.device)
+            boundary = (i + 1) % accum == 0 or i + 1 == n_batches
+            # DDP all-reduces gradients only on the step that updates the weights
+            sync = self.model.no_sync() if (self.world_size > 1 and not boundary) else nullcontext()
+            with sync:
+                with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
+                    pred = self.model(batch["audio"], batch["motion"], batch["style"], batch["motion_mask"],
+                                      batch["audio_mask"])
+                loss, _ = batch_loss(pred, batch, self.flame_of, cfg.velocity_weight)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"non-finite training loss at epoch {self.epoch + 1}, batch {i} "
+                                             f"(samples {batch['sample_id']}); lower TRAIN.lr or check the data")
+                self.scaler.scale(loss / accum).backward()
+            if boundary:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                if self.writer is not None:
+                    self.writer.add_scalar("train/loss", loss.item(), self.step)
+                if self.step % cfg.log_every == 0:
+                    self.log.info("epoch %d step %d loss %.6g", self.epoch + 1, self.step, loss.item())
+            total += loss.item()
+            count += 1
+            bar.set_postfix(loss=f"{loss.item():.3g}")
+            bar.update()
+        bar.close()
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Vertex loss on the validation split, teacher-forced and free-running (KV-cached generation,
+        which is what inference does). The model is selected on the free-running loss."""
+        model = self.raw_model
+        model.eval()
+        sums = {"val/teacher_forced": 0.0, "val/generated": 0.0}
+        n = 0
+        for batch in self.val_loader:
+            batch = to_device(batch, self.device)
+            pred_tf = model(batch["audio"], batch["motion"], batch["style"], batch["motion_mask"],
+                            batch["audio_mask"])
+            pred_gen = model.generate(batch["audio"], batch["style"], batch["motion"].shape[1],
+                                      audio_mask=batch["audio_mask"])
+            b = pred_tf.shape[0]
+            sums["val/teacher_forced"] += batch_loss(pred_tf, batch, self.flame_of)[0].item() * b
+            sums["val/generated"] += batch_loss(pred_gen, batch, self.flame_of)[0].item() * b
+            n += b
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    def fit(self):
+        cfg = self.cfg.TRAIN
+        if self.epoch >= cfg.epochs:
+            self.log.info("nothing to do: run already at epoch %d of %d", self.epoch, cfg.epochs)
+        while self.epoch < cfg.epochs:
+            t0 = time.time()
+            train_loss = self.train_epoch()
+            self.epoch += 1
+            msg = f"epoch {self.epoch}/{cfg.epochs} train loss {train_loss:.6g}"
+            last = self.epoch == cfg.epochs
+            if self.rank == 0:
+                if self.writer is not None:
+                    self.writer.add_scalar("train/epoch_loss", train_loss, self.epoch)
+                if self.val_loader is not None and (self.epoch % max(1, cfg.val_every) == 0 or last):
+                    val = self.validate()
+                    score = val["val/generated"]
+                    msg += " | " + " ".join(f"{k.split('/')[1]} {v:.6g}" for k, v in val.items())
+                    if self.writer is not None:
+                        for k, v in val.items():
+                            self.writer.add_scalar(k, v, self.epoch)
+                elif self.val_loader is None:
+                    score = train_loss  # no validation split: keep the best training loss
+                else:
+                    score = None
+                if score is not None and score < self.best_val:
+                    self.best_val = score
+                    self.save("best_model.pth")
+                    msg += " (best)"
+                msg += f" | {time.time() - t0:.1f}s"
+                self.log.info(msg)
+            # the RNG state saved in last.pth is the one the next epoch starts from
+            self.save("last.pth")
+            if self.world_size > 1:
+                dist.barrier()
+        if self.writer is not None:
+            self.writer.flush()
+        if self.world_size > 1:
+            self.check_ranks_agree()
+
+    def check_ranks_agree(self):
+        """DDP keeps replicas identical; a cheap all-gathered checksum proves it in the log."""
+        flat = torch.cat([p.detach().float().reshape(-1) for p in self.raw_model.parameters()])
+        mine = torch.stack([flat.sum(), (flat * flat).sum()]).double().to(self.device)
+        gathered = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(gathered, mine)
+        sums = [tuple(g.tolist()) for g in gathered]
+        same = all(s == sums[0] for s in sums)
+        self.log.info("parameter checksums on %d ranks: %s -> %s", self.world_size,
+                      ", ".join(f"{s[0]:.10g}/{s[1]:.10g}" for s in sums), "identical" if same else "DIFFERENT")
+        if not same:
+            raise RuntimeError("DDP ranks ended with different parameters")
