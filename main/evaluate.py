@@ -1,0 +1,401 @@
+"""Metrics of a results tree against ground truth: LVE, FDD, MVE (CodeTalker's definitions, DESIGN.md 7).
+
+Predictions are read from ``{results}/{DATASET}/{STYLE_ID}/{i}.npy`` ((V,3) vertices per frame; default
+results = ``{INFER.output_root}/{INFER.exp_name}``). Ground truth is built for every sample of the
+config's ``INFER.split`` JSONs (default test) from its FLAME file, through the same FLAME model
+(``load_flame_for``) and the sample's shape, at the predictions' frame rate (meta.json's ``fps`` from
+the coeff tree if present, else ``INFER.output_fps``, where ``native`` = the dataset's fps); the gt
+motion is resampled to that rate *before* FLAME. Prediction and gt are trimmed to the shorter length
+(differences of more than one frame are reported).
+
+Metrics, in model units (FLAME: metres), with ``template`` = the sample's FLAME mesh at zero motion:
+- LVE: per frame, max over lip vertices of the squared L2 error; mean over frames   [m^2]
+- FDD: per sequence, mean over upper-face vertices of std over time of ||v - template||^2, gt minus
+  prediction (signed: > 0 means the prediction moves the upper face too little)      [m^2]
+- MVE: L2 error averaged over all vertices and frames                                  [m]
+Aggregation (per dataset and overall) follows CodeTalker: LVE and MVE are pooled over all frames of all
+sequences (frame-weighted), FDD is the mean over sequences.
+
+Outputs: a table on stdout, a JSON (``--out``; default ``{results}/../metrics_{name}.json``, outside the
+vertex folders) and per dataset a PNG ``{json stem}_jaw_{DATASET}.png`` with predicted vs ground-truth
+jaw opening over time for up to 3 samples: the jaw rotation (motion dim 50, radians) when the coeff
+tree's ``motion.npy`` exists, else a vertex proxy (vertical extent of the lip vertices, metres) for both.
+
+Usage::
+
+    python main/evaluate.py --config config/demo.yaml [--results DIR] [--out FILE] [SECTION.key=value ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+import numpy as np  # noqa: E402
+
+log = logging.getLogger("evaluate")
+
+N_PLOT_SAMPLES = 3
+FLAME_CHUNK = 512  # frames per FLAME call: bounds memory for long sequences
+
+
+class EvalError(RuntimeError):
+    """Evaluation cannot run (nothing to compare, inconsistent data); the message says what and where."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics on arrays
+# ----------------------------------------------------------------------------------------------
+
+def _check_pair(pred: np.ndarray, gt: np.ndarray):
+    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
+        raise ValueError(f"pred and gt must both be (T,V,3) of the same shape, got {pred.shape} and {gt.shape}")
+
+
+def lip_errors(pred: np.ndarray, gt: np.ndarray, lip_idx) -> np.ndarray:
+    """Per-frame max over lip vertices of the squared L2 error: (T,V,3) x2 -> (T,)."""
+    _check_pair(pred, gt)
+    d = pred[:, lip_idx].astype(np.float64) - gt[:, lip_idx]
+    return (d ** 2).sum(-1).max(-1)
+
+
+def lve(pred: np.ndarray, gt: np.ndarray, lip_idx) -> float:
+    """Lip vertex error of one sequence: mean over frames of max over lip vertices of ||pred - gt||^2."""
+    return float(lip_errors(pred, gt, lip_idx).mean())
+
+
+def upper_face_dynamics(verts: np.ndarray, template: np.ndarray, upper_idx) -> float:
+    """Mean over upper-face vertices of the std over time of ||v - template||^2: (T,V,3), (V,3) -> float."""
+    disp = verts[:, upper_idx].astype(np.float64) - template[upper_idx]
+    return float(((disp ** 2).sum(-1)).std(axis=0).mean())  # np.std: population (ddof=0), as CodeTalker
+
+
+def fdd(pred: np.ndarray, gt: np.ndarray, template: np.ndarray, upper_idx) -> float:
+    """Upper-face dynamics deviation of one sequence: dynamics(gt) - dynamics(pred) (signed)."""
+    _check_pair(pred, gt)
+    return upper_face_dynamics(gt, template, upper_idx) - upper_face_dynamics(pred, template, upper_idx)
+
+
+def mve(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Mean vertex error: L2 distance averaged over all vertices and frames."""
+    _check_pair(pred, gt)
+    return float(np.linalg.norm(pred.astype(np.float64) - gt, axis=-1).mean())
+
+
+def aggregate(samples: list[dict]) -> dict:
+    """Pool per-sample metrics as CodeTalker does: LVE/MVE frame-weighted, FDD mean over sequences.
+
+    samples: dicts with ``LVE, FDD, MVE, n_frames``. Returns ``{LVE, FDD, MVE, n_sequences, n_frames}``
+    (metrics None when there is no sample)."""
+    n = np.array([s["n_frames"] for s in samples], dtype=np.float64)
+    if len(samples) == 0 or n.sum() == 0:
+        return {"LVE": None, "FDD": None, "MVE": None, "n_sequences": len(samples), "n_frames": 0}
+    w = n / n.sum()
+    return {
+        "LVE": float(sum(wi * s["LVE"] for wi, s in zip(w, samples))),
+        "FDD": float(np.mean([s["FDD"] for s in samples])),
+        "MVE": float(sum(wi * s["MVE"] for wi, s in zip(w, samples))),
+        "n_sequences": len(samples),
+        "n_frames": int(n.sum()),
+    }
+
+
+def lip_opening_proxy(verts: np.ndarray, lip_idx) -> np.ndarray:
+    """Vertical extent (max y - min y) of the lip vertices per frame: (T,V,3) -> (T,). Grows as the
+    mouth opens; used for the jaw plot when no motion.npy is available."""
+    y = verts[:, lip_idx, 1]
+    return y.max(-1) - y.min(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Ground truth and predictions
+# ----------------------------------------------------------------------------------------------
+
+def sample_shape(ref, cfg) -> np.ndarray:
+    """The sample's FLAME shape as the dataset gives it to the model (FaceDataset): the per-subject
+    template's shape if the JSON names one, else the FLAME file's; first FLAME.n_shape dims,
+    zero-padded (zeros if there is none). -> (FLAME.n_shape,) float32"""
+    from dataset.data_item import load_shape
+    shape = load_shape(ref.template_path, ref.fmt) if getattr(ref, "template_path", None) else None
+    if shape is None:
+        shape = load_shape(ref.flame_path, ref.fmt)
+    out = np.zeros(int(cfg.FLAME.n_shape), np.float32)
+    if shape is not None:
+        k = min(len(out), shape.shape[0])
+        out[:k] = shape[:k]
+    return out
+
+
+def motion_to_vertices(flame, motion: np.ndarray, shape: np.ndarray | None) -> np.ndarray:
+    """(T,51) motion -> (T,V,3) float32 vertices through ``flame``, in chunks, without gradients."""
+    import torch
+    shape_t = None if shape is None else torch.from_numpy(np.asarray(shape, dtype=np.float32))
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(motion), FLAME_CHUNK):
+            m = torch.from_numpy(np.ascontiguousarray(motion[s:s + FLAME_CHUNK], dtype=np.float32))
+            out.append(flame.motion_to_vertices(m, shape_t).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def prediction_fps(cfg, dataset: str, meta: dict | None) -> float:
+    """Frame rate of the predicted frames: meta.json's fps, else INFER.output_fps (native = dataset's)."""
+    out = cfg.INFER.output_fps
+    from_cfg = float(cfg.DATA.datasets[dataset].fps) if out == "native" else float(out)
+    if meta and meta.get("fps"):
+        if abs(float(meta["fps"]) - from_cfg) > 1e-6:
+            log.warning("%s: meta.json says %s fps, the config %s fps: using meta.json's", dataset,
+                        meta["fps"], from_cfg)
+        return float(meta["fps"])
+    return from_cfg
+
+
+def _split_jsons(ds_cfg, split: str) -> list[str]:
+    value = ds_cfg.get(split)
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _read_meta(coeff_dir: str | None) -> dict | None:
+    if coeff_dir and os.path.isfile(os.path.join(coeff_dir, "meta.json")):
+        with open(os.path.join(coeff_dir, "meta.json")) as f:
+            return json.load(f)
+    return None
+
+
+def _resample_len(x: np.ndarray, n: int) -> np.ndarray:
+    """Linear resampling along time to n frames, keeping the duration: (T,...) -> (n,...)."""
+    if len(x) == n:
+        return x
+    src = np.arange(len(x))
+    dst = np.arange(n) * (len(x) / n)
+    flat = x.reshape(len(x), -1)
+    return np.stack([np.interp(dst, src, flat[:, j]) for j in range(flat.shape[1])], 1).reshape((n,) + x.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation of a results tree
+# ----------------------------------------------------------------------------------------------
+
+def default_results_dir(cfg) -> str:
+    return os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name)
+
+
+def default_out_path(results_dir: str) -> str:
+    results_dir = os.path.abspath(results_dir)
+    return os.path.join(os.path.dirname(results_dir), f"metrics_{os.path.basename(results_dir)}.json")
+
+
+def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_dir: str | None = None,
+             plot: bool = True) -> dict:
+    """Evaluate a results tree against ground truth; print a table; write JSON (+ jaw PNGs).
+
+    results_dir: ``{DATASET}/{STYLE_ID}/{i}.npy`` tree (default ``{output_root}/{exp_name}``);
+    out: JSON path (default ``default_out_path(results_dir)``);
+    coeff_dir: parallel tree with ``motion.npy``/``meta.json`` (default ``{coeff_root}/{exp_name}`` when
+    results_dir is the default, else none: a hand-made tree must not borrow the model's coefficients).
+    Returns the report dict that is written as JSON. Raises EvalError if no prediction is found.
+    """
+    from dataset.data_item import DataError, load_motion
+    from dataset.dataset import read_index
+    from main.render import RenderError, frame_files, load_frames
+    from models.flame import load_flame_for, region_indices
+    from utils.config import resolve_data_path
+
+    if results_dir is None:
+        results_dir = default_results_dir(cfg)
+        if coeff_dir is None:
+            coeff_dir = os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name)
+    if not os.path.isdir(results_dir):
+        raise EvalError(f"results folder not found: {results_dir} (run inference first, or pass --results)")
+    out = out or default_out_path(results_dir)
+    split = cfg.INFER.split or "test"
+    lip_idx, upper_idx = (np.asarray(i, dtype=np.int64) for i in region_indices(cfg))
+
+    report = {"results_dir": os.path.abspath(results_dir), "split": split,
+              "units": "FLAME model units (metres): LVE m^2, FDD m^2, MVE m",
+              "aggregation": "LVE and MVE pooled over all frames (frame-weighted); FDD mean over sequences",
+              "datasets": {}, "missing": [], "length_mismatches": []}
+    all_samples, plot_paths = [], {}
+    for name, ds_cfg in cfg.DATA.datasets.items():
+        jsons = _split_jsons(ds_cfg, split)
+        if not jsons:
+            continue
+        refs = []
+        for j in jsons:
+            refs.extend(read_index(resolve_data_path(cfg, j), name, ds_cfg, cfg))
+        seen = {}
+        for ref in refs:
+            if ref.style_id in seen:
+                raise EvalError(f"{name}: samples '{seen[ref.style_id]}' and '{ref.sample_id}' map to the same "
+                                f"output folder '{ref.style_id}': give them distinct style_id in the JSON")
+            seen[ref.style_id] = ref.sample_id
+
+        flame = load_flame_for(cfg, name)
+        samples, missing, plot_data = [], [], []
+        for ref in refs:
+            pred_dir = os.path.join(results_dir, name, ref.style_id)
+            try:
+                present = os.path.isdir(pred_dir) and bool(frame_files(pred_dir))
+                pred = load_frames(pred_dir) if present else None
+            except RenderError as e:  # gaps in the numbering, wrong array shapes
+                raise EvalError(str(e)) from None
+            if pred is None:
+                missing.append(ref.sample_id)
+                report["missing"].append({"dataset": name, "sample_id": ref.sample_id, "folder": pred_dir})
+                log.warning("%s/%s: no predicted frames in %s", name, ref.sample_id, pred_dir)
+                continue
+            sample_coeffs = os.path.join(coeff_dir, name, ref.style_id) if coeff_dir else None
+            meta = _read_meta(sample_coeffs)
+            fps = prediction_fps(cfg, name, meta)
+
+            try:
+                motion = load_motion(ref.flame_path, ref.fmt, ref.fps, target_fps=fps,
+                                     valid_frames_num=ref.valid_frames_num)
+                shape = sample_shape(ref, cfg)
+            except DataError as e:
+                raise DataError(f"{ref.json_path}: sample '{ref.sample_id}': {e}") from None
+            gt = motion_to_vertices(flame, motion, shape)
+            template = motion_to_vertices(flame, np.zeros((1, motion.shape[1]), np.float32), shape)[0]
+            if gt.shape[1:] != pred.shape[1:]:
+                raise EvalError(f"{pred_dir}: predicted frames have {pred.shape[1]} vertices, the FLAME model "
+                                f"for {name} has {gt.shape[1]}")
+            n = min(len(pred), len(gt))
+            if abs(len(pred) - len(gt)) > 1:
+                log.warning("%s/%s: %d predicted vs %d ground-truth frames at %g fps: trimmed to %d",
+                            name, ref.sample_id, len(pred), len(gt), fps, n)
+                report["length_mismatches"].append({"dataset": name, "sample_id": ref.sample_id,
+                                                    "pred_frames": len(pred), "gt_frames": len(gt)})
+            pred, gt_n = pred[:n], gt[:n]
+            s = {"sample_id": ref.sample_id, "style_id": ref.style_id, "fps": fps, "n_frames": n,
+                 "LVE": lve(pred, gt_n, lip_idx), "FDD": fdd(pred, gt_n, template, upper_idx),
+                 "MVE": mve(pred, gt_n)}
+            samples.append(s)
+            if len(plot_data) < N_PLOT_SAMPLES:
+                plot_data.append(_jaw_curves(ref.sample_id, fps, pred, gt_n, motion[:n], sample_coeffs, lip_idx))
+
+        summary = aggregate(samples)
+        summary.update(n_missing=len(missing), missing=missing, samples=samples)
+        report["datasets"][name] = summary
+        all_samples.extend(samples)
+        if plot and plot_data:
+            plot_paths[name] = _plot_jaw(plot_data, name, os.path.splitext(out)[0] + f"_jaw_{name}.png")
+
+    if not report["datasets"]:
+        raise EvalError(f"no dataset in the config has a '{split}' split (DATA.datasets.*.{split})")
+    if not all_samples:
+        raise EvalError(f"no predictions found under {results_dir} for any of the {len(report['missing'])} "
+                        f"'{split}' samples (expected {results_dir}/DATASET/STYLE_ID/0.npy ...)")
+    report["overall"] = aggregate(all_samples)
+    report["overall"]["n_missing"] = len(report["missing"])
+    report["plots"] = plot_paths
+    report["unmatched_folders"] = _unmatched(results_dir, report)
+
+    print(format_table(report))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    log.info("wrote %s", out)
+    return report
+
+
+def _unmatched(results_dir: str, report: dict) -> list[str]:
+    """Predicted folders that no evaluated sample claimed (e.g. from another split), for the report."""
+    claimed = {(d, s["style_id"]) for d, r in report["datasets"].items() for s in r["samples"]}
+    claimed |= {(m["dataset"], os.path.basename(m["folder"])) for m in report["missing"]}
+    extra = []
+    for d in sorted(os.listdir(results_dir)):
+        if os.path.isdir(os.path.join(results_dir, d)):
+            extra += [f"{d}/{s}" for s in sorted(os.listdir(os.path.join(results_dir, d)))
+                      if os.path.isdir(os.path.join(results_dir, d, s)) and (d, s) not in claimed]
+    if extra:
+        log.info("%d predicted folder(s) not in the evaluated split, ignored: %s", len(extra), extra[:5])
+    return extra
+
+
+def _jaw_curves(sample_id, fps, pred, gt, gt_motion, coeff_dir, lip_idx) -> dict:
+    """Jaw opening of prediction and gt over time: motion dim 50 (rad) if the coeff tree has motion.npy,
+    else the lip-extent vertex proxy (m) for both."""
+    path = os.path.join(coeff_dir, "motion.npy") if coeff_dir else None
+    if path and os.path.isfile(path):
+        pred_motion = np.load(path)
+        # motion.npy may be at 25 fps while the vertex frames are at the dataset's native fps.
+        pred_jaw = _resample_len(pred_motion[:, 50], len(pred)) if len(pred_motion) else None
+        if pred_jaw is not None:
+            return {"sample_id": sample_id, "t": np.arange(len(pred)) / fps, "pred": pred_jaw,
+                    "gt": gt_motion[:, 50], "ylabel": "jaw rotation (rad, motion.npy)"}
+    return {"sample_id": sample_id, "t": np.arange(len(pred)) / fps, "pred": lip_opening_proxy(pred, lip_idx),
+            "gt": lip_opening_proxy(gt, lip_idx), "ylabel": "lip vertical extent (m, vertex proxy)"}
+
+
+def _plot_jaw(curves: list[dict], dataset: str, path: str) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(curves), 1, figsize=(10, 2.6 * len(curves)), squeeze=False)
+    for ax, c in zip(axes[:, 0], curves):
+        ax.plot(c["t"], c["gt"], label="ground truth", color="black", lw=1.2)
+        ax.plot(c["t"], c["pred"], label="prediction", color="tab:red", lw=1.2)
+        ax.set_title(f"{dataset}: {c['sample_id']}", fontsize=9)
+        ax.set_ylabel(c["ylabel"], fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
+    axes[-1, 0].set_xlabel("time (s)")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_table(report: dict) -> str:
+    def fmt(x):
+        return f"{x:11.4e}" if x is not None else f"{'-':>11}"
+    rows = [f"{'dataset':<20} {'seqs':>5} {'frames':>7} {'missing':>7} {'LVE':>11} {'FDD':>11} {'MVE':>11}"]
+    items = list(report["datasets"].items()) + [("overall", report["overall"])]
+    for name, r in items:
+        rows.append(f"{name:<20} {r['n_sequences']:>5} {r['n_frames']:>7} {r['n_missing']:>7} "
+                    f"{fmt(r['LVE'])} {fmt(r['FDD'])} {fmt(r['MVE'])}")
+    rows.append(f"({report['units']}; {report['aggregation']})")
+    return "\n".join(rows)
+
+
+def main(argv=None):
+    from utils.config import load_config
+    from utils.utils import setup_logger
+
+    p = argparse.ArgumentParser(description="LVE / FDD / MVE of a results tree against ground truth.")
+    p.add_argument("--config", default="config/faceformer.yaml")
+    p.add_argument("--results", help="results tree {DATASET}/{STYLE_ID}/{i}.npy "
+                                     "(default {INFER.output_root}/{INFER.exp_name})")
+    p.add_argument("--out", help="metrics JSON (default: metrics_{name}.json next to the results folder)")
+    p.add_argument("--coeffs", help="parallel coeff tree with motion.npy/meta.json "
+                                    "(default {INFER.coeff_root}/{INFER.exp_name} for the default results)")
+    p.add_argument("--no_plots", action="store_true", help="skip the jaw-opening PNGs")
+    p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
+    args = p.parse_intermixed_args(argv)
+
+    setup_logger("evaluate")
+    config_path = args.config
+    if not os.path.isfile(config_path) and os.path.isfile(os.path.join(REPO_ROOT, config_path)):
+        config_path = os.path.join(REPO_ROOT, config_path)
+    cfg = load_config(config_path, args.overrides)
+    evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots)
+
+
+# Errors a user can cause (bad config, bad data file, nothing to evaluate) end with their message only.
+USER_ERRORS = ("EvalError", "ConfigError", "DataError", "FlameLoadError", "UnsafePickleError")
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as e:
+        if type(e).__name__ in USER_ERRORS:
+            sys.exit(f"evaluate: {e}")
+        raise

@@ -1,0 +1,212 @@
+"""main/render.py: real offscreen renders decoded back from the mp4 (frames, streams, durations)."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import main.render as R  # sets PYOPENGL_PLATFORM (default egl) before pyrender is imported
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_PROBE = ("import pyrender\n"
+          "r = pyrender.OffscreenRenderer(8, 8); s = pyrender.Scene()\n"
+          "s.add(pyrender.PerspectiveCamera(yfov=1.0))\n"
+          "r.render(s); r.delete()\n")
+
+
+def _context_works(platform):
+    env = dict(os.environ, PYOPENGL_PLATFORM=platform)
+    p = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=120)
+    return p.returncode == 0, p.stderr.strip().splitlines()[-1:] or [""]
+
+
+@pytest.fixture(scope="module")
+def gl():
+    """Skip only when no GL backend at all can create a context; if another backend than the
+    configured one works, that is a configuration error and the tests fail."""
+    current = os.environ["PYOPENGL_PLATFORM"]
+    ok, err = _context_works(current)
+    if ok:
+        return current
+    others = [p for p in ("egl", "osmesa") if p != current and _context_works(p)[0]]
+    if others:
+        pytest.fail(f"PYOPENGL_PLATFORM={current} cannot create a context ({err[0]}) but {others[0]} can")
+    pytest.skip(f"no GL backend can create an offscreen context (tried {sorted({current, 'egl', 'osmesa'})}): {err[0]}")
+
+
+def _face_like_mesh(n_frames=5):
+    """A sphere whose lower half opens downwards over time like a jaw: (T,V,3) frames, (F,3) faces."""
+    import trimesh
+    m = trimesh.creation.icosphere(subdivisions=3, radius=0.1)
+    v = np.asarray(m.vertices, dtype=np.float32)
+    frames = np.repeat(v[None], n_frames, axis=0)
+    lower = v[:, 1] < 0
+    for t in range(n_frames):
+        frames[t, lower, 1] -= 0.03 * t / max(n_frames - 1, 1)
+    return frames, np.asarray(m.faces)
+
+
+def _write_wav(path, seconds, sr=16000):
+    t = np.arange(int(round(seconds * sr))) / sr
+    sf.write(path, (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), sr)
+    return path
+
+
+def _decode(path):
+    import imageio_ffmpeg
+    gen = imageio_ffmpeg.read_frames(path)
+    meta = next(gen)
+    w, h = meta["size"]
+    return meta, [np.frombuffer(f, np.uint8).reshape(h, w, 3) for f in gen]
+
+
+def _ffmpeg_info(path):
+    import imageio_ffmpeg
+    p = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", path], capture_output=True, text=True)
+    return p.stderr
+
+
+def _audio_seconds(path, tmp_path):
+    """Decode the mp4's audio stream to a wav and measure it."""
+    import imageio_ffmpeg
+    wav = str(tmp_path / "decoded.wav")
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", "-i", path, "-map", "0:a:0", wav],
+                   check=True)
+    info = sf.info(wav)
+    return info.frames / info.samplerate
+
+
+def _assert_shows_mesh(img):
+    assert not (img == img[0, 0]).all(), "uniform frame"
+    # the background is white: a visible mesh covers a sizeable part of the image, but not all of it
+    covered = (img.min(-1) < 240).mean()
+    assert 0.05 < covered < 0.95, covered
+
+
+def test_render_sequence_with_audio(gl, tmp_path):
+    import imageio_ffmpeg
+    frames, faces = _face_like_mesh(5)
+    wav = _write_wav(str(tmp_path / "a.wav"), 0.2)  # 5 frames at 25 fps
+    out = R.render_sequence(frames, faces, str(tmp_path / "out" / "clip.mp4"), 25, audio=wav, size=128,
+                            progress=False)
+    assert os.path.isfile(out)
+    assert [p for p in os.listdir(tmp_path / "out") if p != "clip.mp4"] == []  # temp files removed
+
+    n, secs = imageio_ffmpeg.count_frames_and_secs(out)
+    assert n == 5 and secs == pytest.approx(0.2, abs=1e-3)
+    meta, imgs = _decode(out)
+    assert meta["size"] == (128, 128) and meta["fps"] == pytest.approx(25)
+    assert len(imgs) == 5
+    for img in imgs:
+        _assert_shows_mesh(img)
+    # the jaw opens: the last frame differs visibly from the first (~11 grey levels on average)
+    assert np.abs(imgs[4].astype(int) - imgs[0].astype(int)).mean() > 3
+
+    info = _ffmpeg_info(out)
+    assert re.search(r"Stream #0:\d.*Video: h264.*yuv420p", info), info
+    assert re.search(r"Stream #0:\d.*Audio: aac", info), info
+    # the whole wav is there (no -shortest) and lasts as long as the 5 frames
+    assert _audio_seconds(out, tmp_path) == pytest.approx(0.2, abs=0.01)
+
+
+def test_silent_video_and_side_by_side_ground_truth(gl, tmp_path):
+    frames, faces = _face_like_mesh(3)
+    gt = frames[::-1].copy()  # jaw closing instead of opening: frames 0 and 2 differ from the prediction
+    out = R.render_sequence(frames, faces, str(tmp_path / "sbs.mp4"), 20, gt=gt, size=96, progress=False)
+    meta, imgs = _decode(out)
+    assert meta["size"] == (192, 96) and meta["fps"] == pytest.approx(20) and len(imgs) == 3
+    assert "Audio:" not in _ffmpeg_info(out)
+    for img in imgs:
+        _assert_shows_mesh(img[:, :96])
+        _assert_shows_mesh(img[:, 96:])
+    left, right = imgs[0][:, :96].astype(int), imgs[0][:, 96:].astype(int)
+    assert np.abs(left - right).mean() > 3  # ~11 here
+    # middle frame: prediction and gt are the same mesh, drawn with the same camera, so the panels
+    # differ only by H.264 coding noise (~0.5 here)
+    mid_l, mid_r = imgs[1][:, :96].astype(int), imgs[1][:, 96:].astype(int)
+    assert np.abs(mid_l - mid_r).mean() < 2
+
+
+def test_frame_without_mesh_is_an_error(gl, tmp_path):
+    frames, faces = _face_like_mesh(1)
+    pose, yfov, znear, zfar = R.frame_camera(frames)
+    renderer = R.MeshRenderer(faces, pose, yfov, znear, zfar, size=64)
+    try:
+        _assert_shows_mesh(renderer.render(frames[0]))
+        behind_camera = frames[0] + np.array([0, 0, 100.0], np.float32)
+        with pytest.raises(R.RenderError, match="flat colour"):
+            renderer.render(behind_camera, 7)
+    finally:
+        renderer.close()
+
+
+def test_bad_input_writes_no_video(gl, tmp_path):
+    frames, faces = _face_like_mesh(2)
+    out = tmp_path / "bad.mp4"
+    with pytest.raises(R.RenderError, match="same point"):
+        R.render_sequence(np.zeros_like(frames), faces, str(out), 25, progress=False)
+    with pytest.raises(R.RenderError, match="NaN"):
+        R.render_sequence(frames * np.nan, faces, str(out), 25, progress=False)
+    with pytest.raises(R.RenderError, match="do not index"):
+        R.render_sequence(frames[:, :10], faces, str(out), 25, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_frame_files_order_and_gaps(tmp_path):
+    for i in (0, 1, 2, 10):
+        np.save(tmp_path / f"{i}.npy", np.full((4, 3), i, np.float32))
+    with pytest.raises(R.RenderError, match="without gaps"):
+        R.frame_files(str(tmp_path))
+    for i in range(3, 10):
+        np.save(tmp_path / f"{i}.npy", np.full((4, 3), i, np.float32))
+    # numeric, not lexicographic, order: 10.npy comes last
+    assert R.load_frames(str(tmp_path))[:, 0, 0].tolist() == list(range(11))
+
+
+def test_cli_renders_a_results_tree(gl, tmp_path):
+    """`python main/render.py` from the repo root, no PYTHONPATH: a tree with a style folder whose name
+    has quotes, brackets and a space; audio and fps from the coeff tree's meta.json where present."""
+    import imageio_ffmpeg
+    import trimesh
+    frames, faces = _face_like_mesh(5)
+    mesh_file = str(tmp_path / "topology.obj")
+    trimesh.Trimesh(frames[0], faces, process=False).export(mesh_file)
+
+    out_root, coeff_root = tmp_path / "metrics" / "test", tmp_path / "coeffs" / "test"
+    style = json.dumps(["M003", "angry"]) + "_passionate"
+    leaves = {("MEAD_VHAP", style): 20, ("digital_human", "plain"): None}
+    for (ds, st), fps in leaves.items():
+        leaf = out_root / "exp" / ds / st
+        leaf.mkdir(parents=True)
+        for i, f in enumerate(frames):
+            np.save(leaf / f"{i}.npy", f)
+        if fps:
+            (coeff_root / "exp" / ds / st).mkdir(parents=True)
+            wav = _write_wav(str(tmp_path / "speech.wav"), 5 / fps)
+            with open(coeff_root / "exp" / ds / st / "meta.json", "w") as fh:
+                json.dump({"sample_id": "s1", "dataset": ds, "style_id": st, "audio_path": wav,
+                           "fps": fps, "n_frames": 5}, fh)
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, "main/render.py", "--config", "config/demo.yaml", "--out", str(tmp_path / "videos"),
+           "--flame", mesh_file, "--size", "64", f"INFER.output_root={out_root}", f"INFER.coeff_root={coeff_root}",
+           "INFER.exp_name=exp"]
+    p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+
+    with_audio = tmp_path / "videos" / "exp" / "MEAD_VHAP" / f"{style}.mp4"
+    silent = tmp_path / "videos" / "exp" / "digital_human" / "plain.mp4"
+    n, secs = imageio_ffmpeg.count_frames_and_secs(str(with_audio))
+    assert n == 5 and secs == pytest.approx(0.25, abs=1e-3)  # meta.json's 20 fps
+    assert "Audio: aac" in _ffmpeg_info(str(with_audio))
+    n, secs = imageio_ffmpeg.count_frames_and_secs(str(silent))
+    assert n == 5 and secs == pytest.approx(0.2, abs=1e-3)  # digital_human's 25 fps from the config
+    assert "Audio:" not in _ffmpeg_info(str(silent))
+    # nothing was written into the vertex folders
+    for (ds, st) in leaves:
+        assert sorted(os.listdir(out_root / "exp" / ds / st)) == sorted(f"{i}.npy" for i in range(5))
