@@ -169,11 +169,32 @@ def _merge(base: dict, new: dict, schema: dict, prefix: str, where: str):
         if key not in schema:
             raise _unknown(path, [f"{prefix}.{k}" if prefix else k for k in schema], where)
         if isinstance(schema[key], dict) and (schema[key] or key == "datasets"):
+            if value is None:
+                continue  # an empty section (all its keys commented out) keeps the defaults
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {path} must be a mapping, got {value!r}")
             _merge(base[key], value, schema[key], path, where)
         else:
+            default = schema[key]
+            if isinstance(default, (int, float)) and not isinstance(default, bool) \
+                    and isinstance(value, str) and path not in _NUMBER_OR_WORD:
+                number = _as_number(value)  # PyYAML reads 1e-4 (no dot) as a string
+                if isinstance(number, str):
+                    raise ConfigError(f"{where}: {path} is {value!r}; expected a number")
+                value = number
             base[key] = value
+
+
+# Keys that take a number or a word, so the type of their current value says nothing.
+_NUMBER_OR_WORD = {"INFER.output_fps"}
+
+
+def _as_number(text: str):
+    """'1e-4' -> 0.0001 (YAML 1.1 needs a dot for floats); anything else is returned unchanged."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _parse_value(text: str, old, key: str):
@@ -181,21 +202,22 @@ def _parse_value(text: str, old, key: str):
         value = yaml.safe_load(text) if text != "" else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {key}={text}: not valid YAML ({e})") from None
-    if old is None or value is None:
+    if old is None or value is None or key.strip() in _NUMBER_OR_WORD:
         return value
     if isinstance(old, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"override {key}={text}: expected true/false")
         return value
-    if isinstance(old, (int, float)) and not isinstance(old, bool):
+    if isinstance(old, (int, float)):
+        if isinstance(value, str):
+            value = _as_number(value)  # PyYAML reads 1e-4 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            if isinstance(old, float) or isinstance(value, str):
-                # e.g. INFER.output_fps=native where the default is a number elsewhere
-                return value
             raise ConfigError(f"override {key}={text}: expected a number")
-        return float(value) if isinstance(old, float) else value
-    if isinstance(old, str) and isinstance(value, bool):
-        return text  # a string key given yes/no/true keeps the text
+        if isinstance(old, float):
+            return float(value)
+        return int(value) if float(value).is_integer() else value  # TRAIN.epochs=1e2 -> 100
+    if isinstance(old, str) and isinstance(value, (bool, int, float)):
+        return text  # a string key keeps the text: INFER.exp_name=2024, TRAIN.device=yes
     return value
 
 

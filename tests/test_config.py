@@ -1,0 +1,149 @@
+"""utils/config.py: environment expansion, typed overrides, unknown keys, dataset entries, paths."""
+import os
+
+import pytest
+import yaml
+
+from utils.config import ConfigError, load_config, resolve_data_path, save_config
+
+
+def write_yaml(tmp_path, data, name="cfg.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(data))
+    return str(p)
+
+
+def test_env_expansion_set_default_and_unset(tmp_path, monkeypatch):
+    monkeypatch.setenv("FF_TEST_ROOT", "/data/faces")
+    monkeypatch.delenv("FF_TEST_UNSET", raising=False)
+    p = write_yaml(tmp_path, {
+        "DATA": {"data_root": "${FF_TEST_ROOT}/v1"},
+        "TRAIN": {"save_path": "${FF_TEST_UNSET:-outputs/x}"},
+        "INFER": {"exp_name": "${FF_TEST_UNSET}"},
+    })
+    cfg = load_config(p)
+    assert cfg.DATA.data_root == "/data/faces/v1"
+    assert cfg.TRAIN.save_path == "outputs/x"
+    # unset without default stays visible, so the error where it is used can name the variable
+    assert cfg.INFER.exp_name == "${FF_TEST_UNSET}"
+
+
+def test_env_expansion_in_overrides(tmp_path, monkeypatch):
+    monkeypatch.setenv("FF_TEST_ROOT", "/mnt/d")
+    cfg = load_config(None, ["DATA.data_root=${FF_TEST_ROOT}/x"])
+    assert cfg.DATA.data_root == "/mnt/d/x"
+
+
+def test_unset_data_root_error_names_variable(monkeypatch):
+    monkeypatch.delenv("DATA_ROOT", raising=False)
+    cfg = load_config(None)
+    with pytest.raises(ConfigError, match="DATA_ROOT"):
+        resolve_data_path(cfg, "dataset_jsons/a.json")
+
+
+def test_typed_overrides():
+    cfg = load_config(None, ["TRAIN.lr=5e-5", "TRAIN.epochs=3", "TRAIN.amp=true", "TRAIN.device=cpu",
+                             "INFER.exp_name=2024", "DATA.train_subjects=[M003, W009]",
+                             "MODEL.dropout=0", "INFER.output_fps=25"])
+    # PyYAML reads '5e-5' as a string (YAML 1.1 floats need a dot): it must still become a float
+    assert cfg.TRAIN.lr == pytest.approx(5e-5) and isinstance(cfg.TRAIN.lr, float)
+    assert cfg.TRAIN.epochs == 3 and isinstance(cfg.TRAIN.epochs, int)
+    assert cfg.TRAIN.amp is True
+    assert cfg.TRAIN.device == "cpu"
+    assert cfg.INFER.exp_name == "2024"  # a string key keeps the text, not the int 2024
+    assert cfg.DATA.train_subjects == ["M003", "W009"]
+    assert cfg.MODEL.dropout == 0.0 and isinstance(cfg.MODEL.dropout, float)
+    assert cfg.INFER.output_fps == 25
+    assert load_config(None, ["INFER.output_fps=native"]).INFER.output_fps == "native"
+
+
+@pytest.mark.parametrize("item, msg", [
+    ("TRAIN.lr=abc", "expected a number"),
+    ("TRAIN.epochs=[1, 2]", "expected a number"),
+    ("TRAIN.amp=3", "expected true/false"),
+    ("TRAIN.lr", "SECTION.key=value"),
+    ("TRAIN=1", "is a section"),
+    ("INFER.output_fps=-2", "INFER.output_fps"),
+    ("DATA.bad_samples=maybe", "bad_samples"),
+])
+def test_bad_overrides(item, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, [item])
+
+
+def test_yaml_float_without_dot_and_empty_section(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("TRAIN:\n  lr: 1e-4\nFLAME:\n")  # 'FLAME:' with every key commented out
+    cfg = load_config(str(p))
+    assert cfg.TRAIN.lr == pytest.approx(1e-4) and isinstance(cfg.TRAIN.lr, float)
+    assert cfg.FLAME.n_shape == 100
+    p.write_text("TRAIN:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match="TRAIN.lr"):
+        load_config(str(p))
+
+
+def test_unknown_key_names_closest(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["TRAIN.lrr=0.1"])
+    assert "TRAIN.lrr" in str(e.value) and "did you mean TRAIN.lr" in str(e.value)
+
+    p = write_yaml(tmp_path, {"DATA": {"max_frame": 10}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert p in str(e.value) and "DATA.max_frames" in str(e.value)
+
+    p = write_yaml(tmp_path, {"DATA": {"datasets": {"A": {"formt": "vhap"}}}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "DATA.datasets.A.formt" in str(e.value) and "DATA.datasets.A.format" in str(e.value)
+
+    with pytest.raises(ConfigError, match="did you mean TRAIN"):
+        load_config(None, ["TRAN.lr=1"])
+
+
+def test_dataset_entries_defaults_and_overrides(tmp_path):
+    p = write_yaml(tmp_path, {"DATA": {"datasets": {
+        "A": {"format": "emoca", "train": "a.json"},
+        "B": {"fps": 20, "train": ["b1.json", "b2.json"], "test": "bt.json"},
+    }}})
+    cfg = load_config(p, ["DATA.datasets.A.fps=30", "DATA.datasets.B.test=null",
+                          "DATA.datasets.C.train=c.json", "DATA.datasets.B.fps=29.97"])
+    a, b, c = cfg.DATA.datasets.A, cfg.DATA.datasets.B, cfg.DATA.datasets.C
+    assert (a.format, a.fps, a.train, a.val, a.test) == ("emoca", 30, "a.json", None, None)
+    assert b.format == "vhap" and b.fps == pytest.approx(29.97) and b.train == ["b1.json", "b2.json"]
+    assert b.test is None
+    assert (c.format, c.fps, c.train) == ("vhap", 25, "c.json")  # a new dataset gets the defaults
+    with pytest.raises(ConfigError, match="whole dataset"):
+        load_config(p, ["DATA.datasets.D={format: vhap}"])
+
+
+def test_unknown_format_and_bad_fps_are_config_errors(tmp_path):
+    p = write_yaml(tmp_path, {"DATA": {"datasets": {"A": {"format": "deca", "train": "a.json"}}}})
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert p in str(e.value) and "DATA.datasets.A.format" in str(e.value) and "deca" in str(e.value)
+    with pytest.raises(ConfigError, match="DATA.datasets.B.format"):
+        load_config(None, ["DATA.datasets.B.format=flame2023"])
+    with pytest.raises(ConfigError, match="DATA.datasets.B.fps"):
+        load_config(None, ["DATA.datasets.B.fps=0"])
+
+
+def test_relative_paths_join_data_root_absolute_kept():
+    cfg = load_config(None, ["DATA.data_root=/data/root"])
+    assert resolve_data_path(cfg, "dataset_jsons/a.json") == "/data/root/dataset_jsons/a.json"
+    assert resolve_data_path(cfg, "/abs/a.json") == "/abs/a.json"
+    assert resolve_data_path(cfg, None) is None
+
+
+def test_repo_configs_load_and_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/data")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("faceformer.yaml", "demo.yaml"):
+        cfg = load_config(os.path.join(repo, "config", name))
+        assert set(cfg.DATA.datasets) == {"digital_human", "MEAD_VHAP", "MultiModal200"}
+        assert cfg.DATA.datasets.MultiModal200.fps == 20
+        assert cfg.DATA.datasets.digital_human.format == "emoca"
+        assert cfg.DATA.datasets.digital_human.val is None
+        out = tmp_path / f"saved_{name}"
+        save_config(cfg, str(out))
+        assert load_config(str(out)) == cfg
