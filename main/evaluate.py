@@ -144,14 +144,15 @@ def motion_to_vertices(flame, motion: np.ndarray, shape: np.ndarray | None) -> n
     return np.concatenate(out).astype(np.float32)
 
 
-def prediction_fps(cfg, dataset: str, meta: dict | None) -> float:
-    """Frame rate of the predicted frames: meta.json's fps, else INFER.output_fps (native = dataset's)."""
+def prediction_fps(cfg, ref, meta: dict | None) -> float:
+    """Frame rate of a sample's predicted frames: meta.json's fps, else INFER.output_fps, where
+    ``native`` is the sample's own fps (its JSON ``fps`` or the dataset's)."""
     out = cfg.INFER.output_fps
-    from_cfg = float(cfg.DATA.datasets[dataset].fps) if out == "native" else float(out)
+    from_cfg = float(ref.fps) if out == "native" else float(out)
     if meta and meta.get("fps"):
         if abs(float(meta["fps"]) - from_cfg) > 1e-6:
-            log.warning("%s: meta.json says %s fps, the config %s fps: using meta.json's", dataset,
-                        meta["fps"], from_cfg)
+            log.warning("%s/%s: meta.json says %s fps, the config %s fps: using meta.json's", ref.dataset,
+                        ref.sample_id, meta["fps"], from_cfg)
         return float(meta["fps"])
     return from_cfg
 
@@ -207,12 +208,11 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     from dataset.dataset import read_index
     from main.render import RenderError, frame_files, load_frames
     from models.flame import load_flame_for, region_indices
-    from utils.config import resolve_data_path
 
     if results_dir is None:
         results_dir = default_results_dir(cfg)
-        if coeff_dir is None:
-            coeff_dir = os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name)
+    if coeff_dir is None and os.path.abspath(results_dir) == os.path.abspath(default_results_dir(cfg)):
+        coeff_dir = os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name)
     if not os.path.isdir(results_dir):
         raise EvalError(f"results folder not found: {results_dir} (run inference first, or pass --results)")
     out = out or default_out_path(results_dir)
@@ -222,15 +222,18 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     report = {"results_dir": os.path.abspath(results_dir), "split": split,
               "units": "FLAME model units (metres): LVE m^2, FDD m^2, MVE m",
               "aggregation": "LVE and MVE pooled over all frames (frame-weighted); FDD mean over sequences",
-              "datasets": {}, "missing": [], "length_mismatches": []}
+              "datasets": {}, "missing": [], "skipped": [], "length_mismatches": []}
     all_samples, plot_paths = [], {}
     for name, ds_cfg in cfg.DATA.datasets.items():
         jsons = _split_jsons(ds_cfg, split)
         if not jsons:
             continue
-        refs = []
+        refs, problems = [], ([] if cfg.DATA.bad_samples == "skip" else None)
         for j in jsons:
-            refs.extend(read_index(resolve_data_path(cfg, j), name, ds_cfg, cfg))
+            refs.extend(read_index(j, name, ds_cfg, cfg, problems))
+        for msg in problems or []:
+            log.warning("skipped (DATA.bad_samples=skip): %s", msg)
+            report["skipped"].append(msg)
         seen = {}
         for ref in refs:
             if ref.style_id in seen:
@@ -254,7 +257,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
                 continue
             sample_coeffs = os.path.join(coeff_dir, name, ref.style_id) if coeff_dir else None
             meta = _read_meta(sample_coeffs)
-            fps = prediction_fps(cfg, name, meta)
+            fps = prediction_fps(cfg, ref, meta)
 
             try:
                 motion = load_motion(ref.flame_path, ref.fmt, ref.fps, target_fps=fps,
@@ -286,7 +289,8 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
         report["datasets"][name] = summary
         all_samples.extend(samples)
         if plot and plot_data:
-            plot_paths[name] = _plot_jaw(plot_data, name, os.path.splitext(out)[0] + f"_jaw_{name}.png")
+            path = _plot_jaw(plot_data, name, os.path.splitext(out)[0] + f"_jaw_{name}.png")
+            plot_paths[name] = {"path": path, "signal": sorted({c["ylabel"] for c in plot_data})}
 
     if not report["datasets"]:
         raise EvalError(f"no dataset in the config has a '{split}' split (DATA.datasets.*.{split})")

@@ -124,11 +124,12 @@ class MeshRenderer:
         self.scene = pyrender.Scene(bg_color=BG_COLOR, ambient_light=(0.1, 0.1, 0.1))
         self.scene.add(pyrender.PerspectiveCamera(yfov=yfov, znear=znear, zfar=zfar, aspectRatio=1.0),
                        pose=camera_pose)
-        # A key light from the camera plus a fill light from above-left gives readable lip shapes.
-        self.scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=2.0), pose=camera_pose)
-        fill = np.eye(4)
-        fill[:3, :3] = _look_rotation(np.array([-0.5, 0.8, 1.0]))
-        self.scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=1.0), pose=fill)
+        # A key light from above-right of the camera and a dimmer fill from the left: a purely frontal
+        # light flattens the face and hides the lip contours.
+        for direction, intensity in (((0.35, 0.45, 1.0), 2.5), ((-0.6, 0.1, 1.0), 1.0)):
+            light_pose = np.eye(4)
+            light_pose[:3, :3] = _look_rotation(np.array(direction))
+            self.scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=intensity), pose=light_pose)
         self.node = None
 
     def render(self, vertices: np.ndarray, index: int = 0) -> np.ndarray:
@@ -412,7 +413,9 @@ def main(argv=None):
              os.environ["PYOPENGL_PLATFORM"])
     for leaf in leaves:
         rel = os.path.relpath(os.path.abspath(leaf), os.path.abspath(rel_base))
-        out_mp4 = args.out if single_out else os.path.join(out_root, os.path.splitext(rel)[0] + ".mp4")
+        # Style folders may contain dots: only a (T,V,3) .npy file loses its extension.
+        rel = rel[:-4] if rel.lower().endswith(".npy") else rel
+        out_mp4 = args.out if single_out else os.path.join(out_root, rel + ".mp4")
         if args.skip_existing and os.path.exists(out_mp4):
             log.info("exists, skipped: %s", out_mp4)
             continue
