@@ -172,11 +172,11 @@ def _look_rotation(direction: np.ndarray) -> np.ndarray:
     return np.stack([x, y, z], axis=1)
 
 
-def _ffmpeg(args: list[str], what: str, stdin=None):
+def _ffmpeg(args: list[str], what: str):
     """Run the imageio-ffmpeg binary; raise RenderError with its stderr on failure."""
     import imageio_ffmpeg
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y"] + args
-    proc = subprocess.run(cmd, input=stdin, capture_output=True)
+    proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         raise RenderError(f"ffmpeg failed while {what} (exit {proc.returncode}):\n"
                           f"{proc.stderr.decode(errors='replace')[-2000:]}")
@@ -332,12 +332,15 @@ def _inside(path: str, root: str) -> bool:
 
 
 def read_meta(leaf: str, cfg) -> dict | None:
-    """meta.json of the parallel coeff tree for a leaf under INFER.output_root, or None."""
-    if cfg is None or not _inside(leaf, cfg.INFER.output_root):
-        return None
-    rel = os.path.relpath(os.path.abspath(leaf), os.path.abspath(cfg.INFER.output_root))
-    path = os.path.join(cfg.INFER.coeff_root, rel, "meta.json")
-    if not os.path.isfile(path):
+    """meta.json for a leaf: from the parallel coeff tree when the leaf is under INFER.output_root,
+    else next to the leaf folder (single-audio inference writes DIR/vertices/ and DIR/meta.json)."""
+    path = None
+    if cfg is not None and _inside(leaf, cfg.INFER.output_root):
+        rel = os.path.relpath(os.path.abspath(leaf), os.path.abspath(cfg.INFER.output_root))
+        path = os.path.join(cfg.INFER.coeff_root, rel, "meta.json")
+    elif os.path.isdir(leaf):
+        path = os.path.join(os.path.dirname(os.path.abspath(leaf)), "meta.json")
+    if path is None or not os.path.isfile(path):
         return None
     with open(path) as f:
         return json.load(f)

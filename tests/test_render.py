@@ -216,3 +216,31 @@ def test_cli_renders_a_results_tree(gl, standin, tmp_path):
     # nothing was written into the vertex folders
     for (ds, st) in leaves:
         assert sorted(os.listdir(out_root / "exp" / ds / st)) == sorted(f"{i}.npy" for i in range(5))
+
+
+def test_meta_json_lookup(tmp_path):
+    """meta.json comes from the parallel coeff tree for a results-tree leaf, and from next to the
+    folder for single-audio inference output (DIR/vertices/ + DIR/meta.json)."""
+    from utils.config import load_config
+    cfg = load_config(os.path.join(REPO, "config/demo.yaml"), [
+        f"INFER.output_root={tmp_path}/metrics/test", f"INFER.coeff_root={tmp_path}/coeffs/test"])
+    leaf = tmp_path / "metrics" / "test" / "exp" / "MEAD_VHAP" / "s"
+    leaf.mkdir(parents=True)
+    assert R.read_meta(str(leaf), cfg) is None
+    (tmp_path / "coeffs" / "test" / "exp" / "MEAD_VHAP" / "s").mkdir(parents=True)
+    (tmp_path / "coeffs" / "test" / "exp" / "MEAD_VHAP" / "s" / "meta.json").write_text('{"fps": 20}')
+    assert R.read_meta(str(leaf), cfg) == {"fps": 20}
+    # nothing is ever looked up inside the results tree itself
+    (leaf.parent / "meta.json").write_text('{"fps": 99}')
+    assert R.read_meta(str(leaf), cfg) == {"fps": 20}
+
+    single = tmp_path / "single" / "speech"
+    (single / "vertices").mkdir(parents=True)
+    assert R.read_meta(str(single / "vertices"), cfg) is None
+    (single / "meta.json").write_text('{"fps": 25, "audio_path": "/x.wav"}')
+    assert R.read_meta(str(single / "vertices"), cfg)["audio_path"] == "/x.wav"
+    # the fps rule: --fps, then meta.json, then the config (native = the dataset's), then 25
+    assert R.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, 30) == (30.0, "--fps")
+    assert R.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, None) == (20.0, "meta.json")
+    assert R.leaf_fps(None, "MultiModal200", cfg, None)[0] == 20.0
+    assert R.leaf_fps(None, None, cfg, None) == (25.0, "default")
