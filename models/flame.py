@@ -1,0 +1,914 @@
+"""FLAME model: safe loading of the licensed files, differentiable LBS, motion51 <-> vertices / 287 coeffs.
+
+The licensed FLAME files (FLAME 2020 ``generic_model.pkl``, FLAME 2023 pkl, ``FLAME_masks.pkl``) are
+Python-2 era pickles holding chumpy ``Ch`` objects and ``scipy.sparse`` matrices. They are read by a
+restricted unpickler (an allow-list of numpy / scipy.sparse / chumpy names; chumpy objects become
+numpy arrays), so neither chumpy nor trust in the file is needed: anything outside the allow-list
+raises ``UnsafePickleError`` instead of running.
+
+Conventions (DESIGN.md section 4):
+- 5 joints: global, neck, jaw, left eye, right eye; parents [-1, 0, 1, 1, 1].
+- pose (N, 15) = axis-angle [global(3), neck(3), jaw(3), eye_l(3), eye_r(3)].
+- motion51 = [expr[:50], jaw_x]; as FLAME input: expr zero-padded to the model's expression count,
+  jaw = [jaw_x, 0, 0], every other joint 0.
+- 287-dim DECA/EMOCA coefficients: shape100 | exp50 | pose6 = [0,0,0, jaw,0,0] | cam3 = 0 | detail128.
+
+The second half of this file builds a procedural STAND-IN model with the real array shapes, used by
+the offline demo and the tests because the licensed model cannot ship (``make_standin_flame``).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+N_VERTICES = 5023
+N_JOINTS = 5
+FLAME_PARENTS = (-1, 0, 1, 1, 1)
+REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
+
+
+class FlameLoadError(ValueError):
+    """A FLAME / mask file that cannot be used; the message names the file and the key."""
+
+
+class UnsafePickleError(FlameLoadError):
+    """A pickle that refers to a class or function outside the allow-list (it is never called)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Restricted unpickling
+# --------------------------------------------------------------------------------------------------
+
+class _ChumpyStandIn:
+    """Takes the place of any chumpy class while unpickling. chumpy's ``Ch.__getstate__`` stores the
+    object's ``__dict__``; a plain ``Ch`` keeps its value in key ``'x'``. (Unpickling creates it with
+    ``__new__`` only, so the defaults are class attributes.)"""
+
+    _state: dict = {}
+    _chumpy_class = "chumpy"
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self._state = state if isinstance(state, dict) else {"x": state}
+
+    def to_numpy(self, where: str) -> np.ndarray:
+        x = self._state.get("x")
+        if x is None:
+            raise FlameLoadError(
+                f"{where} is a chumpy expression ({self._chumpy_class}) without a stored value ('x'); "
+                f"it cannot be evaluated without chumpy. Convert the model to .npz on a machine with chumpy: "
+                f"np.savez(out, **{{k: np.asarray(v) for k, v in model.items()}})")
+        return np.asarray(_to_plain(x, where))
+
+
+class _SparseStandIn:
+    """Takes the place of scipy.sparse csc/csr/coo classes (old and new module paths); turned into a
+    dense array from its pickled attributes, so scipy's private pickle layout never has to match."""
+
+    fmt = "csc"
+    _state: dict = {}
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self._state = state if isinstance(state, dict) else {}
+
+    def to_numpy(self, where: str) -> np.ndarray:
+        import scipy.sparse as sp
+
+        s = self._state
+        try:
+            data = np.asarray(_to_plain(s["data"], where))
+            shape = s.get("_shape", s.get("shape"))
+            if self.fmt == "coo":
+                if "coords" in s:
+                    row, col = (np.asarray(c) for c in s["coords"])
+                else:
+                    row, col = np.asarray(s["row"]), np.asarray(s["col"])
+                m = sp.coo_matrix((data, (row, col)), shape=shape)
+            else:
+                indices, indptr = np.asarray(s["indices"]), np.asarray(s["indptr"])
+                if shape is None:  # very old pickles: infer from the index arrays
+                    n_major, n_minor = len(indptr) - 1, int(indices.max()) + 1 if len(indices) else 0
+                    shape = (n_minor, n_major) if self.fmt == "csc" else (n_major, n_minor)
+                cls = sp.csc_matrix if self.fmt == "csc" else sp.csr_matrix
+                m = cls((data, indices, indptr), shape=tuple(int(d) for d in shape))
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise FlameLoadError(f"{where}: a pickled scipy.sparse {self.fmt} matrix could not be rebuilt ({e})") from None
+        return np.asarray(m.todense())
+
+
+def _sparse_class(fmt: str):
+    return type(f"_Sparse_{fmt}", (_SparseStandIn,), {"fmt": fmt})
+
+
+_SPARSE = {fmt: _sparse_class(fmt) for fmt in ("csc", "csr", "coo")}
+
+
+def _numpy_allowed() -> dict:
+    """(module, name) -> object for numpy's pickle helpers, under their numpy 1.x and 2.x paths."""
+    reconstruct = np.zeros(1).__reduce__()[0]
+    scalar = np.float64(0).__reduce__()[0]
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+    for core in ("numpy.core", "numpy._core"):
+        for sub in ("multiarray", "_multiarray_umath"):
+            allowed[(f"{core}.{sub}", "_reconstruct")] = reconstruct
+            allowed[(f"{core}.{sub}", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+def _build_allow_list() -> dict:
+    import builtins
+    import codecs
+    import collections
+    import copyreg
+
+    allowed = _numpy_allowed()
+    for bmod in ("builtins", "__builtin__"):  # Python 2 pickles name the builtins module __builtin__
+        for name in ("set", "frozenset", "slice", "complex", "object", "list", "dict", "tuple", "bytearray"):
+            allowed[(bmod, name)] = getattr(builtins, name)
+    allowed[("collections", "OrderedDict")] = collections.OrderedDict
+    # copyreg._reconstructor only calls base.__new__/__init__ of classes that themselves passed this
+    # list; _codecs.encode turns a latin-1 str back into bytes (Python 3 protocol-2 pickles of bytes).
+    for cmod in ("copyreg", "copy_reg"):
+        allowed[(cmod, "_reconstructor")] = copyreg._reconstructor
+    allowed[("_codecs", "encode")] = codecs.encode
+    for fmt in ("csc", "csr", "coo"):
+        for mod in ("scipy.sparse", f"scipy.sparse.{fmt}", f"scipy.sparse._{fmt}"):
+            for kind in ("matrix", "array"):
+                allowed[(mod, f"{fmt}_{kind}")] = _SPARSE[fmt]
+    return allowed
+
+
+_ALLOWED = _build_allow_list()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, source: str):
+        super().__init__(file, encoding="latin1")
+        self._source = source
+
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        if module == "chumpy" or module.startswith("chumpy."):
+            # every chumpy class becomes the stand-in; remember which one for error messages
+            return type(name, (_ChumpyStandIn,), {"_chumpy_class": f"{module}.{name}"})
+        raise UnsafePickleError(
+            f"{self._source}: refusing to unpickle '{module}.{name}': only numpy arrays, scipy.sparse "
+            f"matrices and chumpy arrays are allowed in FLAME files (a pickle can run arbitrary code).")
+
+
+def _to_plain(obj, where: str):
+    """Recursively replace chumpy / sparse stand-ins by numpy arrays."""
+    if isinstance(obj, (_ChumpyStandIn, _SparseStandIn)):
+        return obj.to_numpy(where)
+    if isinstance(obj, dict):
+        return {k: _to_plain(v, f"{where}['{k}']") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(v, where) for v in obj)
+    return obj
+
+
+def safe_pickle_load(path_or_file, source: str | None = None, convert: bool = True):
+    """Unpickle with the allow-list above (encoding='latin1' for Python-2 pickles).
+
+    chumpy objects and scipy.sparse matrices come back as numpy arrays (``convert=False`` leaves the
+    stand-in objects for the caller to convert). Anything else named in the pickle raises
+    ``UnsafePickleError`` before it can be called. Usable for any small parameter pkl.
+    """
+    source = source or (path_or_file if isinstance(path_or_file, str) else "<pickle>")
+    opener = open(path_or_file, "rb") if isinstance(path_or_file, (str, os.PathLike)) else contextlib.nullcontext(path_or_file)
+    with opener as f:
+        try:
+            obj = _RestrictedUnpickler(f, str(source)).load()
+        except FlameLoadError:
+            raise
+        except Exception as e:  # truncated / corrupt file, wrong format
+            raise FlameLoadError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
+    return _to_plain(obj, str(source)) if convert else obj
+
+
+def load_flame_pickle(path: str) -> dict:
+    """Load a FLAME model file (.pkl: FLAME 2020 / 2023 / stand-in; or .npz) -> dict of numpy arrays.
+
+    Required keys: v_template (V,3), shapedirs (V,3,S+E), posedirs (V,3,36), J_regressor (5,V) (sparse
+    in the pkl, returned dense), weights (V,5), kintree_table (2,5), f (F,3). Other keys are kept.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FlameLoadError(
+            f"FLAME model file not found: {path}. Get FLAME 2020/2023 from https://flame.is.tue.mpg.de "
+            f"(licensed), or run `python scripts/make_demo_data.py` for the procedural stand-in model.")
+    if path.endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                model = {k: z[k] for k in z.files}
+        except Exception as e:
+            raise FlameLoadError(f"{path}: not a readable .npz of plain arrays ({type(e).__name__}: {e})") from None
+    else:
+        model = safe_pickle_load(path, convert=False)
+        if not isinstance(model, dict):
+            raise FlameLoadError(f"{path}: expected a pickled dict of FLAME arrays, got {type(model).__name__}")
+    for key in REQUIRED_KEYS:
+        if key not in model:
+            raise FlameLoadError(f"{path}: missing required FLAME key '{key}' (found: {', '.join(sorted(model))})")
+    out = {}
+    for k, v in model.items():
+        if k in REQUIRED_KEYS:
+            try:
+                out[k] = np.asarray(_to_plain(v, f"{path} key '{k}'"))
+            except FlameLoadError:
+                raise
+            except Exception as e:
+                raise FlameLoadError(f"{path}: key '{k}' is not an array ({e})") from None
+            if out[k].dtype == object:
+                raise FlameLoadError(f"{path}: key '{k}' is not a numeric array")
+        else:
+            try:  # optional keys ('J', 'bs_style', ...): kept when they convert, dropped otherwise
+                out[k] = _to_plain(v, f"{path} key '{k}'")
+            except FlameLoadError:
+                pass
+    return out
+
+
+def write_flame_pickle(model: dict, path: str):
+    """Write a model dict in the FLAME pkl layout (plain numpy arrays, scipy.sparse csc J_regressor)."""
+    import scipy.sparse as sp
+
+    out = dict(model)
+    if not sp.issparse(out["J_regressor"]):
+        out["J_regressor"] = sp.csc_matrix(np.asarray(out["J_regressor"]))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(out, f, protocol=4)
+
+
+# --------------------------------------------------------------------------------------------------
+# LBS
+# --------------------------------------------------------------------------------------------------
+
+def batch_rodrigues(rot_vecs: torch.Tensor) -> torch.Tensor:
+    """Axis-angle (N,3) -> rotation matrices (N,3,3). Differentiable, also at zero angle."""
+    angle = torch.sqrt((rot_vecs * rot_vecs).sum(-1, keepdim=True) + 1e-16)  # (N,1), eps keeps grad finite
+    axis = rot_vecs / angle
+    cos, sin = torch.cos(angle).unsqueeze(-1), torch.sin(angle).unsqueeze(-1)   # (N,1,1)
+    rx, ry, rz = axis.unbind(-1)
+    zeros = torch.zeros_like(rx)
+    K = torch.stack([zeros, -rz, ry, rz, zeros, -rx, -ry, rx, zeros], -1).view(-1, 3, 3)
+    eye = torch.eye(3, dtype=rot_vecs.dtype, device=rot_vecs.device)
+    return eye + sin * K + (1 - cos) * (K @ K)
+
+
+def rigid_transforms(rot: torch.Tensor, joints: torch.Tensor, parents) -> torch.Tensor:
+    """Kinematic chain. rot (...,J,3,3) local rotations, joints (...,J,3) rest joint positions.
+
+    Returns (...,J,3,4): per joint the world transform relative to the rest pose, i.e. a rest-pose
+    point x attached to joint j moves to R_j x + t_j.
+    """
+    rel = torch.cat([joints[..., :1, :], joints[..., 1:, :] - joints[..., list(parents[1:]), :]], dim=-2)
+    Rs, ts = [rot[..., 0, :, :]], [rel[..., 0, :]]
+    for i in range(1, len(parents)):
+        p = parents[i]
+        Rs.append(Rs[p] @ rot[..., i, :, :])
+        ts.append((Rs[p] @ rel[..., i, :].unsqueeze(-1)).squeeze(-1) + ts[p])
+    R = torch.stack(Rs, dim=-3)                                  # (...,J,3,3)
+    t = torch.stack(ts, dim=-2)                                  # (...,J,3) posed joint positions
+    t = t - (R @ joints.unsqueeze(-1)).squeeze(-1)               # undo the rest position
+    return torch.cat([R, t.unsqueeze(-1)], dim=-1)
+
+
+def _float32_region(device: torch.device):
+    """LBS always runs in float32, also inside an AMP autocast region (fp16 vertices lose ~0.1 mm)."""
+    if device.type in ("cuda", "cpu"):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class FLAME(nn.Module):
+    """Differentiable FLAME (linear blend skinning), batched and float32.
+
+    Buffers (non-persistent: the model comes from its own file, not from checkpoints):
+    v_template (V,3), shapedirs (V,3,n_shape+n_expr), posedirs (V,3,36), J_regressor (J,V),
+    lbs_weights (V,J), parents (J,). ``faces`` is an (F,3) int64 numpy array.
+    """
+
+    def __init__(self, model: dict, n_shape: int | None = None, source: str = "<FLAME dict>"):
+        super().__init__()
+        arr = {k: np.asarray(model[k]) for k in REQUIRED_KEYS if k in model}
+        for k in REQUIRED_KEYS:
+            if k not in arr:
+                raise FlameLoadError(f"{source}: missing required FLAME key '{k}'")
+        v = arr["v_template"]
+        V = v.shape[0] if v.ndim == 2 else -1
+
+        def expect(key, ok, what):
+            if not ok:
+                raise FlameLoadError(f"{source}: '{key}' has shape {arr[key].shape}; expected {what}")
+
+        expect("v_template", v.ndim == 2 and v.shape[1] == 3, "(V,3)")
+        expect("shapedirs", arr["shapedirs"].ndim == 3 and arr["shapedirs"].shape[:2] == (V, 3), f"({V},3,K)")
+        posedirs = arr["posedirs"]
+        if posedirs.ndim == 2 and posedirs.shape == (36, V * 3):  # already flattened (smplx layout)
+            posedirs = posedirs.T.reshape(V, 3, 36)
+        arr["posedirs"] = posedirs
+        expect("posedirs", posedirs.shape == (V, 3, 9 * (N_JOINTS - 1)), f"({V},3,36)")
+        kt = arr["kintree_table"]
+        expect("kintree_table", kt.ndim == 2 and kt.shape[0] == 2, "(2,J)")
+        n_joints = kt.shape[1]
+        expect("J_regressor", arr["J_regressor"].shape == (n_joints, V), f"({n_joints},{V})")
+        expect("weights", arr["weights"].shape == (V, n_joints), f"({V},{n_joints})")
+        expect("f", arr["f"].ndim == 2 and arr["f"].shape[1] == 3, "(F,3)")
+        if n_joints != N_JOINTS:
+            raise FlameLoadError(f"{source}: kintree_table has {n_joints} joints; FLAME has {N_JOINTS}")
+
+        # The root's parent is stored as -1 or as uint32 max (4294967295) in the official files.
+        ids = [int(i) for i in kt[1]]
+        col = {j: c for c, j in enumerate(ids)}
+        parents = [-1] + [col.get(int(kt[0, c]), -2) for c in range(1, n_joints)]
+        if any(not (0 <= p < i) for i, p in enumerate(parents) if i > 0):
+            raise FlameLoadError(f"{source}: kintree_table {kt.tolist()} is not a tree with parents before children")
+        self.parents_list = tuple(parents)
+
+        K = arr["shapedirs"].shape[2]
+        if n_shape is None:
+            n_shape = 300 if K >= 350 else K - 50   # FLAME 2020/2023: 300 shape + 100 (or 50) expression
+        if not 0 <= n_shape <= K - 50:
+            raise FlameLoadError(f"{source}: shapedirs has {K} components; need n_shape ({n_shape}) + at least 50 expression")
+        self.n_shape, self.n_expr = int(n_shape), int(K - n_shape)
+        self.n_vertices = V
+        self.source = source
+
+        f32 = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32))
+        self.register_buffer("v_template", f32(v), persistent=False)
+        self.register_buffer("shapedirs", f32(arr["shapedirs"]), persistent=False)
+        self.register_buffer("posedirs", f32(posedirs), persistent=False)
+        self.register_buffer("J_regressor", f32(arr["J_regressor"]), persistent=False)
+        self.register_buffer("lbs_weights", f32(arr["weights"]), persistent=False)
+        self.register_buffer("parents", torch.tensor(parents, dtype=torch.long), persistent=False)
+        # Joint regression from the shaped vertices is linear in the blend-shape coefficients:
+        # J = Jreg (v_template + S c) = Jreg v_template + (Jreg S) c. Precomputing (Jreg S) in float64
+        # gives the same joints without regressing the full (N,V,3) vertex tensor every frame.
+        jreg = np.asarray(arr["J_regressor"], dtype=np.float64)
+        self.register_buffer("J_template", f32(jreg @ v.astype(np.float64)), persistent=False)
+        self.register_buffer("J_dirs", f32(np.einsum("jv,vck->jck", jreg, arr["shapedirs"].astype(np.float64))),
+                             persistent=False)
+        self.faces = np.asarray(arr["f"], dtype=np.int64)
+
+    @classmethod
+    def from_file(cls, path: str, n_shape: int | None = None) -> "FLAME":
+        return cls(load_flame_pickle(path), n_shape=n_shape, source=str(path))
+
+    # -- blend-shape matrices as (K, V*3) / (K, J*3) views, no copies --------------------------------
+    def _dirs(self, lo: int, hi: int):
+        V, J = self.n_vertices, self.J_dirs.shape[0]
+        return (self.shapedirs[:, :, lo:hi].reshape(V * 3, hi - lo).t(),
+                self.J_dirs[:, :, lo:hi].reshape(J * 3, hi - lo).t())
+
+    def _pad(self, x: torch.Tensor, n: int, what: str) -> torch.Tensor:
+        if x.shape[-1] > n:
+            raise ValueError(f"FLAME ({self.source}): {what} has {x.shape[-1]} dims; this model has {n}")
+        return F.pad(x.float(), (0, n - x.shape[-1]))
+
+    def _base(self, shape: torch.Tensor):
+        """shape (B,n_shape) -> template + shape offsets: vertices (B,V,3), joints (B,J,3)."""
+        B = shape.shape[0]
+        vd, jd = self._dirs(0, self.n_shape)
+        v = self.v_template + (shape @ vd).view(B, -1, 3)
+        j = self.J_template + (shape @ jd).view(B, -1, 3)
+        return v, j
+
+    def _lbs(self, v_base, j_base, expr, pose):
+        """v_base (B,1,V,3), j_base (B,1,J,3), expr (B,T,n_expr), pose (B,T,J*3) -> vertices (B,T,V,3)."""
+        B, T = expr.shape[:2]
+        V, J = self.n_vertices, self.J_dirs.shape[0]
+        vd, jd = self._dirs(self.n_shape, self.n_shape + self.n_expr)
+        v_shaped = v_base + (expr @ vd).view(B, T, V, 3)
+        joints = j_base + (expr @ jd).view(B, T, J, 3)
+        rot = batch_rodrigues(pose.reshape(-1, 3)).view(B, T, J, 3, 3)
+        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
+        pose_feature = (rot[:, :, 1:] - eye).reshape(B, T, (J - 1) * 9)       # (B,T,36)
+        v_posed = v_shaped + (pose_feature @ self.posedirs.reshape(V * 3, -1).t()).view(B, T, V, 3)
+        A = rigid_transforms(rot, joints, self.parents_list)                  # (B,T,J,3,4)
+        Tm = (self.lbs_weights @ A.reshape(B, T, J, 12)).view(B, T, V, 3, 4)  # blended per vertex
+        return (Tm[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + Tm[..., 3]
+
+    def forward(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """shape (N,<=n_shape), expr (N,<=n_expr), pose (N,15) axis-angle -> vertices (N,V,3).
+
+        Shorter shape / expr vectors are zero-padded.
+        """
+        if pose.shape[-1] != 3 * N_JOINTS:
+            raise ValueError(f"FLAME.forward: pose must be (N,{3 * N_JOINTS}) axis-angle, got {tuple(pose.shape)}")
+        with _float32_region(self.v_template.device):
+            shape = self._pad(shape, self.n_shape, "shape")
+            v, j = self._base(shape)
+            out = self._lbs(v.unsqueeze(1), j.unsqueeze(1), self._pad(expr, self.n_expr, "expr").unsqueeze(1),
+                            pose.float().unsqueeze(1))
+        return out[:, 0]
+
+    def motion_to_vertices(self, motion, shape=None, chunk_frames: int = 256):
+        """motion (B,T,51) or (T,51); shape (B,S) / (S,) / None (zeros) -> vertices (B,T,V,3) / (T,V,3).
+
+        expr = motion[..., :50] zero-padded, jaw = [motion[..., 50], 0, 0], other joints 0. Frames are
+        processed in chunks of about ``chunk_frames``; when gradients are needed each chunk is
+        activation-checkpointed, so a (8,300,51) training batch keeps only its output vertices alive
+        instead of ~5 intermediate tensors of that size (they are recomputed in backward).
+        numpy in -> numpy out (no grad).
+        """
+        if isinstance(motion, np.ndarray):
+            with torch.no_grad():
+                s = None if shape is None else torch.as_tensor(np.asarray(shape), dtype=torch.float32)
+                out = self.motion_to_vertices(torch.as_tensor(motion, dtype=torch.float32, device=self.v_template.device),
+                                              None if s is None else s.to(self.v_template.device), chunk_frames)
+            return out.cpu().numpy()
+        if motion.shape[-1] != 51 or motion.dim() not in (2, 3):
+            raise ValueError(f"motion_to_vertices: motion must be (B,T,51) or (T,51), got {tuple(motion.shape)}")
+        single = motion.dim() == 2
+        if single:
+            motion = motion.unsqueeze(0)
+        B, T, _ = motion.shape
+        dev = self.v_template.device
+        with _float32_region(dev):
+            motion = motion.float()
+            if shape is None:
+                shape = motion.new_zeros(B, self.n_shape)
+            else:
+                shape = shape.to(motion.device)
+                shape = shape.expand(B, -1) if shape.dim() == 1 else shape
+                if shape.shape[0] != B:
+                    raise ValueError(f"motion_to_vertices: shape batch {shape.shape[0]} != motion batch {B}")
+            v_base, j_base = self._base(self._pad(shape, self.n_shape, "shape"))
+            v_base, j_base = v_base.unsqueeze(1), j_base.unsqueeze(1)
+            expr = self._pad(motion[..., :50], self.n_expr, "expr")
+            zeros = motion.new_zeros(B, T, 6)
+            pose = torch.cat([zeros, motion[..., 50:51], zeros[..., :2], zeros], -1)  # jaw = pose[6:9]
+            if T == 0:
+                out = motion.new_zeros(B, 0, self.n_vertices, 3)
+                return out[0] if single else out
+            step = max(1, int(chunk_frames) // B)
+            need_grad = torch.is_grad_enabled() and (motion.requires_grad or v_base.requires_grad)
+            if need_grad and T > step:
+                out = _CheckpointedLBS.apply(self, step, v_base, j_base, expr, pose)
+            else:
+                chunks = [self._lbs(v_base, j_base, expr[:, t:t + step], pose[:, t:t + step])
+                          for t in range(0, T, step)]
+                out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)
+        return out[0] if single else out
+
+    @staticmethod
+    def motion_to_coeffs287(motion, shape=None, detail=None):
+        return motion_to_coeffs287(motion, shape, detail)
+
+
+class _CheckpointedLBS(torch.autograd.Function):
+    """FLAME._lbs over time chunks, keeping only the inputs for backward, where each chunk is
+    recomputed with grad (activation checkpointing). Written out instead of torch.utils.checkpoint
+    because the non-reentrant checkpoint imports torch._dynamo (seconds of start-up on a laptop)."""
+
+    @staticmethod
+    def forward(ctx, flame, step, v_base, j_base, expr, pose):
+        ctx.flame, ctx.step = flame, step
+        ctx.save_for_backward(v_base, j_base, expr, pose)
+        with torch.no_grad():
+            return torch.cat([flame._lbs(v_base, j_base, expr[:, t:t + step], pose[:, t:t + step])
+                              for t in range(0, expr.shape[1], step)], 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        v_base, j_base, expr, pose = ctx.saved_tensors
+        need = ctx.needs_input_grad[2:]
+        grads = [torch.zeros_like(x) if n else None for x, n in zip((v_base, j_base, expr, pose), need)]
+        for t in range(0, expr.shape[1], ctx.step):
+            sl = slice(t, t + ctx.step)
+            with torch.enable_grad():
+                inputs = [x.detach().requires_grad_(n) for x, n in
+                          zip((v_base, j_base, expr[:, sl], pose[:, sl]), need)]
+                out = ctx.flame._lbs(*inputs)
+                wrt = [x for x in inputs if x.requires_grad]
+                # <out, grad> as a scalar: the same vector-Jacobian product, and autograd.grad with
+                # an explicit grad_outputs tensor would import sympy (seconds) on first use
+                g = iter(torch.autograd.grad((out * grad_out[:, sl]).sum(), wrt))
+            for i, n in enumerate(need):
+                if n:
+                    if i < 2:
+                        grads[i] += next(g)          # shared over time: accumulate
+                    else:
+                        grads[i][:, sl] = next(g)
+        return (None, None, *grads)
+
+
+def motion_to_coeffs287(motion, shape=None, detail=None):
+    """motion (...,51) -> DECA/EMOCA coefficients (...,287), numpy or torch like the input.
+
+    Layout: shape[0:100] | exp[100:150] | pose[150:156] = [0,0,0, jaw,0,0] | cam[156:159] = 0 |
+    detail[159:287]. shape (S,) or (...,S): first 100 dims, zero-padded; detail (128,) or (...,128) or
+    None (zeros). The jaw goes to index 153 only (never copied to the three jaw axes).
+    """
+    is_torch = torch.is_tensor(motion)
+    if motion.shape[-1] != 51:
+        raise ValueError(f"motion_to_coeffs287: motion must be (...,51), got {tuple(motion.shape)}")
+    lead = tuple(motion.shape[:-1])
+    if is_torch:
+        out = motion.new_zeros(lead + (287,))
+        as_arr = lambda x: torch.as_tensor(x, dtype=motion.dtype, device=motion.device)
+    else:
+        motion = np.asarray(motion)
+        out = np.zeros(lead + (287,), dtype=motion.dtype if motion.dtype.kind == "f" else np.float32)
+        as_arr = lambda x: np.asarray(x, dtype=out.dtype)
+    if shape is not None:
+        shape = as_arr(shape)[..., :100]
+        out[..., :shape.shape[-1]] = shape
+    out[..., 100:150] = motion[..., :50]
+    out[..., 153] = motion[..., 50]
+    if detail is not None:
+        detail = as_arr(detail)
+        if detail.shape[-1] != 128:
+            raise ValueError(f"motion_to_coeffs287: detail must have 128 dims, got {tuple(detail.shape)}")
+        out[..., 159:287] = detail
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Regions and config helpers
+# --------------------------------------------------------------------------------------------------
+
+def load_region_masks(path: str) -> dict:
+    """FLAME_masks.pkl (or .npz) -> {region name: int64 vertex ids}. Real keys include 'lips',
+    'forehead', 'eye_region', 'face', 'nose', 'scalp', ..."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FlameLoadError(f"FLAME masks file not found: {path} (FLAME.masks_path). It ships with FLAME as "
+                             f"FLAME_masks.pkl; the demo writes standin_FLAME_masks.pkl.")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            masks = {k: z[k] for k in z.files}
+    else:
+        masks = safe_pickle_load(path)
+    if not isinstance(masks, dict):
+        raise FlameLoadError(f"{path}: expected a dict of region name -> vertex ids, got {type(masks).__name__}")
+    out = {}
+    for k, v in masks.items():
+        a = np.asarray(v)
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise FlameLoadError(f"{path}: region '{k}' should be a 1-D integer array of vertex ids, got {a.dtype} {a.shape}")
+        out[str(k)] = a.astype(np.int64)
+    return out
+
+
+def _load_index_file(path: str, key: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise FlameLoadError(f"{key}: index file not found: {path}")
+    try:
+        if path.endswith(".npy"):
+            a = np.load(path, allow_pickle=False)
+        else:
+            with open(path) as f:
+                a = np.array(f.read().replace(",", " ").split(), dtype=np.float64)
+    except Exception as e:
+        raise FlameLoadError(f"{key}: {path} is not a .npy or text list of vertex ids ({e})") from None
+    a = np.asarray(a).reshape(-1)
+    if a.size == 0 or (a.dtype.kind == "f" and not np.all(a == np.round(a))) or a.min() < 0:
+        raise FlameLoadError(f"{key}: {path} must hold non-negative integer vertex ids")
+    return a.astype(np.int64)
+
+
+def region_indices(cfg) -> tuple:
+    """-> (lip vertex ids, upper-face vertex ids), int64 arrays.
+
+    Lips: ``FLAME.lip_indices`` file if set, else mask 'lips'. Upper face: ``FLAME.upper_face_indices``
+    if set, else the union of masks 'forehead' and 'eye_region'. Paths resolve against DATA.data_root.
+    """
+    from utils.config import resolve_data_path
+
+    fl = cfg.FLAME
+    masks = None
+
+    def mask(name):
+        nonlocal masks
+        if masks is None:
+            masks = load_region_masks(resolve_data_path(cfg, fl.masks_path))
+        if name not in masks:
+            raise FlameLoadError(f"{resolve_data_path(cfg, fl.masks_path)} (FLAME.masks_path): no region '{name}'; "
+                                 f"found {', '.join(sorted(masks))}")
+        return masks[name]
+
+    if fl.get("lip_indices"):
+        lips = _load_index_file(resolve_data_path(cfg, fl.lip_indices), "FLAME.lip_indices")
+    else:
+        lips = mask("lips")
+    if fl.get("upper_face_indices"):
+        upper = _load_index_file(resolve_data_path(cfg, fl.upper_face_indices), "FLAME.upper_face_indices")
+    else:
+        upper = np.union1d(mask("forehead"), mask("eye_region"))
+    return np.unique(lips), np.unique(upper)
+
+
+_FLAME_CACHE: dict = {}
+
+
+def flame_path_for(cfg, dataset_name: str | None = None) -> str:
+    """The resolved FLAME model path of a dataset (``DATA.datasets.<name>.flame_model``, else
+    ``FLAME.model_path``)."""
+    from utils.config import ConfigError, resolve_data_path
+
+    path = cfg.FLAME.model_path
+    if dataset_name is not None:
+        if dataset_name not in cfg.DATA.datasets:
+            raise ConfigError(f"unknown dataset '{dataset_name}'; configured: {', '.join(cfg.DATA.datasets)}")
+        path = cfg.DATA.datasets[dataset_name].get("flame_model") or path
+    return resolve_data_path(cfg, path)
+
+
+def load_flame_for(cfg, dataset_name: str | None = None, device=None) -> FLAME:
+    """FLAME model of a dataset, loaded once per (path, device) and shared (do not modify it)."""
+    path = os.path.abspath(flame_path_for(cfg, dataset_name))
+    key = (path, str(device) if device is not None else "cpu")
+    if key not in _FLAME_CACHE:
+        model = FLAME.from_file(path, n_shape=None)
+        _FLAME_CACHE[key] = model.to(device) if device is not None else model
+    return _FLAME_CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Procedural STAND-IN model (not FLAME: a synthetic head with FLAME's array layout)
+# --------------------------------------------------------------------------------------------------
+
+_N_RINGS, _N_LON = 66, 76          # 66*76 ring vertices + 2 poles + 5 split vertices = 5023
+_MOUTH_Y = -0.045                  # height of the lip line (metres)
+_EYE = (0.032, 0.02)               # |x|, y of the eye centres
+
+
+def _smoothstep(x, a, b):
+    t = np.clip((x - a) / (b - a), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _sigmoid(x):
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def _gauss(d, s):
+    return np.exp(-0.5 * (d / s) ** 2)
+
+
+def _warp(n, lo, hi, density, offset):
+    """n samples in [lo, hi] spaced by the inverse of a density (denser where density is high)."""
+    u = np.linspace(lo, hi, 8001)
+    cdf = np.concatenate([[0], np.cumsum(0.5 * (density(u[1:]) + density(u[:-1])) * np.diff(u))])
+    return np.interp((np.arange(n) + offset) / (n - 1 + 2 * offset), cdf / cdf[-1], u)
+
+
+def _standin_geometry():
+    """Vertices (5023,3) float64 and faces (F,3) of a closed, outward-oriented head-like surface.
+
+    A UV ellipsoid (y up, z forward, metres) with denser sampling on the face, a narrower jaw, nose,
+    lips, chin, brow ridge, eye sockets and ears; 5 triangles at the back of the head are split at their
+    centroid to reach FLAME's 5023 vertices exactly.
+    """
+    theta = _warp(_N_RINGS, 0.0, np.pi, lambda t: 1 + 1.2 * _gauss(t - 1.75, 0.45), offset=1.0)
+    phi = _warp(_N_LON + 1, -np.pi, np.pi, lambda p: 1 + 1.5 * _gauss(p, 0.8), offset=0.0)[:-1]
+    th, ph = np.meshgrid(theta, phi, indexing="ij")                        # (rings, lon)
+    ax, ay, az = 0.078, 0.115, 0.095
+    x = ax * np.sin(th) * np.sin(ph)
+    y = ay * np.cos(th)
+    z = az * np.sin(th) * np.cos(ph)
+    pts = np.concatenate([np.stack([x, y, z], -1).reshape(-1, 3), [[0, ay, 0], [0, -ay, 0]]])
+    x, y, z = pts.T.copy()
+    x *= 1 - 0.22 * _smoothstep(-y, 0.0, 0.1)                              # narrower jaw and chin
+    z = np.where(z < 0, z * 1.06, z)                                       # fuller back of the head
+    front = _smoothstep(z / az, 0.35, 0.8)
+    dz = (0.024 * _gauss(x, 0.008) * _gauss(y + 0.008, 0.014)              # nose
+          + 0.006 * _gauss(x, 0.02) * _gauss(y - _MOUTH_Y, 0.009)          # lips
+          - 0.003 * _gauss(x, 0.018) * _gauss(y - _MOUTH_Y, 0.0018)        # lip line crease
+          + 0.009 * _gauss(x, 0.022) * _gauss(y + 0.088, 0.012)            # chin
+          + 0.004 * _gauss(x, 0.04) * _gauss(y - 0.042, 0.008)             # brow ridge
+          - 0.008 * _gauss(np.abs(x) - _EYE[0], 0.011) * _gauss(y - _EYE[1], 0.009))  # eye sockets
+    z = z + front * dz
+    x = x + np.sign(x) * 0.007 * _gauss(z + 0.01, 0.01) * _gauss(y, 0.015) * _smoothstep(np.abs(x), 0.05, 0.07)  # ears
+    verts = np.stack([x, y, z], -1)
+
+    R, L = _N_RINGS, _N_LON
+    idx = np.arange(R * L).reshape(R, L)
+    top, bottom = R * L, R * L + 1
+    faces = []
+    j, j1 = np.arange(L), (np.arange(L) + 1) % L
+    faces += [np.stack([np.full(L, top), idx[0, j1], idx[0, j]], 1)]
+    for r in range(R - 1):
+        a, b, c, d = idx[r, j], idx[r, j1], idx[r + 1, j], idx[r + 1, j1]
+        faces += [np.stack([a, b, d], 1), np.stack([a, d, c], 1)]
+    faces += [np.stack([np.full(L, bottom), idx[R - 1, j], idx[R - 1, j1]], 1)]
+    faces = np.concatenate(faces)
+    if _signed_volume(verts, faces) < 0:
+        faces = faces[:, ::-1]
+    # split 5 back-of-head triangles at their centroid: 5018 -> 5023 vertices, still closed
+    centroids = verts[faces].mean(1)
+    new_faces, new_verts = [faces], [verts]
+    used = np.zeros(len(faces), bool)
+    for k, target in enumerate([(0, 0.05, -0.1), (0.045, 0.03, -0.08), (-0.045, 0.03, -0.08),
+                                (0.025, -0.02, -0.095), (-0.025, -0.02, -0.095)]):
+        fi = int(np.argmin(np.linalg.norm(centroids - np.array(target), axis=1) + 1e9 * used))
+        used[fi] = True
+        p = len(verts) + k
+        a, b, c = faces[fi]
+        new_verts.append(centroids[fi][None])
+        new_faces.append(np.array([[a, b, p], [b, c, p], [c, a, p]]))
+    faces = np.concatenate(new_faces)[np.concatenate([~used, np.ones(15, bool)])]
+    verts = np.concatenate(new_verts)
+    assert verts.shape == (N_VERTICES, 3)
+    return verts, faces.astype(np.int64)
+
+
+def _signed_volume(verts, faces):
+    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
+    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+
+
+def _vertex_normals(verts, faces):
+    fn = np.cross(verts[faces[:, 1]] - verts[faces[:, 0]], verts[faces[:, 2]] - verts[faces[:, 0]])
+    n = np.zeros_like(verts)
+    for k in range(3):
+        np.add.at(n, faces[:, k], fn)
+    return n / np.linalg.norm(n, axis=1, keepdims=True)
+
+
+def _standin_regions(verts):
+    """Soft region weights (V,) used for the bases and the masks; all from template geometry."""
+    x, y, z = verts.T
+    front = _smoothstep(z, 0.04, 0.075)
+    lipline = _MOUTH_Y
+    r = {}
+    r["upper_lip"] = front * _gauss(x, 0.017) * _gauss(y - (lipline + 0.006), 0.006) * _sigmoid((y - lipline) / 0.0015)
+    r["lower_lip"] = front * _gauss(x, 0.017) * _gauss(y - (lipline - 0.007), 0.007) * _sigmoid((lipline - y) / 0.0015)
+    r["mouth"] = front * _gauss(x, 0.022) * _gauss(y - lipline, 0.012)
+    r["mouth_wide"] = front * _gauss(x, 0.03) * _gauss(y - lipline, 0.014)
+    r["corners"] = front * _gauss(np.abs(x) - 0.025, 0.008) * _gauss(y - lipline, 0.009)
+    r["cheeks"] = _smoothstep(z, 0.0, 0.05) * _gauss(np.abs(x) - 0.045, 0.014) * _gauss(y - (lipline + 0.018), 0.016)
+    r["brows"] = front * _gauss(np.abs(x) - 0.03, 0.022) * _gauss(y - 0.042, 0.01)
+    r["inner_brows"] = front * _gauss(np.abs(x) - 0.012, 0.01) * _gauss(y - 0.038, 0.008)
+    r["upper_lids"] = front * _gauss(np.abs(x) - _EYE[0], 0.009) * _gauss(y - (_EYE[1] + 0.006), 0.005)
+    r["front"] = front
+    return r
+
+
+def make_standin_masks() -> dict:
+    """Region masks of the stand-in head in the FLAME_masks.pkl layout: name -> int64 vertex ids."""
+    verts, _ = _standin_geometry()
+    x, y, z = verts.T
+    front = z > 0.035
+    eye_l = front & (np.hypot(x - _EYE[0], (y - _EYE[1]) * 1.2) < 0.02)
+    eye_r = front & (np.hypot(x + _EYE[0], (y - _EYE[1]) * 1.2) < 0.02)
+    sel = {
+        "lips": front & (np.abs(x) < 0.028) & (np.abs(y - _MOUTH_Y) < 0.013 * np.sqrt(np.clip(1 - (x / 0.03) ** 2, 0, 1))),
+        "forehead": front & (y > 0.038) & (y < 0.09) & (np.abs(x) < 0.06),
+        "eye_region": eye_l | eye_r,
+        "left_eye_region": eye_l,
+        "right_eye_region": eye_r,
+        "nose": front & (np.abs(x) < 0.016) & (y > -0.032) & (y < 0.025),
+        "face": (z > 0.02) & (y > -0.11) & (y < 0.09) & (np.abs(x) < 0.07),
+        "scalp": (y > 0.09) | ((z < -0.02) & (y > -0.02)),
+        "neck": y < -0.1,
+    }
+    return {k: np.nonzero(v)[0].astype(np.int64) for k, v in sel.items()}
+
+
+def _poly_basis(verts):
+    """35 monomials x^a y^b z^c (a+b+c <= 4) of normalised coordinates: smooth global fields (V,35)."""
+    u = verts / np.array([0.08, 0.11, 0.1])
+    cols = [u[:, 0] ** a * u[:, 1] ** b * u[:, 2] ** c
+            for a in range(5) for b in range(5) for c in range(5) if a + b + c <= 4]
+    return np.stack(cols, 1)
+
+
+def make_standin_flame(seed: int = 0) -> dict:
+    """A procedural STAND-IN for the licensed FLAME model, with FLAME's keys and array shapes.
+
+    NOT FLAME: a synthetic head (metres, y up, z forward, ~0.23 m tall) whose blend shapes are
+    hand-made: shapedirs (5023,3,400) = 300 smooth shape + 100 expression components. Expression 0-9
+    move the mouth (0 lip opening, 1 rounding/protrusion, 2 stretching, 3 upper-lip raise, 4 lower-lip
+    depress, 5 smile, 6 lip press, 7 frown, 8 cheek puff, 9 mouth shift), 10-12 brows and lids, the
+    rest are small random local bumps. The jaw joint sits behind and below the mouth, so a positive
+    jaw rotation about x opens the mouth (0.2 rad moves the lower lip ~1.7 cm). Deterministic in seed.
+    """
+    rng = np.random.default_rng(seed)
+    verts, faces = _standin_geometry()
+    V = len(verts)
+    x, y, z = verts.T
+    normals = _vertex_normals(verts, faces)
+    reg = _standin_regions(verts)
+    poly = _poly_basis(verts)
+    sgn = np.sign(x)
+
+    def field(dx=0.0, dy=0.0, dz=0.0):
+        return np.stack(np.broadcast_arrays(dx, dy, dz, np.zeros(V)), -1)[:, :3]
+
+    def bump(center_sigma):
+        """A random smooth local bump along the normal, centred on a random front-ish vertex."""
+        c = verts[rng.integers(V)] if center_sigma is None else center_sigma
+        s = rng.uniform(0.012, 0.035)
+        return normals * _gauss(np.linalg.norm(verts - c, axis=1), s)[:, None]
+
+    # -- shape: 300 components, 35 smooth global fields then local bumps, decaying magnitudes
+    shape = np.zeros((V, 3, 300))
+    for k in range(300):
+        if k < 35:
+            f = poly @ rng.normal(size=35)
+            d = normals * (f / np.abs(f).max())[:, None]
+        else:
+            d = bump(None)
+        shape[:, :, k] = 0.006 / (1 + k / 8) * d
+
+    # -- expression: 100 components
+    ul, ll, m, mw, co, ch = (reg[k] for k in ("upper_lip", "lower_lip", "mouth", "mouth_wide", "corners", "cheeks"))
+    expr = np.zeros((V, 3, 100))
+    expr[:, :, 0] = field(dy=0.002 * ul - 0.0045 * ll, dz=-0.001 * ll)                  # open lips
+    expr[:, :, 1] = field(dx=-(x / 0.025) * 0.003 * mw, dz=0.0045 * m)                  # round / protrude
+    expr[:, :, 2] = field(dx=(x / 0.025) * 0.0035 * mw, dy=0.0005 * co, dz=-0.001 * m)  # stretch
+    expr[:, :, 3] = field(dy=0.004 * ul, dz=0.001 * ul)                                 # upper lip raise
+    expr[:, :, 4] = field(dy=-0.004 * ll, dz=0.0015 * ll)                               # lower lip depress
+    expr[:, :, 5] = field(dx=sgn * 0.002 * co, dy=0.004 * co + 0.0015 * ch, dz=-0.001 * co)  # smile
+    expr[:, :, 6] = field(dy=-0.0015 * ul + 0.0025 * ll, dz=-0.001 * m)                 # lip press
+    expr[:, :, 7] = field(dy=-0.004 * co)                                               # frown
+    expr[:, :, 8] = normals * (0.004 * ch)[:, None]                                     # cheek puff
+    expr[:, :, 9] = field(dx=0.004 * mw)                                                # mouth shift
+    expr[:, :, 10] = field(dy=0.004 * reg["brows"])                                     # brow raise
+    expr[:, :, 11] = field(dx=-sgn * 0.002 * reg["inner_brows"], dy=-0.002 * reg["inner_brows"])  # furrow
+    expr[:, :, 12] = field(dy=-0.003 * reg["upper_lids"])                               # lid close
+    for k in range(13, 100):
+        c = verts[rng.choice(np.nonzero(reg["front"] > 0.5)[0])]
+        expr[:, :, k] = 0.002 / (1 + (k - 13) / 20) * bump(c)
+
+    # -- skinning weights: jaw below the lip line at the front, root at the bottom of the back
+    side = _smoothstep(np.abs(x), 0.025, 0.06)
+    boundary = _MOUTH_Y + 0.02 * side                           # the jaw line rises toward the ears
+    softness = 0.0015 + 0.008 * side                            # sharp at the lips, smooth on the cheeks
+    # (the last factor makes the weight exactly 0 above the nose, as in FLAME: the upper face never
+    # follows the jaw)
+    w_jaw = _sigmoid((boundary - y) / softness) * _sigmoid((z + 0.005) / 0.01) * _smoothstep(-y, 0.0, 0.015)
+    w_root = _sigmoid((-0.098 - y) / 0.006) * (1 - w_jaw)
+    w_eye_l = 0.5 * _gauss(np.hypot(x - _EYE[0], y - _EYE[1]), 0.006) * (z > 0)
+    w_eye_r = 0.5 * _gauss(np.hypot(x + _EYE[0], y - _EYE[1]), 0.006) * (z > 0)
+    w_neck = np.clip(1 - w_jaw - w_root - w_eye_l - w_eye_r, 0, None)
+    weights = np.stack([w_root, w_neck, w_jaw, w_eye_l, w_eye_r], 1)
+    weights /= weights.sum(1, keepdims=True)
+
+    # -- joint regressor: uniform weights over the vertices nearest to symmetric anchor points, so the
+    #    regressed joints lie inside the head (root/neck at the bottom, jaw behind/below the mouth)
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(verts)
+    anchors = [
+        [(0.06, -0.1, -0.02), (-0.06, -0.1, -0.02), (0, -0.11, 0.03), (0, -0.1, -0.07)],   # root
+        [(0.07, -0.075, -0.015), (-0.07, -0.075, -0.015), (0, -0.08, 0.06), (0, -0.08, -0.09)],  # neck
+        [(0.075, -0.025, -0.015), (-0.075, -0.025, -0.015)],                             # jaw
+        [(_EYE[0] - 0.01, _EYE[1], 0.08), (_EYE[0] + 0.01, _EYE[1], 0.08)],              # left eye
+        [(-_EYE[0] - 0.01, _EYE[1], 0.08), (-_EYE[0] + 0.01, _EYE[1], 0.08)],            # right eye
+    ]
+    J_reg = np.zeros((N_JOINTS, V))
+    for j, pts in enumerate(anchors):
+        ids = np.unique(np.concatenate([tree.query(p, k=6)[1] for p in pts]))
+        J_reg[j, ids] = 1.0 / len(ids)
+
+    # -- pose correctives: small smooth fields gated by the joint's weights (jaw ~1 mm per unit)
+    posedirs = np.zeros((V, 3, 36))
+    for b, (joint, mag) in enumerate([(1, 0.0005), (2, 0.002), (3, 0.0003), (4, 0.0003)]):
+        for e in range(9):
+            f = poly @ rng.normal(size=(35, 3))
+            posedirs[:, :, 9 * b + e] = mag * weights[:, joint:joint + 1] * f / np.abs(f).max()
+
+    return {
+        "v_template": verts.astype(np.float32),
+        "shapedirs": np.concatenate([shape, expr], 2).astype(np.float32),
+        "posedirs": posedirs.astype(np.float32),
+        "J_regressor": J_reg.astype(np.float32),
+        "weights": weights.astype(np.float32),
+        # as in the official files: the root's parent is uint32 max
+        "kintree_table": np.array([[4294967295, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64),
+        "f": faces.astype(np.uint32),
+        "bs_style": "lbs",
+        "bs_type": "lrotmin",
+        "standin": "procedural stand-in head, NOT the licensed FLAME model (models/flame.py)",
+    }
+
+
+def write_standin_files(folder: str, seed: int = 0) -> tuple:
+    """Write standin_generic_model.pkl and standin_FLAME_masks.pkl into folder -> (model path, masks path)."""
+    os.makedirs(folder, exist_ok=True)
+    model_path = os.path.join(folder, "standin_generic_model.pkl")
+    masks_path = os.path.join(folder, "standin_FLAME_masks.pkl")
+    write_flame_pickle(make_standin_flame(seed), model_path)
+    with open(masks_path, "wb") as f:
+        pickle.dump(make_standin_masks(), f, protocol=4)
+    return model_path, masks_path
