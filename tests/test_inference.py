@@ -7,7 +7,6 @@ datasets' real formats under the demo config's relative paths, with the stand-in
 import json
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
