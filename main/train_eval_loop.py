@@ -76,7 +76,7 @@ class Trainer:
         self.use_amp = bool(cfg.TRAIN.amp) and device.type == "cuda"
         if cfg.TRAIN.amp and not self.use_amp:
             logger.warning("TRAIN.amp=true is only used on CUDA; training in float32 on %s", device)
-        self.scaler = torch.cuda.amp.GradScaler(enabled=self.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch, self.step, self.best_val = 0, 0, math.inf
 
     # ----------------------------------------------------------------- checkpoints
