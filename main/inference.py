@@ -105,7 +105,7 @@ def _nonempty_dir(path: str) -> bool:
     return os.path.isdir(path) and bool(os.listdir(path))
 
 
-def _fresh_dir(path: str):
+def fresh_dir(path: str):
     """Make ``path`` an empty folder (the caller has checked that overwriting is allowed)."""
     if os.path.isdir(path):
         shutil.rmtree(path)
@@ -440,7 +440,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                 shape = it["shape"].numpy()
                 verts = flame.motion_to_vertices(motion, shape)  # (T,V,3), chunked inside
                 for d in (j.vert_dir, j.coeff_dir):
-                    _fresh_dir(d)
+                    fresh_dir(d)
                 write_frames(j.vert_dir, verts)
                 meta = {"sample_id": j.ref.sample_id, "dataset": name, "style_id": j.ref.style_id,
                         "speaker": j.ref.speaker, "audio_path": os.path.abspath(j.ref.audio_path),
@@ -528,7 +528,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     flame = load_flame_for(cfg, None, device=device)
     verts = flame.motion_to_vertices(motion, None)  # (T,V,3)
 
-    _fresh_dir(vert_dir)
+    fresh_dir(vert_dir)
     for f in files:
         if os.path.exists(f):
             os.remove(f)
