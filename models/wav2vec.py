@@ -1,0 +1,237 @@
+"""wav2vec2 audio encoder: load (or build), freeze the CNN, resample features to the motion frame rate.
+
+FaceFormer interpolates the wav2vec2 CNN features (one per 320 samples, ~50 Hz) to the motion frame
+count *before* the feature projection and the transformer, so the transformer runs at 25 fps and
+its output frame i is aligned with motion frame i. We do the same, but with time-aligned positions:
+motion frame i covers samples [640 i, 640 (i+1)) at 16 kHz / 25 fps and is read from the CNN
+features at the time of its centre. The positions depend only on the frame index, not on the padded
+length of a batch, so a clip gives the same features alone or padded in a batch.
+
+    enc = build_audio_encoder(cfg.MODEL)
+    h = enc(audio (B,N), n_frames=T, audio_mask=(B,N) bool)          # (B,T,H)
+    h = enc.encode_long(audio (N,), T, window_frames=750, overlap_frames=50)  # (1,T,H), bounded memory
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn as nn
+
+FETCH_HINT = (
+    "Get the weights with internet access once, either\n"
+    "  hf download facebook/wav2vec2-base-960h    (older huggingface_hub: huggingface-cli download ...;\n"
+    "                                              it goes to the Hugging Face cache), or\n"
+    "  git clone https://huggingface.co/facebook/wav2vec2-base-960h /path/to/wav2vec2-base-960h\n"
+    "    and set MODEL.audio_encoder_repo=/path/to/wav2vec2-base-960h,\n"
+    "or run without them (random init from MODEL.audio_encoder_config) with "
+    "MODEL.audio_encoder_pretrained=false."
+)
+
+
+class AudioEncoderLoadError(OSError):
+    """The pretrained wav2vec2 weights could not be loaded; the message says how to get them."""
+
+
+def _looks_like_path(repo: str) -> bool:
+    # a hub id is "name" or "org/name"; anything else (absolute, ./, ~, deeper) is meant as a folder
+    return (repo.startswith(("/", ".", "~")) or repo.count("/") > 1 or os.sep != "/" and os.sep in repo)
+
+
+def _load_pretrained(repo: str):
+    from transformers import Wav2Vec2Model
+
+    if os.path.isdir(os.path.expanduser(repo)):
+        try:
+            return Wav2Vec2Model.from_pretrained(os.path.expanduser(repo))
+        except Exception as e:  # a folder without (valid) config/weights
+            raise AudioEncoderLoadError(
+                f"MODEL.audio_encoder_repo={repo}: could not load a wav2vec2 model from this folder "
+                f"({type(e).__name__}: {e}).\n{FETCH_HINT}") from e
+    if _looks_like_path(repo):
+        raise AudioEncoderLoadError(f"MODEL.audio_encoder_repo={repo}: no such folder.\n{FETCH_HINT}")
+    # The cache first: it needs no network, so a cached model loads at once on an offline machine
+    # (the online attempt below retries for ~20 s before giving up when there is no network).
+    try:
+        return Wav2Vec2Model.from_pretrained(repo, local_files_only=True)
+    except Exception:
+        pass
+    try:
+        return Wav2Vec2Model.from_pretrained(repo)
+    except Exception as e:  # OSError offline; httpx/requests errors on some hub versions
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False")
+        why = "HF_HUB_OFFLINE is set and it is not in the local cache" if offline else \
+            "not in the local cache and it could not be downloaded"
+        raise AudioEncoderLoadError(
+            f"MODEL.audio_encoder_repo={repo}: pretrained wav2vec2 weights unavailable ({why}; "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).\n{FETCH_HINT}") from e
+
+
+def build_audio_encoder(model_cfg, sample_rate: int = 16000, fps: float = 25) -> "AudioEncoder":
+    """MODEL section -> AudioEncoder.
+
+    ``audio_encoder_pretrained: true`` loads ``audio_encoder_repo`` (hub id or local folder) and
+    ignores ``audio_encoder_config``; ``false`` builds a randomly initialised model from
+    ``audio_encoder_config`` (Wav2Vec2Config kwargs; None = the wav2vec2-base architecture).
+    """
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    cfg = dict(model_cfg)
+    overrides = dict(cfg.get("audio_encoder_config") or {})
+    if cfg.get("audio_encoder_pretrained", True):
+        model = _load_pretrained(str(cfg.get("audio_encoder_repo")))
+    else:
+        model = Wav2Vec2Model(Wav2Vec2Config(**overrides))
+    # LayerDrop skips random transformer layers in training. Under DDP (no find_unused_parameters)
+    # a skipped layer's parameters get no gradient and the step fails, and ranks would skip different
+    # layers, so it is off unless the config asks for it explicitly.
+    model.config.layerdrop = float(overrides.get("layerdrop", 0.0))
+    # SpecAugment lives in Wav2Vec2Model.forward, which we do not call (we run the submodules), so it
+    # is already inactive; say so in the config too and freeze its learned mask vector, which would
+    # otherwise be a trainable parameter that never gets a gradient (DDP rejects those).
+    model.config.apply_spec_augment = False
+    if getattr(model, "masked_spec_embed", None) is not None:
+        model.masked_spec_embed.requires_grad_(False)
+    if cfg.get("freeze_feature_encoder", True):
+        model.freeze_feature_encoder()
+    return AudioEncoder(model, sample_rate=sample_rate, fps=fps)
+
+
+class AudioEncoder(nn.Module):
+    """A Wav2Vec2Model run step by step: CNN -> resample to motion frames -> projection -> transformer.
+
+    Padding (``audio_mask``): with ``feat_extract_norm: layer`` (wav2vec2-large-lv60, the tiny demo
+    config) the transformer gets an attention mask over frames, so a padded clip's real frames are
+    exactly those of the clip alone. With ``group`` norm (wav2vec2-base) HF advises against an
+    attention mask (the model was trained on zero-padded batches without one): padding is zeros and
+    the transformer sees it, and the first CNN layer's GroupNorm normalises each channel over the
+    whole padded length, so real frames change with the amount of padding (as in HF's own forward
+    on a padded wav2vec2-base batch). That is accepted in training (crops make most clips full
+    length); in eval mode a padded group-norm batch is encoded clip by clip instead, so validation
+    and inference results do not depend on which clips share a batch. Frames past a clip's end
+    are then zeros.
+    """
+
+    def __init__(self, model, sample_rate: int = 16000, fps: float = 25):
+        super().__init__()
+        self.model = model
+        config = model.config
+        self.hidden_size = config.hidden_size
+        self.samples_per_frame = sample_rate / fps  # 640 at 16 kHz / 25 fps
+        self.use_frame_mask = config.feat_extract_norm == "layer"
+        # CNN geometry: total stride and receptive field of the conv stack (320 / 400 for wav2vec2)
+        self.kernels, self.strides = list(config.conv_kernel), list(config.conv_stride)
+        self.stride = math.prod(self.strides)
+        rf, jump = 1, 1
+        for k, s in zip(self.kernels, self.strides):
+            rf += (k - 1) * jump
+            jump *= s
+        self.receptive_field = rf
+
+    @property
+    def cnn_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.model.feature_extractor.parameters())
+
+    def cnn_lengths(self, n_samples: torch.Tensor) -> torch.Tensor:
+        """Number of CNN features computed from n samples (no padding in the convolutions)."""
+        n = n_samples
+        for k, s in zip(self.kernels, self.strides):
+            n = torch.div(n - k, s, rounding_mode="floor") + 1
+        return n
+
+    def frame_lengths(self, audio_mask: torch.Tensor | None, n_frames: int, batch: int, device) -> torch.Tensor:
+        """Real motion frames per clip (B,): round(samples / 640) clamped to [1, n_frames]."""
+        if audio_mask is None:
+            return torch.full((batch,), n_frames, dtype=torch.long, device=device)
+        n = audio_mask.long().sum(1).double()
+        return torch.round(n / self.samples_per_frame).long().clamp(1, n_frames)
+
+    def resample(self, feats: torch.Tensor, n_frames: int, n_valid: torch.Tensor) -> torch.Tensor:
+        """Linear interpolation of CNN features at the motion frame centres.
+
+        feats (B,C,F), n_valid (B,) real CNN features per clip -> (B,T,C).
+        Feature j covers samples [stride j, stride j + rf), centred at stride j + rf/2; frame i is
+        centred at spf (i + 1/2), so it reads position p_i = (spf i + spf/2 - rf/2) / stride,
+        clamped to the clip's own last real feature (not the padded batch's).
+        """
+        B, C, _ = feats.shape
+        i = torch.arange(n_frames, device=feats.device, dtype=torch.float64)
+        pos = (self.samples_per_frame * (i + 0.5) - self.receptive_field / 2) / self.stride
+        last = (n_valid - 1).clamp(min=0).to(torch.float64)[:, None]  # (B,1)
+        pos = torch.minimum(pos[None].clamp(min=0), last)             # (B,T)
+        lo = pos.floor().long()
+        hi = torch.minimum(lo + 1, last.long())
+        w = (pos - lo).to(feats.dtype)[:, None]                        # (B,1,T)
+        lo = lo[:, None].expand(B, C, n_frames)
+        hi = hi[:, None].expand(B, C, n_frames)
+        out = feats.gather(2, lo) * (1 - w) + feats.gather(2, hi) * w
+        return out.transpose(1, 2)
+
+    def forward(self, audio: torch.Tensor, n_frames: int, audio_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """audio (B,N) normalised 16 kHz, right-padded; audio_mask (B,N) True = real -> (B,T,H)."""
+        B, N = audio.shape
+        if N < self.receptive_field:
+            raise ValueError(f"audio of {N} samples is shorter than the wav2vec2 receptive field "
+                             f"({self.receptive_field} samples)")
+        n_samples = audio_mask.long().sum(1) if audio_mask is not None else \
+            torch.full((B,), N, dtype=torch.long, device=audio.device)
+        if not self.use_frame_mask and not self.training and bool((n_samples < N).any()):
+            lengths = self.frame_lengths(audio_mask, n_frames, B, audio.device).tolist()
+            out = None
+            for b, (n, T_b) in enumerate(zip(n_samples.tolist(), lengths)):
+                h = self.forward(audio[b:b + 1, :n], T_b)[0]
+                out = h.new_zeros(B, n_frames, h.shape[-1]) if out is None else out
+                out[b, :T_b] = h
+            return out
+        # a frozen CNN needs no graph: saves its activations' memory in training
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
+            feats = self.model.feature_extractor(audio)               # (B,C,F)
+        x = self.resample(feats, n_frames, self.cnn_lengths(n_samples).clamp(min=1))  # (B,T,C)
+        x = self.model.feature_projection(x)[0]                         # (B,T,H)
+        frame_mask = None
+        if audio_mask is not None and self.use_frame_mask:
+            lengths = self.frame_lengths(audio_mask, n_frames, B, audio.device)
+            frame_mask = torch.arange(n_frames, device=audio.device)[None] < lengths[:, None]
+        return self.model.encoder(x, attention_mask=frame_mask)[0]    # tuple or ModelOutput -> (B,T,H)
+
+    def encode_long(self, audio: torch.Tensor, n_frames: int, window_frames: int,
+                    overlap_frames: int) -> torch.Tensor:
+        """Encode one long clip in overlapping windows, stitched by a linear cross-fade -> (1,T,H).
+
+        Window k covers frames [k (W - O), k (W - O) + W) and is a forward over its own audio chunk,
+        so memory is bounded by the window. Consecutive windows overlap by O frames, where the
+        earlier one fades out and the later one fades in (weights sum to 1): no seam. A chunk starts
+        at a multiple of 640 samples, hence of the CNN stride, so its CNN features are those of the
+        whole clip; only the transformer's context is limited to the window.
+        With T <= W this is exactly ``forward``.
+        """
+        if audio.dim() == 2:
+            if audio.shape[0] != 1:
+                raise ValueError("encode_long takes one clip: audio (N,) or (1,N)")
+            audio = audio[0]
+        T, W, O = int(n_frames), int(window_frames), int(overlap_frames)
+        if T <= W:
+            return self.forward(audio[None], T)
+        if not 0 <= 2 * O < W:
+            raise ValueError(f"overlap_frames ({O}) must be >= 0 and less than half of window_frames ({W})")
+        step = W - O
+        starts = [0]
+        while starts[-1] + W < T:
+            starts.append(starts[-1] + step)
+        spf = self.samples_per_frame
+        ramp = torch.arange(1, O + 1, device=audio.device, dtype=audio.dtype) / (O + 1)  # fade-in
+        out = None
+        for k, s in enumerate(starts):
+            e = min(s + W, T)
+            chunk = audio[int(round(s * spf)):int(round(e * spf))]
+            h = self.forward(chunk[None], e - s)[0]                     # (e-s, H)
+            w = torch.ones(e - s, device=h.device, dtype=h.dtype)
+            if O and k > 0:
+                w[:O] = ramp
+            if O and k < len(starts) - 1:
+                w[-O:] = 1 - ramp
+            if out is None:
+                out = h.new_zeros(T, h.shape[1])
+            out[s:e] = out[s:e] + w[:, None] * h
+        return out[None]
