@@ -44,7 +44,12 @@ def batch_loss(pred, batch, flame_of, velocity_weight=0.0):
 
 
 def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Tensors to the device. Speakers outside the style classes (style -1: a validation speaker not
+    seen in training, or one left out by DATA.train_subjects) are conditioned on the first style,
+    as inference does with INFER.condition_style's default."""
+    out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    out["style"] = out["style"].clamp(min=0)
+    return out
 
 
 def rng_state() -> dict:
