@@ -33,14 +33,16 @@ def group_by_flame(datasets: list[str], flame_of: dict) -> list[tuple]:
 def batch_loss(pred, batch, flame_of, velocity_weight=0.0):
     """Vertex loss of a batch whose rows may come from datasets with different FLAME models.
 
-    pred (B,T,51) -> (mean loss over samples, per-sample loss (B,))."""
+    pred (B,T,51) -> (loss, per-sample loss (B,)). As in motion_vertex_loss, the loss is a mean over
+    all valid frames of the batch (every frame weighs the same, whatever its clip's length)."""
     per_sample = torch.zeros(pred.shape[0], device=pred.device)
     for flame, rows in group_by_flame(batch["dataset"], flame_of):
         idx = torch.as_tensor(rows, device=pred.device)
         _, ps = motion_vertex_loss(pred[idx].float(), batch["motion"][idx], batch["motion_mask"][idx],
                                    flame, batch["shape"][idx], velocity_weight)
         per_sample = per_sample.index_put((idx,), ps)
-    return per_sample.mean(), per_sample
+    frames = batch["motion_mask"].sum(1).to(per_sample.dtype)
+    return (per_sample * frames).sum() / frames.sum().clamp(min=1), per_sample
 
 
 def to_device(batch: dict, device) -> dict:
