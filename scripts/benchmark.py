@@ -247,6 +247,8 @@ def main(argv=None):
         cfg.INFER.device = args.device
         flame = FLAME(make_standin_flame(0)).to(device)
         model = FaceFormer(cfg.MODEL, n_styles=4).to(device)
+        # the output map starts at zero; give it trained-like weights so outputs (and diffs) are real
+        torch.nn.init.normal_(model.output_map.weight, std=0.05)
         ckpt = os.path.join(tmp, "bench.pth")
         torch.save({"model": FaceFormer(cfg.MODEL, n_styles=1).state_dict(), "styles": ["S0"],
                     "config": cfg.to_dict(), "epoch": 0}, ckpt)
