@@ -300,9 +300,7 @@ class FaceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cfg, split: str, styles: list[str], train: bool | None = None, check: bool = True,
-                 log: logging.Logger | None = None, cache: bool = False, progress: bool = True,
-                 logger: logging.Logger | None = None):
-        log = log or logger  # both spellings are in use by callers
+                 log: logging.Logger | None = None, cache: bool = False, progress: bool = True):
         self.cfg, self.split = cfg, split
         self.train = split == "train" if train is None else bool(train)
         self.styles = list(styles)

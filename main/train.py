@@ -64,8 +64,13 @@ def prepare_run_dir(cfg, rank):
 def build_loader(dataset, cfg, rank, world_size, train):
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
                                  seed=cfg.TRAIN.seed, drop_last=False)
+    # Iterating a DataLoader draws a seed from its generator (the global torch RNG by default). The
+    # validation loader gets its own, so validating or not never shifts the training RNG stream (a
+    # resumed run then matches an uninterrupted one whichever epochs were validated).
+    generator = None if train else torch.Generator().manual_seed(cfg.TRAIN.seed)
     return DataLoader(dataset, batch_size=cfg.TRAIN.batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=cfg.DATA.num_workers, pin_memory=torch.cuda.is_available())
+                      num_workers=cfg.DATA.num_workers, pin_memory=torch.cuda.is_available(),
+                      generator=generator)
 
 
 def main(argv=None):
@@ -83,8 +88,8 @@ def main(argv=None):
 
     styles = style_classes(cfg)
     log.info("%d style classes: %s", len(styles), styles)
-    train_set = FaceDataset(cfg, "train", styles, train=True, logger=log)
-    val_set = FaceDataset(cfg, "val", styles, train=False, logger=log)
+    train_set = FaceDataset(cfg, "train", styles, train=True, log=log)
+    val_set = FaceDataset(cfg, "val", styles, train=False, log=log)
     if len(train_set) == 0:
         raise SystemExit(f"{args.config}: no training samples (check DATA.datasets.*.train)")
     log.info("train: %d samples, val: %d samples", len(train_set), len(val_set))
