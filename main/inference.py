@@ -490,9 +490,12 @@ def format_summary(rows: list[dict]) -> str:
 
 def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str | None = None,
                out_dir: str | None = None, overwrite: bool = False, render: bool = False,
-               logger: logging.Logger | None = None) -> dict:
+               logger: logging.Logger | None = None, loaded: tuple | None = None) -> dict:
     """One audio file -> DIR/vertices/{i}.npy, DIR/motion.npy, DIR/coeffs287.npy, DIR/meta.json
-    (+ DIR/video.mp4 with ``render``). Returns the meta dict (plus ``out_dir``)."""
+    (+ DIR/video.mp4 with ``render``). Returns the meta dict (plus ``out_dir``).
+
+    ``loaded``: a ``(model, styles)`` pair from ``load_model`` to reuse (several files, benchmarks);
+    by default the checkpoint is loaded here."""
     from models.flame import load_flame_for
 
     logger = logger or log
@@ -510,7 +513,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     audio = read_speech(audio_path, int(cfg.DATA.sample_rate), logger)
     ckpt_path = os.path.abspath(resolve_checkpoint(cfg, checkpoint))
     device = pick_device(cfg.INFER.device, logger)
-    model, styles = load_model(ckpt_path, cfg, device, logger)
+    model, styles = loaded or load_model(ckpt_path, cfg, device, logger)
     if style is None:
         style = pick_condition_style(cfg, styles)
         logger.info("no --style given: conditioning on '%s' (trained styles: %s)", style, ", ".join(styles))
