@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import pickle
 import re
 from dataclasses import dataclass
 
@@ -41,23 +40,6 @@ N_EXPR = 50  # expression dims kept in the motion vector; +1 jaw = 51
 
 # ----------------------------------------------------------------------------- FLAME parameter files
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickles a ``.npy`` object array (a dict of arrays) but refuses every class except the few
-    numpy needs to rebuild arrays, so a crafted file cannot run code (same idea as DESIGN.md 4)."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-    }
-
-    def find_class(self, module, name):
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name} (only numpy arrays "
-                                     f"and dicts are allowed in a .npy parameter file)")
-
-
 def _load_npy_dict(path: str) -> dict:
     """A ``.npy`` file saved from a dict (``np.save(p, {...})``), read without arbitrary pickling."""
     with open(path, "rb") as f:
@@ -69,7 +51,9 @@ def _load_npy_dict(path: str) -> dict:
         if not dtype.hasobject:
             raise DataError(f"{path}: holds a plain {dtype} array; expected a dict of FLAME parameters "
                             f"(np.save(path, {{'expr': ..., 'jaw_pose': ...}}))")
-        obj = _NumpyOnlyUnpickler(f).load()
+        # the object payload goes through the restricted unpickler of models.flame (DESIGN.md 4)
+        from models.flame import safe_pickle_load
+        obj = safe_pickle_load(f, source=path)
     if isinstance(obj, np.ndarray) and obj.shape == ():
         obj = obj.item()
     if not isinstance(obj, dict):

@@ -166,7 +166,7 @@ def test_npy_with_foreign_object_is_refused(tmp_path):
     import datetime
     path = str(tmp_path / "evil.npy")
     np.save(path, {"expr": np.zeros((3, 100)), "when": datetime.date(2020, 1, 1)}, allow_pickle=True)
-    with pytest.raises(DataError, match="refusing to unpickle datetime"):
+    with pytest.raises(DataError, match="refusing to unpickle 'datetime"):
         load_flame_params(path)
 
 
