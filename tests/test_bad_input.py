@@ -271,13 +271,12 @@ def test_validate_error_mode_lists_all_problems(tmp_path):
         FaceDataset(cfg, "train", ["spk"], progress=False)
 
 
-@pytest.mark.parametrize("kwarg", ["log", "logger"])  # main/train.py passes logger=, inference log=
-def test_skip_mode_drops_bad_samples_with_logged_report(tmp_path, caplog, kwarg):
+def test_skip_mode_drops_bad_samples_with_logged_report(tmp_path, caplog):
     r = bad_root(tmp_path)
     cfg = r.cfg(bad_samples="skip")
     log = logging.getLogger("test_skip")
     with caplog.at_level(logging.WARNING, logger="test_skip"):
-        ds = FaceDataset(cfg, "train", ["spk"], progress=False, **{kwarg: log})
+        ds = FaceDataset(cfg, "train", ["spk"], progress=False, log=log)
     assert [x.sample_id for x in ds.refs] == ["good1", "good2"]
     assert ds.report["datasets"]["DS"]["samples"] == 2 and ds.report["datasets"]["DS"]["entries"] == 4
     assert ds.report["bad"] == {(r.json_path, "no_audio"), (r.json_path, "nan_motion")}
