@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +57,14 @@ def prepare_run_dir(cfg, rank):
     if cfg.TRAIN.resume and not os.path.exists(last):
         raise SystemExit(f"TRAIN.resume=true but {last} does not exist")
     if rank == 0:
+        if cfg.TRAIN.overwrite and not cfg.TRAIN.resume:
+            # starting over: a stale best_model.pth or old events must not pass for this run's
+            for name in ("best_model.pth", "last.pth", "train.log", "tensorboard"):
+                path = os.path.join(run_dir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
     return last
