@@ -157,13 +157,6 @@ def prediction_fps(cfg, ref, meta: dict | None) -> float:
     return from_cfg
 
 
-def _split_jsons(ds_cfg, split: str) -> list[str]:
-    value = ds_cfg.get(split)
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
 def _read_meta(coeff_dir: str | None) -> dict | None:
     if coeff_dir and os.path.isfile(os.path.join(coeff_dir, "meta.json")):
         with open(os.path.join(coeff_dir, "meta.json")) as f:
@@ -205,7 +198,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     Returns the report dict that is written as JSON. Raises EvalError if no prediction is found.
     """
     from dataset.data_item import DataError, load_motion
-    from dataset.dataset import read_index
+    from dataset.dataset import read_index, split_jsons
     from main.render import RenderError, frame_files, load_frames
     from models.flame import load_flame_for, region_indices
 
@@ -225,7 +218,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
               "datasets": {}, "missing": [], "skipped": [], "length_mismatches": []}
     all_samples, plot_paths = [], {}
     for name, ds_cfg in cfg.DATA.datasets.items():
-        jsons = _split_jsons(ds_cfg, split)
+        jsons = split_jsons(ds_cfg, split)
         if not jsons:
             continue
         refs, problems = [], ([] if cfg.DATA.bad_samples == "skip" else None)
