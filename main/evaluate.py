@@ -379,10 +379,7 @@ def main(argv=None):
     args = p.parse_intermixed_args(argv)
 
     setup_logger("evaluate")
-    config_path = args.config
-    if not os.path.isfile(config_path) and os.path.isfile(os.path.join(REPO_ROOT, config_path)):
-        config_path = os.path.join(REPO_ROOT, config_path)
-    cfg = load_config(config_path, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # a repo-relative config path works from anywhere
     evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots)
 
 

@@ -391,10 +391,7 @@ def main(argv=None):
     args = p.parse_intermixed_args(argv)
 
     setup_logger("render")
-    config_path = args.config
-    if not os.path.isfile(config_path) and os.path.isfile(os.path.join(REPO_ROOT, config_path)):
-        config_path = os.path.join(REPO_ROOT, config_path)
-    cfg = load_config(config_path, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # a repo-relative config path works from anywhere
 
     root = args.results or os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name)
     if not os.path.exists(root):

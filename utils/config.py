@@ -99,6 +99,7 @@ DEFAULTS = {
     },
 }
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -254,6 +255,9 @@ def load_config(path: str | None = None, overrides=()) -> Config:
     """Defaults <- YAML file <- overrides, environment variables expanded, checked. Returns a Config."""
     cfg = copy.deepcopy(DEFAULTS)
     if path is not None:
+        in_repo = os.path.join(REPO_ROOT, str(path))
+        if not os.path.isfile(path) and not os.path.isabs(path) and os.path.isfile(in_repo):
+            path = in_repo  # e.g. --config config/demo.yaml run from outside the repo
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
         with open(path) as f:
