@@ -130,5 +130,18 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
+def cli(argv=None):
+    """main() with a user's mistakes (config, data, FLAME or wav2vec2 files) reported as one message."""
+    from dataset.data_item import DataError
+    from models.flame import FlameLoadError
+    from models.wav2vec import AudioEncoderLoadError
+    from utils.config import ConfigError
+
+    try:
+        main(argv)
+    except (ConfigError, DataError, FlameLoadError, AudioEncoderLoadError) as e:
+        sys.exit(f"train: {e}")
+
+
 if __name__ == "__main__":
-    main()
+    cli()

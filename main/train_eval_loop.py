@@ -135,7 +135,7 @@ class Trainer:
             with sync:
                 with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
                     pred = self.model(batch["audio"], batch["motion"], batch["style"], batch["motion_mask"],
-                                      batch["audio_mask"])
+                                      batch["audio_mask"], teacher_forcing=cfg.teacher_forcing)
                 loss, _ = batch_loss(pred, batch, self.flame_of, cfg.velocity_weight)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss at epoch {self.epoch + 1}, batch {i} "

@@ -201,9 +201,16 @@ class FaceFormer(nn.Module):
             bias = torch.where(keep[:, None], bias, float("-inf"))            # (B,h,T,T)
         return self._run_layers(x, feats, bias)
 
-    def forward(self, audio, motion, style, motion_mask=None, audio_mask=None):
-        """Teacher forcing. audio (B,N), motion (B,T,51), style (B,), masks True = real -> (B,T,51)."""
+    def forward(self, audio, motion, style, motion_mask=None, audio_mask=None, teacher_forcing: bool = True):
+        """Training pass. audio (B,N), motion (B,T,51), style (B,), masks True = real -> (B,T,51).
+
+        teacher_forcing=True: one parallel decoder pass fed with the ground truth (the default).
+        False: the model's own autoregressive rollout (the original FaceFormer's training), with
+        gradients through every step; batched and KV-cached here, so it costs T decoder steps
+        rather than T passes over growing prefixes."""
         feats = self.encode(audio, motion.shape[1], audio_mask)
+        if not teacher_forcing:
+            return self.generate_from_features(feats, style)
         return self.decode(feats, style, shift_motion(motion), motion_mask)
 
     # ---- autoregressive generation -------------------------------------------------------------

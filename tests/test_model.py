@@ -211,6 +211,19 @@ def test_kv_cached_generation_matches_teacher_forcing_and_naive(model):
     assert torch.equal(shift_motion(gen)[:, 0], torch.zeros(2, 51))
 
 
+def test_rollout_training_pass_is_generation_with_gradients(model):
+    # TRAIN.teacher_forcing=false: forward runs the model's own rollout, differentiably
+    audio, audio_mask, motion, _ = padded_batch([20, 20], seed=3)
+    style = torch.tensor([1, 2])
+    with torch.no_grad():
+        gen = model.generate(audio, style, 20)
+    out = model(audio, motion, style, teacher_forcing=False)
+    assert (out - gen).abs().max() < 1e-5                  # independent of the target motion
+    out.pow(2).mean().backward()
+    assert model.motion_map.weight.grad is not None and model.motion_map.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+
+
 def test_generation_longer_than_600_frames(model):
     T = 650
     audio = torch.randn(1, T * SPF, generator=torch.Generator().manual_seed(3))

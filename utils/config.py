@@ -77,7 +77,7 @@ DEFAULTS = {
         "save_path": "outputs/faceformer_multi_dataset",
         "resume": False,              # continue from save_path/last.pth
         "overwrite": False,           # allow starting afresh in a folder that holds a previous run
-        "teacher_forcing": True,
+        "teacher_forcing": True,      # false: train on the model's own rollout (original FaceFormer)
         "val_every": 1,
         "velocity_weight": 0.0,
         "max_steps_per_epoch": 0,     # 0 = full epoch
