@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,8 @@ import torch  # noqa: E402
 
 from loss.loss import motion_vertex_loss  # noqa: E402
 from models.faceformer import FaceFormer  # noqa: E402
-from models.flame import FLAME, make_standin_flame, write_standin_files  # noqa: E402
+from models.flame import FLAME  # noqa: E402
+from models.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 SR, FPS, HOP = 16000, 25, 640

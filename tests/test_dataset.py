@@ -17,7 +17,7 @@ import yaml
 
 from dataset.data_item import (DataError, load_audio, load_flame_params, load_item, load_motion,
                                load_shape, normalize_audio, resample_motion)
-from dataset.dataset import FaceDataset, collate, read_index, style_classes, validate
+from dataset.dataset import FaceDataset, collate, read_index, style_classes
 from utils.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

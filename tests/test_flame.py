@@ -11,8 +11,8 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from models.flame import (FLAME, FlameLoadError, UnsafePickleError, load_flame_for, load_flame_pickle,
-                          load_region_masks, make_standin_flame, motion_to_coeffs287, region_indices,
-                          write_standin_files)
+                          load_region_masks, motion_to_coeffs287, region_indices)
+from models.flame_standin import write_standin_files
 from utils.config import load_config
 
 

@@ -15,7 +15,8 @@ import torch
 
 from main import inference as I
 from models.faceformer import FaceFormer
-from models.flame import FLAME, write_standin_files
+from models.flame import FLAME
+from models.flame_standin import write_standin_files
 from utils.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

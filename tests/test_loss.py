@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 
 from loss.loss import motion_vertex_loss
-from models.flame import FLAME, make_standin_flame
+from models.flame import FLAME
+from models.flame_standin import make_standin_flame
 
 
 class TinyFlame(nn.Module):

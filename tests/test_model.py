@@ -9,7 +9,8 @@ import torch
 from loss.loss import motion_vertex_loss
 from models.faceformer import (FaceFormer, alibi_slopes, biased_mask, periodic_positional_encoding,
                                shift_motion)
-from models.flame import FLAME, make_standin_flame
+from models.flame import FLAME
+from models.flame_standin import make_standin_flame
 from models.wav2vec import AudioEncoderLoadError, build_audio_encoder
 from utils.config import load_config
 
