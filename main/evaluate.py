@@ -383,13 +383,6 @@ def main(argv=None):
     evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots)
 
 
-# Errors a user can cause (bad config, bad data file, nothing to evaluate) end with their message only.
-USER_ERRORS = ("EvalError", "ConfigError", "DataError", "FlameLoadError", "UnsafePickleError")
-
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:
-        if type(e).__name__ in USER_ERRORS:
-            sys.exit(f"evaluate: {e}")
-        raise
+    from utils.utils import run_reporting_user_errors
+    run_reporting_user_errors("evaluate", main)

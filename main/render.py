@@ -450,13 +450,6 @@ def main(argv=None):
         log.info("wrote %s", out_mp4)
 
 
-# Errors a user can cause (GL missing, bad files, bad config) end with their message only.
-USER_ERRORS = ("RenderError", "ConfigError", "FlameLoadError", "UnsafePickleError")
-
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception as e:
-        if type(e).__name__ in USER_ERRORS:
-            sys.exit(f"render: {e}")
-        raise
+    from utils.utils import run_reporting_user_errors
+    run_reporting_user_errors("render", main)

@@ -24,7 +24,7 @@ from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
 from main.train_eval_loop import Trainer  # noqa: E402
 from utils.config import load_config, save_config  # noqa: E402
-from utils.utils import pick_device, seed_everything, setup_logger  # noqa: E402
+from utils.utils import pick_device, run_reporting_user_errors, seed_everything, setup_logger  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -132,15 +132,7 @@ def main(argv=None):
 
 def cli(argv=None):
     """main() with a user's mistakes (config, data, FLAME or wav2vec2 files) reported as one message."""
-    from dataset.data_item import DataError
-    from models.flame import FlameLoadError
-    from models.wav2vec import AudioEncoderLoadError
-    from utils.config import ConfigError
-
-    try:
-        main(argv)
-    except (ConfigError, DataError, FlameLoadError, AudioEncoderLoadError) as e:
-        sys.exit(f"train: {e}")
+    run_reporting_user_errors("train", main, argv)
 
 
 if __name__ == "__main__":

@@ -154,8 +154,8 @@ def expand_env(value, where: str = ""):
 
 def _unknown(key: str, valid, where: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.4)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
-    return ConfigError(f"{where}: unknown config key '{key}'{hint} Valid keys: {', '.join(sorted(valid))}")
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"{where}: unknown config key '{key}'{hint}; valid keys: {', '.join(sorted(valid))}")
 
 
 def _merge(base: dict, new: dict, schema: dict, prefix: str, where: str):

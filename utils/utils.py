@@ -58,3 +58,20 @@ def pick_device(name: str, logger: logging.Logger | None = None) -> torch.device
             logger.warning("device '%s' requested but CUDA is not available: using CPU", name)
         return torch.device("cpu")
     return torch.device(name)
+
+
+# Errors a user can cause (bad config key, bad or missing file, missing model weights, GL library):
+# their message names the file/key and what was expected, so the traceback only hides it.
+USER_ERROR_NAMES = {"ConfigError", "DataError", "FlameLoadError", "AudioEncoderLoadError", "InferenceError",
+                    "EvalError", "RenderError"}
+
+
+def run_reporting_user_errors(prog: str, main, argv=None):
+    """``main(argv)``; a user error (a class named in USER_ERROR_NAMES, or a subclass) ends the
+    program with ``prog: message`` and exit status 1 instead of a traceback."""
+    try:
+        return main(argv)
+    except Exception as e:
+        if any(c.__name__ in USER_ERROR_NAMES for c in type(e).__mro__):
+            sys.exit(f"{prog}: {e}")
+        raise
