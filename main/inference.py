@@ -594,11 +594,12 @@ def cli(argv=None):
 
 
 def main(argv=None):
+    from models.flame import FlameLoadError
     from models.wav2vec import AudioEncoderLoadError
 
     try:
         cli(argv)
-    except (InferenceError, ConfigError, DataError, AudioEncoderLoadError) as e:
+    except (InferenceError, ConfigError, DataError, FlameLoadError, AudioEncoderLoadError) as e:
         # to the console and, once the logger is set up, to the log file; no traceback for user errors
         logging.getLogger("inference").error("%s", e)
         raise SystemExit(1) from None
