@@ -112,10 +112,15 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x, feats, bias, cache: dict | None = None):
-        """x (B,Tq,d) decoder inputs, feats (B,Tq,d) the audio features of the same frames."""
+    def cross(self, feats):
+        """The aligned cross-attention output for audio features (B,T,d) -> (B,T,d)."""
+        return self.cross_out(self.cross_value(feats))
+
+    def forward(self, x, feats, bias, cache: dict | None = None, cross=None):
+        """x (B,Tq,d) decoder inputs, feats (B,Tq,d) the audio features of the same frames; ``cross``
+        = self.cross(feats) when the caller has it already (generation computes it for all frames)."""
         x = self.norm1(x + self.dropout(self.self_attn(x, bias, cache)))
-        x = self.norm2(x + self.dropout(self.cross_out(self.cross_value(feats))))
+        x = self.norm2(x + self.dropout(self.cross(feats) if cross is None else cross))
         return self.norm3(x + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x))))))
 
 
@@ -179,9 +184,10 @@ class FaceFormer(nn.Module):
         """prev_motion (B,T,51), style_emb (B,d), pe (T,d) -> (B,T,d): motion map + style + PPE, dropout."""
         return self.ppe_dropout(self.motion_map(prev_motion) + style_emb[:, None] + pe)
 
-    def _run_layers(self, x, feats, bias, caches=None):
+    def _run_layers(self, x, feats, bias, caches=None, crosses=None):
         for i, layer in enumerate(self.layers):
-            x = layer(x, feats, bias, None if caches is None else caches[i])
+            x = layer(x, feats, bias, None if caches is None else caches[i],
+                      None if crosses is None else crosses[i])
         return self.output_map(x)
 
     # ---- teacher forcing ---------------------------------------------------------------------
@@ -227,14 +233,20 @@ class FaceFormer(nn.Module):
         style_emb = self.style_embedding(style)
         caches = [{} for _ in self.layers]
         prev = feats.new_zeros(B, 1, self.motion_dim)
-        k_pos = torch.arange(T, device=feats.device)
-        # the PPE repeats with the period: one table on the device, no per-step host work
+        # Everything that does not depend on earlier outputs is computed once, not per step:
+        # the PPE (it repeats with the period), the aligned cross-attention term of every frame, and
+        # the attention bias. The bias depends only on the distance t - j, so row t is a view of one
+        # reversed table: rev[:, T-1-t:] holds the bias of keys j = 0..t.
         pe = periodic_positional_encoding(self.period, self.d, self.period).to(feats)
+        crosses = [layer.cross(feats) for layer in self.layers]
+        pos = torch.arange(T, device=feats.device)
+        rev = alibi_bias(self.slopes, pos[-1:], pos, self.period)[:, 0]       # (h,T): distance T-1-i
         outputs = []
         for t in range(T):
             x = self._decoder_input(prev, style_emb, pe[t % self.period])     # (B,1,d)
-            bias = alibi_bias(self.slopes, k_pos[t:t + 1], k_pos[:t + 1], self.period)  # (h,1,t+1)
-            prev = self._run_layers(x, feats[:, t:t + 1], bias, caches)     # (B,1,51)
+            bias = rev[:, None, T - 1 - t:]                                     # (h,1,t+1)
+            prev = self._run_layers(x, feats[:, t:t + 1], bias, caches,
+                                    [c[:, t:t + 1] for c in crosses])           # (B,1,51)
             outputs.append(prev)
         return torch.cat(outputs, 1)
 

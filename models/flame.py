@@ -393,7 +393,8 @@ class FLAME(nn.Module):
         """v_base (B,1,V,3), j_base (B,1,J,3), expr (B,T,n_expr), pose (B,T,J*3) -> vertices (B,T,V,3)."""
         B, T = expr.shape[:2]
         V, J = self.n_vertices, self.J_dirs.shape[0]
-        vd, jd = self._dirs(self.n_shape, self.n_shape + self.n_expr)
+        # only as many expression components as given (motion has 50 of the model's 100)
+        vd, jd = self._dirs(self.n_shape, self.n_shape + expr.shape[-1])
         v_shaped = v_base + (expr @ vd).view(B, T, V, 3)
         joints = j_base + (expr @ jd).view(B, T, J, 3)
         rot = batch_rodrigues(pose.reshape(-1, 3)).view(B, T, J, 3, 3)
@@ -451,7 +452,7 @@ class FLAME(nn.Module):
                     raise ValueError(f"motion_to_vertices: shape batch {shape.shape[0]} != motion batch {B}")
             v_base, j_base = self._base(self._pad(shape, self.n_shape, "shape"))
             v_base, j_base = v_base.unsqueeze(1), j_base.unsqueeze(1)
-            expr = self._pad(motion[..., :50], self.n_expr, "expr")
+            expr = self._pad(motion[..., :50], 50, "expr")  # _lbs uses the first 50 components only
             zeros = motion.new_zeros(B, T, 6)
             pose = torch.cat([zeros, motion[..., 50:51], zeros[..., :2], zeros], -1)  # jaw = pose[6:9]
             if T == 0:
