@@ -291,6 +291,26 @@ def load_shape(path: str, fmt: str | None = None) -> np.ndarray | None:
     return shape_from_params(load_flame_params(path), fmt, path)
 
 
+def sample_shape(ref: "SampleRef", params: dict | None = None) -> np.ndarray | None:
+    """A sample's identity shape (S,) float32 or None: the per-subject template's if the JSON names
+    one (``template_save_path``), else the FLAME file's (``params``, if already loaded)."""
+    shape = load_shape(ref.template_path, ref.fmt) if ref.template_path else None
+    if shape is None:
+        if params is None:
+            params = load_flame_params(ref.flame_path)
+        shape = shape_from_params(params, ref.fmt, ref.flame_path)
+    return shape
+
+
+def fit_shape(shape: np.ndarray | None, n: int) -> np.ndarray:
+    """Shape vector cut or zero-padded to n dims (FLAME.n_shape); zeros when there is none -> (n,) float32."""
+    out = np.zeros(int(n), np.float32)
+    if shape is not None:
+        k = min(len(out), shape.shape[0])
+        out[:k] = shape[:k]
+    return out
+
+
 # ----------------------------------------------------------------------------- audio
 
 def load_audio(path: str, sr: int = 16000) -> np.ndarray:
@@ -357,6 +377,11 @@ class SampleRef:
         return f"{self.json_path}: sample '{self.sample_id}'"
 
 
+def audio_frames(n_samples: int, sr: int = 16000, fps: float = 25) -> int:
+    """Motion frames covered by n audio samples: round(seconds * fps), halves up (DESIGN.md 3)."""
+    return int(math.floor(n_samples * fps / sr + 0.5))
+
+
 def load_item(ref: SampleRef, target_fps: float = 25, sr: int = 16000, max_av_diff: float = 0.5,
               log: logging.Logger | None = None) -> dict:
     """Load one sample: normalised audio and motion of the same duration.
@@ -375,18 +400,14 @@ def load_item(ref: SampleRef, target_fps: float = 25, sr: int = 16000, max_av_di
     try:
         params = load_flame_params(ref.flame_path)
         motion = motion_from_params(params, ref.fmt, ref.fps, target_fps, ref.valid_frames_num, ref.flame_path)
-        shape = None
-        if ref.template_path:
-            shape = load_shape(ref.template_path, ref.fmt)
-        if shape is None:
-            shape = shape_from_params(params, ref.fmt, ref.flame_path)
+        shape = sample_shape(ref, params)
         audio = load_audio(ref.audio_path, sr)
     except DataError as e:
         raise DataError(f"{ref.where}: {e}") from None
 
     notes = []
     n_motion = motion.shape[0]
-    n_audio = int(math.floor(audio.shape[0] / hop + 0.5))  # round(seconds * 25)
+    n_audio = audio_frames(audio.shape[0], sr, target_fps)
     diff = abs(audio.shape[0] / sr - n_motion / target_fps)
     if diff > max_av_diff:
         msg = (f"{ref.where}: audio {ref.audio_path} is {audio.shape[0] / sr:.2f} s but motion "

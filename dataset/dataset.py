@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.data_item import DataError, SampleRef, load_item
+from dataset.data_item import DataError, SampleRef, fit_shape, load_item
 from utils.config import resolve_data_path
 
 SPLITS = ("train", "val", "test")
@@ -349,10 +349,7 @@ class FaceDataset(torch.utils.data.Dataset):
             t = self.max_frames
             motion = motion[s:s + t]
             audio = audio[s * self.hop:(s + t) * self.hop]
-        shape = np.zeros(self.n_shape, np.float32)
-        if item["shape"] is not None:
-            k = min(self.n_shape, item["shape"].shape[0])
-            shape[:k] = item["shape"][:k]
+        shape = fit_shape(item["shape"], self.n_shape)
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(audio)),
             "motion": torch.from_numpy(np.ascontiguousarray(motion)),

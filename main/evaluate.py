@@ -42,7 +42,6 @@ import numpy as np  # noqa: E402
 log = logging.getLogger("evaluate")
 
 N_PLOT_SAMPLES = 3
-FLAME_CHUNK = 512  # frames per FLAME call: bounds memory for long sequences
 
 
 class EvalError(RuntimeError):
@@ -117,33 +116,6 @@ def lip_opening_proxy(verts: np.ndarray, lip_idx) -> np.ndarray:
 # Ground truth and predictions
 # ----------------------------------------------------------------------------------------------
 
-def sample_shape(ref, cfg) -> np.ndarray:
-    """The sample's FLAME shape as the dataset gives it to the model (FaceDataset): the per-subject
-    template's shape if the JSON names one, else the FLAME file's; first FLAME.n_shape dims,
-    zero-padded (zeros if there is none). -> (FLAME.n_shape,) float32"""
-    from dataset.data_item import load_shape
-    shape = load_shape(ref.template_path, ref.fmt) if getattr(ref, "template_path", None) else None
-    if shape is None:
-        shape = load_shape(ref.flame_path, ref.fmt)
-    out = np.zeros(int(cfg.FLAME.n_shape), np.float32)
-    if shape is not None:
-        k = min(len(out), shape.shape[0])
-        out[:k] = shape[:k]
-    return out
-
-
-def motion_to_vertices(flame, motion: np.ndarray, shape: np.ndarray | None) -> np.ndarray:
-    """(T,51) motion -> (T,V,3) float32 vertices through ``flame``, in chunks, without gradients."""
-    import torch
-    shape_t = None if shape is None else torch.from_numpy(np.asarray(shape, dtype=np.float32))
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(motion), FLAME_CHUNK):
-            m = torch.from_numpy(np.ascontiguousarray(motion[s:s + FLAME_CHUNK], dtype=np.float32))
-            out.append(flame.motion_to_vertices(m, shape_t).cpu().numpy())
-    return np.concatenate(out).astype(np.float32)
-
-
 def prediction_fps(cfg, ref, meta: dict | None) -> float:
     """Frame rate of a sample's predicted frames: meta.json's fps, else INFER.output_fps, where
     ``native`` is the sample's own fps (its JSON ``fps`` or the dataset's)."""
@@ -197,7 +169,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     results_dir is the default, else none: a hand-made tree must not borrow the model's coefficients).
     Returns the report dict that is written as JSON. Raises EvalError if no prediction is found.
     """
-    from dataset.data_item import DataError, load_motion
+    from dataset.data_item import DataError, fit_shape, load_motion, sample_shape
     from dataset.dataset import read_index, split_jsons
     from main.render import RenderError, frame_files, load_frames
     from models.flame import load_flame_for, region_indices
@@ -255,11 +227,11 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
             try:
                 motion = load_motion(ref.flame_path, ref.fmt, ref.fps, target_fps=fps,
                                      valid_frames_num=ref.valid_frames_num)
-                shape = sample_shape(ref, cfg)
+                shape = fit_shape(sample_shape(ref), cfg.FLAME.n_shape)
             except DataError as e:
                 raise DataError(f"{ref.json_path}: sample '{ref.sample_id}': {e}") from None
-            gt = motion_to_vertices(flame, motion, shape)
-            template = motion_to_vertices(flame, np.zeros((1, motion.shape[1]), np.float32), shape)[0]
+            gt = flame.motion_to_vertices(motion, shape)  # numpy in, numpy out; chunked, no graph
+            template = flame.motion_to_vertices(np.zeros((1, motion.shape[1]), np.float32), shape)[0]
             if gt.shape[1:] != pred.shape[1:]:
                 raise EvalError(f"{pred_dir}: predicted frames have {pred.shape[1]} vertices, the FLAME model "
                                 f"for {name} has {gt.shape[1]}")

@@ -47,7 +47,6 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -62,7 +61,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from dataset.data_item import DataError, load_audio, normalize_audio, resample_motion  # noqa: E402
+from dataset.data_item import DataError, audio_frames, load_audio, normalize_audio, resample_motion  # noqa: E402
 from utils.config import Config, ConfigError, load_config  # noqa: E402
 from utils.utils import pick_device, setup_logger  # noqa: E402
 
@@ -146,11 +145,6 @@ def read_speech(path: str, sr: int = 16000, logger: logging.Logger | None = None
     if not np.isfinite(audio).all():  # normalize_audio's eps should make this impossible; never pass NaN on
         raise AudioError(f"audio file {path}: normalisation produced NaN/inf (RMS {rms:.3g})")
     return audio
-
-
-def n_frames_of(n_samples: int, sr: int = 16000) -> int:
-    """Motion frames at 25 fps for n audio samples: round(seconds * 25), halves up (DESIGN.md 3)."""
-    return int(math.floor(n_samples * MOTION_FPS / sr + 0.5))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -522,7 +516,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
 
     t0 = time.perf_counter()
     sr = int(cfg.DATA.sample_rate)
-    n = n_frames_of(audio.shape[0], sr)
+    n = audio_frames(audio.shape[0], sr, MOTION_FPS)
     hop = sr // MOTION_FPS
     # exactly n frames of audio: cut or zero-pad by less than half a frame
     audio = audio[: n * hop] if audio.shape[0] >= n * hop else np.pad(audio, (0, n * hop - audio.shape[0]))
