@@ -1,13 +1,12 @@
 """FaceFormer and its audio encoder on the tiny wav2vec2 of config/demo.yaml (CPU, random init)."""
 import math
 import os
-import time
 
 import pytest
 import torch
 
 from loss.loss import motion_vertex_loss
-from models.faceformer import (FaceFormer, alibi_slopes, biased_mask, periodic_positional_encoding,
+from models.faceformer import (DecoderLayer, FaceFormer, alibi_slopes, biased_mask, periodic_positional_encoding,
                                shift_motion)
 from models.flame import FLAME
 from models.flame_standin import make_standin_flame
@@ -21,8 +20,8 @@ SPF = 640  # audio samples per motion frame (16 kHz / 25 fps)
 @pytest.fixture(scope="module")
 def model_cfg():
     cfg = load_config(os.path.join(ROOT, "config", "demo.yaml")).MODEL
-    # the demo trains the group-norm variant; the padding-exactness tests need the layer-norm one
-    # (it takes an attention mask), otherwise the same tiny architecture
+    # the demo trains the group-norm variant; these tests use the layer-norm one, whose CNN features
+    # of a window are those of the whole clip (test_encode_long); otherwise the same tiny architecture
     cfg.audio_encoder_config = dict(cfg.audio_encoder_config, feat_extract_norm="layer")
     return cfg
 
@@ -134,25 +133,38 @@ def test_resampling_is_time_aligned(model):
     assert torch.allclose(out[1, :, 0], expected.clamp(max=9.0))
 
 
-def test_group_norm_encoder_padding(model_cfg):
-    # wav2vec2-base style (group norm, no attention mask): in eval a padded batch is encoded clip by
-    # clip, so each clip's features do not depend on its batch; in training it is one padded pass
-    no_dropout = dict(hidden_dropout=0.0, attention_dropout=0.0, activation_dropout=0.0, feat_proj_dropout=0.0)
-    cfg = dict(model_cfg, audio_encoder_config=dict(model_cfg.audio_encoder_config, feat_extract_norm="group",
-                                                    **no_dropout))
+# wav2vec2-base's architecture with tiny widths: 7-layer CNN (stride 320, receptive field 400), post-LN
+# transformer; every dropout and LayerDrop off so that train mode is deterministic
+BASE_SHAPED = dict(conv_dim=[16] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
+                   feat_extract_norm="group", do_stable_layer_norm=False, hidden_size=32, num_hidden_layers=2,
+                   num_attention_heads=4, intermediate_size=64, num_conv_pos_embeddings=16,
+                   num_conv_pos_embedding_groups=4, hidden_dropout=0.0, attention_dropout=0.0,
+                   activation_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0)
+
+
+@pytest.mark.parametrize("norm,frozen", [("group", True), ("group", False), ("layer", True)])
+def test_padded_batch_encoding_equals_clips_alone(model_cfg, norm, frozen):
+    # group: wav2vec2-base (GroupNorm over time in the first CNN layer, post-LN transformer);
+    # layer: wav2vec2-large-lv60 (per-frame LayerNorm in the CNN, pre-LN "stable" transformer)
+    arch = dict(BASE_SHAPED, feat_extract_norm=norm, do_stable_layer_norm=norm == "layer")
+    cfg = dict(model_cfg, audio_encoder_config=arch, freeze_feature_encoder=frozen)
     torch.manual_seed(0)
-    enc = build_audio_encoder(cfg).eval()
-    assert not enc.use_frame_mask
-    audio, audio_mask, _, _ = padded_batch([30, 18], seed=8)
-    with torch.no_grad():
-        batch = enc(audio, 30, audio_mask)
-        alone = enc(audio[1:, :18 * SPF], 18)[0]
-        assert (batch[1, :18] - alone).abs().max() < 1e-5
-        assert (batch[0] - enc(audio[:1], 30)[0]).abs().max() < 1e-5
-        enc.train()  # no dropout in this config: train and eval differ only by the padding path
-        assert (enc(audio[1:, :18 * SPF], 18)[0] - alone).abs().max() < 1e-5
-        padded = enc(audio, 30, audio_mask)
-    assert padded.shape == batch.shape and (padded[1, :18] - alone).abs().max() > 1e-3
+    enc = build_audio_encoder(cfg)
+    assert enc.cnn_frozen == frozen
+    lengths = [25, 75, 200]  # 1 s, 3 s and 8 s at 25 fps
+    audio, audio_mask, _, _ = padded_batch(lengths, seed=8)
+    audio = audio * torch.linspace(0.2, 3.0, audio.shape[1])  # loudness varies: GroupNorm statistics matter
+    for train in (True, False):
+        enc.train(train)
+        batch = enc(audio, 200, audio_mask)
+        assert batch.shape == (3, 200, 32)
+        for b, n in enumerate(lengths):
+            alone = enc(audio[b:b + 1, :n * SPF], n)[0]
+            assert (batch[b, :n] - alone).abs().max() < 1e-4, (norm, train, b)
+            assert not batch[b, n:].any()  # frames past a clip's end are zeros
+    if not frozen:  # a trainable CNN is trained through the per-clip pass
+        batch.pow(2).mean().backward()
+        assert all(p.grad is not None for p in enc.model.feature_extractor.parameters())
 
 
 def test_encode_long(model):
@@ -323,11 +335,71 @@ def test_missing_local_repo_is_a_clear_error(model_cfg, tmp_path):
     assert "no_such_w2v" in msg and "audio_encoder_pretrained=false" in msg and "download" in msg
 
 
-def test_hub_repo_offline_is_a_quick_clear_error(model_cfg):
+def test_hub_repo_offline_is_a_clear_error_without_network_attempts(model_cfg, monkeypatch):
+    # With HF_HUB_OFFLINE=1 the loader must give up at once: no connection is even tried (a try would
+    # mean ~20 s of retries on an offline machine). Every way out of the process goes through socket.
+    import socket
     assert os.environ.get("HF_HUB_OFFLINE") == "1"  # conftest.py
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
     cfg = dict(model_cfg, audio_encoder_pretrained=True, audio_encoder_repo="no-such-org/no-such-wav2vec2")
-    t0 = time.time()
     with pytest.raises(AudioEncoderLoadError) as e:
         build_audio_encoder(cfg)
-    assert time.time() - t0 < 10  # no network retries
+    assert attempts == []
     assert "HF_HUB_OFFLINE" in str(e.value) and "audio_encoder_repo" in str(e.value)
+
+
+# ---- decoder details of the reference (nn.TransformerDecoderLayer) -------------------------------
+
+def test_cross_attention_dropout_is_a_per_frame_per_head_mask():
+    # nn.MultiheadAttention drops attention weights; with one key per query (the alignment mask) that
+    # zeroes or scales by 1/(1-p) each head's value slice of each frame, in training only
+    torch.manual_seed(0)
+    d, h, p = 64, 4, 0.3
+    layer = DecoderLayer(d, h, 2 * d, p)
+    feats = torch.randn(4, 500, d)
+    seen = []
+    layer.cross_out.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    with torch.no_grad():
+        v = layer.cross_value(feats).view(4, 500, h, d // h)
+        layer.train()
+        out_a, out_b = layer.cross(feats), layer.cross(feats)
+        masked = seen[0].view(4, 500, h, d // h)
+        dropped = (masked == 0).all(-1)                                       # (B,T,h)
+        kept = torch.isclose(masked, v / (1 - p), rtol=1e-6, atol=1e-7).all(-1)
+        assert (dropped ^ kept).all()             # every head slice: all zero, or all scaled by 1/(1-p)
+        assert abs(dropped.float().mean().item() - p) < 0.03                 # 6000 slices
+        assert ((dropped.sum(-1) > 0) & (dropped.sum(-1) < h)).any()          # heads drop independently
+        assert (out_a - out_b).abs().max() > 1e-3                             # a new mask each call
+        layer.eval()
+        assert torch.equal(layer.cross(feats), layer.cross_out(layer.cross_value(feats)))
+
+
+def test_attention_init_as_multihead_attention(model_cfg):
+    torch.manual_seed(0)
+    m = FaceFormer(model_cfg, n_styles=2)
+    d = m.d
+    ref = torch.nn.MultiheadAttention(d, m.n_head)  # its in_proj_weight is the packed (3d, d) matrix
+    bound = math.sqrt(6 / (d + 3 * d))
+    for layer in m.layers:
+        for name, bias in [("qkv", layer.self_attn.qkv.bias), ("out_proj", layer.self_attn.out_proj.bias),
+                           ("cross_value", layer.cross_value.bias), ("cross_out", layer.cross_out.bias)]:
+            assert not bias.any(), name
+        for w in (layer.self_attn.qkv.weight, layer.cross_value.weight):
+            # uniform on [-bound, bound] as the reference's: same range and standard deviation
+            assert w.abs().max() <= bound and w.abs().max() > 0.98 * bound
+            assert w.std().item() == pytest.approx(ref.in_proj_weight.std().item(), rel=0.05)
+            assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
+
+
+def test_ff_dim_defaults_to_twice_feature_dim(model_cfg):
+    assert load_config(None).MODEL.ff_dim is None
+    assert FaceFormer(dict(model_cfg, feature_dim=32, ff_dim=None), n_styles=2).layers[0].linear1.out_features == 64
+    assert FaceFormer(dict(model_cfg, feature_dim=32, ff_dim=48), n_styles=2).layers[0].linear1.out_features == 48
