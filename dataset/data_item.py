@@ -1,4 +1,5 @@
-"""One sample: a JSON index entry -> mono 16 kHz audio + 51-dim FLAME motion at 25 fps.
+"""One sample: a JSON index entry -> mono audio + 51-dim FLAME motion, framed by ``utils.framing``
+(16 kHz audio and 25 fps motion by default; ``DATA.sample_rate`` / ``DATA.target_fps``).
 
 The motion vector (DESIGN.md 3) is ``[expr[:, :50], jaw[:, 0:1]]``:
 
@@ -7,10 +8,11 @@ The motion vector (DESIGN.md 3) is ``[expr[:, :50], jaw[:, 0:1]]``:
 - ``vhap`` files (new FLAME, VHAP tracking): ``expr`` (T,100), jaw = ``jaw_pose[:, 0:1]``,
   ``shape`` (300,).
 
-Every sequence is resampled from its native fps to 25 fps by linear interpolation. Audio is read
-with soundfile, mixed to mono, resampled to 16 kHz with soxr and normalised per utterance like
-``Wav2Vec2FeatureExtractor`` (zero mean, unit variance). ``load_item`` trims audio and motion to the
-same length, exactly ``T * sr / target_fps`` samples (640 at 16 kHz / 25 fps).
+Every sequence is resampled from its native fps to the framing's fps by linear interpolation. Audio
+is read with soundfile, mixed to mono, resampled to the framing's rate with soxr and normalised per
+utterance like ``Wav2Vec2FeatureExtractor`` (zero mean, unit variance). ``load_item`` trims audio
+and motion to the same length, exactly ``T * samples_per_frame`` samples (640 at 16 kHz / 25 fps).
+A wav file whose data is shorter than its header says is reported as truncated.
 
 Errors a user can cause (missing or corrupt files, wrong keys, NaN) raise ``DataError`` naming the
 JSON index, the sample id and the data file.
@@ -25,8 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from utils.framing import DEFAULT_FPS, DEFAULT_FRAMING, N_EXPR, WAV2VEC2_SAMPLE_RATE, Framing
 
-class DataError(ValueError):
+from utils.errors import UserError
+
+
+class DataError(UserError, ValueError):
     """A bad data file or index entry. The message names the JSON file, sample id and data file."""
 
 
@@ -35,7 +41,7 @@ FORMATS = {
     "emoca": {"expr": "expcode", "jaw": "posecode", "jaw_col": 3, "shape": "shapecode"},
     "vhap": {"expr": "expr", "jaw": "jaw_pose", "jaw_col": 0, "shape": "shape"},
 }
-N_EXPR = 50  # expression dims kept in the motion vector; +1 jaw = 51
+DETAIL_KEY, DETAIL_DIM = "detailcode", 128  # EMOCA/DECA detail code, the last block of the 287 coefficients
 
 
 # ----------------------------------------------------------------------------- FLAME parameter files
@@ -161,12 +167,12 @@ def load_flame_params(path: str) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- motion
 
-def resampled_length(n_frames: int, fps: float, target_fps: float = 25) -> int:
+def resampled_length(n_frames: int, fps: float, target_fps: float = DEFAULT_FPS) -> int:
     """Frames after resampling: round(T * target / fps), halves rounded up (same duration)."""
     return int(math.floor(n_frames * target_fps / fps + 0.5))
 
 
-def resample_motion(x: np.ndarray, fps: float, target_fps: float = 25) -> np.ndarray:
+def resample_motion(x: np.ndarray, fps: float, target_fps: float = DEFAULT_FPS) -> np.ndarray:
     """Linear resampling on the time axis. x (T,D) -> (round(T*target/fps), D), same dtype.
 
     Input frame j sits at time j/fps, output frame k at k/target_fps; an output time past the last
@@ -194,7 +200,7 @@ def _first_bad_frame(a: np.ndarray) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = 25,
+def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = DEFAULT_FPS,
                        valid_frames_num: int | None = None, path: str = "") -> np.ndarray:
     """``load_motion`` on already loaded parameters. Returns (T,51) float32 at ``target_fps``."""
     if fmt not in FORMATS:
@@ -225,7 +231,11 @@ def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = 2
     if valid_frames_num is not None:
         if int(valid_frames_num) < 1:
             raise DataError(f"{path}: valid_frames_num is {valid_frames_num}; expected a positive integer")
-        n = min(n, int(valid_frames_num))  # cut native frames before resampling
+        if int(valid_frames_num) > n:
+            # the index promises frames the file does not have: a wrong file or a stale index
+            raise DataError(f"{path}: valid_frames_num is {valid_frames_num} but the file has only {n} frames "
+                            f"(key '{ek}' shape {expr.shape}); expected valid_frames_num <= {n}")
+        n = int(valid_frames_num)  # cut native frames before resampling
     if n < 2:
         raise DataError(f"{path}: has {n} frame(s) (key '{ek}' shape {expr.shape}"
                         f"{f', valid_frames_num {valid_frames_num}' if valid_frames_num else ''}); "
@@ -240,7 +250,7 @@ def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = 2
     return resample_motion(motion, fps, target_fps).astype(np.float32)
 
 
-def load_motion(path: str, fmt: str, fps: float, target_fps: float = 25,
+def load_motion(path: str, fmt: str, fps: float, target_fps: float = DEFAULT_FPS,
                 valid_frames_num: int | None = None) -> np.ndarray:
     """FLAME parameter file -> (T,51) float32 motion at ``target_fps``.
 
@@ -302,6 +312,24 @@ def sample_shape(ref: "SampleRef", params: dict | None = None) -> np.ndarray | N
     return shape
 
 
+def detail_from_params(params: dict, path: str = "") -> np.ndarray | None:
+    """The EMOCA/DECA detail code (128,) float32 in ``params`` (key ``detailcode``), or None.
+
+    A per-frame code (T,128) is averaged over frames: the 287-dim coefficients carry one detail
+    code per sequence, like the shape."""
+    if DETAIL_KEY not in params:
+        return None
+    a = np.asarray(params[DETAIL_KEY], dtype=np.float64)
+    if a.ndim == 2:
+        a = a.mean(axis=0)
+    if a.ndim != 1 or a.shape[0] != DETAIL_DIM:
+        raise DataError(f"{path}: key '{DETAIL_KEY}' has shape {params[DETAIL_KEY].shape}; expected "
+                        f"({DETAIL_DIM},) or (T,{DETAIL_DIM})")
+    if not np.isfinite(a).all():
+        raise DataError(f"{path}: key '{DETAIL_KEY}' has NaN/inf values")
+    return a.astype(np.float32)
+
+
 def fit_shape(shape: np.ndarray | None, n: int) -> np.ndarray:
     """Shape vector cut or zero-padded to n dims (FLAME.n_shape); zeros when there is none -> (n,) float32."""
     out = np.zeros(int(n), np.float32)
@@ -313,11 +341,44 @@ def fit_shape(shape: np.ndarray | None, n: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- audio
 
-def load_audio(path: str, sr: int = 16000) -> np.ndarray:
+def wav_header_frames(path: str) -> int | None:
+    """Frames a RIFF/WAVE file's header promises (size of its 'data' chunk / block size), or None
+    when the file is not a plain RIFF wav or the writer left the size open (0 or 0xFFFFFFFF).
+    libsndfile quietly shrinks its own frame count to what the file holds, so truncation is only
+    visible here."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            block = None
+            while True:
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if cid == b"fmt ":
+                    fmt = f.read(size + (size & 1))
+                    if len(fmt) >= 14:
+                        block = struct.unpack("<H", fmt[12:14])[0]
+                elif cid == b"data":
+                    if not block or size in (0, 0xFFFFFFFF):
+                        return None
+                    return size // block
+                else:
+                    f.seek(size + (size & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def load_audio(path: str, sr: int = WAV2VEC2_SAMPLE_RATE) -> np.ndarray:
     """Audio file (any rate, any channel count) -> (N,) float32 mono at ``sr``, not normalised.
 
     Read with soundfile; formats soundfile does not know (e.g. .m4a) fall back to librosa. A file
-    soundfile knows but cannot decode is corrupt and raises at once.
+    soundfile knows but cannot decode is corrupt and raises at once; a wav holding fewer frames
+    than its header says is truncated and raises too (soundfile would return the shorter data).
     """
     import soundfile as sf
 
@@ -337,6 +398,11 @@ def load_audio(path: str, sr: int = 16000) -> np.ndarray:
             raise DataError(f"cannot read audio file {path}: soundfile: {e}; librosa: {e2}") from None
     if x.shape[0] == 0:
         raise DataError(f"audio file {path} is empty (0 samples)")
+    promised = wav_header_frames(path)
+    if promised is not None and x.shape[0] < promised:
+        raise DataError(f"audio file {path} is truncated: its header says {promised} frames "
+                        f"({promised / in_sr:.3f} s at {in_sr} Hz) but the file holds {x.shape[0]} "
+                        f"({x.shape[0] / in_sr:.3f} s); re-export or re-copy it")
     if not np.isfinite(x).all():
         raise DataError(f"audio file {path} has NaN/inf samples")
     if in_sr != sr:
@@ -377,41 +443,41 @@ class SampleRef:
         return f"{self.json_path}: sample '{self.sample_id}'"
 
 
-def audio_frames(n_samples: int, sr: int = 16000, fps: float = 25) -> int:
+def audio_frames(n_samples: int, sr: int = WAV2VEC2_SAMPLE_RATE, fps: float = DEFAULT_FPS) -> int:
     """Motion frames covered by n audio samples: round(seconds * fps), halves up (DESIGN.md 3)."""
     return int(math.floor(n_samples * fps / sr + 0.5))
 
 
-def load_item(ref: SampleRef, target_fps: float = 25, sr: int = 16000, max_av_diff: float = 0.5,
+def load_item(ref: SampleRef, framing: Framing | None = None, max_av_diff: float = 0.5,
               log: logging.Logger | None = None) -> dict:
     """Load one sample: normalised audio and motion of the same duration.
 
     Returns dict(audio (N,) float32 normalised, motion (T,51) float32, shape (S,) float32 or None,
-    n_frames T, native_fps, notes list[str]) with N == T * sr / target_fps exactly. Audio and motion
-    are trimmed to the shorter; when their durations differ by more than ``max_av_diff`` seconds a
-    note is added (and logged as a warning if ``log`` is given). Audio is zero-padded by less than
-    one frame when its length is not a whole number of frames.
+    detail (128,) float32 or None (the FLAME file's ``detailcode``), n_frames T, native_fps,
+    notes list[str]) with N == T * framing.samples_per_frame exactly (default framing: 16 kHz,
+    25 fps). Audio and motion are trimmed to the shorter; when their durations differ by more than
+    ``max_av_diff`` seconds a note is added (and logged as a warning if ``log`` is given). Audio is
+    zero-padded by less than one frame when its length is not a whole number of frames.
     Raises DataError naming the JSON file, the sample id and the data file.
     """
-    hop = sr / target_fps
-    if hop != int(hop):
-        raise ValueError(f"sample rate {sr} is not a whole number of samples per frame at {target_fps} fps")
-    hop = int(hop)
+    fr = framing or DEFAULT_FRAMING
+    sr, fps, hop = fr.sample_rate, fr.fps, fr.samples_per_frame
     try:
         params = load_flame_params(ref.flame_path)
-        motion = motion_from_params(params, ref.fmt, ref.fps, target_fps, ref.valid_frames_num, ref.flame_path)
+        motion = motion_from_params(params, ref.fmt, ref.fps, fps, ref.valid_frames_num, ref.flame_path)
         shape = sample_shape(ref, params)
+        detail = detail_from_params(params, ref.flame_path)
         audio = load_audio(ref.audio_path, sr)
     except DataError as e:
         raise DataError(f"{ref.where}: {e}") from None
 
     notes = []
     n_motion = motion.shape[0]
-    n_audio = audio_frames(audio.shape[0], sr, target_fps)
-    diff = abs(audio.shape[0] / sr - n_motion / target_fps)
+    n_audio = fr.frames_in(audio.shape[0])
+    diff = abs(audio.shape[0] / sr - n_motion / fps)
     if diff > max_av_diff:
         msg = (f"{ref.where}: audio {ref.audio_path} is {audio.shape[0] / sr:.2f} s but motion "
-               f"{ref.flame_path} is {n_motion / target_fps:.2f} s (differ by {diff:.2f} s > "
+               f"{ref.flame_path} is {n_motion / fps:.2f} s (differ by {diff:.2f} s > "
                f"DATA.max_av_diff {max_av_diff} s); both trimmed to the shorter")
         notes.append(msg)
         if log is not None:
@@ -423,5 +489,5 @@ def load_item(ref: SampleRef, target_fps: float = 25, sr: int = 16000, max_av_di
     audio = normalize_audio(audio[: t * hop])
     if audio.shape[0] < t * hop:  # audio rounded up to a whole frame: pad < 1 frame of silence
         audio = np.concatenate([audio, np.zeros(t * hop - audio.shape[0], np.float32)])
-    return {"audio": audio, "motion": np.ascontiguousarray(motion[:t]), "shape": shape,
+    return {"audio": audio, "motion": np.ascontiguousarray(motion[:t]), "shape": shape, "detail": detail,
             "n_frames": t, "native_fps": ref.fps, "notes": notes}

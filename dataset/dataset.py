@@ -8,6 +8,8 @@ A JSON index (DESIGN.md 3) is an object keyed by sample id::
 
 Each dataset of ``DATA.datasets`` names its JSON(s) per split; all datasets of a split are
 concatenated into one ``FaceDataset``. A dataset without a JSON for a split is absent from it.
+``DATA.train_subjects`` / ``val_subjects`` / ``test_subjects`` keep only those speakers in a split
+(``dataset_refs`` is the one reader every caller uses, so training, inference and evaluation agree).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.data_item import DataError, SampleRef, fit_shape, load_item
+from dataset.data_item import DETAIL_DIM, DataError, SampleRef, fit_shape, load_item
 from utils.config import resolve_data_path
+from utils.framing import framing_from_config
 
 SPLITS = ("train", "val", "test")
 AUDIO_KEYS = ("audio_path", "audio")
@@ -171,18 +174,42 @@ def split_jsons(ds_cfg, split: str) -> list[str]:
     return [p] if isinstance(p, str) else list(p)
 
 
-def split_refs(cfg, split: str, problems: list | None = None) -> list[SampleRef]:
-    """SampleRefs of every dataset that has JSON(s) for ``split``, in config order.
-    With ``problems`` a list, file-level and entry errors are appended to it instead of raised."""
+def subjects_of(cfg, split: str) -> list[str] | None:
+    """The speaker ids a split is restricted to (``DATA.<split>_subjects``), or None for all."""
+    return cfg.DATA.get(f"{split}_subjects")
+
+
+def dataset_refs(cfg, name: str, split: str, problems: list | None = None,
+                 left_out: list | None = None) -> list[SampleRef]:
+    """SampleRefs of one dataset's ``split`` JSON(s), restricted to ``DATA.<split>_subjects``.
+
+    The shared split reader: training, validation, inference and evaluation all read a split here.
+    Samples of other speakers are appended to ``left_out`` (if a list) rather than returned. With
+    ``problems`` a list, file-level and entry errors are appended to it instead of raised."""
+    ds = cfg.DATA.datasets[name]
     refs = []
-    for name, ds in cfg.DATA.datasets.items():
-        for jp in split_jsons(ds, split):
-            try:
-                refs += read_index(jp, name, ds, cfg, problems)
-            except DataError as e:
-                if problems is None:
-                    raise
-                problems.append(str(e))
+    for jp in split_jsons(ds, split):
+        try:
+            refs += read_index(jp, name, ds, cfg, problems)
+        except DataError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+    keep = subjects_of(cfg, split)
+    if keep is None:
+        return refs
+    keep = set(keep)
+    if left_out is not None:
+        left_out += [r for r in refs if r.speaker not in keep]
+    return [r for r in refs if r.speaker in keep]
+
+
+def split_refs(cfg, split: str, problems: list | None = None) -> list[SampleRef]:
+    """SampleRefs of every dataset that has JSON(s) for ``split``, in config order, restricted to the
+    split's subjects. With ``problems`` a list, file-level and entry errors are appended to it."""
+    refs = []
+    for name in cfg.DATA.datasets:
+        refs += dataset_refs(cfg, name, split, problems)
     return refs
 
 
@@ -198,18 +225,59 @@ def style_classes(cfg) -> list[str]:
     return speakers
 
 
+# A sample shared by two splits is reported in (and, with DATA.bad_samples=skip, left out of) the
+# split that comes first here, so evaluation sets stay whole and each leak is reported once.
+_LEAK_ORDER = ("train", "val", "test")
+
+
+def _same_file_key(path: str) -> str:
+    return os.path.realpath(path)
+
+
+def split_overlaps(cfg, name: str, split: str, refs: list[SampleRef]) -> dict:
+    """Samples of ``refs`` (one dataset's ``split``) that share a sample id, an audio file or a FLAME
+    file with a later split of the same dataset -> {(json_path, sample_id): message}."""
+    later = _LEAK_ORDER[_LEAK_ORDER.index(split) + 1:] if split in _LEAK_ORDER else ()
+    out = {}
+    for other in later:
+        others = dataset_refs(cfg, name, other, problems=[])
+        if not others:
+            continue
+        by = {"sample id": {}, "audio file": {}, "FLAME file": {}}
+        for o in others:
+            by["sample id"].setdefault(o.sample_id, o)
+            by["audio file"].setdefault(_same_file_key(o.audio_path), o)
+            by["FLAME file"].setdefault(_same_file_key(o.flame_path), o)
+        for r in refs:
+            keys = {"sample id": r.sample_id, "audio file": _same_file_key(r.audio_path),
+                    "FLAME file": _same_file_key(r.flame_path)}
+            hits = [(what, by[what][k]) for what, k in keys.items() if k in by[what]]
+            if hits and (r.json_path, r.sample_id) not in out:
+                shared = "; ".join(f"{what} {keys[what]} as sample '{o.sample_id}' of {o.json_path}"
+                                   for what, o in hits)
+                out[(r.json_path, r.sample_id)] = (
+                    f"{r.where}: in the {split} split and also in the {other} split of {name} (same {shared}); "
+                    f"a sample must belong to one split")
+    return out
+
+
 # ----------------------------------------------------------------------------- validation
 
 def validate(cfg, split: str, log: logging.Logger | None = None, raise_errors: bool | None = None,
              progress: bool = True) -> dict:
     """Load every sample of ``split`` once and report per dataset.
 
-    Returns ``{"split", "datasets": {name: {"format", "entries", "samples", "seconds", "hours",
-    "speakers" (sorted list), "native_fps" (sorted list), "problems" [str], "warnings" [str]}},
-    "problems" [str], "warnings" [str], "refs" [good SampleRefs], "bad" {(json_path, sample_id)}}``.
-    ``samples`` counts the good ones; warnings are audio/motion length mismatches (trimmed, not bad).
-    On the test split two samples with the same dataset and style id (the same output folder) are a
-    problem too; the first keeps the folder.
+    Returns ``{"split", "datasets": {name: {"format", "entries", "left_out", "samples", "seconds",
+    "hours", "speakers" (sorted list), "native_fps" (sorted list), "problems" [str], "warnings" [str]}},
+    "problems" [str], "warnings" [str], "left_out" int, "refs" [good SampleRefs],
+    "bad" {(json_path, sample_id)}}``.
+    ``entries`` counts the samples of the split's speakers (``DATA.<split>_subjects``), ``left_out``
+    the samples of other speakers, ``samples`` the good ones; warnings are audio/motion length
+    mismatches (trimmed, not bad) and, on the train split, ``DATA.train_subjects`` with no sample.
+    Problems: a sample that cannot be loaded (including a truncated wav or a ``valid_frames_num``
+    beyond the file's frames); a sample id, audio file or FLAME file that a later split of the same
+    dataset also uses (train < val < test: the later split keeps it); on the test split, two samples
+    with the same dataset and style id (the same output folder; the first keeps it).
 
     ``raise_errors`` (default: ``DATA.bad_samples == "error"``): raise one DataError listing every
     problem. Otherwise the problems are logged and the bad samples are left out of ``refs``.
@@ -218,21 +286,18 @@ def validate(cfg, split: str, log: logging.Logger | None = None, raise_errors: b
     if raise_errors is None:
         raise_errors = cfg.DATA.bad_samples == "error"
     d = cfg.DATA
-    report = {"split": split, "datasets": {}, "problems": [], "warnings": [], "refs": [], "bad": set()}
+    framing = framing_from_config(cfg)
+    report = {"split": split, "datasets": {}, "problems": [], "warnings": [], "left_out": 0, "refs": [],
+              "bad": set()}
     for name, ds in d.datasets.items():
-        jsons = split_jsons(ds, split)
-        if not jsons:
+        if not split_jsons(ds, split):
             continue  # this dataset has no such split
-        problems, refs = [], []
-        for jp in jsons:
-            try:
-                refs += read_index(jp, name, ds, cfg, problems)
-            except DataError as e:
-                problems.append(str(e))
+        problems, left_out = [], []
+        refs = dataset_refs(cfg, name, split, problems, left_out)
 
         def load(ref):
             try:
-                return load_item(ref, d.target_fps, d.sample_rate, d.max_av_diff)
+                return load_item(ref, framing, d.max_av_diff)
             except DataError as e:
                 return e
 
@@ -247,8 +312,11 @@ def validate(cfg, split: str, log: logging.Logger | None = None, raise_errors: b
                 report["bad"].add((ref.json_path, ref.sample_id))
                 continue
             warnings += item["notes"]
-            seconds += item["n_frames"] / d.target_fps
+            seconds += item["n_frames"] / framing.fps
             good.append(ref)
+        for key, msg in split_overlaps(cfg, name, split, refs).items():
+            problems.append(msg)
+            report["bad"].add(key)
         if split == "test":
             owner = {}
             for ref in good:
@@ -258,16 +326,28 @@ def validate(cfg, split: str, log: logging.Logger | None = None, raise_errors: b
                                     f"sample '{first.sample_id}' of {first.json_path}; give each test "
                                     f"sample its own style_id")
                     report["bad"].add((ref.json_path, ref.sample_id))
-            good = [r for r in good if (r.json_path, r.sample_id) not in report["bad"]]
+        good = [r for r in good if (r.json_path, r.sample_id) not in report["bad"]]
         report["datasets"][name] = {
-            "format": ds.format, "entries": len(refs), "samples": len(good), "seconds": seconds,
-            "hours": seconds / 3600.0, "speakers": sorted({r.speaker for r in good}),
+            "format": ds.format, "entries": len(refs), "left_out": len(left_out), "samples": len(good),
+            "seconds": seconds, "hours": seconds / 3600.0, "speakers": sorted({r.speaker for r in good}),
             "native_fps": sorted({r.fps for r in good}), "problems": problems, "warnings": warnings,
         }
         report["problems"] += problems
         report["warnings"] += warnings
+        report["left_out"] += len(left_out)
         report["refs"] += good
 
+    subjects = subjects_of(cfg, split)
+    if subjects is not None:
+        per = ", ".join(f"{n} {r['left_out']}" for n, r in report["datasets"].items() if r["left_out"])
+        log.info("%s split: %d sample(s) of speakers not in DATA.%s_subjects left out%s", split,
+                 report["left_out"], split, f" ({per})" if per else "")
+        if split == "train":
+            seen = {r.speaker for r in report["refs"]}
+            for s in subjects:
+                if s not in seen:
+                    report["warnings"].append(f"DATA.train_subjects names '{s}', which has no usable training "
+                                              f"sample in any dataset: its style class is never trained")
     if report["problems"]:
         listing = "\n  ".join(report["problems"])
         if raise_errors:
@@ -278,8 +358,7 @@ def validate(cfg, split: str, log: logging.Logger | None = None, raise_errors: b
     for w in report["warnings"][:20]:  # all of them are in the report; the log gets a sample
         log.warning(w)
     if len(report["warnings"]) > 20:
-        log.warning("... and %d more audio/motion length mismatch(es) in the %s data",
-                    len(report["warnings"]) - 20, split)
+        log.warning("... and %d more warning(s) in the %s data", len(report["warnings"]) - 20, split)
     return report
 
 
@@ -295,8 +374,10 @@ class FaceDataset(torch.utils.data.Dataset):
     loaded samples in memory (per DataLoader worker), for small datasets.
 
     ``__getitem__`` -> dict(audio (N,) float32, motion (T,51) float32, shape (FLAME.n_shape,) float32
-    (zeros if the sample has none), style long (index in ``styles``, -1 if not a training style),
-    n_frames int T, sample_id, dataset, style_id, speaker, native_fps), N == T * 640.
+    (zeros if the sample has none), detail (128,) float32 (the FLAME file's ``detailcode``, zeros if
+    none), style long (index in ``styles``, -1 if not a training style), n_frames int T, sample_id,
+    dataset, style_id, speaker, native_fps), N == T * samples_per_frame (640 at 16 kHz / 25 fps).
+    The split holds only the speakers of ``DATA.<split>_subjects`` when that is set.
     """
 
     def __init__(self, cfg, split: str, styles: list[str], train: bool | None = None, check: bool = True,
@@ -314,10 +395,9 @@ class FaceDataset(torch.utils.data.Dataset):
             self.refs = split_refs(cfg, split)
         self.cache = {} if cache else None
         self._warned = set()
-        d = cfg.DATA
-        self.target_fps, self.sr = d.target_fps, d.sample_rate
-        self.hop = int(round(self.sr / self.target_fps))
-        self.max_frames = int(d.max_frames or 0)
+        self.framing = framing_from_config(cfg)
+        self.hop = self.framing.samples_per_frame
+        self.max_frames = int(cfg.DATA.max_frames or 0)
         self.n_shape = int(cfg.FLAME.n_shape)
 
     def __len__(self):
@@ -333,7 +413,7 @@ class FaceDataset(torch.utils.data.Dataset):
         # Mismatch warnings were already reported by validation; otherwise report each sample once.
         log = None if (self.report is not None or ref.sample_id in self._warned) else self.log
         self._warned.add(ref.sample_id)
-        item = load_item(ref, self.target_fps, self.sr, self.cfg.DATA.max_av_diff, log)
+        item = load_item(ref, self.framing, self.cfg.DATA.max_av_diff, log)
         if self.cache is not None:
             self.cache[i] = item
         return item
@@ -350,10 +430,12 @@ class FaceDataset(torch.utils.data.Dataset):
             motion = motion[s:s + t]
             audio = audio[s * self.hop:(s + t) * self.hop]
         shape = fit_shape(item["shape"], self.n_shape)
+        detail = item["detail"] if item["detail"] is not None else np.zeros(DETAIL_DIM, np.float32)
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(audio)),
             "motion": torch.from_numpy(np.ascontiguousarray(motion)),
             "shape": torch.from_numpy(shape),
+            "detail": torch.from_numpy(detail),
             "style": torch.tensor(self.style_index(ref.speaker), dtype=torch.long),
             "n_frames": t,
             "sample_id": ref.sample_id,

@@ -27,13 +27,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.errors import UserError
+from utils.framing import MOTION_DIM, N_EXPR
+
 N_VERTICES = 5023
 N_JOINTS = 5
 FLAME_PARENTS = (-1, 0, 1, 1, 1)
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 
 
-class FlameLoadError(ValueError):
+class FlameLoadError(UserError, ValueError):
     """A FLAME / mask file that cannot be used; the message names the file and the key."""
 
 
@@ -366,6 +369,17 @@ class FLAME(nn.Module):
                              persistent=False)
         self.faces = np.asarray(arr["f"], dtype=np.int64)
 
+    _shared = False  # set on the instances load_flame_for hands out
+
+    def _apply(self, fn, *args, **kwargs):
+        # Module.to/cuda/cpu/double/half all come here. A shared instance may only be "converted"
+        # to what it already is (t.to(same device, same dtype) returns t itself).
+        if self._shared and fn(self.v_template) is not self.v_template:
+            raise RuntimeError(f"FLAME ({self.source}) is the shared instance of load_flame_for; moving or "
+                               f"casting it in place would change it for every user. Use "
+                               f"load_flame_for(cfg, dataset, device=...) for a copy on another device.")
+        return self if self._shared else super()._apply(fn, *args, **kwargs)
+
     @classmethod
     def from_file(cls, path: str, n_shape: int | None = None) -> "FLAME":
         return cls(load_flame_pickle(path), n_shape=n_shape, source=str(path))
@@ -434,7 +448,7 @@ class FLAME(nn.Module):
                 out = self.motion_to_vertices(torch.as_tensor(motion, dtype=torch.float32, device=self.v_template.device),
                                               None if s is None else s.to(self.v_template.device), chunk_frames)
             return out.cpu().numpy()
-        if motion.shape[-1] != 51 or motion.dim() not in (2, 3):
+        if motion.shape[-1] != MOTION_DIM or motion.dim() not in (2, 3):
             raise ValueError(f"motion_to_vertices: motion must be (B,T,51) or (T,51), got {tuple(motion.shape)}")
         single = motion.dim() == 2
         if single:
@@ -452,9 +466,9 @@ class FLAME(nn.Module):
                     raise ValueError(f"motion_to_vertices: shape batch {shape.shape[0]} != motion batch {B}")
             v_base, j_base = self._base(self._pad(shape, self.n_shape, "shape"))
             v_base, j_base = v_base.unsqueeze(1), j_base.unsqueeze(1)
-            expr = self._pad(motion[..., :50], 50, "expr")  # _lbs uses the first 50 components only
+            expr = self._pad(motion[..., :N_EXPR], N_EXPR, "expr")  # _lbs uses the first N_EXPR components only
             zeros = motion.new_zeros(B, T, 6)
-            pose = torch.cat([zeros, motion[..., 50:51], zeros[..., :2], zeros], -1)  # jaw = pose[6:9]
+            pose = torch.cat([zeros, motion[..., N_EXPR:N_EXPR + 1], zeros[..., :2], zeros], -1)  # jaw = pose[6:9]
             if T == 0:
                 out = motion.new_zeros(B, 0, self.n_vertices, 3)
                 return out[0] if single else out
@@ -518,7 +532,7 @@ def motion_to_coeffs287(motion, shape=None, detail=None):
     None (zeros). The jaw goes to index 153 only (never copied to the three jaw axes).
     """
     is_torch = torch.is_tensor(motion)
-    if motion.shape[-1] != 51:
+    if motion.shape[-1] != MOTION_DIM:
         raise ValueError(f"motion_to_coeffs287: motion must be (...,51), got {tuple(motion.shape)}")
     lead = tuple(motion.shape[:-1])
     if is_torch:
@@ -531,8 +545,8 @@ def motion_to_coeffs287(motion, shape=None, detail=None):
     if shape is not None:
         shape = as_arr(shape)[..., :100]
         out[..., :shape.shape[-1]] = shape
-    out[..., 100:150] = motion[..., :50]
-    out[..., 153] = motion[..., 50]
+    out[..., 100:150] = motion[..., :N_EXPR]
+    out[..., 153] = motion[..., N_EXPR]
     if detail is not None:
         detail = as_arr(detail)
         if detail.shape[-1] != 128:
@@ -619,6 +633,14 @@ def region_indices(cfg) -> tuple:
 _FLAME_CACHE: dict = {}
 
 
+def _device_key(device) -> torch.device:
+    """'cuda' and 'cuda:0' (the current device) name one device: one cache entry."""
+    dev = torch.device(device if device is not None else "cpu")
+    if dev.type == "cuda" and dev.index is None and torch.cuda.is_available():
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
 def flame_path_for(cfg, dataset_name: str | None = None) -> str:
     """The resolved FLAME model path of a dataset (``DATA.datasets.<name>.flame_model``, else
     ``FLAME.model_path``)."""
@@ -633,10 +655,16 @@ def flame_path_for(cfg, dataset_name: str | None = None) -> str:
 
 
 def load_flame_for(cfg, dataset_name: str | None = None, device=None) -> FLAME:
-    """FLAME model of a dataset, loaded once per (path, device) and shared (do not modify it)."""
+    """FLAME model of a dataset on ``device`` (default CPU), loaded once per (file, device) and shared.
+
+    The shared instance is frozen where it lives: ``.to()`` / ``.cuda()`` / ``.double()`` on it raise
+    instead of moving it in place under the other users (a training loop on GPU would otherwise pull
+    the CPU copy that evaluation holds); ask for the device here instead."""
     path = os.path.abspath(flame_path_for(cfg, dataset_name))
-    key = (path, str(device) if device is not None else "cpu")
+    dev = _device_key(device)
+    key = (path, str(dev))
     if key not in _FLAME_CACHE:
-        model = FLAME.from_file(path, n_shape=None)
-        _FLAME_CACHE[key] = model.to(device) if device is not None else model
+        model = FLAME.from_file(path, n_shape=None).to(dev)
+        model._shared = True
+        _FLAME_CACHE[key] = model
     return _FLAME_CACHE[key]

@@ -19,6 +19,8 @@ import os
 import torch
 import torch.nn as nn
 
+from utils.errors import UserError
+
 FETCH_HINT = (
     "Get the weights with internet access once, either\n"
     "  hf download facebook/wav2vec2-base-960h    (older huggingface_hub: huggingface-cli download ...;\n"
@@ -30,7 +32,7 @@ FETCH_HINT = (
 )
 
 
-class AudioEncoderLoadError(OSError):
+class AudioEncoderLoadError(UserError, OSError):
     """The pretrained wav2vec2 weights could not be loaded; the message says how to get them."""
 
 

@@ -412,11 +412,22 @@ def run_check(args, cwd=REPO):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_check_cli_ok_then_fails_on_bad_sample(tmp_path):
-    datasets, _ = two_dataset_root(tmp_path)
+def write_check_cfg(tmp_path, datasets, **data):
+    """A config for dataset.check with the stand-in FLAME files (check loads every FLAME file named)."""
+    from models.flame_standin import write_standin_files
+
+    write_standin_files(str(tmp_path / "FLAME"))
     cfg_path = str(tmp_path / "check.yaml")
     with open(cfg_path, "w") as f:
-        yaml.safe_dump({"DATA": {"data_root": str(tmp_path), "datasets": datasets}}, f)
+        yaml.safe_dump({"DATA": {"data_root": str(tmp_path), "datasets": datasets, **data},
+                        "FLAME": {"model_path": "FLAME/standin_generic_model.pkl",
+                                  "masks_path": "FLAME/standin_FLAME_masks.pkl"}}, f)
+    return cfg_path
+
+
+def test_check_cli_ok_then_fails_on_bad_sample(tmp_path):
+    datasets, _ = two_dataset_root(tmp_path)
+    cfg_path = write_check_cfg(tmp_path, datasets)
     r = run_check(["--config", cfg_path])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "== A " in r.stdout and "== B " in r.stdout and "OK: no problems" in r.stdout
@@ -441,4 +452,4 @@ def test_demo_data_passes_check(tmp_path):
     rows = [line.split() for line in mm.splitlines() if line.strip().startswith(("train", "val", "test"))]
     assert len(rows) == 3
     for row in rows:
-        assert int(row[1]) > 0 and row[5] == "20"  # samples > 0, native fps 20
+        assert int(row[1]) > 0 and row[3] == "0" and row[6] == "20"  # samples > 0, none left out, native fps 20
