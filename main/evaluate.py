@@ -16,6 +16,11 @@ Metrics, in model units (FLAME: metres), with ``template`` = the sample's FLAME 
 Aggregation (per dataset and overall) follows CodeTalker: LVE and MVE are pooled over all frames of all
 sequences (frame-weighted), FDD is the mean over sequences.
 
+Every expected sequence must be there: a missing (or unreadable) one, or one shorter than its ground
+truth by more than a frame, is listed (``missing`` / ``short`` in the JSON) and makes the run fail (exit 1,
+after the table and JSON are written) unless ``--allow_missing``, which scores what there is. A torn or
+wrong-shaped frame file is named by path (main/results.py reads the frames; the renderer is not needed).
+
 Outputs: a table on stdout, a JSON (``--out``; default ``{results}/../metrics_{name}.json``, outside the
 vertex folders) and per dataset a PNG ``{json stem}_jaw_{DATASET}.png`` with predicted vs ground-truth
 jaw opening over time for up to 3 samples: the jaw rotation (motion dim 50, radians) when the coeff
@@ -23,7 +28,7 @@ tree's ``motion.npy`` exists, else a vertex proxy (vertical extent of the lip ve
 
 Usage::
 
-    python main/evaluate.py --config config/demo.yaml [--results DIR] [--out FILE] [SECTION.key=value ...]
+    python main/evaluate.py --config config/demo.yaml [--results DIR] [--out FILE] [--allow_missing] [SECTION.key=value ...]
 """
 from __future__ import annotations
 
@@ -39,12 +44,15 @@ if REPO_ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from main.results import TMP_PREFIX, ResultsError, check_clashes, frame_files, load_frames, read_meta  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
 log = logging.getLogger("evaluate")
 
 N_PLOT_SAMPLES = 3
 
 
-class EvalError(RuntimeError):
+class EvalError(UserError, RuntimeError):
     """Evaluation cannot run (nothing to compare, inconsistent data); the message says what and where."""
 
 
@@ -129,13 +137,6 @@ def prediction_fps(cfg, ref, meta: dict | None) -> float:
     return from_cfg
 
 
-def _read_meta(coeff_dir: str | None) -> dict | None:
-    if coeff_dir and os.path.isfile(os.path.join(coeff_dir, "meta.json")):
-        with open(os.path.join(coeff_dir, "meta.json")) as f:
-            return json.load(f)
-    return None
-
-
 def _resample_len(x: np.ndarray, n: int) -> np.ndarray:
     """Linear resampling along time to n frames, keeping the duration: (T,...) -> (n,...)."""
     if len(x) == n:
@@ -160,18 +161,18 @@ def default_out_path(results_dir: str) -> str:
 
 
 def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_dir: str | None = None,
-             plot: bool = True) -> dict:
+             plot: bool = True, allow_missing: bool = False) -> dict:
     """Evaluate a results tree against ground truth; print a table; write JSON (+ jaw PNGs).
 
     results_dir: ``{DATASET}/{STYLE_ID}/{i}.npy`` tree (default ``{output_root}/{exp_name}``);
     out: JSON path (default ``default_out_path(results_dir)``);
     coeff_dir: parallel tree with ``motion.npy``/``meta.json`` (default ``{coeff_root}/{exp_name}`` when
     results_dir is the default, else none: a hand-made tree must not borrow the model's coefficients).
-    Returns the report dict that is written as JSON. Raises EvalError if no prediction is found.
+    Returns the report dict that is written as JSON. Raises EvalError if no prediction is found, and
+    (after writing the JSON) if an expected sequence is missing or short, unless ``allow_missing``.
     """
     from dataset.data_item import DataError, fit_shape, load_motion, sample_shape
-    from dataset.dataset import read_index, split_jsons
-    from main.render import RenderError, frame_files, load_frames
+    from dataset.dataset import dataset_refs, split_jsons
     from models.flame import load_flame_for, region_indices
 
     if results_dir is None:
@@ -187,24 +188,19 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     report = {"results_dir": os.path.abspath(results_dir), "split": split,
               "units": "FLAME model units (metres): LVE m^2, FDD m^2, MVE m",
               "aggregation": "LVE and MVE pooled over all frames (frame-weighted); FDD mean over sequences",
-              "datasets": {}, "missing": [], "skipped": [], "length_mismatches": []}
+              "datasets": {}, "missing": [], "short": [], "skipped": [], "length_mismatches": []}
     all_samples, plot_paths = [], {}
     for name, ds_cfg in cfg.DATA.datasets.items():
         jsons = split_jsons(ds_cfg, split)
         if not jsons:
             continue
-        refs, problems = [], ([] if cfg.DATA.bad_samples == "skip" else None)
-        for j in jsons:
-            refs.extend(read_index(j, name, ds_cfg, cfg, problems))
+        problems = [] if cfg.DATA.bad_samples == "skip" else None
+        refs = dataset_refs(cfg, name, split, problems)  # honours DATA.<split>_subjects, like inference
         for msg in problems or []:
             log.warning("skipped (DATA.bad_samples=skip): %s", msg)
             report["skipped"].append(msg)
-        seen = {}
-        for ref in refs:
-            if ref.style_id in seen:
-                raise EvalError(f"{name}: samples '{seen[ref.style_id]}' and '{ref.sample_id}' map to the same "
-                                f"output folder '{ref.style_id}': give them distinct style_id in the JSON")
-            seen[ref.style_id] = ref.sample_id
+        check_clashes([(os.path.join(results_dir, name, r.style_id), f"sample '{r.sample_id}' ({r.json_path})")
+                       for r in refs], "give each test sample its own style_id in the JSON")
 
         flame = load_flame_for(cfg, name)
         samples, missing, plot_data = [], [], []
@@ -213,15 +209,17 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
             try:
                 present = os.path.isdir(pred_dir) and bool(frame_files(pred_dir))
                 pred = load_frames(pred_dir) if present else None
-            except RenderError as e:  # gaps in the numbering, wrong array shapes
-                raise EvalError(str(e)) from None
+                reason = "no predicted frames"
+            except ResultsError as e:  # a gap in the numbering; a torn, empty or wrong-shaped frame file
+                pred, reason = None, str(e)
             if pred is None:
                 missing.append(ref.sample_id)
-                report["missing"].append({"dataset": name, "sample_id": ref.sample_id, "folder": pred_dir})
-                log.warning("%s/%s: no predicted frames in %s", name, ref.sample_id, pred_dir)
+                report["missing"].append({"dataset": name, "sample_id": ref.sample_id, "folder": pred_dir,
+                                          "reason": reason})
+                log.warning("%s/%s: %s in %s", name, ref.sample_id, reason, pred_dir)
                 continue
             sample_coeffs = os.path.join(coeff_dir, name, ref.style_id) if coeff_dir else None
-            meta = _read_meta(sample_coeffs)
+            meta = read_meta(sample_coeffs)
             fps = prediction_fps(cfg, ref, meta)
 
             try:
@@ -236,6 +234,9 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
                 raise EvalError(f"{pred_dir}: predicted frames have {pred.shape[1]} vertices, the FLAME model "
                                 f"for {name} has {gt.shape[1]}")
             n = min(len(pred), len(gt))
+            if len(pred) < len(gt) - 1:  # one frame of rounding is fine; more is a truncated sequence
+                report["short"].append({"dataset": name, "sample_id": ref.sample_id, "folder": pred_dir,
+                                        "pred_frames": len(pred), "gt_frames": len(gt)})
             if abs(len(pred) - len(gt)) > 1:
                 log.warning("%s/%s: %d predicted vs %d ground-truth frames at %g fps: trimmed to %d",
                             name, ref.sample_id, len(pred), len(gt), fps, n)
@@ -267,12 +268,29 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     report["plots"] = plot_paths
     report["unmatched_folders"] = _unmatched(results_dir, report)
 
+    report["allow_missing"] = bool(allow_missing)
+
     print(format_table(report))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(report, f, indent=2)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+    except OSError as e:
+        raise EvalError(f"cannot write the metrics file {out}: {e.strerror or e}") from None
     log.info("wrote %s", out)
+    if (report["missing"] or report["short"]) and not allow_missing:
+        raise EvalError(incomplete_message(report, results_dir, out))
     return report
+
+
+def incomplete_message(report: dict, results_dir: str, out: str) -> str:
+    """The error for missing / short sequences: every one named with its folder."""
+    lines = [f"{m['dataset']}/{m['sample_id']}: missing ({m['reason']}): {m['folder']}" for m in report["missing"]]
+    lines += [f"{m['dataset']}/{m['sample_id']}: short, {m['pred_frames']} of {m['gt_frames']} frames: {m['folder']}"
+              for m in report["short"]]
+    return (f"{len(report['missing'])} expected sequence(s) missing and {len(report['short'])} shorter than their "
+            f"ground truth under {results_dir}; the scores in {out} cover only part of the split (rerun "
+            f"inference with --resume to complete it, or pass --allow_missing to accept):\n  " + "\n  ".join(lines))
 
 
 def _unmatched(results_dir: str, report: dict) -> list[str]:
@@ -283,7 +301,8 @@ def _unmatched(results_dir: str, report: dict) -> list[str]:
     for d in sorted(os.listdir(results_dir)):
         if os.path.isdir(os.path.join(results_dir, d)):
             extra += [f"{d}/{s}" for s in sorted(os.listdir(os.path.join(results_dir, d)))
-                      if os.path.isdir(os.path.join(results_dir, d, s)) and (d, s) not in claimed]
+                      if os.path.isdir(os.path.join(results_dir, d, s)) and (d, s) not in claimed
+                      and not s.startswith(TMP_PREFIX)]
     if extra:
         log.info("%d predicted folder(s) not in the evaluated split, ignored: %s", len(extra), extra[:5])
     return extra
@@ -347,14 +366,16 @@ def main(argv=None):
     p.add_argument("--coeffs", help="parallel coeff tree with motion.npy/meta.json "
                                     "(default {INFER.coeff_root}/{INFER.exp_name} for the default results)")
     p.add_argument("--no_plots", action="store_true", help="skip the jaw-opening PNGs")
+    p.add_argument("--allow_missing", action="store_true", help="score what there is when expected sequences "
+                                                                "are missing or short (default: exit 1)")
     p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
     args = p.parse_intermixed_args(argv)
 
     setup_logger("evaluate")
     cfg = load_config(args.config, args.overrides)  # a repo-relative config path works from anywhere
-    evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots)
+    evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots, allow_missing=args.allow_missing)
 
 
 if __name__ == "__main__":
-    from utils.utils import run_reporting_user_errors
+    from utils.errors import run_reporting_user_errors
     run_reporting_user_errors("evaluate", main)

@@ -31,9 +31,14 @@ model is built from the MODEL section saved in the checkpoint (the weights must 
 classes are the checkpoint's ``styles``. A test speaker that is not a training style is conditioned on
 ``INFER.condition_style`` (default: the first training style), which the log says.
 
-Existing results are never overwritten silently: a non-empty output folder is an error unless
-``--overwrite`` (or ``INFER.overwrite=true``), in which case the folder is emptied first so no stale
-frames remain. Two test samples mapping to one folder are an error before anything is written.
+Results are written whole or not at all (main/results.py): each sample's folders are filled under a
+temporary name and renamed into place, ``meta.json`` last. Existing results are never overwritten
+silently: a sample that already has results (complete, or left incomplete by a killed run) is an error
+unless ``--overwrite`` (``INFER.overwrite=true``: redo all) or ``--resume`` (``INFER.resume=true``: keep
+complete samples, make the missing ones). Temporary folders of a crashed run are removed and reported.
+Before generating, the output folders are checked for writability and free space for the planned
+frames. Two test samples mapping to one folder are an error before anything is written. Ctrl-C /
+SIGTERM stop at once (the sample in progress is discarded) with a line saying how to continue.
 
 Log file (console + file, appended): ``--log FILE``, else ``DIR/inference.log`` in single-audio mode, and
 in evaluation mode one derived from ``INFER.output_root``: for a relative root,
@@ -45,10 +50,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 import os
-import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -61,12 +65,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from dataset.data_item import DataError, audio_frames, load_audio, normalize_audio, resample_motion  # noqa: E402
-from utils.config import Config, ConfigError, load_config  # noqa: E402
+from dataset.data_item import DataError, load_audio, normalize_audio, resample_motion  # noqa: E402
+from main import results as RT  # noqa: E402
+from main.checkpoint import check_state_dict, load_checkpoint  # noqa: E402
+from utils.config import Config, load_config  # noqa: E402
+from utils.errors import Interrupted, UserError, run_reporting_user_errors  # noqa: E402
+from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE, framing_from_config  # noqa: E402
 from utils.utils import pick_device, setup_logger  # noqa: E402
 
 DEFAULT_CONFIG = "config/faceformer.yaml"
-MOTION_FPS = 25          # the model's frame rate (DATA.target_fps is 25 in every config)
 # Raw RMS below this (-80 dBFS) counts as silence. normalize_audio maps a raw RMS s to
 # s / sqrt(s^2 + 1e-7), so in normalised audio the same threshold is a std of about 0.3.
 SILENT_RMS = 1e-4
@@ -75,7 +82,7 @@ SILENT_NORMALISED_STD = 0.3
 log = logging.getLogger("inference")
 
 
-class InferenceError(RuntimeError):
+class InferenceError(UserError, RuntimeError):
     """Inference cannot run as asked (bad audio, unknown style, existing results, ...); the message
     names the file, key or folder and what was expected."""
 
@@ -100,28 +107,24 @@ def default_log_file(path: str) -> str:
     return os.path.join(os.path.dirname(path), "inference.log")
 
 
-def _nonempty_dir(path: str) -> bool:
-    return os.path.isdir(path) and bool(os.listdir(path))
-
-
-def fresh_dir(path: str):
-    """Make ``path`` an empty folder (the caller has checked that overwriting is allowed)."""
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.remove(path)
-    os.makedirs(path)
+def results_mode(overwrite: bool, resume: bool) -> str:
+    """--overwrite / --resume (or INFER.overwrite / INFER.resume) -> main/results.py's select_todo mode."""
+    if overwrite and resume:
+        raise InferenceError("--overwrite (INFER.overwrite) and --resume (INFER.resume) exclude each other: "
+                             "redo all results, or keep the complete ones")
+    return "overwrite" if overwrite else "resume" if resume else "new"
 
 
 # ----------------------------------------------------------------------------------------------
 # Audio
 # ----------------------------------------------------------------------------------------------
 
-def read_speech(path: str, sr: int = 16000, logger: logging.Logger | None = None) -> np.ndarray:
+def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logger | None = None,
+                fps: float = DEFAULT_FPS) -> np.ndarray:
     """Audio file of any rate / channel count -> (N,) float32 mono at ``sr``, normalised.
 
-    Defined behaviour for bad input: missing, empty (0 bytes or 0 samples), corrupt, or shorter than
-    one motion frame (40 ms) -> AudioError naming the file (and its duration); all-silent audio works
+    Defined behaviour for bad input: missing, empty (0 bytes or 0 samples), corrupt, truncated, or
+    shorter than one motion frame at ``fps`` (40 ms at 25 fps) -> AudioError naming the file (and its duration); all-silent audio works
     (normalisation gives zeros, not NaN) with a warning.
     """
     logger = logger or log
@@ -134,9 +137,9 @@ def read_speech(path: str, sr: int = 16000, logger: logging.Logger | None = None
     except DataError as e:
         raise AudioError(str(e)) from None
     seconds = raw.shape[0] / sr
-    if seconds < 1.0 / MOTION_FPS:
+    if seconds < 1.0 / fps:
         raise AudioError(f"audio file {path} is {seconds * 1000:.1f} ms long; expected at least "
-                         f"{1000 / MOTION_FPS:.0f} ms (one motion frame at {MOTION_FPS} fps)")
+                         f"{1000 / fps:.0f} ms (one motion frame at {fps} fps)")
     rms = float(np.sqrt(np.mean(np.square(raw, dtype=np.float64))))
     if rms < SILENT_RMS:
         logger.warning("audio file %s is silent (RMS %.2g < %.0e): the face will barely move", path, rms,
@@ -171,21 +174,13 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
     from models.wav2vec import AudioEncoderLoadError
 
     logger = logger or log
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise InferenceError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "styles" not in ckpt:
-        raise InferenceError(f"checkpoint {path}: expected a dict with 'model' and 'styles' (written by "
-                             f"python train.py), got {type(ckpt).__name__} with keys "
-                             f"{sorted(ckpt) if isinstance(ckpt, dict) else '-'}")
+    ckpt = load_checkpoint(path)  # data only (weights_only), layout checked; CheckpointError otherwise
     styles = [str(s) for s in ckpt["styles"]]
-    if not styles:
-        raise InferenceError(f"checkpoint {path}: has no style classes")
     saved = (ckpt.get("config") or {}).get("MODEL")
     model_cfg = Config(dict(saved)) if saved else cfg.MODEL
+    framing = checkpoint_framing(ckpt, cfg, path)
     try:
-        model = FaceFormer(model_cfg, n_styles=len(styles))
+        model = FaceFormer(model_cfg, n_styles=len(styles), framing=framing)
     except AudioEncoderLoadError as err:
         # The checkpoint holds every weight; the pretrained files are only needed for the wav2vec2
         # architecture. So an offline machine can still run it: build the architecture from
@@ -194,21 +189,38 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
         logger.warning("%s\nBuilding the wav2vec2 architecture from MODEL.audio_encoder_config (None = "
                        "wav2vec2-base) instead; the checkpoint supplies the weights.", err)
         offline_cfg = Config(dict(model_cfg, audio_encoder_pretrained=False))
-        model = FaceFormer(offline_cfg, n_styles=len(styles))
+        model = FaceFormer(offline_cfg, n_styles=len(styles), framing=framing)
         try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError:
+            check_state_dict(ckpt["model"], model, path)
+        except UserError:
             raise err from None
     else:
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise InferenceError(f"checkpoint {path}: weights do not fit the model built from its MODEL "
-                                 f"config: {str(e).splitlines()[0]}") from None
+        check_state_dict(ckpt["model"], model, path)  # names missing / unexpected / mismatched weights
+    model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     logger.info("checkpoint %s (epoch %s), %d style classes: %s", path, ckpt.get("epoch", "?"), len(styles),
                 styles)
     return model, styles
+
+
+def checkpoint_framing(ckpt: dict, cfg, path: str):
+    """The framing the checkpoint was trained with (its saved DATA/MODEL sections; the run config's
+    for checkpoints without them). A run config with another framing is refused: the audio would be
+    cut into frames the model was not trained on."""
+    saved = ckpt.get("config") or {}
+    trained = framing_from_config(saved, f"checkpoint {path}") if "DATA" in saved and "MODEL" in saved \
+        else framing_from_config(cfg)
+    check_framing(trained, cfg, path)
+    return trained
+
+
+def check_framing(trained, cfg, path: str):
+    run = framing_from_config(cfg)
+    if trained != run:
+        raise InferenceError(f"checkpoint {path} was trained with DATA.sample_rate={trained.sample_rate}, "
+                             f"DATA.target_fps={trained.fps}, but this run's config has DATA.sample_rate="
+                             f"{run.sample_rate}, DATA.target_fps={run.fps}: use the training config or set "
+                             f"DATA.target_fps={trained.fps} DATA.sample_rate={trained.sample_rate}")
 
 
 def pick_condition_style(cfg, styles: list[str]) -> str:
@@ -228,7 +240,8 @@ def window_frames(cfg) -> tuple[int, int]:
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (w, o)) or w <= 0:
         raise InferenceError(f"INFER.window_seconds ({w!r}) must be a positive number of seconds and "
                              f"INFER.overlap_seconds ({o!r}) a number")
-    window, overlap = max(1, int(round(w * MOTION_FPS))), int(round(o * MOTION_FPS))
+    fps = framing_from_config(cfg).fps
+    window, overlap = max(1, int(round(w * fps))), int(round(o * fps))
     if not 0 <= 2 * overlap < window:
         raise InferenceError(f"INFER.overlap_seconds ({o}) must be >= 0 and less than half of "
                              f"INFER.window_seconds ({w})")
@@ -241,10 +254,7 @@ def check_infer_config(cfg):
     b = cfg.INFER.batch_size
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise InferenceError(f"INFER.batch_size is {b!r}; expected a positive integer")
-    if int(cfg.DATA.target_fps) != MOTION_FPS:
-        raise InferenceError(f"DATA.target_fps is {cfg.DATA.target_fps}; the model runs at {MOTION_FPS} fps")
-    if int(cfg.DATA.sample_rate) != 16000:
-        raise InferenceError(f"DATA.sample_rate is {cfg.DATA.sample_rate}; wav2vec2 expects 16000")
+    framing_from_config(cfg)  # DATA.sample_rate / DATA.target_fps the model can honour (ConfigError)
 
 
 @contextlib.contextmanager
@@ -263,11 +273,12 @@ def full_fp32():
 
 @torch.no_grad()
 def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_frames: list[int], cfg,
-                    device: torch.device) -> list[np.ndarray]:
+                    device: torch.device, progress: bool = False) -> list[np.ndarray]:
     """Generate one batch of clips. audios: (N_b,) normalised 16 kHz tensors; returns (T_b,51) arrays.
 
     Clips are right-padded to the longest; generation is causal, so each clip's first T_b frames do
     not depend on the padding. Long audio (> INFER.window_seconds) is encoded in overlapping windows.
+    ``progress``: a tqdm bar over generated frames (one decoder step = one call of the output map).
     """
     B, n_max = len(audios), max(int(a.shape[0]) for a in audios)
     audio = torch.zeros(B, n_max)
@@ -276,36 +287,39 @@ def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_f
         audio[b, :a.shape[0]] = a
         mask[b, :a.shape[0]] = True
     window, overlap = window_frames(cfg)
-    with full_fp32():
-        out = model.generate(audio.to(device), torch.tensor(style_idx, dtype=torch.long, device=device),
-                             max(n_frames), audio_mask=mask.to(device), window_frames=window,
-                             overlap_frames=overlap)
+    bar = tqdm(total=max(n_frames), desc="generate", unit="frame", disable=not progress, leave=False)
+
+    def one_frame(*_):  # a forward hook's return value would replace the output: return None
+        bar.update(1)
+    hook = model.output_map.register_forward_hook(one_frame) if progress else None
+    try:
+        with full_fp32():
+            out = model.generate(audio.to(device), torch.tensor(style_idx, dtype=torch.long, device=device),
+                                 max(n_frames), audio_mask=mask.to(device), window_frames=window,
+                                 overlap_frames=overlap)
+    finally:
+        if hook is not None:
+            hook.remove()
+        bar.close()
     out = out.float().cpu().numpy()
     return [np.ascontiguousarray(out[b, :t]) for b, t in enumerate(n_frames)]
 
 
-def to_output_fps(motion25: np.ndarray, fps: float) -> np.ndarray:
-    """(T25,51) at 25 fps -> (round(T25 * fps / 25), 51) float32, linear rule of DESIGN.md 3."""
-    if float(fps) == MOTION_FPS:
+def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_FPS) -> np.ndarray:
+    """(T,51) at the model's ``model_fps`` (DATA.target_fps, 25 by default) -> (round(T * fps / model_fps), 51)
+    float32, linear rule of DESIGN.md 3."""
+    if float(fps) == model_fps:
         return motion25.astype(np.float32)
-    return resample_motion(motion25, MOTION_FPS, float(fps)).astype(np.float32)
+    return resample_motion(motion25, model_fps, float(fps)).astype(np.float32)
 
 
-def write_frames(folder: str, vertices: np.ndarray):
-    """{folder}/{i}.npy, one (V,3) float32 array per frame, i = 0..T-1."""
-    os.makedirs(folder, exist_ok=True)
-    for i in range(vertices.shape[0]):
-        np.save(os.path.join(folder, f"{i}.npy"), np.ascontiguousarray(vertices[i], dtype=np.float32))
-
-
-def write_coeffs(folder: str, flame, motion: np.ndarray, shape: np.ndarray | None, meta: dict):
-    """motion.npy (T,51), coeffs287.npy (T,287) and meta.json in ``folder``."""
-    os.makedirs(folder, exist_ok=True)
-    coeffs = np.asarray(flame.motion_to_coeffs287(motion, shape=shape), dtype=np.float32)
-    np.save(os.path.join(folder, "motion.npy"), motion.astype(np.float32))
-    np.save(os.path.join(folder, "coeffs287.npy"), coeffs)
-    with open(os.path.join(folder, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
+def sample_arrays(flame, motion: np.ndarray, shape: np.ndarray | None,
+                  detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The coefficient-tree arrays of a sample: motion (T,51) and coeffs287 (T,287), float32; the
+    287's detail block is ``detail`` (128,) (the sample's EMOCA detail code) or zeros."""
+    return {"motion": motion.astype(np.float32),
+            "coeffs287": np.asarray(flame.motion_to_coeffs287(motion, shape=shape, detail=detail),
+                                    dtype=np.float32)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,57 +336,57 @@ class Job:
     out_fps: float
 
 
-def vertex_dir(cfg, ref) -> str:
-    return os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name, ref.dataset, ref.style_id)
+RERUN_HOW = ("rerun with --resume (INFER.resume=true) to keep complete samples and make the missing ones, "
+             "with --overwrite (INFER.overwrite=true) to redo all, or set another INFER.exp_name")
 
 
 def check_clashes(cfg, refs):
-    """Two samples with the same output folder (dataset + style id) -> InferenceError listing them all."""
-    owner, clashes = {}, []
-    for ref in refs:
-        folder = vertex_dir(cfg, ref)
-        first = owner.setdefault(folder, ref)
-        if first is not ref:
-            clashes.append(f"samples '{first.sample_id}' ({first.json_path}) and '{ref.sample_id}' "
-                           f"({ref.json_path}) both map to {folder}")
-    if clashes:
-        raise InferenceError(f"{len(clashes)} output folder clash(es), nothing written (give each test sample "
-                             f"its own style_id in the JSON):\n  " + "\n  ".join(clashes))
+    """Two samples with the same output folder (dataset + style id) -> ResultsError listing them all."""
+    RT.check_clashes([(RT.sample_dirs(cfg, r.dataset, r.style_id)[0], f"sample '{r.sample_id}' ({r.json_path})")
+                      for r in refs], "give each test sample its own style_id in the JSON")
 
 
 def plan_jobs(cfg, refs, styles: list[str], logger: logging.Logger | None = None) -> list[Job]:
     """SampleRefs -> Jobs (output folders, conditioning style, output fps); logs untrained speakers."""
     logger = logger or log
-    inf = cfg.INFER
     fallback = pick_condition_style(cfg, styles)
     jobs, untrained = [], {}
     for ref in refs:
-        vert_dir = vertex_dir(cfg, ref)
         if ref.speaker in styles:
             style = ref.speaker
         else:
             style = fallback
             untrained.setdefault(ref.speaker, []).append(ref.sample_id)
-        out_fps = ref.fps if inf.output_fps == "native" else float(inf.output_fps)
-        jobs.append(Job(ref, vert_dir, os.path.join(inf.coeff_root, inf.exp_name, ref.dataset, ref.style_id),
-                        style, out_fps))
+        out_fps = ref.fps if cfg.INFER.output_fps == "native" else float(cfg.INFER.output_fps)
+        jobs.append(Job(ref, *RT.sample_dirs(cfg, ref.dataset, ref.style_id), style, out_fps))
     for speaker, ids in untrained.items():
         logger.info("speaker '%s' (%d test sample(s)) is not a training style: conditioned on '%s' "
                     "(INFER.condition_style)", speaker, len(ids), fallback)
     return jobs
 
 
-def check_writable(folders: list[str], overwrite: bool):
-    """Refuse non-empty output folders unless overwriting; names them."""
-    existing = [f for f in folders if _nonempty_dir(f)]
-    if existing and not overwrite:
-        shown = "\n  ".join(existing[:10]) + (f"\n  ... and {len(existing) - 10} more" if len(existing) > 10 else "")
-        raise InferenceError(f"{len(existing)} output folder(s) already hold results; rerun with --overwrite "
-                             f"(or INFER.overwrite=true) to replace them, or set another INFER.exp_name:\n  {shown}")
+def jobs_to_write(cfg, jobs: list[Job], mode: str, flames: dict, logger: logging.Logger) -> list[Job]:
+    """Clean a crashed run's temporary folders, pick the jobs ``mode`` asks for (select_todo), and check
+    that their results fit: writable folders, free space for the planned frames."""
+    dirs = [(j.vert_dir, j.coeff_dir) for j in jobs]
+    RT.clean_stale_temps([d for pair in dirs for d in pair], logger)
+    todo = [j for j, t in zip(jobs, RT.select_todo(dirs, mode, RERUN_HOW)) if t]
+    if mode == "resume":
+        logger.info("--resume: %d complete sample(s) kept, %d to generate", len(jobs) - len(todo), len(todo))
+    need = {os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name): 0,
+            os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name): 0}
+    vert_root, coeff_root = need
+    for j in todo:
+        frames = int(round(_audio_seconds(j.ref.audio_path) * j.out_fps)) + 1
+        n_vertices = int(flames[j.ref.dataset].v_template.shape[0])
+        need[vert_root] += RT.sample_bytes(frames, n_vertices) - RT.sample_bytes(frames, 0)
+        need[coeff_root] += RT.sample_bytes(frames, 0)
+    RT.check_can_write(need, "inference results")
+    return todo
 
 
 def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
-                    logger: logging.Logger | None = None) -> list[dict]:
+                    logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
     """Evaluation inference over every dataset's ``INFER.split`` JSONs. Returns the summary rows
     (dataset, samples, frames, audio_s, wall_s, rtf)."""
     from dataset.dataset import FaceDataset, split_refs
@@ -380,7 +394,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
 
     logger = logger or log
     inf = cfg.INFER
-    overwrite = bool(overwrite or inf.overwrite)
+    mode = results_mode(bool(overwrite or inf.overwrite), bool(resume or inf.resume))
     split = inf.split or "test"
     if os.path.abspath(inf.output_root) == os.path.abspath(inf.coeff_root):
         raise InferenceError(f"INFER.output_root and INFER.coeff_root are both {inf.output_root}; the vertex "
@@ -396,58 +410,59 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
         raise InferenceError(f"no dataset of the config has a '{split}' split (DATA.datasets.*.{split})")
     check_clashes(cfg, all_refs)
     model, styles = load_model(ckpt_path, cfg, device, logger)
-    jobs = plan_jobs(cfg, all_refs, styles, logger)
-    check_writable([d for j in jobs for d in (j.vert_dir, j.coeff_dir)], overwrite)
+    flames = {name: load_flame_for(cfg, name, device=device) for name in {r.dataset for r in all_refs}}
+    jobs = jobs_to_write(cfg, plan_jobs(cfg, all_refs, styles, logger), mode, flames, logger)
 
     # 2. Load-check every sample once (DATA.bad_samples: error raises here, skip leaves them out).
     data = FaceDataset(cfg, split, styles, train=False, check=True, log=logger)
-    good = {(r.json_path, r.sample_id) for r in data.refs}
     index_of = {(r.json_path, r.sample_id): i for i, r in enumerate(data.refs)}
-    jobs = [j for j in jobs if (j.ref.json_path, j.ref.sample_id) in good]
+    jobs = [j for j in jobs if (j.ref.json_path, j.ref.sample_id) in index_of]
     style_index = {s: i for i, s in enumerate(styles)}
     logger.info("%s split: %d sample(s) to generate, output %s, coefficients %s, output fps %s", split,
                 len(jobs), os.path.join(inf.output_root, inf.exp_name), os.path.join(inf.coeff_root, inf.exp_name),
                 inf.output_fps)
 
-    rows = []
+    rows, written = [], 0
     batch_size = int(inf.batch_size)
-    for name in cfg.DATA.datasets:
-        ds_jobs = [j for j in jobs if j.ref.dataset == name]
-        if not ds_jobs:
-            continue
-        t0 = time.perf_counter()
-        flame = load_flame_for(cfg, name, device=device)  # cached per (file, device)
-        # Longest first, so a batch holds clips of similar length (little padding).
-        order = sorted(ds_jobs, key=lambda j: -_audio_seconds(j.ref.audio_path))
-        n_frames_out, audio_s = 0, 0.0
-        bar = tqdm(total=len(order), desc=f"{split}/{name}", unit="clip")
-        for s in range(0, len(order), batch_size):
-            batch = order[s:s + batch_size]
-            items = [data[index_of[(j.ref.json_path, j.ref.sample_id)]] for j in batch]
-            for j, it in zip(batch, items):
-                if float(it["audio"].std()) < SILENT_NORMALISED_STD:
-                    logger.warning("%s: audio %s is silent", j.ref.where, j.ref.audio_path)
-            motions = generate_motion(model, [it["audio"] for it in items], [style_index[j.style] for j in batch],
-                                      [int(it["n_frames"]) for it in items], cfg, device)
-            for j, it, m25 in zip(batch, items, motions):
-                motion = to_output_fps(m25, j.out_fps)
-                shape = it["shape"].numpy()
-                verts = flame.motion_to_vertices(motion, shape)  # (T,V,3), chunked inside
-                for d in (j.vert_dir, j.coeff_dir):
-                    fresh_dir(d)
-                write_frames(j.vert_dir, verts)
-                meta = {"sample_id": j.ref.sample_id, "dataset": name, "style_id": j.ref.style_id,
-                        "speaker": j.ref.speaker, "audio_path": os.path.abspath(j.ref.audio_path),
-                        "fps": j.out_fps, "n_frames": int(motion.shape[0]), "checkpoint": ckpt_path,
-                        "condition_style": j.style}
-                write_coeffs(j.coeff_dir, flame, motion, shape, meta)
-                n_frames_out += motion.shape[0]
-                audio_s += int(it["n_frames"]) / MOTION_FPS
-            bar.update(len(batch))
-        bar.close()
-        wall = time.perf_counter() - t0
-        rows.append({"dataset": name, "samples": len(ds_jobs), "frames": n_frames_out, "audio_s": audio_s,
-                     "wall_s": wall, "rtf": wall / audio_s if audio_s else float("nan")})
+    try:
+        for name in cfg.DATA.datasets:
+            ds_jobs = [j for j in jobs if j.ref.dataset == name]
+            if not ds_jobs:
+                continue
+            t0 = time.perf_counter()
+            # Longest first, so a batch holds clips of similar length (little padding).
+            order = sorted(ds_jobs, key=lambda j: -_audio_seconds(j.ref.audio_path))
+            n_frames_out, audio_s = 0, 0.0
+            bar = tqdm(total=len(order), desc=f"{split}/{name}", unit="clip")
+            for s in range(0, len(order), batch_size):
+                batch = order[s:s + batch_size]
+                items = [data[index_of[(j.ref.json_path, j.ref.sample_id)]] for j in batch]
+                for j, it in zip(batch, items):
+                    if float(it["audio"].std()) < SILENT_NORMALISED_STD:
+                        logger.warning("%s: audio %s is silent", j.ref.where, j.ref.audio_path)
+                motions = generate_motion(model, [it["audio"] for it in items],
+                                          [style_index[j.style] for j in batch],
+                                          [int(it["n_frames"]) for it in items], cfg, device)
+                for j, it, m25 in zip(batch, items, motions):
+                    motion = to_output_fps(m25, j.out_fps, model.framing.fps)
+                    shape = it["shape"].numpy()
+                    meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
+                                         j.out_fps, motion.shape[0], ckpt_path, j.style)
+                    RT.write_sample(j.vert_dir, j.coeff_dir, flames[name].motion_to_vertices(motion, shape),
+                                    sample_arrays(flames[name], motion, shape, it["detail"].numpy()), meta)
+                    written += 1
+                    n_frames_out += motion.shape[0]
+                    audio_s += int(it["n_frames"]) / model.framing.fps
+                bar.update(len(batch))
+            bar.close()
+            wall = time.perf_counter() - t0
+            rows.append({"dataset": name, "samples": len(ds_jobs), "frames": n_frames_out, "audio_s": audio_s,
+                         "wall_s": wall, "rtf": wall / audio_s if audio_s else float("nan")})
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) after {written} of {len(jobs)} "
+                                  f"sample(s); complete samples are kept, the one in progress was discarded; "
+                                  f"continue with --resume (INFER.resume=true)") from None
     logger.info("summary (%s, checkpoint %s):\n%s", split, ckpt_path, format_summary(rows))
     return rows
 
@@ -484,30 +499,37 @@ def format_summary(rows: list[dict]) -> str:
 
 def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str | None = None,
                out_dir: str | None = None, overwrite: bool = False, render: bool = False,
-               logger: logging.Logger | None = None, loaded: tuple | None = None) -> dict:
+               logger: logging.Logger | None = None, loaded: tuple | None = None, resume: bool = False) -> dict:
     """One audio file -> DIR/vertices/{i}.npy, DIR/motion.npy, DIR/coeffs287.npy, DIR/meta.json
-    (+ DIR/video.mp4 with ``render``). Returns the meta dict (plus ``out_dir``).
+    (+ DIR/video.mp4 with ``render``). Returns the meta dict (plus ``out_dir``). Progress bars over the
+    generated and the written frames. ``resume``: a complete DIR is kept as it is.
 
     ``loaded``: a ``(model, styles)`` pair from ``load_model`` to reuse (several files, benchmarks);
     by default the checkpoint is loaded here."""
     from models.flame import load_flame_for
 
     logger = logger or log
-    overwrite = bool(overwrite or cfg.INFER.overwrite)
+    mode = results_mode(bool(overwrite or cfg.INFER.overwrite), bool(resume or cfg.INFER.resume))
     out_dir = out_dir or os.path.join("results", "single", os.path.splitext(os.path.basename(audio_path))[0])
     vert_dir = os.path.join(out_dir, "vertices")
-    files = [os.path.join(out_dir, n) for n in ("motion.npy", "coeffs287.npy", "meta.json", "video.mp4")]
-    if (_nonempty_dir(vert_dir) or any(os.path.exists(f) for f in files)) and not overwrite:
-        raise InferenceError(f"{out_dir} already holds results; rerun with --overwrite to replace them or "
-                             f"choose another --out")
-    out_fps = MOTION_FPS if cfg.INFER.output_fps == "native" else float(cfg.INFER.output_fps)
+    RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
+    if mode == "resume" and RT.is_complete(vert_dir, out_dir):
+        logger.info("--resume: %s already holds complete results: nothing to do", out_dir)
+        return dict(RT.read_meta(out_dir), out_dir=out_dir)
+    files = [os.path.join(out_dir, n) for n in ("motion.npy", "coeffs287.npy", RT.META, "video.mp4")]
+    if mode == "new" and ((os.path.isdir(vert_dir) and os.listdir(vert_dir)) or any(map(os.path.exists, files))):
+        raise InferenceError(f"{out_dir} already holds results; rerun with --overwrite to replace them, "
+                             f"--resume to keep them if complete, or choose another --out")
+    fr = framing_from_config(cfg)
+    out_fps = fr.fps if cfg.INFER.output_fps == "native" else float(cfg.INFER.output_fps)
     check_infer_config(cfg)
 
     # Audio and style problems are reported before the (slow) model load.
-    audio = read_speech(audio_path, int(cfg.DATA.sample_rate), logger)
+    audio = read_speech(audio_path, fr.sample_rate, logger, fr.fps)
     ckpt_path = os.path.abspath(resolve_checkpoint(cfg, checkpoint))
     device = pick_device(cfg.INFER.device, logger)
     model, styles = loaded or load_model(ckpt_path, cfg, device, logger)
+    check_framing(model.framing, cfg, ckpt_path)  # also for a model loaded by the caller
     if style is None:
         style = pick_condition_style(cfg, styles)
         logger.info("no --style given: conditioning on '%s' (trained styles: %s)", style, ", ".join(styles))
@@ -515,28 +537,27 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
         raise InferenceError(f"--style '{style}' is not a trained style; trained styles: {', '.join(styles)}")
 
     t0 = time.perf_counter()
-    sr = int(cfg.DATA.sample_rate)
-    n = audio_frames(audio.shape[0], sr, MOTION_FPS)
-    hop = sr // MOTION_FPS
+    n = fr.frames_in(audio.shape[0])
+    flame = load_flame_for(cfg, None, device=device)
+    n_out = int(round(n * out_fps / fr.fps))
+    RT.check_can_write({out_dir: RT.sample_bytes(n_out, int(flame.v_template.shape[0]))}, "results")
+    hop = fr.samples_per_frame
     # exactly n frames of audio: cut or zero-pad by less than half a frame
     audio = audio[: n * hop] if audio.shape[0] >= n * hop else np.pad(audio, (0, n * hop - audio.shape[0]))
-    motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device)[0]
-    motion = to_output_fps(motion25, out_fps)
-    flame = load_flame_for(cfg, None, device=device)
+    motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device,
+                               progress=True)[0]
+    motion = to_output_fps(motion25, out_fps, fr.fps)
     verts = flame.motion_to_vertices(motion, None)  # (T,V,3)
 
-    fresh_dir(vert_dir)
-    for f in files:
-        if os.path.exists(f):
-            os.remove(f)
-    write_frames(vert_dir, verts)
-    meta = {"sample_id": os.path.splitext(os.path.basename(audio_path))[0], "dataset": None,
-            "style_id": style, "speaker": None, "audio_path": os.path.abspath(audio_path), "fps": out_fps,
-            "n_frames": int(motion.shape[0]), "checkpoint": ckpt_path, "condition_style": style}
-    write_coeffs(out_dir, flame, motion, None, meta)
+    if os.path.exists(files[-1]):
+        os.remove(files[-1])  # a video of earlier results must not pass for these
+    meta = RT.build_meta(os.path.splitext(os.path.basename(audio_path))[0], None, style, None, audio_path,
+                         out_fps, motion.shape[0], ckpt_path, style)
+    RT.write_sample(vert_dir, out_dir, verts, sample_arrays(flame, motion, None), meta, coeff_in_place=True,
+                    progress=True)
     wall = time.perf_counter() - t0
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path,
-                n / MOTION_FPS, motion.shape[0], out_fps, out_dir, wall, wall / (n / MOTION_FPS))
+                n / fr.fps, motion.shape[0], out_fps, out_dir, wall, wall / (n / fr.fps))
     if render:
         try:
             from main.render import render_sequence
@@ -561,6 +582,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", help="model checkpoint (default INFER.checkpoint, else "
                                         "TRAIN.save_path/best_model.pth)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results (INFER.overwrite=true)")
+    p.add_argument("--resume", action="store_true", help="keep complete results, make the missing ones, e.g. "
+                                                         "after a crash (INFER.resume=true)")
     p.add_argument("--audio", help="single-audio mode: this audio file (any rate / channels / length)")
     p.add_argument("--style", help="single-audio mode: trained style to condition on (default: the first)")
     p.add_argument("--out", help="single-audio mode: output folder (default results/single/<audio stem>)")
@@ -574,29 +597,25 @@ def parse_args(argv=None):
 
 
 def cli(argv=None):
-    """Run as the command line asks; raises InferenceError / ConfigError / DataError on user errors."""
+    """Run as the command line asks; raises a UserError (utils/errors.py) on user errors and
+    Interrupted on SIGINT/SIGTERM."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.audio:
         out = args.out or os.path.join("results", "single", os.path.splitext(os.path.basename(args.audio))[0])
         logger = setup_logger("inference", args.log or os.path.join(out, "inference.log"))
         logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config, args.overrides)
-        return run_single(cfg, args.audio, args.style, args.checkpoint, out, args.overwrite, args.render, logger)
+        return run_single(cfg, args.audio, args.style, args.checkpoint, out, args.overwrite, args.render, logger,
+                          resume=args.resume)
     logger = setup_logger("inference", args.log or default_log_file(cfg.INFER.output_root))
     logger.info("inference on the %s split (config %s, overrides %s)", cfg.INFER.split, args.config, args.overrides)
-    return run_test_splits(cfg, args.checkpoint, args.overwrite, logger)
+    return run_test_splits(cfg, args.checkpoint, args.overwrite, logger, resume=args.resume)
 
 
 def main(argv=None):
-    from models.flame import FlameLoadError
-    from models.wav2vec import AudioEncoderLoadError
-
-    try:
-        cli(argv)
-    except (InferenceError, ConfigError, DataError, FlameLoadError, AudioEncoderLoadError) as e:
-        # to the console and, once the logger is set up, to the log file; no traceback for user errors
-        logging.getLogger("inference").error("%s", e)
-        raise SystemExit(1) from None
+    """cli() with user errors and interrupts as one line (console and, once set up, the log file) and
+    exit status 1 / 130 (SIGINT) / 143 (SIGTERM)."""
+    run_reporting_user_errors("inference", cli, argv, logger=logging.getLogger("inference"))
 
 
 if __name__ == "__main__":

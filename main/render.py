@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import ctypes.util
-import json
 import logging
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,15 +40,17 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import numpy as np  # noqa: E402
 
+from main.results import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
 log = logging.getLogger("render")
 
-FRAME_FILE = re.compile(r"^(\d+)\.npy$")
 DEFAULT_VIDEO_ROOT = "results/videos"
 MESH_COLOR = (0.55, 0.55, 0.55, 1.0)
 BG_COLOR = (1.0, 1.0, 1.0, 1.0)
 
 
-class RenderError(RuntimeError):
+class RenderError(UserError, RuntimeError):
     """Rendering could not produce a valid video; the message says why and what to install."""
 
 
@@ -275,42 +275,6 @@ def render_sequence(frames, faces, out_mp4: str, fps: float, audio: str | None =
 # Results trees
 # ----------------------------------------------------------------------------------------------
 
-def frame_files(folder: str) -> list[str]:
-    """The ``{i}.npy`` files of a folder ordered by i; i must run 0..N-1 without gaps."""
-    ids = sorted(int(m.group(1)) for m in map(FRAME_FILE.match, os.listdir(folder)) if m)
-    if ids and ids != list(range(len(ids))):
-        missing = sorted(set(range(ids[-1] + 1)) - set(ids))[:5]
-        raise RenderError(f"{folder}: frame files must be 0.npy..{len(ids) - 1}.npy without gaps; "
-                          f"missing e.g. {missing}")
-    return [os.path.join(folder, f"{i}.npy") for i in ids]
-
-
-def load_frames(path: str) -> np.ndarray:
-    """A leaf folder of ``{i}.npy`` (V,3) files, or one .npy (T,V,3) -> (T,V,3) float32."""
-    if os.path.isfile(path):
-        arr = np.load(path)
-        if arr.ndim != 3 or arr.shape[-1] != 3:
-            raise RenderError(f"{path}: expected a (T,V,3) array, got {arr.shape}")
-        return arr.astype(np.float32)
-    files = frame_files(path)
-    if not files:
-        raise RenderError(f"{path}: no frame files 0.npy, 1.npy, ... found")
-    arrs = [np.load(f) for f in files]
-    for f, a in zip(files, arrs):
-        if a.shape != arrs[0].shape or a.ndim != 2 or a.shape[1] != 3:
-            raise RenderError(f"{f}: expected ({arrs[0].shape[0]},3) vertices like 0.npy, got {a.shape}")
-    return np.stack(arrs).astype(np.float32)
-
-
-def find_leaves(root: str) -> list[str]:
-    """Folders under (and including) ``root`` that hold ``{i}.npy`` frame files, sorted."""
-    leaves = []
-    for folder, _dirs, files in os.walk(root):
-        if any(FRAME_FILE.match(f) for f in files):
-            leaves.append(folder)
-    return sorted(leaves)
-
-
 def load_faces(path: str) -> np.ndarray:
     """Triangle indices (F,3) int64 from a FLAME model file (.pkl/.npz, key ``f``) or a mesh file."""
     if not os.path.isfile(path):
@@ -326,46 +290,11 @@ def load_faces(path: str) -> np.ndarray:
     return np.asarray(model["f"], dtype=np.int64)
 
 
-def _inside(path: str, root: str) -> bool:
-    path, root = os.path.abspath(path), os.path.abspath(root)
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
-
-
-def read_meta(leaf: str, cfg) -> dict | None:
-    """meta.json for a leaf: from the parallel coeff tree when the leaf is under INFER.output_root,
-    else next to the leaf folder (single-audio inference writes DIR/vertices/ and DIR/meta.json)."""
-    path = None
-    if cfg is not None and _inside(leaf, cfg.INFER.output_root):
-        rel = os.path.relpath(os.path.abspath(leaf), os.path.abspath(cfg.INFER.output_root))
-        path = os.path.join(cfg.INFER.coeff_root, rel, "meta.json")
-    elif os.path.isdir(leaf):
-        path = os.path.join(os.path.dirname(os.path.abspath(leaf)), "meta.json")
-    if path is None or not os.path.isfile(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
 def _leaf_dataset(leaf: str, meta: dict | None, cfg) -> str | None:
     if meta and meta.get("dataset"):
         return meta["dataset"]
     parent = os.path.basename(os.path.dirname(os.path.abspath(leaf)))
     return parent if cfg is not None and parent in cfg.DATA.datasets else None
-
-
-def leaf_fps(meta: dict | None, dataset: str | None, cfg, override: float | None) -> tuple[float, str]:
-    """Frame rate of a leaf and where it came from: --fps, meta.json, the config, or 25."""
-    if override:
-        return float(override), "--fps"
-    if meta and meta.get("fps"):
-        return float(meta["fps"]), "meta.json"
-    if cfg is not None:
-        out = cfg.INFER.output_fps
-        if out != "native":
-            return float(out), "INFER.output_fps"
-        if dataset in cfg.DATA.datasets:
-            return float(cfg.DATA.datasets[dataset].fps), f"DATA.datasets.{dataset}.fps"
-    return 25.0, "default"
 
 
 def main(argv=None):
@@ -405,7 +334,7 @@ def main(argv=None):
 
     # Videos mirror the results tree: relative to INFER.output_root when inside it, else to the
     # folder that holds --results (so its own name is kept).
-    rel_base = cfg.INFER.output_root if _inside(root, cfg.INFER.output_root) else os.path.dirname(
+    rel_base = cfg.INFER.output_root if is_inside(root, cfg.INFER.output_root) else os.path.dirname(
         os.path.abspath(root))
     out_root = args.out or DEFAULT_VIDEO_ROOT
     faces_cache: dict[str, np.ndarray] = {}
@@ -419,7 +348,7 @@ def main(argv=None):
         if args.skip_existing and os.path.exists(out_mp4):
             log.info("exists, skipped: %s", out_mp4)
             continue
-        meta = read_meta(leaf, cfg)
+        meta = leaf_meta(leaf, cfg)
         dataset = _leaf_dataset(leaf, meta, cfg)
         fps, fps_from = leaf_fps(meta, dataset, cfg, args.fps)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-import random
+import signal
 import time
 from contextlib import nullcontext
 
@@ -18,7 +18,9 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from loss.loss import motion_vertex_loss
-from utils.utils import atomic_torch_save
+from main.checkpoint import check_state_dict, check_training_state, load_checkpoint, save_checkpoint
+from utils.errors import CheckpointError, Interrupted
+from utils.utils import seed_everything
 
 
 def group_by_flame(datasets: list[str], flame_of: dict) -> list[tuple]:
@@ -54,19 +56,12 @@ def to_device(batch: dict, device) -> dict:
     return out
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """The seed of one rank's epoch. Every epoch reseeds python, numpy and torch (CPU and CUDA) from
+    (TRAIN.seed, rank, epoch), so an epoch's crops and dropout masks depend on nothing that came before
+    it: a run resumed at an epoch boundary continues exactly as an uninterrupted one, on every rank,
+    with no RNG state to save (rank 0 alone writes checkpoints and could only save its own)."""
+    return int(np.random.SeedSequence([int(seed), int(rank), int(epoch)]).generate_state(1)[0])
 
 
 class Trainer:
@@ -85,34 +80,54 @@ class Trainer:
             logger.warning("TRAIN.amp=true is only used on CUDA; training in float32 on %s", device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch, self.step, self.best_val = 0, 0, math.inf
+        self.saved_epoch = None  # epoch held by last.pth, for the how-to-resume line after an interrupt
 
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict:
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "best_val": self.best_val, "styles": list(self.styles),
-                "config": self.cfg.to_dict(), "rng": rng_state()}
+                "config": self.cfg.to_dict()}
 
     def save(self, name: str):
         if self.rank == 0:
-            atomic_torch_save(self.state(), os.path.join(self.run_dir, name))
+            save_checkpoint(self.state(), os.path.join(self.run_dir, name))
+        if name == "last.pth":
+            self.saved_epoch = self.epoch
 
     def resume(self, path: str):
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        if list(ckpt.get("styles", [])) != list(self.styles):
-            raise RuntimeError(f"{path}: checkpoint styles {ckpt.get('styles')} differ from this config's "
-                               f"training styles {self.styles}; resume with the same data")
+        ckpt = load_checkpoint(path, "TRAIN.resume checkpoint")  # safe: data only, layout checked
+        check_training_state(ckpt, path)
+        if list(ckpt["styles"]) != list(self.styles):
+            raise CheckpointError(f"{path}: checkpoint styles {ckpt['styles']} differ from this config's "
+                                  f"training styles {self.styles}; resume with the same data")
+        check_state_dict(ckpt["model"], self.raw_model, path)
         self.raw_model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step, self.best_val = ckpt["epoch"], ckpt["step"], ckpt["best_val"]
-        set_rng_state(ckpt["rng"])
+        self.saved_epoch = self.epoch
         self.log.info("resumed from %s at epoch %d (step %d, best val %.6g)", path, self.epoch, self.step,
                       self.best_val)
 
     # ----------------------------------------------------------------- loops
+    def sampling_prob(self, progress: float) -> float:
+        """Probability of feeding the model's own previous frame (parallel_sampling, scheduled_rollout)
+        at ``progress`` epochs into training (epoch + fraction of its batches): 0 until
+        TRAIN.sampling_start_epoch, then a linear ramp to TRAIN.sampling_max over sampling_warmup_epochs.
+        A function of the epoch and batch index alone, so a resumed run follows the same schedule."""
+        cfg = self.cfg.TRAIN
+        if cfg.mode not in ("parallel_sampling", "scheduled_rollout"):
+            return 0.0
+        ramp = progress - cfg.sampling_start_epoch
+        if ramp < 0:
+            return 0.0
+        ramp = ramp / cfg.sampling_warmup_epochs if cfg.sampling_warmup_epochs > 0 else 1.0
+        return float(cfg.sampling_max * min(1.0, ramp))
+
     def train_epoch(self) -> float:
         cfg = self.cfg.TRAIN
+        seed_everything(epoch_seed(cfg.seed, self.rank, self.epoch))
         self.model.train()
         sampler = self.train_loader.sampler
         if hasattr(sampler, "set_epoch"):
@@ -135,7 +150,9 @@ class Trainer:
             with sync:
                 with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
                     pred = self.model(batch["audio"], batch["motion"], batch["style"], batch["motion_mask"],
-                                      batch["audio_mask"], teacher_forcing=cfg.teacher_forcing)
+                                      batch["audio_mask"], mode=cfg.mode,
+                                      sampling_prob=self.sampling_prob(self.epoch + i / n_batches),
+                                      passes=cfg.sampling_passes, input_noise=cfg.input_noise)
                 loss, _ = batch_loss(pred, batch, self.flame_of, cfg.velocity_weight)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"non-finite training loss at epoch {self.epoch + 1}, batch {i} "
@@ -178,6 +195,23 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     def fit(self):
+        """Train to TRAIN.epochs. SIGINT/SIGTERM (Interrupted, see utils/errors.py) stop it at once: the
+        epoch in progress is dropped, last.pth (written whole or not at all) keeps the last complete
+        epoch, and the exception's message says how to continue."""
+        try:
+            self._fit()
+        except (Interrupted, KeyboardInterrupt) as e:
+            signum = getattr(e, "signum", 2)
+            raise Interrupted(signum, self.resume_hint(signum)) from None
+
+    def resume_hint(self, signum: int) -> str:
+        where = f"interrupted ({signal.Signals(signum).name}) at epoch {self.epoch + 1} step {self.step}"
+        if self.saved_epoch is None:
+            return f"{where}; no epoch was complete, nothing saved: start again with TRAIN.overwrite=true"
+        return (f"{where}; last complete epoch ({self.saved_epoch}) saved in "
+                f"{os.path.join(self.run_dir, 'last.pth')}; continue with TRAIN.resume=true")
+
+    def _fit(self):
         cfg = self.cfg.TRAIN
         if self.epoch >= cfg.epochs:
             self.log.info("nothing to do: run already at epoch %d of %d", self.epoch, cfg.epochs)
@@ -186,6 +220,8 @@ class Trainer:
             train_loss = self.train_epoch()
             self.epoch += 1
             msg = f"epoch {self.epoch}/{cfg.epochs} train loss {train_loss:.6g}"
+            if cfg.mode in ("parallel_sampling", "scheduled_rollout"):
+                msg += f" (sampling p {self.sampling_prob(self.epoch):.3g})"
             last = self.epoch == cfg.epochs
             if self.rank == 0:
                 if self.writer is not None:
@@ -207,7 +243,6 @@ class Trainer:
                     msg += " (best)"
                 msg += f" | {time.time() - t0:.1f}s"
                 self.log.info(msg)
-            # the RNG state saved in last.pth is the one the next epoch starts from
             self.save("last.pth")
             if self.world_size > 1:
                 dist.barrier()

@@ -4,7 +4,10 @@ Writes the same layout as inference (DESIGN.md 6) under INFER.exp_name=mean_base
 with INFER.exp_name=...), so main/evaluate.py scores it exactly like a model. A model that learned
 anything from the audio must beat it on LVE.
 
-    python scripts/mean_baseline.py --config config/demo.yaml [--overwrite] [SECTION.key=value ...]
+    python scripts/mean_baseline.py --config config/demo.yaml [--overwrite | --resume] [SECTION.key=value ...]
+
+Results are written like inference's (main/results.py): whole or not at all, existing ones refused
+unless --overwrite (redo all) or --resume (keep complete samples).
 """
 from __future__ import annotations
 
@@ -17,10 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from dataset.dataset import FaceDataset, style_classes  # noqa: E402
-from main.inference import (check_clashes, check_writable, fresh_dir, plan_jobs, to_output_fps, write_coeffs,  # noqa: E402
-                            write_frames)
+from main import results as RT  # noqa: E402
+from main.inference import check_clashes, jobs_to_write, plan_jobs, results_mode, sample_arrays, to_output_fps  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.errors import run_reporting_user_errors  # noqa: E402
 from utils.utils import setup_logger  # noqa: E402
 
 
@@ -38,35 +42,33 @@ def training_mean_motion(cfg, styles, log) -> np.ndarray:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="config/faceformer.yaml")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="redo all results (INFER.overwrite=true)")
+    p.add_argument("--resume", action="store_true", help="keep complete results (INFER.resume=true)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = load_config(args.config, ["INFER.exp_name=mean_baseline", *args.overrides])
     log = setup_logger("mean_baseline")
+    mode = results_mode(bool(args.overwrite or cfg.INFER.overwrite), bool(args.resume or cfg.INFER.resume))
     styles = style_classes(cfg)
     mean = training_mean_motion(cfg, styles, log)
     log.info("training mean motion: jaw %.4f, |expr| %.4f", mean[50], float(np.abs(mean[:50]).mean()))
 
     test = FaceDataset(cfg, cfg.INFER.split, styles, train=False, check=True, log=log, progress=False)
     check_clashes(cfg, test.refs)
-    jobs = plan_jobs(cfg, test.refs, styles, log)
-    check_writable([d for j in jobs for d in (j.vert_dir, j.coeff_dir)], args.overwrite or cfg.INFER.overwrite)
-    for i, job in enumerate(jobs):
-        item = test[i]
-        motion = to_output_fps(np.repeat(mean[None], int(item["n_frames"]), axis=0), job.out_fps)
-        flame = load_flame_for(cfg, job.ref.dataset)
-        shape = item["shape"].numpy()
-        for d in (job.vert_dir, job.coeff_dir):
-            fresh_dir(d)
-        write_frames(job.vert_dir, flame.motion_to_vertices(motion, shape))
-        write_coeffs(job.coeff_dir, flame, motion, shape,
-                     {"sample_id": job.ref.sample_id, "dataset": job.ref.dataset, "style_id": job.ref.style_id,
-                      "speaker": job.ref.speaker, "audio_path": os.path.abspath(job.ref.audio_path),
-                      "fps": job.out_fps, "n_frames": int(motion.shape[0]), "checkpoint": "mean_baseline",
-                      "condition_style": None})
+    flames = {name: load_flame_for(cfg, name) for name in {r.dataset for r in test.refs}}
+    index_of = {(r.json_path, r.sample_id): i for i, r in enumerate(test.refs)}
+    jobs = jobs_to_write(cfg, plan_jobs(cfg, test.refs, styles, log), mode, flames, log)
+    for job in jobs:
+        item = test[index_of[(job.ref.json_path, job.ref.sample_id)]]
+        motion = to_output_fps(np.repeat(mean[None], int(item["n_frames"]), axis=0), job.out_fps, test.framing.fps)
+        flame, shape = flames[job.ref.dataset], item["shape"].numpy()
+        meta = RT.build_meta(job.ref.sample_id, job.ref.dataset, job.ref.style_id, job.ref.speaker,
+                             job.ref.audio_path, job.out_fps, motion.shape[0], "mean_baseline", None)
+        RT.write_sample(job.vert_dir, job.coeff_dir, flame.motion_to_vertices(motion, shape),
+                        sample_arrays(flame, motion, shape, item["detail"].numpy()), meta)
     log.info("wrote %d baseline sample(s) to %s", len(jobs),
              os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name))
 
 
 if __name__ == "__main__":
-    main()
+    run_reporting_user_errors("mean_baseline", main)

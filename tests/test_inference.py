@@ -18,6 +18,7 @@ from models.faceformer import FaceFormer
 from models.flame import FLAME
 from models.flame_standin import write_standin_files
 from utils.config import load_config
+from utils.errors import ResultsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(REPO, "config", "demo.yaml")
@@ -258,7 +259,7 @@ def test_duplicate_output_folder_is_an_error_before_writing(data_root, checkpoin
                   "speaker_id": ["M003", "angry"], "style_id": "same"},
         "second": {"audio_path": "clips/M005_neutral_002.wav",
                    "flame_coeff_save_path": "clips/M005_neutral_002.npz", "speaker_id": "M005", "style_id": "same"}})
-    with pytest.raises(I.InferenceError) as e:
+    with pytest.raises(ResultsError) as e:
         run_eval(data_root, checkpoint, tmp_path, "DATA.datasets.MEAD_VHAP.test=dataset_jsons/dup_test.json")
     msg = str(e.value)
     assert "'first'" in msg and "'second'" in msg and os.path.join(vert_root(tmp_path), "MEAD_VHAP", "same") in msg
@@ -273,7 +274,7 @@ def test_refuses_existing_results_unless_overwrite(data_root, checkpoint, tmp_pa
     np.save(os.path.join(folder, "999.npy"), np.zeros((5023, 3), np.float32))  # a stale frame
     before = os.stat(os.path.join(folder, "0.npy")).st_mtime_ns
 
-    with pytest.raises(I.InferenceError) as e:
+    with pytest.raises(ResultsError) as e:
         run_eval(data_root, checkpoint, tmp_path, *only_mm)
     assert folder in str(e.value) and "--overwrite" in str(e.value)
     assert os.stat(os.path.join(folder, "0.npy")).st_mtime_ns == before
@@ -300,7 +301,7 @@ def test_checkpoint_runs_without_the_pretrained_files(data_root, checkpoint, tmp
     """A checkpoint trained from pretrained wav2vec2 holds all weights: when the pretrained files are
     unavailable, the architecture is built from MODEL.audio_encoder_config (None = wav2vec2-base)."""
     from models.wav2vec import AudioEncoderLoadError
-    ckpt = torch.load(checkpoint, weights_only=False)
+    ckpt = torch.load(checkpoint, weights_only=True)
     ckpt["config"]["MODEL"].update(audio_encoder_pretrained=True, audio_encoder_repo="/nonexistent/wav2vec2")
     torch.save(ckpt, tmp_path / "pre.pth")
     sf.write(tmp_path / "a.wav", speechy(0.5), SR)

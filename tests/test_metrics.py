@@ -274,7 +274,7 @@ def test_evaluate_resampled_output_fps_and_missing(demo_like, tmp_path):
     import shutil
     style = json.dumps(["W009", "happy"]) + "_passionate"
     shutil.rmtree(os.path.join(cfg25.INFER.output_root, "fps25", "MEAD_VHAP", style))
-    rep = evaluate(cfg25, plot=False)
+    rep = evaluate(cfg25, plot=False, allow_missing=True)
     assert rep["datasets"]["MEAD_VHAP"]["n_missing"] == 1 and rep["datasets"]["MEAD_VHAP"]["n_sequences"] == 1
     assert rep["overall"]["n_missing"] == 1 and rep["overall"]["n_sequences"] == 2
     assert rep["missing"][0]["sample_id"] == "W009_happy_001"

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 import main.render as R  # sets PYOPENGL_PLATFORM (default egl) before pyrender is imported
+import main.results as RT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,12 +174,12 @@ def test_bad_input_writes_no_video(gl, standin, tmp_path):
 def test_frame_files_order_and_gaps(tmp_path):
     for i in (0, 1, 2, 10):
         np.save(tmp_path / f"{i}.npy", np.full((4, 3), i, np.float32))
-    with pytest.raises(R.RenderError, match="without gaps"):
-        R.frame_files(str(tmp_path))
+    with pytest.raises(RT.ResultsError, match="without gaps"):
+        RT.frame_files(str(tmp_path))
     for i in range(3, 10):
         np.save(tmp_path / f"{i}.npy", np.full((4, 3), i, np.float32))
     # numeric, not lexicographic, order: 10.npy comes last
-    assert R.load_frames(str(tmp_path))[:, 0, 0].tolist() == list(range(11))
+    assert RT.load_frames(str(tmp_path))[:, 0, 0].tolist() == list(range(11))
 
 
 def test_cli_renders_a_results_tree(gl, standin, tmp_path):
@@ -231,21 +232,21 @@ def test_meta_json_lookup(tmp_path):
         f"INFER.output_root={tmp_path}/metrics/test", f"INFER.coeff_root={tmp_path}/coeffs/test"])
     leaf = tmp_path / "metrics" / "test" / "exp" / "MEAD_VHAP" / "s"
     leaf.mkdir(parents=True)
-    assert R.read_meta(str(leaf), cfg) is None
+    assert RT.leaf_meta(str(leaf), cfg) is None
     (tmp_path / "coeffs" / "test" / "exp" / "MEAD_VHAP" / "s").mkdir(parents=True)
     (tmp_path / "coeffs" / "test" / "exp" / "MEAD_VHAP" / "s" / "meta.json").write_text('{"fps": 20}')
-    assert R.read_meta(str(leaf), cfg) == {"fps": 20}
+    assert RT.leaf_meta(str(leaf), cfg) == {"fps": 20}
     # nothing is ever looked up inside the results tree itself
     (leaf.parent / "meta.json").write_text('{"fps": 99}')
-    assert R.read_meta(str(leaf), cfg) == {"fps": 20}
+    assert RT.leaf_meta(str(leaf), cfg) == {"fps": 20}
 
     single = tmp_path / "single" / "speech"
     (single / "vertices").mkdir(parents=True)
-    assert R.read_meta(str(single / "vertices"), cfg) is None
+    assert RT.leaf_meta(str(single / "vertices"), cfg) is None
     (single / "meta.json").write_text('{"fps": 25, "audio_path": "/x.wav"}')
-    assert R.read_meta(str(single / "vertices"), cfg)["audio_path"] == "/x.wav"
+    assert RT.leaf_meta(str(single / "vertices"), cfg)["audio_path"] == "/x.wav"
     # the fps rule: --fps, then meta.json, then the config (native = the dataset's), then 25
-    assert R.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, 30) == (30.0, "--fps")
-    assert R.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, None) == (20.0, "meta.json")
-    assert R.leaf_fps(None, "MultiModal200", cfg, None)[0] == 20.0
-    assert R.leaf_fps(None, None, cfg, None) == (25.0, "default")
+    assert RT.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, 30) == (30.0, "--fps")
+    assert RT.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, None) == (20.0, "meta.json")
+    assert RT.leaf_fps(None, "MultiModal200", cfg, None)[0] == 20.0
+    assert RT.leaf_fps(None, None, cfg, None) == (25.0, "default")

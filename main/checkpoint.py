@@ -1,0 +1,196 @@
+"""Checkpoints are data, not code (DESIGN.md 6): atomic save, safe and validated load.
+
+Format: a dict saved by ``torch.save`` that holds only tensors and plain Python values (dict, list,
+tuple, str, int, float, bool, None), so ``torch.load(weights_only=True)`` reads it with torch's
+default allow-list and no ``add_safe_globals`` (torch 2.4+)::
+
+    model      {name: tensor}               the FaceFormer state dict
+    styles     [str]                        style class names, in class order
+    config     {section: {key: value}}      the resolved config (Config.to_dict())
+    epoch, step, best_val                   training progress (last.pth, best_model.pth)
+    optimizer, scaler                       their state dicts (training only)
+
+(No RNG state: training reseeds every epoch from TRAIN.seed, see main/train_eval_loop.py.)
+Anything else in the pickle (a class, a function: what a crafted file needs to run code) is refused
+before it is called. Checkpoints written before this format held the numpy RNG state as a numpy
+array; ``python main/checkpoint.py convert OLD.pth [NEW.pth]`` rewrites one without it (still without
+running code: only numpy's array reconstruction is allowed for that one load).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import sys
+import tempfile
+
+if __name__ == "__main__":  # `python main/checkpoint.py convert ...`
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from utils.errors import CheckpointError  # noqa: E402
+
+CONVERT_HINT = "python main/checkpoint.py convert {path}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Save
+# ----------------------------------------------------------------------------------------------
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save_checkpoint(state: dict, path: str):
+    """torch.save to a temporary file beside ``path``, then rename: a kill or a full disk never leaves
+    a torn checkpoint, and the previous one stays intact until the new one is whole. The file gets the
+    user's umask (mkstemp alone would make it 0600). A failed write -> CheckpointError naming the file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=folder)
+        os.close(fd)
+        torch.save(state, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (the previous checkpoint, "
+                              f"if any, is unchanged)") from None
+    except RuntimeError as e:  # torch.save reports a failed write of its zip archive as RuntimeError
+        raise CheckpointError(f"cannot write checkpoint {path}: {str(e).splitlines()[0]} (disk full?); the "
+                              f"previous checkpoint, if any, is unchanged") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# ----------------------------------------------------------------------------------------------
+# Load
+# ----------------------------------------------------------------------------------------------
+
+def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
+    """``torch.load(weights_only=True)`` of a file of ours -> its dict, or CheckpointError naming the file
+    (missing, truncated/corrupt, objects outside the allow-list, not our layout). Nothing in the file
+    is ever called: the restricted unpickler refuses a global before it is looked up."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{what} not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        m = re.search(r"GLOBAL ([\w.]+)", str(e))
+        name = m.group(1) if m else "an object"
+        if name.startswith("numpy."):
+            raise CheckpointError(
+                f"{what} {path} was written in the old format (a numpy RNG state inside, {name}); convert it "
+                f"once with: {CONVERT_HINT.format(path=path)}") from None
+        raise CheckpointError(
+            f"{what} {path} refused: it contains objects outside the allow-list of checkpoint data "
+            f"(tensors and plain values), here {name}; nothing in it was run. A checkpoint written by "
+            f"python train.py never does: do not use this file") from None
+    except Exception as e:  # torn zip, 0 bytes, not a torch file at all
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({detail[:200]}); use another copy or "
+                              f"retrain") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{what} {path}: expected a dict written by python train.py, got "
+                              f"{type(ckpt).__name__}")
+    _check_layout(ckpt, path, what)
+    return ckpt
+
+
+def _check_layout(ckpt: dict, path: str, what: str):
+    """The keys every checkpoint of ours has, with the right kinds of values."""
+    problems = []
+    if "model" not in ckpt or "styles" not in ckpt:
+        problems.append(f"expected keys 'model' and 'styles', got {sorted(map(str, ckpt))}")
+    else:
+        model = ckpt["model"]
+        if not isinstance(model, dict) or not all(isinstance(k, str) and torch.is_tensor(v)
+                                                  for k, v in model.items()):
+            problems.append("'model' must be a dict of parameter name -> tensor")
+        styles = ckpt["styles"]
+        if not isinstance(styles, (list, tuple)) or not styles or not all(isinstance(s, str) for s in styles):
+            problems.append(f"'styles' must be a non-empty list of style names, got {styles!r:.80}")
+    config = ckpt.get("config")
+    if config is not None and not (isinstance(config, dict) and isinstance(config.get("MODEL", {}), dict)):
+        problems.append("'config' must be a dict of config sections")
+    if problems:
+        raise CheckpointError(f"{what} {path} is not a checkpoint of this project: " + "; ".join(problems))
+
+
+def check_state_dict(state: dict, model: torch.nn.Module, path: str):
+    """The weights fit the model: same parameter names and shapes, else CheckpointError naming the
+    missing, unexpected and mismatched ones (first few of each)."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    parts = [f"{label} ({len(xs)}): {', '.join(xs[:4])}{' ...' if len(xs) > 4 else ''}"
+             for label, xs in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if xs]
+    if parts:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the model built from its MODEL config: "
+                              + "; ".join(parts))
+
+
+def check_training_state(ckpt: dict, path: str):
+    """What TRAIN.resume needs beyond the weights (last.pth), else CheckpointError naming the file."""
+    need = {"optimizer": dict, "epoch": int, "step": int, "best_val": (int, float)}
+    bad = [k for k, t in need.items() if not isinstance(ckpt.get(k), t)]
+    if bad:
+        raise CheckpointError(f"{path} cannot be resumed: missing or malformed {', '.join(bad)} (is it a "
+                              f"best_model.pth or a file not written by python train.py? resume needs last.pth)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversion of the old format
+# ----------------------------------------------------------------------------------------------
+
+def _numpy_rng_globals() -> list:
+    """What torch.save of np.random.get_state() refers to: numpy's array reconstruction, no code."""
+    core = getattr(np, "_core", None) or np.core
+    names = [core.multiarray._reconstruct, np.ndarray, np.dtype]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        names.append(type(np.dtype(np.uint32)))
+    return names
+
+
+def convert_old_checkpoint(src: str, dst: str | None = None) -> str:
+    """Rewrite a checkpoint of the old format (numpy RNG state) without it; returns the path."""
+    torch.serialization.add_safe_globals(_numpy_rng_globals())
+    try:
+        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{src} refused: it contains objects outside the allow-list even for the old "
+                              f"format ({str(e).splitlines()[-3:]})") from None
+    ckpt.pop("rng", None)  # training reseeds every epoch now: the old RNG state is not needed
+    dst = dst or src
+    save_checkpoint(ckpt, dst)
+    load_checkpoint(dst)  # proves the result loads with the default allow-list
+    return dst
+
+
+def main(argv=None):
+    import argparse
+
+    from utils.errors import run_reporting_user_errors
+
+    p = argparse.ArgumentParser(description="Checkpoint tools.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("convert", help="rewrite an old-format checkpoint (numpy RNG state) in the plain format")
+    c.add_argument("src")
+    c.add_argument("dst", nargs="?", help="output path (default: replace SRC)")
+
+    def run(args):
+        print(f"wrote {convert_old_checkpoint(args.src, args.dst)}")
+    run_reporting_user_errors("checkpoint", lambda a: run(p.parse_args(a)), argv)
+
+
+if __name__ == "__main__":
+    main()
