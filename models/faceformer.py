@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.wav2vec import build_audio_encoder
+from utils.framing import DEFAULT_FRAMING, Framing
 
 
 def alibi_slopes(n_head: int) -> torch.Tensor:
@@ -81,6 +82,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head, self.dropout = n_head, dropout
         self.qkv = nn.Linear(d, 3 * d)
         self.out_proj = nn.Linear(d, d)
+        # as nn.MultiheadAttention: Xavier-uniform over the packed (3d, d) in-projection, zero biases
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x, bias, cache: dict | None = None):
         B, Tq, d = x.shape
@@ -101,20 +106,40 @@ class DecoderLayer(nn.Module):
     single key is 1 whatever the query, so the attention output is exactly the value projection of
     feature i through the output projection; we compute that directly (no query/key projections,
     no T x T scores), which also makes a decoding step need only the current frame's feature.
+    Initialisation and attention-weight dropout are those of nn.TransformerDecoderLayer's
+    nn.MultiheadAttention (see ``cross``).
     """
 
     def __init__(self, d: int, n_head: int, ff_dim: int, dropout: float):
         super().__init__()
+        self.n_head, self.attn_dropout = n_head, dropout
         self.self_attn = CausalSelfAttention(d, n_head, dropout)
         self.cross_value = nn.Linear(d, d)
         self.cross_out = nn.Linear(d, d)
+        # nn.MultiheadAttention draws its value projection as rows of the packed (3d, d) in-projection,
+        # Xavier-uniform with bound sqrt(6 / (d + 3d)); a (d, d) matrix would get sqrt(6 / 2d), so the
+        # bound is set by hand to keep the reference's distribution. Biases start at zero there too.
+        bound = math.sqrt(6.0 / (d + 3 * d))
+        nn.init.uniform_(self.cross_value.weight, -bound, bound)
+        nn.init.zeros_(self.cross_value.bias)
+        nn.init.zeros_(self.cross_out.bias)
         self.linear1, self.linear2 = nn.Linear(d, ff_dim), nn.Linear(ff_dim, d)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)
         self.dropout = nn.Dropout(dropout)
 
     def cross(self, feats):
-        """The aligned cross-attention output for audio features (B,T,d) -> (B,T,d)."""
-        return self.cross_out(self.cross_value(feats))
+        """The aligned cross-attention output for audio features (B,T,d) -> (B,T,d).
+
+        In training, nn.MultiheadAttention drops attention weights with probability p and scales the
+        kept ones by 1/(1-p). Each head of frame i has one non-zero weight (1, on feature i), so this
+        is a Bernoulli mask per frame and per head on the value path (head h = channels
+        [h d/h, (h+1) d/h) of the value projection), in front of the output projection."""
+        v = self.cross_value(feats)
+        if self.training and self.attn_dropout > 0:
+            B, T, d = v.shape
+            keep = F.dropout(v.new_ones(B, T, self.n_head, 1), self.attn_dropout)  # 0 or 1/(1-p)
+            v = (v.view(B, T, self.n_head, d // self.n_head) * keep).view(B, T, d)
+        return self.cross_out(v)
 
     def forward(self, x, feats, bias, cache: dict | None = None, cross=None):
         """x (B,Tq,d) decoder inputs, feats (B,Tq,d) the audio features of the same frames; ``cross``
@@ -130,20 +155,25 @@ def shift_motion(motion: torch.Tensor) -> torch.Tensor:
 
 
 class FaceFormer(nn.Module):
-    """FaceFormer(cfg.MODEL, n_styles). style: long class indices (B,) in [0, n_styles)."""
+    """FaceFormer(cfg.MODEL, n_styles, framing). style: long class indices (B,) in [0, n_styles).
+    ``framing`` (utils.framing, from ``framing_from_config(cfg)``; default 16 kHz / 25 fps) sets the
+    audio samples per motion frame of the encoder; it is kept as ``self.framing``."""
 
-    def __init__(self, model_cfg, n_styles: int):
+    def __init__(self, model_cfg, n_styles: int, framing: Framing | None = None):
         super().__init__()
-        d, self.motion_dim = model_cfg["feature_dim"], model_cfg.get("motion_dim", 51)
+        self.framing = framing or DEFAULT_FRAMING
+        d, self.motion_dim = model_cfg["feature_dim"], self.framing.motion_dim
         self.d, self.n_styles, self.period = d, n_styles, int(model_cfg["period"])
         self.n_head = model_cfg["n_head"]
-        self.audio_encoder = build_audio_encoder(model_cfg)
+        ff_dim = model_cfg.get("ff_dim")
+        ff_dim = 2 * d if ff_dim is None else int(ff_dim)  # null: 2 x feature_dim, as FaceFormer
+        self.audio_encoder = build_audio_encoder(model_cfg, self.framing.sample_rate, self.framing.fps)
         self.audio_feature_map = nn.Linear(self.audio_encoder.hidden_size, d)
         self.motion_map = nn.Linear(self.motion_dim, d)
         self.style_map = nn.Linear(n_styles, d, bias=False)
         self.ppe_dropout = nn.Dropout(model_cfg["dropout"])
         self.layers = nn.ModuleList([
-            DecoderLayer(d, self.n_head, model_cfg["ff_dim"], model_cfg["dropout"])
+            DecoderLayer(d, self.n_head, ff_dim, model_cfg["dropout"])
             for _ in range(model_cfg["num_layers"])])
         self.output_map = nn.Linear(d, self.motion_dim)
         # zero output at the start, as FaceFormer does: training starts from the neutral face
@@ -207,54 +237,156 @@ class FaceFormer(nn.Module):
             bias = torch.where(keep[:, None], bias, float("-inf"))            # (B,h,T,T)
         return self._run_layers(x, feats, bias)
 
-    def forward(self, audio, motion, style, motion_mask=None, audio_mask=None, teacher_forcing: bool = True):
+    TRAIN_MODES = ("teacher_forcing", "parallel_sampling", "scheduled_rollout", "rollout")
+
+    def forward(self, audio, motion, style, motion_mask=None, audio_mask=None, teacher_forcing: bool = True,
+                mode: str | None = None, sampling_prob: float = 0.0, passes: int = 1, input_noise: float = 0.0):
         """Training pass. audio (B,N), motion (B,T,51), style (B,), masks True = real -> (B,T,51).
 
-        teacher_forcing=True: one parallel decoder pass fed with the ground truth (the default).
-        False: the model's own autoregressive rollout (the original FaceFormer's training), with
-        gradients through every step; batched and KV-cached here, so it costs T decoder steps
-        rather than T passes over growing prefixes."""
+        mode (None: "teacher_forcing", or "rollout" when teacher_forcing=False):
+        - teacher_forcing: one parallel decoder pass fed with the ground truth.
+        - parallel_sampling: parallel scheduled sampling (Duckworth et al. 2019), ``passes`` + 1
+          parallel passes; see decode_sampled.
+        - scheduled_rollout: the autoregressive rollout where each step is fed the ground-truth previous
+          frame, or with probability ``sampling_prob`` the model's own (see rollout_sampled).
+        - rollout: the model's own autoregressive rollout (the original FaceFormer's training), with
+          gradients through every step; batched and KV-cached, so T decoder steps, not T passes.
+        input_noise: std of Gaussian noise added to the ground-truth previous frames the decoder is fed
+        (teacher_forcing and parallel_sampling), another way to make it not trust its inputs blindly."""
+        mode = mode or ("teacher_forcing" if teacher_forcing else "rollout")
+        if mode not in self.TRAIN_MODES:
+            raise ValueError(f"unknown training mode {mode!r}; expected one of {', '.join(self.TRAIN_MODES)}")
         feats = self.encode(audio, motion.shape[1], audio_mask)
-        if not teacher_forcing:
+        if mode == "rollout":
             return self.generate_from_features(feats, style)
-        return self.decode(feats, style, shift_motion(motion), motion_mask)
+        if mode == "scheduled_rollout":
+            return self.rollout_sampled(feats, style, motion, sampling_prob)
+        prev = shift_motion(motion)
+        if input_noise > 0:
+            prev = prev + input_noise * torch.randn_like(prev)
+            prev[:, 0] = 0  # motion[-1] = 0 stays the start input, as in generation
+        if mode == "parallel_sampling":
+            return self.decode_sampled(feats, style, prev, motion_mask, sampling_prob, passes)
+        return self.decode(feats, style, prev, motion_mask)
 
-    # ---- autoregressive generation -------------------------------------------------------------
-    def generate_from_features(self, feats, style):
-        """KV-cached autoregressive decoding. feats (B,T,d), style (B,) -> (B,T,51).
+    def decode_sampled(self, feats, style, prev_motion, motion_mask, sampling_prob: float, passes: int = 1):
+        """Parallel scheduled sampling. feats (B,T,d), prev_motion (B,T,51) ground-truth decoder inputs
+        -> (B,T,51).
 
-        Step t runs every layer on the single new input (motion_map(out[t-1]) + style + PPE(t)),
-        attending its cached keys/values of steps < t. Causal attention means earlier positions'
-        layer states never change, so the cache is exact: the result equals the teacher-forced pass
-        fed with the model's own outputs. Clips of different lengths can share a batch: generate up
-        to the longest and ignore each clip's frames past its end (they cannot affect earlier ones).
-        """
+        Each of ``passes`` passes without gradient predicts every frame from the current inputs; then
+        each input row t >= 1 is replaced, with probability sampling_prob (per frame, per clip), by the
+        detached prediction of frame t-1, the others stay ground truth. A last pass with gradient on
+        these inputs gives the output. Every pass is one parallel decoder pass; with probability 0 it
+        is exactly decode(); with 1 and many passes it approaches the model's own rollout."""
+        if sampling_prob <= 0 or passes < 1:
+            return self.decode(feats, style, prev_motion, motion_mask)
+        inputs = prev_motion
+        with torch.no_grad():
+            for _ in range(passes):
+                own = shift_motion(self.decode(feats, style, inputs, motion_mask))
+                take = torch.rand(own.shape[:2], device=own.device)[..., None] < sampling_prob  # (B,T,1)
+                inputs = torch.where(take, own.to(prev_motion.dtype), prev_motion)
+        return self.decode(feats, style, inputs, motion_mask)
+
+    def rollout_sampled(self, feats, style, motion, sampling_prob: float):
+        """Scheduled sampling on the KV-cached rollout (Bengio et al. 2015). feats (B,T,d), motion (B,T,51)
+        -> (B,T,51). Step t is fed the model's own output of step t-1 (with gradient, as in rollout)
+        with probability sampling_prob (per step, per clip), else the ground truth motion[t-1]."""
+        if sampling_prob >= 1:
+            return self.generate_from_features(feats, style)
         B, T, _ = feats.shape
         style_emb = self.style_embedding(style)
         caches = [{} for _ in self.layers]
-        prev = feats.new_zeros(B, 1, self.motion_dim)
-        # Everything that does not depend on earlier outputs is computed once, not per step:
-        # the PPE (it repeats with the period), the aligned cross-attention term of every frame, and
-        # the attention bias. The bias depends only on the distance t - j, so row t is a view of one
-        # reversed table: rev[:, T-1-t:] holds the bias of keys j = 0..t.
         pe = periodic_positional_encoding(self.period, self.d, self.period).to(feats)
         crosses = [layer.cross(feats) for layer in self.layers]
         pos = torch.arange(T, device=feats.device)
-        rev = alibi_bias(self.slopes, pos[-1:], pos, self.period)[:, 0]       # (h,T): distance T-1-i
-        outputs = []
+        rev = alibi_bias(self.slopes, pos[-1:], pos, self.period)[:, 0]       # (h,T), see generate_from_features
+        take = torch.rand(B, T, 1, device=feats.device) < sampling_prob
+        prev, outputs = feats.new_zeros(B, 1, self.motion_dim), []
         for t in range(T):
-            x = self._decoder_input(prev, style_emb, pe[t % self.period])     # (B,1,d)
-            bias = rev[:, None, T - 1 - t:]                                     # (h,1,t+1)
-            prev = self._run_layers(x, feats[:, t:t + 1], bias, caches,
-                                    [c[:, t:t + 1] for c in crosses])           # (B,1,51)
+            if t > 0:
+                prev = torch.where(take[:, t:t + 1], prev, motion[:, t - 1:t].to(prev.dtype))
+            x = self._decoder_input(prev, style_emb, pe[t % self.period])
+            prev = self._run_layers(x, feats[:, t:t + 1], rev[:, None, T - 1 - t:], caches,
+                                    [c[:, t:t + 1] for c in crosses])
             outputs.append(prev)
         return torch.cat(outputs, 1)
 
-    def generate(self, audio, style, n_frames: int, audio_mask=None, window_frames=None, overlap_frames=None):
+    # ---- autoregressive generation -------------------------------------------------------------
+    def start_generation(self, style, attention_window: int | None = None, capacity: int = 0) -> dict:
+        """A fresh decoding state for ``generate_steps``: style (B,) -> dict.
+
+        attention_window W (frames; None or 0 = unbounded): frame t attends only frames t-W+1..t, so
+        the key/value cache holds at most W frames and a step costs the same at any t. The ALiBi bias
+        depends only on the distance t - j, so the bias of every kept key is what it is unbounded.
+        With one decoder layer (the default) the result equals a teacher-forced pass over the last W
+        frames fed with the model's own outputs; with more, each layer keeps the states it computed
+        when a frame was made (sliding-window attention). ``capacity``: frames expected (sizes the
+        bias table; it grows when needed)."""
+        window = int(attention_window) if attention_window else None
+        if window is not None and window < 1:
+            raise ValueError(f"attention_window must be a positive number of frames or None, got {attention_window}")
+        style_emb = self.style_embedding(style)
+        return {"style_emb": style_emb, "caches": [{} for _ in self.layers], "t": 0, "window": window,
+                "prev": style_emb.new_zeros(style_emb.shape[0], 1, self.motion_dim),  # motion[-1] = 0
+                "rev": self._distance_bias(min(capacity, window or capacity))}
+
+    def _distance_bias(self, n: int) -> torch.Tensor:
+        """(h,n) bias of keys at distances n-1, ..., 1, 0 from the query: the last k columns are the
+        bias of the k most recent keys."""
+        pos = torch.arange(max(n, 1), device=self.slopes.device)
+        return alibi_bias(self.slopes, pos[-1:], pos, self.period)[:, 0]
+
+    def generate_steps(self, state: dict, feats) -> torch.Tensor:
+        """Continue autoregressive decoding over the next frames' audio features. feats (B,n,d) ->
+        motion (B,n,51); ``state`` (from start_generation) is updated, so calls can follow each other
+        (streaming) and give what one call over all the features gives.
+
+        Step t runs every layer on the single new input (motion_map(out[t-1]) + style + PPE(t)),
+        attending its cached keys/values of earlier steps. Causal attention means earlier positions'
+        layer states never change, so the cache is exact. Everything that does not depend on earlier
+        outputs is computed once per call, not per step: the PPE (it repeats with the period), the
+        aligned cross-attention term of every frame, and the bias table."""
+        pe = periodic_positional_encoding(self.period, self.d, self.period).to(feats)
+        crosses = [layer.cross(feats) for layer in self.layers]
+        style_emb, caches, window, prev = state["style_emb"], state["caches"], state["window"], state["prev"]
+        t0, n = state["t"], feats.shape[1]
+        keys_max = t0 + n if window is None else min(t0 + n, window)
+        if state["rev"].shape[1] < keys_max:
+            state["rev"] = self._distance_bias(max(keys_max, 2 * state["rev"].shape[1]))
+        rev = state["rev"]
+        L = rev.shape[1]
+        outputs = []
+        for k in range(n):
+            t = t0 + k
+            x = self._decoder_input(prev, style_emb, pe[t % self.period])     # (B,1,d)
+            n_keys = t + 1 if window is None else min(t + 1, window)
+            prev = self._run_layers(x, feats[:, k:k + 1], rev[:, None, L - n_keys:], caches,
+                                    [c[:, k:k + 1] for c in crosses])           # (B,1,51)
+            if window is not None and n_keys == window:
+                for c in caches:  # keep the W-1 most recent frames: the next step adds its own
+                    c["k"], c["v"] = c["k"][:, :, 1:], c["v"][:, :, 1:]
+            outputs.append(prev)
+        state["t"], state["prev"] = t0 + n, prev
+        return torch.cat(outputs, 1) if outputs else feats.new_zeros(feats.shape[0], 0, self.motion_dim)
+
+    def generate_from_features(self, feats, style, attention_window: int | None = None):
+        """KV-cached autoregressive decoding. feats (B,T,d), style (B,) -> (B,T,51).
+
+        Unbounded (the default), the result equals the teacher-forced pass fed with the model's own
+        outputs. Clips of different lengths can share a batch: generate up to the longest and ignore
+        each clip's frames past its end (they cannot affect earlier ones). attention_window: see
+        start_generation."""
+        state = self.start_generation(style, attention_window, capacity=feats.shape[1])
+        return self.generate_steps(state, feats)
+
+    def generate(self, audio, style, n_frames: int, audio_mask=None, window_frames=None, overlap_frames=None,
+                 attention_window: int | None = None):
         """audio (B,N), style (B,) -> motion (B,T,51), KV-cached; no frame limit. Long audio is encoded
-        in windows when window_frames is given (see encode). Call under torch.no_grad() for inference."""
+        in windows when window_frames is given (see encode); attention_window bounds the decoder's
+        attention (see start_generation). Call under torch.no_grad() for inference."""
         feats = self.encode(audio, n_frames, audio_mask, window_frames, overlap_frames)
-        return self.generate_from_features(feats, style)
+        return self.generate_from_features(feats, style, attention_window)
 
     def generate_naive_from_features(self, feats, style):
         """The original FaceFormer loop: at step t re-run the decoder over the whole prefix 0..t and

@@ -1,18 +1,23 @@
 """Side-by-side measurements, in one run, of what this project claims to be faster at.
 
     python scripts/benchmark.py [--device cpu|cuda] [--encoder base|tiny] [--only train decode infer memory]
-                                [--json docs/benchmarks_cpu.json]
+                                [--compare_old_padding] [--json docs/benchmarks_cpu.json]
 
 Sections (each prints a table; all results go to one JSON):
 - train:  training frames/s of this project's batched teacher-forced step vs the original FaceFormer
           recipe (batch 1, full autoregressive rollout with gradients, as its main.py does), and the
           bare wav2vec2 forward+backward on the same batch as the floor. Same model, same clips.
+          Also a padded batch (clips cut to 100%..50%, real frames counted); with
+          --compare_old_padding the same padded step with the encoder's old batch-dependent path.
 - decode: autoregressive decoding time with the KV cache vs re-running the prefix (the original
           method) at 10 s and 60 s of audio (decoder only, on the same audio features).
 - infer:  whole single-audio inference (audio file read -> vertex/motion/coeff files written) vs
           the bare wav2vec2 forward on the same audio, at 10 s and 60 s.
 - memory: peak resident memory of whole inference on a 10-minute input (fresh subprocess).
 - amp:    (CUDA only) a short training run with TRAIN.amp=true; loss must fall and stay finite.
+- train_modes: (not in the default set: ~25 min on 2 CPU cores) every TRAIN.mode trained on the demo
+          data with the demo config, same seed and epochs: teacher-forced and generated validation
+          loss, LVE of generated test motion vs the mean-motion baseline, training frames/s.
 
 The model is FaceFormer with the full-size wav2vec2-base architecture (random weights cost the same
 as trained ones) unless --encoder tiny; FLAME is the procedural stand-in (same 5023 vertices).
@@ -41,8 +46,9 @@ from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import FLAME  # noqa: E402
 from models.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
 from utils.config import load_config  # noqa: E402
+from utils.framing import DEFAULT_FRAMING  # noqa: E402
 
-SR, FPS, HOP = 16000, 25, 640
+SR, FPS, HOP = DEFAULT_FRAMING.sample_rate, DEFAULT_FRAMING.fps, DEFAULT_FRAMING.samples_per_frame
 TINY = {"conv_dim": [64] * 7, "conv_kernel": [10, 3, 3, 3, 3, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2],
         "feat_extract_norm": "layer", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
         "intermediate_size": 128, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}
@@ -84,11 +90,28 @@ def speech_like(seconds: float, seed: int = 0) -> np.ndarray:
     return (env * np.sin(2 * np.pi * 150 * t) + 0.05 * rng.standard_normal(t.shape)).astype(np.float32)
 
 
-def bench_train(model, flame, device, clips: int, seconds: float, repeat: int):
+def legacy_padded_forward(enc, audio, n_frames, audio_mask=None):
+    """The audio encoder's training path before per-clip encoding (--compare_old_padding only): one
+    CNN pass over the padded batch and, with group norm, no transformer mask, so a clip's features
+    depended on its batch-mates. Kept here to measure what exactness costs."""
+    B, N = audio.shape
+    n_samples = audio_mask.long().sum(1) if audio_mask is not None else torch.full((B,), N, device=audio.device)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not enc.cnn_frozen):
+        feats = enc.model.feature_extractor(audio)
+    x = enc.model.feature_projection(enc.resample(feats, n_frames, enc.cnn_lengths(n_samples).clamp(min=1)))[0]
+    return enc.model.encoder(x)[0]
+
+
+def bench_train(model, flame, device, clips: int, seconds: float, repeat: int, compare_old_padding: bool = False):
     T = int(seconds * FPS)
     audio = torch.from_numpy(np.stack([speech_like(seconds, i) for i in range(clips)])).to(device)
     motion = (0.1 * torch.randn(clips, T, 51, generator=torch.Generator().manual_seed(0))).to(device)
     mask = torch.ones(clips, T, dtype=torch.bool, device=device)
+    # the same clips cut to 100%..50% of their length and right-padded, as a batch of real clips is
+    lengths = [max(1, round(T * (1 - 0.5 * b / max(clips - 1, 1)))) for b in range(clips)]
+    pad_mask = torch.arange(T, device=device)[None] < torch.tensor(lengths, device=device)[:, None]  # (B,T)
+    pad_audio_mask = pad_mask.repeat_interleave(HOP, 1)                                            # (B,N)
+    pad_audio = audio * pad_audio_mask
     style = torch.arange(clips, device=device) % model.n_styles
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -101,8 +124,21 @@ def bench_train(model, flame, device, clips: int, seconds: float, repeat: int):
         loss.backward()
         opt.step()
 
-    def batched():  # this project: one teacher-forced pass over the whole padded batch
+    def batched():  # this project: one teacher-forced pass over the whole batch
         step(lambda r: model(audio[r], motion[r], style[r], mask[r]), slice(None))
+
+    def padded():  # the same on clips of different lengths (real frames counted)
+        opt.zero_grad(set_to_none=True)
+        pred = model(pad_audio, motion, style, pad_mask, pad_audio_mask)
+        motion_vertex_loss(pred, motion, pad_mask, flame)[0].backward()
+        opt.step()
+
+    def padded_old():  # the same with the encoder's old padded path
+        model.audio_encoder.forward = lambda *a, **k: legacy_padded_forward(model.audio_encoder, *a, **k)
+        try:
+            padded()
+        finally:
+            del model.audio_encoder.forward
 
     def original():  # FaceFormer's main.py: one clip at a time, autoregressive rollout with gradients
         for b in range(clips):
@@ -114,15 +150,20 @@ def bench_train(model, flame, device, clips: int, seconds: float, repeat: int):
         model.audio_encoder(audio, T).float().pow(2).mean().backward()
 
     frames = clips * T
+    methods = [("wav2vec2 fwd+bwd only (floor)", encoder_floor, frames),
+               ("batched teacher forcing (ours)", batched, frames),
+               ("original: batch 1, AR rollout + grad", original, frames),
+               ("ours, padded clips", padded, sum(lengths))]
+    if compare_old_padding:
+        methods.append(("ours, padded clips, old encoder path", padded_old, sum(lengths)))
     rows = []
-    for name, fn in [("wav2vec2 fwd+bwd only (floor)", encoder_floor), ("batched teacher forcing (ours)", batched),
-                     ("original: batch 1, AR rollout + grad", original)]:
+    for name, fn, n in methods:
         s = timed(fn, device, repeat=repeat, warmup=1)
-        rows.append({"method": name, "seconds": s, "frames_per_s": frames / s})
+        rows.append({"method": name, "seconds": s, "frames_per_s": n / s})
     ours = rows[1]["frames_per_s"]
     for r in rows:
         r["ours_speedup_over_this"] = ours / r["frames_per_s"]
-    return {"clips": clips, "seconds_per_clip": seconds, "frames": frames, "rows": rows}
+    return {"clips": clips, "seconds_per_clip": seconds, "frames": frames, "padded_frames": lengths, "rows": rows}
 
 
 @torch.no_grad()
@@ -218,6 +259,116 @@ def bench_amp(cfg, flame, device, steps=30):
             "peak_gpu_mem_gb": torch.cuda.max_memory_allocated() / 1024 ** 3}
 
 
+# ---- train_modes: training modes on the demo data (issue 10) ---------------------------------------
+# name -> TRAIN overrides; every run uses config/demo.yaml, the same seed and the same epochs
+TRAIN_MODE_DEFAULT = ["teacher_forcing", "parallel_sampling", "scheduled_rollout", "rollout"]
+TRAIN_MODE_RUNS = {
+    "teacher_forcing": ["TRAIN.mode=teacher_forcing"],
+    "teacher_forcing+noise": ["TRAIN.mode=teacher_forcing", "TRAIN.input_noise=0.05"],
+    "parallel_sampling": ["TRAIN.mode=parallel_sampling"],
+    "parallel_sampling_2pass": ["TRAIN.mode=parallel_sampling", "TRAIN.sampling_passes=2"],
+    "scheduled_rollout": ["TRAIN.mode=scheduled_rollout"],
+    "rollout": ["TRAIN.mode=rollout"],
+}
+DEMO_CONFIG = os.path.join(ROOT, "config", "demo.yaml")
+
+
+def _run(*args):
+    res = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:3])} failed:\n{res.stdout[-2000:]}{res.stderr[-3000:]}")
+    return res.stdout
+
+
+def _best_val(log_path: str) -> dict:
+    """Teacher-forced and generated validation loss of the epoch that wrote best_model.pth (train.log)."""
+    best = None
+    with open(log_path) as f:
+        for line in f:
+            if "(best)" in line and "generated" in line:
+                words = line.split()
+                best = {"epoch": int(words[words.index("epoch") + 1].split("/")[0]),
+                        "val_tf": float(words[words.index("teacher_forced") + 1]),
+                        "val_gen": float(words[words.index("generated") + 1])}
+    if best is None:
+        raise RuntimeError(f"{log_path}: no validated best epoch")
+    return best
+
+
+def train_mode_speed(modes, data_root: str, steps: int, device: str = "cpu"):
+    """Training frames/s of each mode on the demo configuration (model, batch size, crop length), on
+    fixed demo-like batches; modes are timed in turns, so a busy machine slows them alike. The mixing
+    probability is the schedule's end value (sampling_max), the most expensive case."""
+    cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}"])
+    B, T = cfg.TRAIN.batch_size, cfg.DATA.max_frames
+    flame = FLAME.from_file(os.path.join(data_root, cfg.FLAME.model_path))
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    model = FaceFormer(cfg.MODEL, n_styles=4).to(dev).train()
+    flame = flame.to(dev)
+    torch.nn.init.normal_(model.output_map.weight, std=0.05)
+    audio = torch.from_numpy(np.stack([speech_like(T / FPS, i) for i in range(B)])).to(dev)
+    motion = (0.1 * torch.randn(B, T, 51, generator=torch.Generator().manual_seed(0))).to(dev)
+    mask, style = torch.ones(B, T, dtype=torch.bool, device=dev), torch.arange(B, device=dev) % 4
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    times = {m: [] for m in modes}
+    for rep in range(steps + 1):
+        for name in modes:
+            run_cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}", *TRAIN_MODE_RUNS[name]]).TRAIN
+            sync(dev)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            pred = model(audio, motion, style, mask, mode=run_cfg.mode, sampling_prob=run_cfg.sampling_max,
+                         passes=run_cfg.sampling_passes, input_noise=run_cfg.input_noise)
+            motion_vertex_loss(pred, motion, mask, flame)[0].backward()
+            opt.step()
+            sync(dev)
+            if rep:  # the first round warms up
+                times[name].append(time.perf_counter() - t0)
+    return {m: B * T / float(np.median(t)) for m, t in times.items()}
+
+
+def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_steps: int = 10):
+    """Each mode trained on fresh demo data (config/demo.yaml, same seed, same epochs), then inference on
+    the demo test split and LVE against the mean-motion baseline, as scripts/demo.sh does."""
+    from scripts.make_demo_data import make_demo_data
+    data, results = os.path.join(tmp, "demo_data"), os.path.join(tmp, "results")
+    make_demo_data(data, seed=0, verbose=False)
+    common = [f"DATA.data_root={data}", f"TRAIN.epochs={epochs}", f"INFER.output_root={results}",
+              f"TRAIN.device={device}", f"INFER.device={device}",
+              f"INFER.coeff_root={os.path.join(tmp, 'coeffs')}"]
+    _run("scripts/mean_baseline.py", "--config", DEMO_CONFIG, "--overwrite", *common)
+    _run("main/evaluate.py", "--config", DEMO_CONFIG, *common, "INFER.exp_name=mean_baseline")
+    with open(os.path.join(results, "metrics_mean_baseline.json")) as f:
+        base_lve = json.load(f)["overall"]["LVE"]
+    speed = train_mode_speed(modes, data, speed_steps, device)
+    # the trainings run side by side, one thread each (on a shared CPU they would compete anyway)
+    runs = {name: os.path.join(tmp, "runs", name) for name in modes}
+    procs = {name: subprocess.Popen(
+        [sys.executable, "train.py", "--config", DEMO_CONFIG, *common, *TRAIN_MODE_RUNS[name],
+         f"TRAIN.save_path={run}", "TRAIN.overwrite=true"], cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        for name, run in runs.items()}
+    for name, proc in procs.items():
+        err = proc.communicate()[1]
+        if proc.returncode != 0:
+            raise RuntimeError(f"training {name} failed:\n{err[-3000:]}")
+    rows = []
+    for name, run in runs.items():
+        infer = [*common, f"INFER.checkpoint={os.path.join(run, 'best_model.pth')}", f"INFER.exp_name={name}"]
+        _run("inference.py", "--config", DEMO_CONFIG, "--overwrite", *infer)
+        _run("main/evaluate.py", "--config", DEMO_CONFIG, *infer)
+        with open(os.path.join(results, f"metrics_{name}.json")) as f:
+            lve = json.load(f)["overall"]["LVE"]
+        best = _best_val(os.path.join(run, "train.log"))
+        rows.append({"mode": name, **best, "gen/tf": best["val_gen"] / best["val_tf"], "LVE": lve,
+                     "LVE/baseline": lve / base_lve, "train_frames_per_s": speed[name],
+                     "speed_vs_tf": speed[name] / speed[modes[0]]})
+        print(f"  {name}: {rows[-1]}", flush=True)
+    return {"epochs": epochs, "baseline_LVE": base_lve, "rows": rows}
+
+
 def table(rows, cols):
     lines = ["  ".join(f"{c:>22}" for c in cols)]
     for r in rows:
@@ -234,7 +385,13 @@ def main(argv=None):
     p.add_argument("--train_seconds", type=float, default=4.0)
     p.add_argument("--memory_seconds", type=float, default=600.0)
     p.add_argument("--repeat", type=int, default=2)
-    p.add_argument("--json", default=None, help="output JSON (default docs/benchmarks_<device>.json)")
+    p.add_argument("--compare_old_padding", action="store_true",
+                   help="train: also time the padded batch with the audio encoder's old (batch-dependent) path")
+    p.add_argument("--modes", nargs="*", default=TRAIN_MODE_DEFAULT, choices=list(TRAIN_MODE_RUNS),
+                   help="train_modes: training modes to compare (the first is the speed reference)")
+    p.add_argument("--mode_epochs", type=int, default=60, help="train_modes: epochs per mode (demo: 60)")
+    p.add_argument("--json", default=None, help="output JSON (default docs/benchmarks_<device>.json; "
+                                                 "docs/benchmarks_train_modes_<device>.json for --only train_modes)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -258,7 +415,8 @@ def main(argv=None):
         from utils.config import save_config
         save_config(cfg, cfg_path)
         if "train" in args.only:
-            r = bench_train(model, flame, device, args.train_clips, args.train_seconds, args.repeat)
+            r = bench_train(model, flame, device, args.train_clips, args.train_seconds, args.repeat,
+                            args.compare_old_padding)
             results["train"] = r
             print(f"\n[train] {r['clips']} clips x {r['seconds_per_clip']} s ({r['frames']} frames), one optimizer "
                   f"step each way")
@@ -278,12 +436,20 @@ def main(argv=None):
             results["memory"] = r
             print(f"\n[memory] whole inference on {r['audio_s']:g} s of audio: peak RSS {r['peak_rss_gb']:.2f} GB "
                   f"({r['wall_s']:.1f} s incl. start-up)")
+        if "train_modes" in args.only:
+            r = bench_train_modes(args.modes, args.mode_epochs, tmp, device.type)
+            results["train_modes"] = r
+            print(f"\n[train_modes] demo data, {r['epochs']} epochs each, seed 0; val losses of the best (generated) "
+                  f"epoch; LVE of generated test motion; mean-motion baseline LVE {r['baseline_LVE']:.4g}")
+            print(table(r["rows"], ["mode", "epoch", "val_tf", "val_gen", "gen/tf", "LVE", "LVE/baseline",
+                                    "train_frames_per_s", "speed_vs_tf"]))
         if "amp" in args.only and device.type == "cuda":
             r = bench_amp(cfg, flame, device)
             results["amp"] = r
             print(f"\n[amp] CUDA AMP training smoke test: loss {r['first_loss']:.3e} -> {r['last_loss']:.3e} in "
                   f"{r['steps']} steps, ok={r['ok']}, peak GPU memory {r['peak_gpu_mem_gb']:.2f} GB")
-    out = args.json or os.path.join(ROOT, "docs", f"benchmarks_{device.type}.json")
+    section = "_train_modes" if args.only == ["train_modes"] else ""
+    out = args.json or os.path.join(ROOT, "docs", f"benchmarks{section}_{device.type}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
         json.dump(results, f, indent=2)

@@ -2,7 +2,8 @@
 
     python scripts/compare_metrics.py MODEL.json BASELINE.json [--require_better LVE]
 
-With --require_better METRIC, exit 1 unless the model's overall METRIC is lower than the baseline's.
+With --require_better METRIC, exit 1 unless the model's overall METRIC is lower than the baseline's
+(with --max_ratio R: at most R times the baseline's).
 """
 import argparse
 import json
@@ -20,6 +21,8 @@ def main(argv=None):
     p.add_argument("baseline")
     p.add_argument("--names", nargs=2, default=["model", "baseline"])
     p.add_argument("--require_better", choices=["LVE", "MVE"])
+    p.add_argument("--max_ratio", type=float, default=1.0,
+                   help="with --require_better: the model's metric must be <= this times the baseline's")
     args = p.parse_args(argv)
     reports = [json.load(open(path)) for path in (args.model, args.baseline)]
     base = dict(rows(reports[1]))
@@ -36,10 +39,10 @@ def main(argv=None):
     if args.require_better:
         m = args.require_better
         x, y = reports[0]["overall"][m], reports[1]["overall"][m]
-        if not x < y:
-            print(f"FAILED: {a} overall {m} {x:.4e} is not below {b}'s {y:.4e}")
+        if not (x < y and x <= args.max_ratio * y):
+            print(f"FAILED: {a} overall {m} {x:.4e} is {x / y:.3f}x {b}'s {y:.4e}; required <= {args.max_ratio:g}x")
             return 1
-        print(f"OK: {a} overall {m} is {y / x:.2f}x lower than {b}'s")
+        print(f"OK: {a} overall {m} is {y / x:.2f}x lower than {b}'s ({x / y:.3f}x; required <= {args.max_ratio:g}x)")
     return 0
 
 

@@ -41,8 +41,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from models.flame_standin import write_standin_files  # noqa: E402
 
 SR = 16000
-SMOOTH_S = 0.03      # motion is the activation smoothed by a Gaussian of this std (seconds) ...
+SMOOTH_S = 0.07      # motion is the activation smoothed by a Gaussian of this std (seconds) ...
 DELAY_S = 0.02       # ... and lagging the audio by this much
+NOISE = 0.003        # per-frame tracking jitter of the expression coefficients (jaw: a fifth of it)
 GRID_HZ = 1000       # continuous-time signals are evaluated on this grid, then sampled per frame
 
 # vowel -> formants F1, F2 (Hz), jaw openness (0..1), expression pattern {coefficient: value}
@@ -193,9 +194,9 @@ def sample_motion(tg, jaw, expr, style, emotion, fps, n_frames, r):
         e[:, k] += v
     # unpredictable part: a slow drift and a little per-frame noise
     drift = _smooth_noise(r, n_frames, 14, 0.1)
-    j = j + 0.05 * drift[:, 13] + r.normal(0, 0.002, n_frames)
-    e[:, :13] += drift[:, :13] + r.normal(0, 0.01, (n_frames, 13))
-    e[:, 13:] += r.normal(0, 0.01, (n_frames, 37))
+    j = j + 0.05 * drift[:, 13] + r.normal(0, NOISE * 0.2, n_frames)
+    e[:, :13] += drift[:, :13] + r.normal(0, NOISE, (n_frames, 13))
+    e[:, 13:] += r.normal(0, NOISE, (n_frames, 37))
     return np.clip(j, 0.0, None), e
 
 

@@ -70,3 +70,7 @@ def test_compare_metrics_table_and_require_better(tmp_path, capsys):
     # the baseline is not beaten: exit 1 with a FAILED line
     assert compare_main([str(base), str(model), "--require_better", "LVE"]) == 1
     assert "FAILED" in capsys.readouterr().out
+    # --max_ratio: 0.25x the baseline passes a 0.3x bound and fails a 0.2x one
+    assert compare_main([str(model), str(base), "--require_better", "LVE", "--max_ratio", "0.3"]) == 0
+    assert compare_main([str(model), str(base), "--require_better", "LVE", "--max_ratio", "0.2"]) == 1
+    assert "required <= 0.2x" in capsys.readouterr().out

@@ -104,6 +104,10 @@ DEFAULTS = {
         "condition_style": None,      # style for untrained speakers; None = first training style
         "window_seconds": 30.0,       # long audio is encoded in windows of this length ...
         "overlap_seconds": 2.0,       # ... overlapping by this much, cross-faded
+        "attention_window": 600,      # decoder attends the last N frames only (0 = unbounded)
+        "stream_chunk_ms": 200,       # streaming (--stream, --audio -): processing granularity ...
+        "stream_lookahead_ms": 300,   # ... audio after a frame needed to emit it (latency = chunk + lookahead)
+        "stream_left_context_ms": 2000,  # ... past audio the wav2vec2 transformer sees
         "batch_size": 4,
         "device": "cuda",
         "split": "test",
