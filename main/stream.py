@@ -1,0 +1,271 @@
+"""Live animation: 16 kHz mono PCM in, 25 fps FLAME motion out, each frame final when it is returned.
+
+    s = Streamer(model, style=0, chunk_ms=200, lookahead_ms=300, left_context_ms=2000)
+    for pcm in microphone():          # any number of samples per call, float in [-1, 1] or int16
+        frames = s.push(pcm)          # (n,51): the frames that became final
+    frames = s.flush()                # (m,51): the rest, at the end of the utterance
+
+Audio is processed at every ``chunk_ms`` boundary of the input (not per ``push`` call, so the output
+does not depend on how the caller slices the samples). At a boundary, with N samples received:
+
+- Normalisation: offline, the whole utterance is normalised to zero mean and unit variance, which
+  needs the future. Here the mean and variance are running estimates over all samples received so far
+  (the estimate at the boundary normalises the samples that are new to the CNN). Long streams
+  converge to the offline statistics; the first second is where they differ (measured in
+  docs/BENCHMARKS.md, "Streaming").
+- CNN: the convolutions are local, so CNN features of past audio are cached and the CNN runs only on
+  the new samples plus its receptive-field overlap. wav2vec2-base's first layer is not local: its
+  GroupNorm normalises each channel over the whole input; it uses running per-channel statistics,
+  like the audio.
+- Frame i (audio [640 i, 640 (i+1))) is emitted once the audio up to its end plus ``lookahead_ms`` has
+  arrived. The wav2vec2 transformer (bidirectional) is re-run on a sliding window: ``left_context_ms``
+  of frames already emitted, the frames to emit, and the lookahead frames.
+- The decoder continues its KV cache across chunks, bounded by ``attention_window`` frames.
+
+Algorithmic latency (end of a frame's audio -> frame emitted, before compute) is at most chunk +
+lookahead. With a lookahead longer than the input, nothing is emitted before ``flush`` and the result
+equals offline generation (``FaceFormer.generate`` on the normalised audio) when the left context and
+the attention window are unbounded (None).
+
+The CLI (``python inference.py --audio FILE --stream`` / ``--audio -``) is ``run_stream`` below.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+SR, FPS, HOP = 16000, 25, 640       # audio rate, motion rate, samples per motion frame
+NORM_EPS = 1e-7                      # as dataset.data_item.normalize_audio
+
+log = logging.getLogger("inference")
+
+
+def as_float_pcm(pcm) -> np.ndarray:
+    """int16 (scaled by 1/32768, as soundfile reads 16-bit files) or float samples -> (N,) float32."""
+    x = np.asarray(pcm)
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / 32768.0
+    if x.ndim != 1:
+        raise ValueError(f"pcm must be mono samples (N,), got shape {x.shape}")
+    return x.astype(np.float32)
+
+
+class _RunningStats:
+    """Running mean / variance per channel over samples seen so far (float64 sums)."""
+
+    def __init__(self, channels: int = 1):
+        self.n, self.s1, self.s2 = 0, np.zeros(channels), np.zeros(channels)
+
+    def add(self, x: np.ndarray):
+        """x (channels, n) or (n,)."""
+        x = np.asarray(x, dtype=np.float64).reshape(self.s1.shape[0], -1)
+        self.n += x.shape[1]
+        self.s1 += x.sum(1)
+        self.s2 += np.square(x).sum(1)
+
+    def mean_var(self):
+        m = self.s1 / max(self.n, 1)
+        return m, np.maximum(self.s2 / max(self.n, 1) - m * m, 0.0)
+
+
+class Streamer:
+    """Streaming FaceFormer. ``model``: a FaceFormer (eval mode) or a checkpoint path; ``style``: a
+    class index or, with a checkpoint (or ``styles``), a style name.
+
+    chunk_ms: processing granularity (audio is encoded and decoded at every chunk boundary);
+    lookahead_ms: audio after a frame's end needed before it is emitted; left_context_ms: past audio
+    the wav2vec2 transformer sees (None = all); attention_window: decoder attention in frames
+    (None = unbounded). ``stats`` holds one dict per processed chunk (audio_end_s, frames, compute_s).
+    """
+
+    def __init__(self, model, style=0, chunk_ms: float = 200, lookahead_ms: float = 300,
+                 left_context_ms: float | None = 2000, attention_window: int | None = 600, styles=None,
+                 device=None, cfg=None):
+        if isinstance(model, (str, os.PathLike)):
+            from main.inference import load_model
+            from utils.config import load_config
+            model, styles = load_model(str(model), cfg or load_config(None), torch.device(device or "cpu"))
+        if isinstance(style, str):
+            if not styles or style not in styles:
+                raise ValueError(f"style '{style}' is not one of the trained styles {styles}")
+            style = list(styles).index(style)
+        if chunk_ms <= 0 or lookahead_ms < 0 or (left_context_ms is not None and left_context_ms < 0):
+            raise ValueError(f"chunk_ms ({chunk_ms}) must be > 0, lookahead_ms ({lookahead_ms}) and "
+                             f"left_context_ms ({left_context_ms}) >= 0")
+        self.model = model.eval()
+        self.device = next(model.parameters()).device
+        enc = model.audio_encoder
+        self.enc, self.cnn = enc, enc.model.feature_extractor
+        if enc.samples_per_frame != HOP or HOP % enc.stride:
+            raise ValueError(f"streaming needs 640 samples per frame, a multiple of the CNN stride ({enc.stride})")
+        self.fpf = HOP // enc.stride                                  # CNN features per frame (2)
+        self.group_norm = enc.model.config.feat_extract_norm == "group"
+        conv0 = self.cnn.conv_layers[0].conv
+        self.k0, self.s0 = conv0.kernel_size[0], conv0.stride[0]
+        self.chunk = max(1, int(round(chunk_ms * SR / 1000)))
+        self.lookahead = int(round(lookahead_ms * SR / 1000))
+        self.left = None if left_context_ms is None else int(round(left_context_ms * FPS / 1000))
+        self.chunk_ms, self.lookahead_ms, self.left_context_ms = chunk_ms, lookahead_ms, left_context_ms
+        self.state = model.start_generation(torch.tensor([int(style)], device=self.device), attention_window)
+        self.audio_stats, self.conv0_stats = _RunningStats(), _RunningStats(conv0.out_channels)
+        self.raw = np.zeros(0, np.float32)  # received samples from global index raw_start on
+        self.raw_start = 0
+        self.n_in = 0           # samples received
+        self.n_done = 0         # samples up to the last processed boundary
+        self.n_conv0 = 0        # conv0 positions in conv0_stats
+        self.cnn_feats = None   # (C, F) CNN features from global index cnn_start
+        self.cnn_start = 0
+        self.n_feat = 0         # CNN features computed
+        self.proj = None        # (n, H) projected frames from global frame proj_start
+        self.proj_start = 0
+        self.n_proj = 0         # frames projected
+        self.n_emitted = 0
+        self.finished = False
+        self.stats: list[dict] = []
+
+    @property
+    def latency_s(self) -> float:
+        """Algorithmic latency: chunk + lookahead (seconds)."""
+        return (self.chunk + self.lookahead) / SR
+
+    # ---- public API --------------------------------------------------------------------------
+    def push(self, pcm) -> np.ndarray:
+        """Append samples (16 kHz mono); returns the motion frames (n,51) that became final."""
+        if self.finished:
+            raise RuntimeError("push() after flush(): start a new Streamer for a new utterance")
+        x = as_float_pcm(pcm)
+        if x.size and not np.isfinite(x).all():
+            raise ValueError("pcm holds NaN or inf samples")
+        self.raw = np.concatenate([self.raw, x])
+        self.n_in += x.shape[0]
+        out = []
+        while self.n_done + self.chunk <= self.n_in:
+            out.append(self._process(self.n_done + self.chunk, final=False))
+        return np.concatenate(out) if out else np.zeros((0, self.model.motion_dim), np.float32)
+
+    def flush(self) -> np.ndarray:
+        """End of the utterance: the remaining frames, round(samples / 640) in all, as offline (the
+        audio is cut or zero-padded to whole frames)."""
+        if self.finished:
+            return np.zeros((0, self.model.motion_dim), np.float32)
+        self.finished = True
+        return self._process(self.n_in, final=True)
+
+    # ---- internals ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def _process(self, n: int, final: bool) -> np.ndarray:
+        t0 = time.perf_counter()
+        self.audio_stats.add(self.raw[self.n_done - self.raw_start:n - self.raw_start])
+        self.n_done = n
+        if final:
+            T = int(np.floor(n / HOP + 0.5))                       # audio_frames(): round, halves up
+            if T * HOP > n:  # zero padding in normalised units = the mean in raw units
+                mean = self.audio_stats.mean_var()[0][0]
+                self.raw = np.concatenate([self.raw, np.full(T * HOP - n, mean, np.float32)])
+            n_audio = T * HOP
+            n_target = T
+        else:
+            n_audio = n
+            n_target = max(0, (n - self.lookahead) // HOP)
+        if not final and n_target <= self.n_emitted:
+            # nothing to emit yet: leave the CNN for later, when the running statistics know more
+            self.stats.append({"audio_end_s": n / SR, "frames": 0, "compute_s": time.perf_counter() - t0})
+            return np.zeros((0, self.model.motion_dim), np.float32)
+        self._update_cnn(n_audio, final)
+        if final:
+            n_valid = self.enc.cnn_lengths(torch.tensor(T * HOP)).item() if T else 0
+            n_ready = T
+        else:
+            n_valid = self.n_feat
+            n_ready = self.n_feat // self.fpf if self.n_feat else 0  # frames with both features
+        self._project(n_ready, n_valid)
+        n_target = min(n_target, n_ready)
+        frames = np.zeros((0, self.model.motion_dim), np.float32)
+        if n_target > self.n_emitted:
+            frames = self._emit(n_target, n_ready)
+        self._trim()
+        self.stats.append({"audio_end_s": n / SR, "frames": int(frames.shape[0]),
+                           "compute_s": time.perf_counter() - t0})
+        return frames
+
+    def _normalised(self, a: int, b: int) -> torch.Tensor:
+        """Samples [a, b) normalised with the current running statistics -> (1,b-a)."""
+        mean, var = self.audio_stats.mean_var()
+        x = (self.raw[a - self.raw_start:b - self.raw_start] - np.float32(mean[0])) / np.float32(
+            np.sqrt(var[0] + NORM_EPS))
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
+
+    def _update_cnn(self, n_audio: int, final: bool):
+        """CNN features for all audio < n_audio, computing only the new ones."""
+        enc = self.enc
+        F = int(enc.cnn_lengths(torch.tensor(n_audio)).item()) if n_audio >= enc.receptive_field else 0
+        if self.group_norm:
+            # running GroupNorm statistics over the first conv layer's outputs of all audio so far
+            P = (n_audio - self.k0) // self.s0 + 1 if n_audio >= self.k0 else 0
+            if P > self.n_conv0:
+                a = self.n_conv0 * self.s0
+                y = self.cnn.conv_layers[0].conv(self._normalised(a, (P - 1) * self.s0 + self.k0)[:, None])
+                self.conv0_stats.add(y[0].double().cpu().numpy())
+                self.n_conv0 = P
+        if F <= self.n_feat:
+            return
+        a, b = self.n_feat * enc.stride, (F - 1) * enc.stride + enc.receptive_field
+        h = self._normalised(a, b)[:, None]                            # (1,1,b-a)
+        layers = self.cnn.conv_layers
+        if self.group_norm:
+            l0 = layers[0]
+            mean, var = (torch.from_numpy(v).to(h) for v in self.conv0_stats.mean_var())
+            y = l0.conv(h)
+            y = (y - mean[:, None]) / torch.sqrt(var[:, None] + l0.layer_norm.eps)
+            h = l0.activation(y * l0.layer_norm.weight[:, None] + l0.layer_norm.bias[:, None])
+            layers = layers[1:]
+        for layer in layers:
+            h = layer(h)
+        new = h[0]                                                     # (C, F - n_feat)
+        self.cnn_feats = new if self.cnn_feats is None else torch.cat([self.cnn_feats, new], 1)
+        self.n_feat = F
+
+    def _project(self, n_ready: int, n_valid: int):
+        """Resample + feature projection for frames n_proj..n_ready-1 (local per frame, so cached)."""
+        if n_ready <= self.n_proj:
+            return
+        f0 = self.fpf * self.n_proj - self.cnn_start                   # frame n_proj reads from feature 2 n_proj
+        feats = self.cnn_feats[None, :, f0:]
+        x = self.enc.resample(feats, n_ready - self.n_proj,
+                              torch.tensor([n_valid - self.fpf * self.n_proj], device=self.device))
+        x = self.enc.model.feature_projection(x)[0][0]                  # (n,H)
+        self.proj = x if self.proj is None else torch.cat([self.proj, x])
+        self.n_proj = n_ready
+
+    def _emit(self, n_target: int, n_ready: int) -> np.ndarray:
+        """Transformer over [emitted - left context, n_ready), decoder over the frames to emit."""
+        a = 0 if self.left is None else max(0, self.n_emitted - self.left)
+        window = self.proj[a - self.proj_start:n_ready - self.proj_start]
+        h = self.enc.model.encoder(window[None])[0]                    # (1,w,H)
+        h = h[:, self.n_emitted - a:n_target - a]
+        motion = self.model.generate_steps(self.state, self.model.audio_feature_map(h))
+        self.n_emitted = n_target
+        return motion[0].float().cpu().numpy()
+
+    def _trim(self):
+        """Drop what no later chunk needs, so memory stays bounded (unless left context is None)."""
+        keep_feat = self.fpf * self.n_proj                             # next frame's first feature
+        if self.cnn_feats is not None and keep_feat > self.cnn_start:
+            self.cnn_feats = self.cnn_feats[:, keep_feat - self.cnn_start:]
+            self.cnn_start = keep_feat
+        if self.left is not None and self.proj is not None:
+            keep = max(0, self.n_emitted - self.left)
+            if keep > self.proj_start:
+                self.proj = self.proj[keep - self.proj_start:]
+                self.proj_start = keep
+        keep_raw = min(self.n_feat * self.enc.stride, self.n_conv0 * self.s0 if self.group_norm else 1 << 62,
+                       self.n_done)
+        if keep_raw > self.raw_start:
+            self.raw = self.raw[keep_raw - self.raw_start:]
+            self.raw_start = keep_raw

@@ -1,0 +1,203 @@
+"""Bounded decoder attention and streaming (main/stream.py) on the demo's tiny wav2vec2 (CPU, random init)."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dataset.data_item import normalize_audio
+from main.stream import Streamer
+from models.faceformer import FaceFormer, alibi_bias, periodic_positional_encoding
+from utils.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOP = 640
+
+
+def tiny_model(norm="group", seed=0):
+    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml")).MODEL
+    cfg.audio_encoder_config = dict(cfg.audio_encoder_config, feat_extract_norm=norm)
+    torch.manual_seed(seed)
+    m = FaceFormer(cfg, n_styles=3).eval()
+    with torch.no_grad():  # the zero-initialised output map would make every comparison trivial
+        torch.nn.init.normal_(m.output_map.weight, std=0.2)
+        torch.nn.init.normal_(m.output_map.bias, std=0.1)
+    return m
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def speech(frames, seed=0):
+    """Loudness-modulated noise and harmonics, exactly frames * 640 samples, raw (not normalised)."""
+    r = np.random.default_rng(seed)
+    t = np.arange(frames * HOP) / 16000
+    env = 0.5 * (1 - np.cos(2 * np.pi * (3 + seed) * t))
+    x = env * (np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t)) + 0.05 * r.normal(size=t.shape)
+    return (0.3 * x).astype(np.float32)
+
+
+def offline(model, x, style=1, attention_window=None):
+    with torch.no_grad():
+        audio = torch.from_numpy(normalize_audio(x))[None]
+        return model.generate(audio, torch.tensor([style]), len(x) // HOP,
+                              attention_window=attention_window)[0].numpy()
+
+
+def stream(model, x, piece=1000, **kw):
+    """Feed x in pieces of ``piece`` samples; returns (list of push outputs, flush output)."""
+    s = Streamer(model, style=1, **kw)
+    pushed = [s.push(x[i:i + piece]) for i in range(0, len(x), piece)]
+    return pushed, s.flush(), s
+
+
+# ---- bounded attention -------------------------------------------------------------------------
+
+def naive_windowed(model, feats, style, W):
+    """Frame t = a teacher-forced pass over frames t-W+1..t (positions kept absolute) fed with the
+    model's own earlier outputs; keep its last row. One decoder layer (the demo's)."""
+    B, T, _ = feats.shape
+    style_emb = model.style_embedding(style)
+    out = feats.new_zeros(B, T + 1, model.motion_dim)   # row t + 1 = frame t; row 0 = motion[-1] = 0
+    for t in range(T):
+        s = max(0, t - W + 1)
+        pe = periodic_positional_encoding(t + 1 - s, model.d, model.period, start=s)
+        x = model._decoder_input(out[:, s:t + 1], style_emb, pe)
+        pos = torch.arange(s, t + 1)
+        y = model._run_layers(x, feats[:, s:t + 1], alibi_bias(model.slopes, pos, pos, model.period))
+        out[:, t + 1] = y[:, -1]
+    return out[:, 1:]
+
+
+def test_bounded_attention_longer_than_clip_equals_unbounded(model):
+    feats = torch.randn(2, 45, model.d, generator=torch.Generator().manual_seed(0))
+    style = torch.tensor([0, 2])
+    with torch.no_grad():
+        full = model.generate_from_features(feats, style)
+        for W in (45, 46, 600):
+            assert (model.generate_from_features(feats, style, attention_window=W) - full).abs().max() < 1e-6
+        short = model.generate_from_features(feats, style, attention_window=10)
+    assert full.abs().mean() > 0.05
+    assert (short[:, :10] - full[:, :10]).abs().max() < 1e-6    # identical until the window is full
+    assert (short[:, 10:] - full[:, 10:]).abs().max() > 1e-3    # then it forgets: a real difference
+
+
+@pytest.mark.parametrize("W", [1, 7, 31])
+def test_bounded_attention_equals_naive_window(model, W):
+    assert len(model.layers) == 1
+    feats = torch.randn(1, 40, model.d, generator=torch.Generator().manual_seed(W))
+    style = torch.tensor([1])
+    with torch.no_grad():
+        cached = model.generate_from_features(feats, style, attention_window=W)
+        naive = naive_windowed(model, feats, style, W)
+    assert (cached - naive).abs().max() < 1e-5
+
+
+def test_generation_continues_across_calls(model):
+    """generate_steps in pieces (as streaming calls it) = one call; the cache stays within the window."""
+    feats = torch.randn(1, 50, model.d, generator=torch.Generator().manual_seed(4))
+    style = torch.tensor([2])
+    with torch.no_grad():
+        for W in (None, 12):
+            whole = model.generate_from_features(feats, style, attention_window=W)
+            state = model.start_generation(style, W)
+            parts = [model.generate_steps(state, feats[:, a:b]) for a, b in [(0, 1), (1, 9), (9, 9), (9, 50)]]
+            assert (torch.cat(parts, 1) - whole).abs().max() < 1e-5
+            if W:
+                assert all(c["k"].shape[2] == W - 1 for c in state["caches"])
+
+
+# ---- streaming ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_stream_with_lookahead_over_the_whole_file_equals_offline(norm):
+    m = tiny_model(norm)
+    x = speech(60)
+    pushed, rest, _ = stream(m, x, lookahead_ms=10 ** 6, left_context_ms=None, attention_window=None)
+    assert sum(p.shape[0] for p in pushed) == 0                  # nothing is final before the end
+    ref = offline(m, x)
+    assert rest.shape == ref.shape == (60, 51)
+    assert np.abs(rest - ref).max() < 1e-5
+    assert np.abs(ref).mean() > 0.05
+
+
+def test_flush_cuts_or_pads_to_whole_frames_like_offline(model):
+    x = speech(30)
+    for n in (30 * HOP - 200, 30 * HOP + 250):  # round(n / 640) = 30 either way
+        y = np.pad(x, (0, max(0, n - len(x))))[:n]
+        _, rest, _ = stream(model, y, lookahead_ms=10 ** 6, left_context_ms=None, attention_window=None)
+        a = normalize_audio(y)
+        a = np.pad(a, (0, max(0, 30 * HOP - n)))[:30 * HOP]          # what inference.run_single feeds
+        with torch.no_grad():
+            ref = model.generate(torch.from_numpy(a)[None], torch.tensor([1]), 30)[0].numpy()
+        assert rest.shape == (30, 51) and np.abs(rest - ref).max() < 1e-5
+
+
+def test_emitted_frames_depend_only_on_audio_up_to_the_lookahead(model):
+    """Two streams that share the first 2 s and then differ: every frame emitted while the audio
+    was still shared is identical; the frame count per chunk follows the lookahead rule."""
+    a, b = speech(100, seed=0), speech(100, seed=1)
+    shared = 50 * HOP
+    b[:shared] = a[:shared]
+    kw = dict(chunk_ms=200, lookahead_ms=300, left_context_ms=400, attention_window=20)
+    pa, _, sa = stream(model, a, piece=3200, **kw)
+    pb, _, _ = stream(model, b, piece=3200, **kw)
+    n_shared = shared // 3200                                   # pushes made of shared audio only
+    emitted = np.concatenate(pa[:n_shared])
+    assert np.array_equal(emitted, np.concatenate(pb[:n_shared]))
+    assert emitted.shape[0] == (shared - 300 * 16) // HOP       # frames whose end + 300 ms has arrived
+    assert not np.array_equal(np.concatenate(pa), np.concatenate(pb))  # the rest does differ
+    assert sa.latency_s == pytest.approx(0.5)
+
+
+def test_push_granularity_does_not_matter(model):
+    x = speech(70, seed=2)
+    kw = dict(chunk_ms=120, lookahead_ms=150, left_context_ms=800, attention_window=30)
+    r = np.random.default_rng(0)
+    cuts = np.sort(r.choice(len(x), 25, replace=False))
+    s = Streamer(model, style=1, **kw)
+    pieces = [s.push(p) for p in np.split(x, cuts)] + [s.flush()]
+    ref_push, ref_rest, _ = stream(model, x, piece=len(x), **kw)
+    assert np.array_equal(np.concatenate(pieces), np.concatenate(ref_push + [ref_rest]))
+    # int16 input is read as soundfile reads a 16-bit file
+    q = np.round(x * 32767).astype(np.int16)
+    p16, r16, _ = stream(model, q, **kw)
+    pf, rf, _ = stream(model, q.astype(np.float32) / 32768, **kw)
+    assert np.array_equal(np.concatenate(p16 + [r16]), np.concatenate(pf + [rf]))
+
+
+def test_stream_memory_is_bounded(model):
+    x = speech(250, seed=3)   # 10 s
+    _, rest, s = stream(model, x, chunk_ms=200, lookahead_ms=300, left_context_ms=400, attention_window=16)
+    assert s.n_emitted == 250 and rest.shape[0] > 0
+    assert s.proj.shape[0] <= 10 + 5 + 8 + 1                     # left context + chunk + lookahead frames
+    assert s.raw.shape[0] < 3200 + 300 * 16 + 2 * HOP
+    assert all(c["k"].shape[2] == 15 for c in s.state["caches"])
+    assert len(s.stats) == len(x) // 3200 + 1 and all(st["compute_s"] >= 0 for st in s.stats)
+
+
+def test_stream_deviation_from_offline_is_small_with_enough_context(model):
+    """Finite settings change the output (a real approximation), less with more lookahead."""
+    x = speech(100, seed=4)
+    ref = offline(model, x)
+    spread = np.sqrt(np.mean((ref - ref.mean(0)) ** 2))
+    dev = {}
+    for la in (0, 600):
+        p, r, _ = stream(model, x, lookahead_ms=la, left_context_ms=2000, attention_window=None)
+        dev[la] = np.sqrt(np.mean((np.concatenate(p + [r]) - ref) ** 2)) / spread
+    assert 0 < dev[600] < dev[0]
+
+
+def test_bad_arguments(model):
+    with pytest.raises(ValueError, match="chunk_ms"):
+        Streamer(model, chunk_ms=0)
+    with pytest.raises(ValueError, match="style"):
+        Streamer(model, style="nobody", styles=["a", "b", "c"])
+    s = Streamer(model)
+    with pytest.raises(ValueError, match="NaN"):
+        s.push(np.array([0.0, np.nan], np.float32))
+    s.flush()
+    with pytest.raises(RuntimeError, match="flush"):
+        s.push(np.zeros(10, np.float32))
