@@ -175,3 +175,15 @@ def test_motion_is_predictable_from_audio(demo):
     assert aligned[:4].min() > 0.5 and shifted[:4].max() < 0.2, (aligned, shifted)
     # ... the others partly come from the speaker's style, which the voice reveals even when shifted
     assert aligned.mean() > shifted.mean() + 0.2, (aligned, shifted)
+
+
+def test_motion_is_smooth_like_tracking(demo):
+    """At 25 fps the previous frame predicts the next one well (as in real face tracking), which is what
+    tempts a teacher-forced decoder to copy its input instead of listening: the frame-to-frame change
+    explains little of the variance of the jaw and the mouth coefficients."""
+    _, _, cfg = demo
+    clips = [_motion(cfg, "MEAD_VHAP", e) for split in ("train", "val", "test")
+             for e in _entries(cfg, "MEAD_VHAP", split).values()]
+    step_var = sum(((m[1:] - m[:-1]) ** 2).sum(0) for m in clips) / sum(len(m) - 1 for m in clips)
+    r2 = 1 - step_var / np.concatenate(clips).var(0)
+    assert r2[50] > 0.85 and r2[:3].min() > 0.85, r2[[50, 0, 1, 2]]
