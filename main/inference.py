@@ -13,8 +13,9 @@ writes, for each sample (DESIGN.md 6)::
                                                                              audio_path, fps, n_frames, checkpoint,
                                                                              condition_style
 
-The model predicts 25 fps motion. ``INFER.output_fps: native`` (default) resamples it to the sample's
-own fps with the linear rule of DESIGN.md 3, so N = round(T25 * fps / 25) equals the ground-truth
+The model predicts motion at the checkpoint's DATA.target_fps (25 by default; a run config with
+another framing is refused). ``INFER.output_fps: native`` (default) resamples it to the sample's
+own fps with the linear rule of DESIGN.md 3, so N = round(T * fps / target_fps) equals the ground-truth
 frame count (MultiModal200: 20 fps); a number resamples to that rate instead. Vertices are FLAME of
 the motion with the sample's shape (its first ``FLAME.n_shape`` dims, as in training) or zeros.
 
@@ -24,7 +25,7 @@ Single-audio mode (any sample rate, channel count and length)::
 
 writes ``DIR/vertices/{i}.npy``, ``DIR/motion.npy``, ``DIR/coeffs287.npy``, ``DIR/meta.json`` and with
 ``--render`` ``DIR/video.mp4`` (main/render.py). Default DIR: ``results/single/<wav stem>``; output fps
-25 unless ``INFER.output_fps`` is a number; vertices use zero shape and ``FLAME.model_path``.
+DATA.target_fps unless ``INFER.output_fps`` is a number; vertices use zero shape and ``FLAME.model_path``.
 
 Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``. The
 model is built from the MODEL section saved in the checkpoint (the weights must fit it) and its style
@@ -124,8 +125,8 @@ def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logge
     """Audio file of any rate / channel count -> (N,) float32 mono at ``sr``, normalised.
 
     Defined behaviour for bad input: missing, empty (0 bytes or 0 samples), corrupt, truncated, or
-    shorter than one motion frame at ``fps`` (40 ms at 25 fps) -> AudioError naming the file (and its duration); all-silent audio works
-    (normalisation gives zeros, not NaN) with a warning.
+    shorter than one motion frame at ``fps`` (40 ms at 25 fps) -> AudioError naming the file (and
+    its duration); all-silent audio works (normalisation gives zeros, not NaN) with a warning.
     """
     logger = logger or log
     if not os.path.isfile(path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
 import os
 import shutil
 import sys
@@ -24,7 +25,9 @@ from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
 from main.train_eval_loop import Trainer  # noqa: E402
 from utils.config import load_config, save_config  # noqa: E402
-from utils.utils import pick_device, run_reporting_user_errors, seed_everything, setup_logger  # noqa: E402
+from utils.framing import framing_from_config  # noqa: E402
+from utils.errors import run_reporting_user_errors  # noqa: E402
+from utils.utils import pick_device, seed_everything, setup_logger  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -57,6 +60,8 @@ def prepare_run_dir(cfg, rank):
     if cfg.TRAIN.resume and not os.path.exists(last):
         raise SystemExit(f"TRAIN.resume=true but {last} does not exist")
     if rank == 0:
+        from main.results import check_can_write
+        check_can_write({run_dir: 0}, "the training run (TRAIN.save_path)")  # a named error, not a traceback
         if cfg.TRAIN.overwrite and not cfg.TRAIN.resume:
             # starting over: a stale best_model.pth or old events must not pass for this run's
             for name in ("best_model.pth", "last.pth", "train.log", "tensorboard"):
@@ -68,6 +73,16 @@ def prepare_run_dir(cfg, rank):
         os.makedirs(run_dir, exist_ok=True)
         save_config(cfg, os.path.join(run_dir, "config.yaml"))
     return last
+
+
+def check_checkpoint_space(model, run_dir: str):
+    """Before the first epoch: the run folder is writable and has room for best_model.pth, last.pth and
+    the temporary copy written while one of them is replaced (weights + two Adam moments each)."""
+    from main.results import check_can_write
+
+    weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    adam = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    check_can_write({run_dir: 3 * (weights + adam)}, "training checkpoints")
 
 
 def build_loader(dataset, cfg, rank, world_size, train):
@@ -105,14 +120,16 @@ def main(argv=None):
     train_loader = build_loader(train_set, cfg, rank, world_size, train=True)
     val_loader = build_loader(val_set, cfg, 0, 1, train=False) if len(val_set) else None
 
-    model = FaceFormer(cfg.MODEL, n_styles=len(styles)).to(device)
+    model = FaceFormer(cfg.MODEL, n_styles=len(styles), framing=framing_from_config(cfg)).to(device)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("model: %.2fM trainable parameters", n_train / 1e6)
+    if rank == 0:
+        check_checkpoint_space(model, cfg.TRAIN.save_path)
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    # load_flame_for caches per file, so datasets sharing a FLAME model share one module
-    flame_of = {name: load_flame_for(cfg, name).to(device) for name in cfg.DATA.datasets}
+    # load_flame_for caches per (file, device), so datasets sharing a FLAME model share one module
+    flame_of = {name: load_flame_for(cfg, name, device=device) for name in cfg.DATA.datasets}
 
     writer = None
     if rank == 0:
@@ -131,8 +148,9 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """main() with a user's mistakes (config, data, FLAME or wav2vec2 files) reported as one message."""
-    run_reporting_user_errors("train", main, argv)
+    """main() with a user's mistakes (config, data, FLAME, wav2vec2 or checkpoint files, a full disk)
+    reported as one message and exit 1; SIGINT/SIGTERM as the line saying how to resume, exit 130/143."""
+    run_reporting_user_errors("train", main, argv, logger=logging.getLogger("train"))
 
 
 if __name__ == "__main__":
