@@ -31,7 +31,7 @@ from utils.utils import setup_logger  # noqa: E402
 def training_mean_motion(cfg, styles, log) -> np.ndarray:
     """(51,) frame-weighted mean of the training motion (whole clips, at 25 fps)."""
     data = FaceDataset(cfg, "train", styles, train=False, check=False, log=log, progress=False)
-    total, n = np.zeros(51, np.float64), 0
+    total, n = np.zeros(data.framing.motion_dim, np.float64), 0
     for i in range(len(data)):
         m = data[i]["motion"].numpy()
         total += m.sum(0)

@@ -147,3 +147,74 @@ def test_repo_configs_load_and_round_trip(tmp_path, monkeypatch):
         out = tmp_path / f"saved_{name}"
         save_config(cfg, str(out))
         assert load_config(str(out)) == cfg
+
+
+def test_repo_config_names_flame_2023_for_vhap_and_2020_for_emoca(monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", "/data")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ds = load_config(os.path.join(repo, "config", "faceformer.yaml")).DATA.datasets
+    # file names as the FLAME site distributes them
+    assert ds.MEAD_VHAP.flame_model == ds.MultiModal200.flame_model == "FLAME/flame2023.pkl"
+    assert ds.digital_human.flame_model == "FLAME/generic_model.pkl"
+
+
+@pytest.mark.parametrize("value, expected", [
+    ("M003 W009", ["M003", "W009"]),             # the original repo's space-separated string
+    ("M003,W009, W011", ["M003", "W009", "W011"]),
+    (["M003", "001"], ["M003", "001"]),
+    (None, None),
+])
+def test_subjects_lists_and_strings(tmp_path, value, expected):
+    for key in ("train_subjects", "val_subjects", "test_subjects"):
+        cfg = load_config(write_yaml(tmp_path, {"DATA": {key: value}}))
+        assert cfg.DATA[key] == expected
+
+
+@pytest.mark.parametrize("value, msg", [
+    ([1, 2], "DATA.test_subjects.*list of speaker ids"),   # YAML ints: ids must be quoted
+    ({"a": 1}, "DATA.test_subjects"),
+    (7, "DATA.test_subjects"),
+    ([], "DATA.test_subjects.*at least one"),
+    ("A A", "DATA.test_subjects names A more than once"),
+])
+def test_bad_subjects_are_config_errors(tmp_path, value, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(write_yaml(tmp_path, {"DATA": {"test_subjects": value}}))
+
+
+def test_subjects_from_the_command_line_keep_their_text():
+    cfg = load_config(None, ["DATA.test_subjects=001", "DATA.val_subjects=a,b", "INFER.condition_style=007"])
+    assert cfg.DATA.test_subjects == ["001"] and cfg.DATA.val_subjects == ["a", "b"]
+    assert cfg.INFER.condition_style == "007"
+
+
+@pytest.mark.parametrize("data, key, expected", [
+    ({"MODEL": {"audio_encoder_config": [64, 64]}}, "MODEL.audio_encoder_config", "mapping"),
+    ({"MODEL": {"audio_encoder_config": "small"}}, "MODEL.audio_encoder_config", "mapping"),
+    ({"FLAME": {"lip_indices": ["a.npy"]}}, "FLAME.lip_indices", "path"),
+    ({"FLAME": {"upper_face_indices": 3}}, "FLAME.upper_face_indices", "path"),
+    ({"FLAME": {"model_path": ["a.pkl", "b.pkl"]}}, "FLAME.model_path", "a string"),
+    ({"DATA": {"datasets": {"A": {"train": {"x": 1}}}}}, "DATA.datasets.A.train", "JSON index path"),
+    ({"DATA": {"datasets": {"A": {"test": ["a.json", 3]}}}}, "DATA.datasets.A.test", "JSON index path"),
+    ({"DATA": {"datasets": {"A": {"flame_model": ["f.pkl"]}}}}, "DATA.datasets.A.flame_model", "FLAME model"),
+    ({"DATA": {"datasets": {"A": {"format": ["vhap"]}}}}, "DATA.datasets.A.format", "'emoca' or 'vhap'"),
+    ({"DATA": {"datasets": ["A", "B"]}}, "DATA.datasets", "mapping"),
+    ({"TRAIN": {"amp": "yes"}}, "TRAIN.amp", "true or false"),
+    ({"TRAIN": {"epochs": [1, 2]}}, "TRAIN.epochs", "a number"),
+    ({"INFER": {"output_fps": [25]}}, "INFER.output_fps", "single value"),
+    ({"INFER": {"checkpoint": {"path": "x"}}}, "INFER.checkpoint", "checkpoint path"),
+])
+def test_list_and_dict_keys_are_type_checked(tmp_path, data, key, expected):
+    p = write_yaml(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert key in str(e.value) and expected in str(e.value) and p in str(e.value)
+
+
+def test_valid_list_and_dict_values_pass(tmp_path):
+    cfg = load_config(write_yaml(tmp_path, {
+        "MODEL": {"audio_encoder_config": {"hidden_size": 32}},
+        "FLAME": {"lip_indices": "lips.txt"},
+        "DATA": {"datasets": {"A": {"train": ["a.json", "b.json"], "flame_model": "f.pkl"}}}}))
+    assert cfg.MODEL.audio_encoder_config == {"hidden_size": 32}
+    assert cfg.DATA.datasets.A.train == ["a.json", "b.json"]

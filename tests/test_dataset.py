@@ -453,3 +453,151 @@ def test_demo_data_passes_check(tmp_path):
     assert len(rows) == 3
     for row in rows:
         assert int(row[1]) > 0 and row[3] == "0" and row[6] == "20"  # samples > 0, none left out, native fps 20
+
+
+# ----------------------------------------------------------------------------- subjects (original config keys)
+
+def test_subjects_restrict_splits_and_left_out_samples_are_counted(tmp_path, caplog):
+    from dataset.dataset import split_refs, validate
+
+    datasets, _ = two_dataset_root(tmp_path)  # train: A a1 a2 a1, B b1 b1; test: B b9
+    cfg = make_cfg(tmp_path, datasets, train_subjects="a1 b1", test_subjects=["b8"])
+    assert style_classes(cfg) == ["a1", "b1"]
+    with caplog.at_level("INFO"):
+        train = FaceDataset(cfg, "train", style_classes(cfg), progress=False)
+    assert sorted(r.sample_id for r in train.refs) == ["A0", "A2", "B0", "B1"]  # a2's A1 left out
+    assert train.report["left_out"] == 1 and train.report["datasets"]["A"]["left_out"] == 1
+    assert "1 sample(s) of speakers not in DATA.train_subjects left out (A 1)" in caplog.text
+    assert all(int(train[i]["style"]) >= 0 for i in range(len(train)))
+    # the test split (inference and evaluation read it through the same reader) keeps only b8: none
+    assert split_refs(cfg, "test") == [] and validate(cfg, "test", progress=False)["left_out"] == 1
+    cfg = make_cfg(tmp_path, datasets, test_subjects="b9")
+    assert [r.sample_id for r in split_refs(cfg, "test")] == ["Bt"]
+
+
+def test_train_subject_without_samples_is_a_warning(tmp_path):
+    from dataset.dataset import validate
+
+    datasets, _ = two_dataset_root(tmp_path)
+    cfg = make_cfg(tmp_path, datasets, train_subjects=["a1", "ghost"])
+    rep = validate(cfg, "train", progress=False)
+    assert any("'ghost'" in w and "never trained" in w for w in rep["warnings"])
+
+
+# ----------------------------------------------------------------------------- 287-dim detail block
+
+def test_detail_code_is_the_files_detailcode_mean_else_zeros(tmp_path):
+    root = str(tmp_path)
+    _, _, pe = write_sample(root, "E/0", 30, fmt="emoca", seed=3)           # detailcode (1,T,128)
+    _, _, pv = write_sample(root, "V/0", 30, fmt="vhap", seed=4)            # no detail code
+    write_json(tmp_path / "e.json", {"e": {"audio": "E/0.wav", "flame_path": "E/0.npz", "speaker_id": "p"}})
+    write_json(tmp_path / "v.json", {"v": {"audio": "V/0.wav", "flame_path": "V/0.npz", "speaker_id": "q"}})
+    cfg = make_cfg(tmp_path, {"E": {"format": "emoca", "train": "e.json"}, "V": {"train": "v.json"}},
+                   max_frames=0)
+    ds = FaceDataset(cfg, "train", ["p", "q"], progress=False)
+    e, v = ds[0], ds[1]
+    np.testing.assert_allclose(e["detail"].numpy(), pe["detailcode"][0].mean(0), rtol=1e-5, atol=1e-6)
+    assert v["detail"].shape == (128,) and not v["detail"].any()
+
+    from models.flame import motion_to_coeffs287
+    c = motion_to_coeffs287(e["motion"].numpy(), e["shape"].numpy(), e["detail"].numpy())
+    np.testing.assert_allclose(c[:, 159:], np.broadcast_to(e["detail"].numpy(), (c.shape[0], 128)))
+    # one code per sequence (not per frame) is also accepted; a wrong size names the key
+    np.savez(tmp_path / "E/1.npz", **dict(pe, detailcode=np.ones(128, np.float32)))
+    np.savez(tmp_path / "E/2.npz", **dict(pe, detailcode=np.ones((30, 64), np.float32)))
+    from dataset.data_item import detail_from_params, load_flame_params
+    assert (detail_from_params(load_flame_params(str(tmp_path / "E/1.npz"))) == 1).all()
+    with pytest.raises(DataError, match="detailcode"):
+        detail_from_params(load_flame_params(str(tmp_path / "E/2.npz")), "E/2.npz")
+
+
+# ----------------------------------------------------------------------------- split hygiene
+
+def leaky_root(tmp_path):
+    """Dataset B leaks across splits: val repeats the train sample id B0; test sample Bt uses train
+    sample B1's audio file and the FLAME file of val samples B0 and V1."""
+    datasets, _ = two_dataset_root(tmp_path)
+    au, fl, _ = write_sample(str(tmp_path), "B/v", 30, fps=20, seed=30)
+    write_json(tmp_path / "json/B_val.json", {
+        "B0": {"audio_path": au, "flame_coeff_save_path": fl, "speaker_id": "b1"},
+        "V1": {"audio_path": au, "flame_coeff_save_path": fl, "speaker_id": "b1"}})
+    write_json(tmp_path / "json/B_test.json", {
+        "Bt": {"audio_path": "B/1.wav", "flame_coeff_save_path": fl, "speaker_id": "b9"}})
+    datasets["B"]["val"] = "json/B_val.json"
+    return datasets
+
+
+def test_samples_shared_between_splits_are_reported(tmp_path):
+    from dataset.dataset import validate
+
+    cfg = make_cfg(tmp_path, leaky_root(tmp_path))
+    train = validate(cfg, "train", raise_errors=False, progress=False)
+    msgs = train["datasets"]["B"]["problems"]
+    assert len(msgs) == 2 and train["datasets"]["A"]["problems"] == []
+    b0 = next(m for m in msgs if "sample 'B0'" in m)
+    assert "also in the val split" in b0 and "sample id B0" in b0 and "B_val.json" in b0
+    b1 = next(m for m in msgs if "sample 'B1'" in m)
+    assert "also in the test split" in b1 and "audio file" in b1 and "1.wav" in b1 and "'Bt'" in b1
+    assert {s for _, s in train["bad"]} == {"B0", "B1"}   # left out of train; the evaluation splits keep them
+    assert [r.sample_id for r in train["refs"]] == ["A0", "A1", "A2"]
+    val = validate(cfg, "val", raise_errors=False, progress=False)
+    assert len(val["problems"]) == 2 and all("FLAME file" in m and "test split" in m for m in val["problems"])
+    assert validate(cfg, "test", raise_errors=False, progress=False)["problems"] == []  # reported once
+    with pytest.raises(DataError, match="also in the val split"):
+        FaceDataset(cfg, "train", ["a1", "a2", "b1"], progress=False)   # DATA.bad_samples: error
+
+
+def test_valid_frames_num_beyond_the_file_is_reported(tmp_path):
+    from dataset.dataset import validate
+
+    datasets, _ = two_dataset_root(tmp_path)   # A/0.npz has 40 frames
+    write_json(tmp_path / "json/A_train.json", {
+        "ok": {"audio": "A/0.wav", "flame_path": "A/0.npz", "speaker_id": "a1", "valid_frames_num": 40},
+        "over": {"audio": "A/0.wav", "flame_path": "A/0.npz", "speaker_id": "a1", "valid_frames_num": 41}})
+    cfg = make_cfg(tmp_path, datasets)
+    rep = validate(cfg, "train", raise_errors=False, progress=False)
+    (msg,) = rep["problems"]
+    assert "sample 'over'" in msg and "valid_frames_num is 41" in msg and "only 40 frames" in msg
+    assert "ok" in [r.sample_id for r in rep["refs"]]
+
+
+def test_truncated_wav_is_reported(tmp_path):
+    from dataset.data_item import load_audio, wav_header_frames
+
+    path = str(tmp_path / "a.wav")
+    write_wav(path, 1.0)
+    assert wav_header_frames(path) == SR and load_audio(path).shape == (SR,)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])  # a copy cut short: the header still says 1 s
+    assert sf.read(path)[0].shape[0] < SR  # soundfile alone returns the shorter data silently
+    with pytest.raises(DataError, match=r"truncated: its header says 16000 frames \(1.000 s"):
+        load_audio(path)
+    # a header whose data size is left open (streamed writers) is not a truncation
+    with open(path, "wb") as f:
+        f.write(data[:40] + (0xFFFFFFFF).to_bytes(4, "little") + data[44:])
+    assert wav_header_frames(path) is None and load_audio(path).shape == (SR,)
+
+
+def test_check_cli_reports_leaks_truncation_flame_files_and_left_out(tmp_path):
+    cfg_path = write_check_cfg(tmp_path, leaky_root(tmp_path))
+    r = run_check(["--config", cfg_path])
+    assert r.returncode == 1 and "also in the val split" in r.stdout and "FLAME file" in r.stdout
+    assert "FAILED: 4 problem(s)" in r.stdout, r.stdout
+    datasets, _ = two_dataset_root(tmp_path)
+    datasets["A"]["flame_model"] = "FLAME/flame2023.pkl"     # named but not there
+    datasets["B"]["flame_model"] = "FLAME/evil.pkl"          # there but refused
+    with open(tmp_path / "FLAME" / "evil.pkl", "wb") as f:
+        pickle.dump(os.system, f)
+    au = tmp_path / "A" / "2.wav"
+    au.write_bytes(au.read_bytes()[:-1000])
+    cfg_path = write_check_cfg(tmp_path, datasets)
+    r = run_check(["--config", cfg_path, "DATA.train_subjects=a1,b1"])
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "DATA.datasets.A.flame_model" in r.stdout and "flame2023.pkl" in r.stdout and "not found" in r.stdout
+    assert "DATA.datasets.B.flame_model" in r.stdout and "refusing" in r.stdout and "evil.pkl" in r.stdout
+    assert "truncated" in r.stdout and "2.wav" in r.stdout
+    a_train = r.stdout.split("== A ")[1].splitlines()[2].split()
+    assert a_train[:4] == ["train", "1", "2", "1"]  # 1 good (A2 truncated), 2 of a1, a2's A1 left out
+    assert "DATA.train_subjects keeps 2 speaker(s); 1 sample(s) of other speakers left out" in r.stdout
+    assert "FAILED: 3 problem(s)" in r.stdout

@@ -344,3 +344,23 @@ def test_load_flame_for_per_dataset_and_cached(tmp_path, standin):
     assert a is b and a.source.endswith("standin_generic_model.pkl")
     c = load_flame_for(cfg, "B")
     assert c is not a and c.source == str(other)
+
+
+def test_shared_flame_is_one_instance_per_device_and_never_moved_in_place(tmp_path, standin):
+    root = os.path.dirname(standin[0])
+    cfg = load_config(None, [f"DATA.data_root={root}", "FLAME.model_path=standin_generic_model.pkl"])
+    cpu = load_flame_for(cfg)
+    before = cpu.v_template.clone()
+    # "meta" is a real second device on any machine: tensors with shapes and no storage
+    meta = load_flame_for(cfg, device="meta")
+    assert meta is not cpu and meta.v_template.is_meta
+    assert load_flame_for(cfg, device="meta") is meta and load_flame_for(cfg, device="cpu") is cpu
+    assert cpu.v_template.device.type == "cpu" and torch.equal(cpu.v_template, before)
+    # moving or casting the shared instance (what train.py once did with .to(device)) is refused
+    for move in (lambda m: m.to("meta"), lambda m: m.double(), lambda m: m.to(torch.float16)):
+        with pytest.raises(RuntimeError, match="shared instance"):
+            move(cpu)
+    assert cpu.to("cpu") is cpu and cpu.float() is cpu  # a no-op conversion is fine
+    assert cpu.v_template.dtype == torch.float32 and torch.equal(cpu.v_template, before)
+    out = cpu.motion_to_vertices(np.zeros((2, 51), np.float32))
+    np.testing.assert_allclose(out[0], before.numpy(), atol=1e-6)
