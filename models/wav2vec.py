@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
+from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
 
 FETCH_HINT = (
     "Get the weights with internet access once, either\n"
@@ -70,7 +71,7 @@ def _load_pretrained(repo: str):
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).\n{FETCH_HINT}") from e
 
 
-def build_audio_encoder(model_cfg, sample_rate: int = 16000, fps: float = 25) -> "AudioEncoder":
+def build_audio_encoder(model_cfg, sample_rate: int = WAV2VEC2_SAMPLE_RATE, fps: float = DEFAULT_FPS) -> "AudioEncoder":
     """MODEL section -> AudioEncoder.
 
     ``audio_encoder_pretrained: true`` loads ``audio_encoder_repo`` (hub id or local folder) and
@@ -103,25 +104,27 @@ def build_audio_encoder(model_cfg, sample_rate: int = 16000, fps: float = 25) ->
 class AudioEncoder(nn.Module):
     """A Wav2Vec2Model run step by step: CNN -> resample to motion frames -> projection -> transformer.
 
-    Padding (``audio_mask``): with ``feat_extract_norm: layer`` (wav2vec2-large-lv60, the tiny demo
-    config) the transformer gets an attention mask over frames, so a padded clip's real frames are
-    exactly those of the clip alone. With ``group`` norm (wav2vec2-base) HF advises against an
-    attention mask (the model was trained on zero-padded batches without one): padding is zeros and
-    the transformer sees it, and the first CNN layer's GroupNorm normalises each channel over the
-    whole padded length, so real frames change with the amount of padding (as in HF's own forward
-    on a padded wav2vec2-base batch). That is accepted in training (crops make most clips full
-    length); in eval mode a padded group-norm batch is encoded clip by clip instead, so validation
-    and inference results do not depend on which clips share a batch. Frames past a clip's end
-    are then zeros.
+    Padding (``audio_mask``): a clip's features in a padded batch equal its features encoded alone,
+    in train and eval mode, for both ``feat_extract_norm`` variants.
+    - CNN: with ``group`` norm (wav2vec2-base) the first layer's GroupNorm normalises each channel
+      over the whole length it is given, so a padded batch is run through the CNN clip by clip on
+      each clip's own audio. With ``layer`` norm (per time step) a feature computed from real
+      samples only is the same in a padded batch, so one batched pass is exact.
+    - Resampling reads positions that depend only on the frame index (see ``resample``).
+    - Transformer: padded frames are zeroed (so the positional convolution sees the zeros it sees
+      at a lone clip's end) and masked as attention keys. Clip alone = no padding, no mask: HF's
+      advice to give wav2vec2-base no attention mask is about zero-padded batches, which the mask
+      here makes equal to unpadded clips.
+    Output frames past a clip's end are zeros.
     """
 
-    def __init__(self, model, sample_rate: int = 16000, fps: float = 25):
+    def __init__(self, model, sample_rate: int = WAV2VEC2_SAMPLE_RATE, fps: float = DEFAULT_FPS):
         super().__init__()
         self.model = model
         config = model.config
         self.hidden_size = config.hidden_size
         self.samples_per_frame = sample_rate / fps  # 640 at 16 kHz / 25 fps
-        self.use_frame_mask = config.feat_extract_norm == "layer"
+        self.group_norm = config.feat_extract_norm == "group"
         # CNN geometry: total stride and receptive field of the conv stack (320 / 400 for wav2vec2)
         self.kernels, self.strides = list(config.conv_kernel), list(config.conv_stride)
         self.stride = math.prod(self.strides)
@@ -178,24 +181,28 @@ class AudioEncoder(nn.Module):
                              f"({self.receptive_field} samples)")
         n_samples = audio_mask.long().sum(1) if audio_mask is not None else \
             torch.full((B,), N, dtype=torch.long, device=audio.device)
-        if not self.use_frame_mask and not self.training and bool((n_samples < N).any()):
-            lengths = self.frame_lengths(audio_mask, n_frames, B, audio.device).tolist()
-            out = None
-            for b, (n, T_b) in enumerate(zip(n_samples.tolist(), lengths)):
-                h = self.forward(audio[b:b + 1, :n], T_b)[0]
-                out = h.new_zeros(B, n_frames, h.shape[-1]) if out is None else out
-                out[b, :T_b] = h
-            return out
+        n_valid = self.cnn_lengths(n_samples).clamp(min=1)
+        cnn = self.model.feature_extractor
         # a frozen CNN needs no graph: saves its activations' memory in training
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
-            feats = self.model.feature_extractor(audio)               # (B,C,F)
-        x = self.resample(feats, n_frames, self.cnn_lengths(n_samples).clamp(min=1))  # (B,T,C)
+            if self.group_norm and bool((n_samples < N).any()):
+                # GroupNorm statistics over each clip's own audio. A clip shorter than the receptive
+                # field (a few ms; refused when alone, above) keeps the zeros the CNN needs.
+                rf = self.receptive_field
+                x = torch.cat([self.resample(cnn(audio[b:b + 1, :max(n, rf)]), n_frames, n_valid[b:b + 1])
+                               for b, n in enumerate(n_samples.tolist())])  # (B,T,C)
+            else:
+                x = self.resample(cnn(audio), n_frames, n_valid)        # (B,T,C)
         x = self.model.feature_projection(x)[0]                         # (B,T,H)
-        frame_mask = None
-        if audio_mask is not None and self.use_frame_mask:
-            lengths = self.frame_lengths(audio_mask, n_frames, B, audio.device)
-            frame_mask = torch.arange(n_frames, device=audio.device)[None] < lengths[:, None]
-        return self.model.encoder(x, attention_mask=frame_mask)[0]    # tuple or ModelOutput -> (B,T,H)
+        lengths = self.frame_lengths(audio_mask, n_frames, B, audio.device)
+        if bool((lengths == n_frames).all()):
+            return self.model.encoder(x)[0]                             # tuple or ModelOutput -> (B,T,H)
+        frame_mask = torch.arange(n_frames, device=audio.device)[None] < lengths[:, None]  # (B,T)
+        # HF zeroes padded frames before its positional convolution too (4.40 and 5.x); done here
+        # as well so that exactness does not rest on that detail
+        x = x.masked_fill(~frame_mask[..., None], 0.0)
+        h = self.model.encoder(x, attention_mask=frame_mask)[0]
+        return h.masked_fill(~frame_mask[..., None], 0.0)
 
     def encode_long(self, audio: torch.Tensor, n_frames: int, window_frames: int,
                     overlap_frames: int) -> torch.Tensor:
