@@ -332,3 +332,43 @@ def test_eval_script_writes_metrics_and_videos(demo_like, tmp_path):
     n, secs = imageio_ffmpeg.count_frames_and_secs(str(video))
     assert n == N_NATIVE and secs == pytest.approx(N_NATIVE / 20, abs=1e-3)
     assert len(list((tmp_path / "videos" / "script").rglob("*.mp4"))) == 3
+
+
+def test_evaluate_fails_naming_missing_and_short_sequences(demo_like, tmp_path, capsys):
+    """One missing and one truncated sequence: exit 1 naming both (JSON still written, listing them);
+    --allow_missing scores the rest. A torn frame file is named by path."""
+    import shutil
+    from main.evaluate import main as eval_main
+    from utils.errors import run_reporting_user_errors
+
+    root, config = demo_like
+    cfg = config(tmp_path, "INFER.exp_name=holes")
+    _write_tree(cfg, "holes")
+    tree = os.path.join(cfg.INFER.output_root, "holes")
+    gone = os.path.join(tree, "MEAD_VHAP", json.dumps(["W009", "happy"]) + "_passionate")
+    short = os.path.join(tree, "MultiModal200", json.dumps(["spk7", "neutral"]) + "_passionate")
+    shutil.rmtree(gone)
+    for i in range(30, N_NATIVE):  # 30 of 50 frames left
+        os.remove(os.path.join(short, f"{i}.npy"))
+    argv = ["--config", os.path.join(REPO, "config/demo.yaml"), "--no_plots", f"DATA.data_root={root}",
+            f"INFER.output_root={cfg.INFER.output_root}", f"INFER.coeff_root={cfg.INFER.coeff_root}",
+            "INFER.exp_name=holes"]
+    with pytest.raises(SystemExit) as e:
+        run_reporting_user_errors("evaluate", eval_main, argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 1
+    assert "1 expected sequence(s) missing and 1 shorter than their ground truth" in err
+    assert f"MEAD_VHAP/W009_happy_001: missing (no predicted frames): {gone}" in err
+    assert f"short, 30 of {N_NATIVE} frames: {short}" in err and "--allow_missing" in err
+    with open(os.path.join(cfg.INFER.output_root, "metrics_holes.json")) as f:
+        rep = json.load(f)
+    assert [m["sample_id"] for m in rep["missing"]] == ["W009_happy_001"]
+    assert [(m["pred_frames"], m["gt_frames"]) for m in rep["short"]] == [(30, N_NATIVE)]
+
+    run_reporting_user_errors("evaluate", eval_main, argv + ["--allow_missing"])  # exit 0, scores the rest
+    # a torn (0-byte) frame file is reported by path, as missing
+    torn = os.path.join(short, "3.npy")
+    open(torn, "wb").close()
+    with pytest.raises(SystemExit):
+        run_reporting_user_errors("evaluate", eval_main, argv)
+    assert f"{torn}: unreadable frame file (0 bytes" in capsys.readouterr().err

@@ -182,6 +182,25 @@ def test_frame_files_order_and_gaps(tmp_path):
     assert RT.load_frames(str(tmp_path))[:, 0, 0].tolist() == list(range(11))
 
 
+def test_torn_or_wrong_shaped_frame_files_are_named(tmp_path):
+    """The readers render and evaluate share (main/results.py) name the bad file; temporary folders of
+    an unfinished inference are not sequences."""
+    leaf = tmp_path / "E" / "DS" / "s"
+    leaf.mkdir(parents=True)
+    for i in range(3):
+        np.save(leaf / f"{i}.npy", np.zeros((4, 3), np.float32))
+    (leaf / "1.npy").write_bytes(open(leaf / "0.npy", "rb").read()[:90])  # torn mid-header
+    with pytest.raises(RT.ResultsError, match=re.escape(f"{leaf / '1.npy'}: unreadable frame file (90 bytes")):
+        RT.load_frames(str(leaf))
+    np.save(leaf / "1.npy", np.zeros((5, 3), np.float32))
+    with pytest.raises(RT.ResultsError, match=re.escape(f"{leaf / '1.npy'}: expected (4, 3) vertices like 0.npy")):
+        RT.load_frames(str(leaf))
+    tmp = tmp_path / "E" / "DS" / f"{RT.TMP_PREFIX}t-123"
+    tmp.mkdir()
+    np.save(tmp / "0.npy", np.zeros((4, 3), np.float32))
+    assert RT.find_leaves(str(tmp_path / "E")) == [str(leaf)]
+
+
 def test_cli_renders_a_results_tree(gl, standin, tmp_path):
     """`python main/render.py` from the repo root, no PYTHONPATH: a tree with a style folder whose name
     has quotes, brackets and a space; faces from the config's FLAME model; audio and fps from the
