@@ -121,8 +121,9 @@ def results_mode(overwrite: bool, resume: bool) -> str:
 # ----------------------------------------------------------------------------------------------
 
 def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logger | None = None,
-                fps: float = DEFAULT_FPS) -> np.ndarray:
-    """Audio file of any rate / channel count -> (N,) float32 mono at ``sr``, normalised.
+                fps: float = DEFAULT_FPS, normalise: bool = True) -> np.ndarray:
+    """Audio file of any rate / channel count -> (N,) float32 mono at ``sr``, normalised (raw with
+    ``normalise=False``: streaming normalises as the audio arrives).
 
     Defined behaviour for bad input: missing, empty (0 bytes or 0 samples), corrupt, truncated, or
     shorter than one motion frame at ``fps`` (40 ms at 25 fps) -> AudioError naming the file (and
@@ -145,6 +146,8 @@ def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logge
     if rms < SILENT_RMS:
         logger.warning("audio file %s is silent (RMS %.2g < %.0e): the face will barely move", path, rms,
                        SILENT_RMS)
+    if not normalise:
+        return raw.astype(np.float32)
     audio = normalize_audio(raw)
     if not np.isfinite(audio).all():  # normalize_audio's eps should make this impossible; never pass NaN on
         raise AudioError(f"audio file {path}: normalisation produced NaN/inf (RMS {rms:.3g})")
@@ -249,9 +252,18 @@ def window_frames(cfg) -> tuple[int, int]:
     return window, overlap
 
 
+def attention_window(cfg) -> int | None:
+    """INFER.attention_window checked: frames the decoder attends (None = unbounded, from 0)."""
+    w = cfg.INFER.attention_window
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 or w != int(w):
+        raise InferenceError(f"INFER.attention_window is {w!r}; expected a whole number of frames (0 = unbounded)")
+    return int(w) or None
+
+
 def check_infer_config(cfg):
     """INFER values that would otherwise fail late, after some results were written."""
     window_frames(cfg)
+    attention_window(cfg)
     b = cfg.INFER.batch_size
     if isinstance(b, bool) or not isinstance(b, int) or b < 1:
         raise InferenceError(f"INFER.batch_size is {b!r}; expected a positive integer")
@@ -297,7 +309,7 @@ def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_f
         with full_fp32():
             out = model.generate(audio.to(device), torch.tensor(style_idx, dtype=torch.long, device=device),
                                  max(n_frames), audio_mask=mask.to(device), window_frames=window,
-                                 overlap_frames=overlap)
+                                 overlap_frames=overlap, attention_window=attention_window(cfg))
     finally:
         if hook is not None:
             hook.remove()
@@ -590,8 +602,22 @@ def parse_args(argv=None):
     p.add_argument("--out", help="single-audio mode: output folder (default results/single/<audio stem>)")
     p.add_argument("--render", action="store_true", help="single-audio mode: also render DIR/video.mp4")
     p.add_argument("--log", help="log file (default: see the module docstring; results/inference.log)")
+    p.add_argument("--stream", action="store_true", help="single-audio mode fed chunk by chunk as if live "
+                   "(main/stream.py); --audio - reads raw 16-bit mono 16 kHz PCM from stdin (always streaming)")
+    p.add_argument("--chunk_ms", type=float, help="streaming: chunk length (default INFER.stream_chunk_ms)")
+    p.add_argument("--lookahead_ms", type=float, help="streaming: lookahead (default INFER.stream_lookahead_ms)")
+    p.add_argument("--left_context_ms", type=float, help="streaming: past audio the encoder sees, < 0 = all "
+                                                         "(default INFER.stream_left_context_ms)")
+    p.add_argument("--stdout_vertices", action="store_true", help="streaming: also write each frame's vertices "
+                   "to stdout as soon as final, raw float32 (V,3) little-endian bytes (the log goes to stderr)")
     p.add_argument("overrides", nargs="*", help="SECTION.key=value")
     args = p.parse_intermixed_args(argv)
+    args.stream = args.stream or args.audio == "-"
+    if args.stream and (args.audio is None or args.render):
+        p.error("--stream needs --audio FILE (or --audio - for stdin) and does not --render")
+    if not args.stream and (args.chunk_ms is not None or args.lookahead_ms is not None
+                            or args.left_context_ms is not None or args.stdout_vertices):
+        p.error("--chunk_ms, --lookahead_ms, --left_context_ms and --stdout_vertices belong to --stream")
     if args.audio is None and (args.style or args.out or args.render):
         p.error("--style, --out and --render belong to single-audio mode: give --audio too")
     return args
@@ -603,8 +629,12 @@ def cli(argv=None):
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     if args.audio:
-        out = args.out or os.path.join("results", "single", os.path.splitext(os.path.basename(args.audio))[0])
+        stem = "stdin" if args.audio == "-" else os.path.splitext(os.path.basename(args.audio))[0]
+        out = args.out = args.out or os.path.join("results", "single", stem)
         logger = setup_logger("inference", args.log or os.path.join(out, "inference.log"))
+        if args.stream:
+            from main.stream import run_stream
+            return run_stream(cfg, args, logger)
         logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config, args.overrides)
         return run_single(cfg, args.audio, args.style, args.checkpoint, out, args.overwrite, args.render, logger,
                           resume=args.resume)

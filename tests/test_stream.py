@@ -201,3 +201,96 @@ def test_bad_arguments(model):
     s.flush()
     with pytest.raises(RuntimeError, match="flush"):
         s.push(np.zeros(10, np.float32))
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cli_setup(tmp_path_factory):
+    """A tiny checkpoint in the training format, the stand-in FLAME files and a 16-bit 16 kHz wav."""
+    import soundfile as sf
+
+    from models.flame_standin import write_standin_files
+
+    root = str(tmp_path_factory.mktemp("stream_cli"))
+    write_standin_files(os.path.join(root, "FLAME"))
+    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"), [f"DATA.data_root={root}"])
+    m = tiny_model()
+    ckpt = os.path.join(root, "best_model.pth")
+    torch.save({"model": m.state_dict(), "optimizer": {}, "epoch": 1, "styles": ["A", "B", "C"],
+                "config": cfg.to_dict()}, ckpt)
+    pcm = np.round(speech(40, seed=5) * 32767).astype(np.int16)
+    wav = os.path.join(root, "speech.wav")
+    sf.write(wav, pcm, 16000, subtype="PCM_16")
+    return root, ckpt, wav, pcm
+
+
+def run_cli(root, ckpt, *args):
+    from main import inference as I
+    return I.cli(["--config", os.path.join(ROOT, "config", "demo.yaml"), "--checkpoint", ckpt, "--style", "B",
+                  *args, f"DATA.data_root={root}", "INFER.device=cpu"])
+
+
+def read_vertex_folder(folder, n):
+    assert sorted(os.listdir(folder)) == sorted(f"{i}.npy" for i in range(n))
+    return np.stack([np.load(os.path.join(folder, f"{i}.npy")) for i in range(n)])
+
+
+def test_cli_stream_file_writes_single_audio_outputs(cli_setup, tmp_path):
+    """--stream with a lookahead over the whole file = single-audio mode's files; with the default
+    settings the same files, plus stream_stats.json."""
+    import json
+
+    root, ckpt, wav, _ = cli_setup
+    single = run_cli(root, ckpt, "--audio", wav, "--out", str(tmp_path / "single"))
+    exact = run_cli(root, ckpt, "--audio", wav, "--stream", "--lookahead_ms", "1e9", "--left_context_ms", "-1",
+                    "--out", str(tmp_path / "exact"), "INFER.attention_window=0")
+    live = run_cli(root, ckpt, "--audio", wav, "--stream", "--out", str(tmp_path / "live"))
+    ref = np.load(tmp_path / "single" / "motion.npy")
+    assert np.abs(np.load(tmp_path / "exact" / "motion.npy") - ref).max() < 1e-5
+    for run in ("exact", "live"):
+        d = tmp_path / run
+        motion = np.load(d / "motion.npy")
+        verts = read_vertex_folder(d / "vertices", 40)
+        assert motion.shape == (40, 51) and np.load(d / "coeffs287.npy").shape == (40, 287)
+        assert np.abs(verts - read_vertex_folder(tmp_path / "single" / "vertices", 40)).max() < (
+            1e-5 if run == "exact" else 1.0)
+        meta = json.loads((d / "meta.json").read_text())
+        assert meta["n_frames"] == 40 and meta["style_id"] == "B"
+    stats = json.loads((tmp_path / "live" / "stream_stats.json").read_text())
+    assert stats["algorithmic_latency_s"] == pytest.approx(0.5) and stats["audio_s"] == pytest.approx(1.6)
+    assert sum(c["frames"] for c in stats["chunks"]) == 40 and len(stats["chunks"]) == 9  # 8 chunks + flush
+    assert stats["real_time_factor"] > 0 and all(c["compute_s"] >= c["model_s"] >= 0 for c in stats["chunks"])
+    assert exact["n_frames"] == live["n_frames"] == single["n_frames"] == 40
+
+
+def test_cli_stdin_equals_stream_file(cli_setup, tmp_path, monkeypatch):
+    """--audio - (raw PCM on stdin, vertices on stdout) gives the frames --stream gives on the same file."""
+    import io
+
+    root, ckpt, wav, pcm = cli_setup
+    run_cli(root, ckpt, "--audio", wav, "--stream", "--out", str(tmp_path / "file"))
+    stdin = io.TextIOWrapper(io.BytesIO(pcm.astype("<i2").tobytes()))
+    stdout = io.TextIOWrapper(io.BytesIO())
+    monkeypatch.setattr("sys.stdin", stdin)
+    monkeypatch.setattr("sys.stdout", stdout)
+    run_cli(root, ckpt, "--audio", "-", "--stdout_vertices", "--out", str(tmp_path / "live"))
+    monkeypatch.undo()
+    ref = read_vertex_folder(tmp_path / "file" / "vertices", 40)
+    assert np.array_equal(read_vertex_folder(tmp_path / "live" / "vertices", 40), ref)
+    assert np.array_equal(np.load(tmp_path / "live" / "motion.npy"), np.load(tmp_path / "file" / "motion.npy"))
+    streamed = np.frombuffer(stdout.buffer.getvalue(), dtype="<f4").reshape(-1, *ref.shape[1:])
+    assert np.array_equal(streamed, ref)
+
+
+def test_cli_stream_refuses_existing_results_and_bad_flags(cli_setup, tmp_path):
+    from main.inference import InferenceError
+
+    root, ckpt, wav, _ = cli_setup
+    run_cli(root, ckpt, "--audio", wav, "--stream", "--out", str(tmp_path / "o"))
+    with pytest.raises(InferenceError, match="already holds results"):
+        run_cli(root, ckpt, "--audio", wav, "--stream", "--out", str(tmp_path / "o"))
+    with pytest.raises(InferenceError, match="lookahead"):
+        run_cli(root, ckpt, "--audio", wav, "--stream", "--lookahead_ms", "-5", "--out", str(tmp_path / "p"))
+    with pytest.raises(SystemExit):
+        run_cli(root, ckpt, "--audio", wav, "--lookahead_ms", "100", "--out", str(tmp_path / "q"))
