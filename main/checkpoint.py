@@ -93,8 +93,8 @@ def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
             f"(tensors and plain values), here {name}; nothing in it was run. A checkpoint written by "
             f"python train.py never does: do not use this file") from None
     except Exception as e:  # torn zip, 0 bytes, not a torch file at all
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{what} {path} is truncated or corrupt ({detail[:200]}); use another copy or "
+        detail = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({detail[:160]}); use another copy or "
                               f"retrain") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{what} {path}: expected a dict written by python train.py, got "

@@ -89,7 +89,7 @@ def select_todo(samples: list[tuple[str, str]], mode: str, how: str) -> list[boo
         lines = [f"{v}" for v in done[:10]] + [f"{v} (incomplete: no {META} or frames missing)" for v in torn[:10]]
         more = len(done) + len(torn) - len(lines)
         raise ResultsError(f"{len(done)} output folder(s) already hold results"
-                           + (f" and {len(torn)} hold an incomplete result of an interrupted run" if torn else "")
+                           + (f", and {len(torn)} incomplete result(s) of an interrupted run are in the way" if torn else "")
                            + f"; {how}:\n  " + "\n  ".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
     return [True] * len(samples)
 

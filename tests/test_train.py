@@ -27,7 +27,7 @@ def test_demo_config_one_epoch_writes_run_folder(demo_root, tmp_path):
         assert (run / name).is_file(), name
     events = [f for f in os.listdir(run / "tensorboard") if f.startswith("events.")]
     assert events and os.path.getsize(run / "tensorboard" / events[0]) > 0
-    ckpt = torch.load(run / "last.pth", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run / "last.pth", map_location="cpu", weights_only=True)
     assert {"model", "optimizer", "epoch", "styles", "config"} <= set(ckpt)
     assert ckpt["epoch"] == 1
     log = (run / "train.log").read_text()
@@ -50,8 +50,8 @@ def test_resume_matches_uninterrupted_run(demo_root, tmp_path):
     train_main(_args(demo_root, full, "TRAIN.epochs=3"))
     train_main(_args(demo_root, parts, "TRAIN.epochs=1"))
     train_main(_args(demo_root, parts, "TRAIN.epochs=3", "TRAIN.resume=true"))
-    a = torch.load(full / "last.pth", map_location="cpu", weights_only=False)
-    b = torch.load(parts / "last.pth", map_location="cpu", weights_only=False)
+    a = torch.load(full / "last.pth", map_location="cpu", weights_only=True)
+    b = torch.load(parts / "last.pth", map_location="cpu", weights_only=True)
     assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"] == 6
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
