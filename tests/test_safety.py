@@ -381,3 +381,21 @@ def test_sigterm_during_training_keeps_last_pth_and_says_how_to_resume(demo_root
     assert not [f for f in os.listdir(run) if f.startswith(".tmp")]
     assert "Traceback" not in text
     json.dumps(ckpt["config"])  # plain data
+
+
+def test_training_checks_checkpoint_space_and_log_file(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from main.train import check_checkpoint_space
+    from utils.utils import setup_logger
+
+    model = torch.nn.Linear(1000, 100)  # 400400 bytes of weights; 3 x (weights + 2 Adam moments) = 3.44 MiB
+    check_checkpoint_space(model, str(tmp_path / "run"))  # plenty of room here
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 2**20, 2**20))
+    with pytest.raises(ResultsError, match=r"not enough free space for training checkpoints: about 3\.4 MB needed"):
+        check_checkpoint_space(model, str(tmp_path / "run"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ResultsError, match=f"cannot write the log file {tmp_path / 'file' / 'train.log'}"):
+        setup_logger("t", str(tmp_path / "file" / "train.log"))

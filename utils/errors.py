@@ -32,8 +32,9 @@ class ResultsError(UserError, RuntimeError):
     that is not writable, not enough free space, a failed write, a missing/torn/wrong-shaped frame file."""
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; ``str()`` is the line telling the user how to continue."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM arrived; ``str()`` is the line telling the user how to continue. A KeyboardInterrupt
+    (BaseException), so the ``except Exception`` of a file reader cannot turn it into a data error."""
 
     def __init__(self, signum: int, message: str = ""):
         super().__init__(message or f"interrupted by {signal.Signals(signum).name}")
@@ -60,7 +61,9 @@ def interrupts_raise():
         pass
     try:
         yield
-    except KeyboardInterrupt:
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:  # SIGINT before the handler was installed, or raised by a library
         raise Interrupted(signal.SIGINT) from None
     finally:
         for s, h in old.items():
