@@ -82,7 +82,8 @@ class Streamer:
     chunk_ms: processing granularity (audio is encoded and decoded at every chunk boundary);
     lookahead_ms: audio after a frame's end needed before it is emitted; left_context_ms: past audio
     the wav2vec2 transformer sees (None = all); attention_window: decoder attention in frames
-    (None = unbounded). ``stats`` holds one dict per processed chunk (audio_end_s, frames, compute_s).
+    (None = unbounded). ``stats`` holds one dict per processed chunk (audio_end_s, frames, compute_s
+    wall seconds, cpu_s process CPU seconds).
     """
 
     def __init__(self, model, style=0, chunk_ms: float = 200, lookahead_ms: float = 300,
@@ -172,7 +173,7 @@ class Streamer:
     # ---- internals ---------------------------------------------------------------------------
     @torch.no_grad()
     def _process(self, n: int, final: bool) -> np.ndarray:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         self.audio_stats.add(self.raw[self.n_done - self.raw_start:n - self.raw_start])
         self.n_done = n
         if final:
@@ -187,7 +188,7 @@ class Streamer:
             n_target = max(0, (n - self.lookahead) // HOP)
         if not final and n_target <= self.n_emitted:
             # nothing to emit yet: leave the CNN for later, when the running statistics know more
-            self.stats.append({"audio_end_s": n / SR, "frames": 0, "compute_s": time.perf_counter() - t0})
+            self._record(n, 0, t0, c0)
             return np.zeros((0, self.model.motion_dim), np.float32)
         self._update_cnn(n_audio, final)
         if final:
@@ -202,9 +203,13 @@ class Streamer:
         if n_target > self.n_emitted:
             frames = self._emit(n_target, n_ready)
         self._trim()
-        self.stats.append({"audio_end_s": n / SR, "frames": int(frames.shape[0]),
-                           "compute_s": time.perf_counter() - t0})
+        self._record(n, frames.shape[0], t0, c0)
         return frames
+
+    def _record(self, n: int, frames: int, t0: float, c0: float):
+        # cpu_s: process CPU time (all threads); on a shared machine it tracks the work better than wall
+        self.stats.append({"audio_end_s": n / SR, "frames": int(frames), "compute_s": time.perf_counter() - t0,
+                           "cpu_s": time.process_time() - c0})
 
     def _normalised(self, a: int, b: int) -> torch.Tensor:
         """Samples [a, b) normalised with the current running statistics -> (1,b-a)."""

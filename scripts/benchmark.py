@@ -15,6 +15,11 @@ Sections (each prints a table; all results go to one JSON):
           the bare wav2vec2 forward on the same audio, at 10 s and 60 s.
 - memory: peak resident memory of whole inference on a 10-minute input (fresh subprocess).
 - amp:    (CUDA only) a short training run with TRAIN.amp=true; loss must fall and stay finite.
+- stream: (not in the default set) decoder ms per frame with INFER.attention_window vs unbounded at
+          30 s and 240 s; the Streamer (main/stream.py) on the full-size encoder at the default settings:
+          compute per chunk vs the chunk's duration, algorithmic latency; with a trained demo model
+          (--demo_checkpoint, --demo_data), the deviation of bounded attention at 60 s and of streamed
+          from offline motion per lookahead x left context. ``python scripts/benchmark.py stream``.
 - train_modes: (not in the default set: ~25 min on 2 CPU cores) every TRAIN.mode trained on the demo
           data with the demo config, same seed and epochs: teacher-forced and generated validation
           loss, LVE of generated test motion vs the mean-motion baseline, training frames/s.
@@ -61,15 +66,23 @@ def sync(device):
 
 def timed(fn, device, repeat=2, warmup=1):
     """Best wall time of ``repeat`` calls after ``warmup`` calls (seconds)."""
-    for _ in range(warmup):
-        fn()
-    best = float("inf")
+    return timed_in_turn([fn], device, repeat, warmup)[0]
+
+
+def timed_in_turn(fns, device, repeat=2, warmup=1):
+    """Best wall time of each function, calling them in turn ``repeat`` times, so that load from
+    other jobs on a shared machine hits the compared methods alike (seconds, one per function)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    best = [float("inf")] * len(fns)
     for _ in range(repeat):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
+        for i, fn in enumerate(fns):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best[i] = min(best[i], time.perf_counter() - t0)
     return best
 
 
@@ -152,14 +165,16 @@ def bench_train(model, flame, device, clips: int, seconds: float, repeat: int, c
     frames = clips * T
     methods = [("wav2vec2 fwd+bwd only (floor)", encoder_floor, frames),
                ("batched teacher forcing (ours)", batched, frames),
-               ("original: batch 1, AR rollout + grad", original, frames),
-               ("ours, padded clips", padded, sum(lengths))]
-    if compare_old_padding:
-        methods.append(("ours, padded clips, old encoder path", padded_old, sum(lengths)))
+               ("original: batch 1, AR rollout + grad", original, frames)]
     rows = []
     for name, fn, n in methods:
         s = timed(fn, device, repeat=repeat, warmup=1)
         rows.append({"method": name, "seconds": s, "frames_per_s": n / s})
+    padded_methods = [("ours, padded clips", padded)]
+    if compare_old_padding:
+        padded_methods.append(("ours, padded clips, old encoder path", padded_old))
+    for (name, _), s in zip(padded_methods, timed_in_turn([fn for _, fn in padded_methods], device, repeat)):
+        rows.append({"method": name, "seconds": s, "frames_per_s": sum(lengths) / s})
     ours = rows[1]["frames_per_s"]
     for r in rows:
         r["ours_speedup_over_this"] = ours / r["frames_per_s"]
@@ -282,18 +297,20 @@ def _run(*args):
 
 
 def _best_val(log_path: str) -> dict:
-    """Teacher-forced and generated validation loss of the epoch that wrote best_model.pth (train.log)."""
-    best = None
+    """Teacher-forced and generated validation loss of the epoch that wrote best_model.pth, and of the
+    last validated epoch (final_*), from train.log."""
+    best = last = None
     with open(log_path) as f:
         for line in f:
-            if "(best)" in line and "generated" in line:
+            if "generated" in line:
                 words = line.split()
-                best = {"epoch": int(words[words.index("epoch") + 1].split("/")[0]),
+                last = {"epoch": int(words[words.index("epoch") + 1].split("/")[0]),
                         "val_tf": float(words[words.index("teacher_forced") + 1]),
                         "val_gen": float(words[words.index("generated") + 1])}
+                best = dict(last) if "(best)" in line else best
     if best is None:
         raise RuntimeError(f"{log_path}: no validated best epoch")
-    return best
+    return {**best, "final_val_tf": last["val_tf"], "final_val_gen": last["val_gen"]}
 
 
 def train_mode_speed(modes, data_root: str, steps: int, device: str = "cpu"):
@@ -369,6 +386,194 @@ def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_s
     return {"epochs": epochs, "baseline_LVE": base_lve, "rows": rows}
 
 
+# ---- streaming and bounded attention (section "stream") -----------------------------------------
+
+def _deviation(pred: list, ref: list) -> float:
+    """RMS of the motion difference / RMS of the reference motion's deviation from its mean (pooled
+    over clips; each clip's own mean motion)."""
+    num = sum(float(np.sum((p - r) ** 2)) for p, r in zip(pred, ref))
+    den = sum(float(np.sum((r - r.mean(0)) ** 2)) for r in ref)
+    return float(np.sqrt(num / den))
+
+
+def demo_clips(data_root: str, splits=("test",)):
+    """[(sample id, raw 16 kHz audio, speaker)] of the demo data's MEAD_VHAP / MultiModal200 splits."""
+    from dataset.data_item import load_audio
+
+    clips = []
+    for ds in ("MEAD_VHAP", "MultiModal200"):
+        for split in splits:
+            with open(os.path.join(data_root, "dataset_jsons", "splits", f"{ds}_{split}.json")) as f:
+                index = json.load(f)
+            for sid, e in sorted(index.items()):
+                speaker = e["speaker_id"][0] if isinstance(e["speaker_id"], list) else e["speaker_id"]
+                clips.append((sid, load_audio(os.path.join(data_root, e["audio_path"]), SR), str(speaker)))
+    return clips
+
+
+@torch.no_grad()
+def offline_motion(model, raw: np.ndarray, style: int, attention_window) -> np.ndarray:
+    """What single-audio inference generates: normalised audio cut/padded to whole frames."""
+    from dataset.data_item import normalize_audio
+
+    T = DEFAULT_FRAMING.frames_in(len(raw))
+    a = normalize_audio(raw)
+    a = np.pad(a, (0, max(0, T * HOP - len(a))))[:T * HOP]
+    return model.generate(torch.from_numpy(a)[None], torch.tensor([style]), T,
+                          attention_window=attention_window)[0].numpy()
+
+
+def stream_motion(model, raw, style, prime=False, **settings) -> tuple[np.ndarray, list]:
+    """Streamer over raw audio pushed one chunk at a time -> ((T,51), per-chunk stats)."""
+    from main.stream import Streamer
+
+    s = Streamer(model, style, **settings)
+    if prime:
+        s.prime(raw)
+    chunk = s.chunk
+    out = [s.push(raw[i:i + chunk]) for i in range(0, len(raw), chunk)] + [s.flush()]
+    return np.concatenate(out), s.stats
+
+
+def wall_and_cpu(fn) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds of all threads) of one call. On a machine shared with other
+    jobs the wall time mostly measures waiting; the CPU time tracks the work (with threads that spin
+    while waiting it over-counts, so it bounds an idle machine's wall time from above, roughly)."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+@torch.no_grad()
+def bench_attention_speed(model, device, seconds_list, window: int):
+    """Decoder ms per frame, unbounded vs bounded attention, same random features, in turn (after a
+    short warm-up); wall and CPU time."""
+    model.eval()
+    rows = []
+    style = torch.zeros(1, dtype=torch.long, device=device)
+    warm = torch.randn(1, 50, model.d, device=device)
+    model.generate_from_features(warm, style)
+    for seconds in seconds_list:
+        T = int(seconds * FPS)
+        feats = torch.randn(1, T, model.d, generator=torch.Generator().manual_seed(0)).to(device)
+        row = {"audio_s": seconds, "frames": T}
+        for name, w in (("unbounded", None), (f"window_{window}", window)):
+            wall, cpu = wall_and_cpu(lambda: model.generate_from_features(feats, style, attention_window=w))
+            row[f"{name}_ms_per_frame"], row[f"{name}_cpu_ms_per_frame"] = 1000 * wall / T, 1000 * cpu / T
+        rows.append(row)
+    return rows
+
+
+def bench_attention_deviation(model, styles, clips, windows, seconds: float = 60.0):
+    """Bounded vs unbounded attention on ``seconds`` of the demo audio (clips concatenated)."""
+    raw = np.concatenate([c[1] for c in clips])
+    if len(raw) < seconds * SR:
+        raise RuntimeError(f"the demo clips hold only {len(raw) / SR:.1f} s of audio; {seconds} s needed")
+    raw = raw[:int(seconds * SR)]
+    style = styles.index(clips[0][2]) if clips[0][2] in styles else 0
+    ref = offline_motion(model, raw, style, None)
+    return [{"window_frames": w, "window_s": w / FPS, "audio_s": seconds,
+             "deviation": _deviation([offline_motion(model, raw, style, w)], [ref]),
+             "max_abs_diff": float(np.abs(offline_motion(model, raw, style, w) - ref).max())} for w in windows]
+
+
+def bench_stream_speed(model, device, seconds: float, settings: dict):
+    """Per-chunk compute of the Streamer (full-size encoder) on speech-like audio fed chunk by chunk."""
+    from main.stream import Streamer
+
+    model.eval()
+    raw = speech_like(seconds)
+    warm = Streamer(model, 0, **settings)  # one chunk first: allocator and thread pools warm
+    warm.push(raw[:warm.chunk * 4])
+    _, stats = stream_motion(model, raw, 0, **settings)
+    emitting = [s for s in stats[:-1] if s["frames"]]  # chunks that emit frames, not the flush
+    chunk_s = settings["chunk_ms"] / 1000
+    out = {"audio_s": seconds, **settings, "chunk_s": chunk_s, "chunks": len(emitting),
+           "algorithmic_latency_s": (settings["chunk_ms"] + settings["lookahead_ms"]) / 1000}
+    for key, name in (("compute_s", "wall"), ("cpu_s", "cpu")):
+        t = np.array([s[key] for s in emitting])
+        out.update({f"{name}_mean_chunk_s": float(t.mean()), f"{name}_p95_chunk_s": float(np.percentile(t, 95)),
+                    f"{name}_max_chunk_s": float(t.max()),
+                    f"{name}_real_time_factor": float(sum(s[key] for s in stats)) / seconds})
+    out["real_time_by_cpu_p95"] = out["cpu_p95_chunk_s"] < chunk_s
+    return out
+
+
+def bench_stream_deviation(model, styles, clips, lookaheads, lefts, base: dict):
+    """Deviation of streamed from offline motion over the demo clips, per lookahead x left context;
+    plus the default setting with the normalisation statistics primed on the whole clip."""
+    ref = [offline_motion(model, raw, styles.index(spk) if spk in styles else 0, base["attention_window"])
+           for _, raw, spk in clips]
+
+    def deviation(prime=False, **kw):
+        settings = dict(base, **kw)
+        pred = [stream_motion(model, raw, styles.index(spk) if spk in styles else 0, prime, **settings)[0]
+                for _, raw, spk in clips]
+        return _deviation(pred, ref)
+
+    rows = []
+    for left in lefts:
+        row = {"left_context_ms": "all" if left is None else left}
+        for la in lookaheads:
+            row[f"lookahead_{la}ms"] = deviation(lookahead_ms=la, left_context_ms=left)
+        rows.append(row)
+    primed = deviation(prime=True)
+    return {"clips": len(clips), "audio_s": sum(len(c[1]) for c in clips) / SR, "chunk_ms": base["chunk_ms"],
+            "attention_window": base["attention_window"], "rows": rows, "default_primed_deviation": primed,
+            "default": dict(base)}
+
+
+def bench_stream(model, device, args):
+    """The "stream" section: decoder cost with bounded attention, the Streamer's real-time budget on the
+    full-size encoder, and deviations on the trained demo model."""
+    from main.inference import load_model
+    from utils.config import DEFAULTS
+
+    inf = DEFAULTS["INFER"]
+    base = {"chunk_ms": float(inf["stream_chunk_ms"]), "lookahead_ms": float(inf["stream_lookahead_ms"]),
+            "left_context_ms": float(inf["stream_left_context_ms"]), "attention_window": inf["attention_window"]}
+    out = {"defaults": base}
+    out["attention_speed"] = bench_attention_speed(model, device, [30, 240], base["attention_window"])
+    print("[stream] attention speed:", out["attention_speed"], flush=True)
+    out["speed"] = bench_stream_speed(model, device, args.stream_seconds, base)
+    print("[stream] streamer speed:", out["speed"], flush=True)
+    if not os.path.isfile(args.demo_checkpoint):
+        print(f"[stream] no trained demo model at {args.demo_checkpoint}: deviation tables skipped "
+              f"(bash scripts/demo.sh, or pass --demo_checkpoint / --demo_data)")
+        return out
+    demo_cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"), [f"DATA.data_root={args.demo_data}"])
+    demo, styles = load_model(args.demo_checkpoint, demo_cfg, torch.device("cpu"))
+    clips = demo_clips(args.demo_data)
+    all_clips = demo_clips(args.demo_data, ("test", "val", "train"))
+    out["attention_deviation"] = bench_attention_deviation(demo, styles, all_clips, [150, 300, 600, 1000])
+    print("[stream] attention deviation:", out["attention_deviation"], flush=True)
+    out["deviation"] = bench_stream_deviation(demo, styles, clips, [0, 150, 300, 600], [500, 1000, 2000, None], base)
+    return out
+
+
+def print_stream(r):
+    print("\n[stream] decoder ms per frame, unbounded vs bounded attention (random features)")
+    print(table(r["attention_speed"], list(r["attention_speed"][0])))
+    s = r["speed"]
+    print(f"\n[stream] Streamer, full-size wav2vec2-base, {s['audio_s']:g} s fed chunk by chunk: chunk "
+          f"{s['chunk_ms']:g} ms, lookahead {s['lookahead_ms']:g} ms, left context {s['left_context_ms']:g} ms -> "
+          f"algorithmic latency {s['algorithmic_latency_s']:.3f} s; per chunk, wall mean "
+          f"{1000 * s['wall_mean_chunk_s']:.1f} / p95 {1000 * s['wall_p95_chunk_s']:.1f} / max "
+          f"{1000 * s['wall_max_chunk_s']:.1f} ms, CPU mean {1000 * s['cpu_mean_chunk_s']:.1f} / p95 "
+          f"{1000 * s['cpu_p95_chunk_s']:.1f} / max {1000 * s['cpu_max_chunk_s']:.1f} ms; real-time factor wall "
+          f"{s['wall_real_time_factor']:.3f}, CPU {s['cpu_real_time_factor']:.3f}")
+    if "deviation" in r:
+        print("\n[stream] attention window vs unbounded, trained demo model, 60 s (deviation = RMS diff / RMS of "
+              "the motion's deviation from its mean)")
+        print(table(r["attention_deviation"], list(r["attention_deviation"][0])))
+        d = r["deviation"]
+        print(f"\n[stream] streamed vs offline, trained demo model, {d['clips']} test clips ({d['audio_s']:.1f} s), "
+              f"chunk {d['chunk_ms']:g} ms: deviation per left context (rows) x lookahead (columns)")
+        print(table(d["rows"], list(d["rows"][0])))
+        print(f"default settings with the normalisation statistics primed on the whole clip: "
+              f"{d['default_primed_deviation']:.4f}")
+
+
 def table(rows, cols):
     lines = ["  ".join(f"{c:>22}" for c in cols)]
     for r in rows:
@@ -381,6 +586,11 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--encoder", default="base", choices=["base", "tiny"])
     p.add_argument("--only", nargs="*", default=["train", "decode", "infer", "memory", "amp"])
+    p.add_argument("sections", nargs="*", help="same as --only (e.g. python scripts/benchmark.py stream)")
+    p.add_argument("--stream_seconds", type=float, default=30.0, help="stream: audio fed to the Streamer")
+    p.add_argument("--demo_checkpoint", default=os.path.join(ROOT, "outputs", "demo", "best_model.pth"),
+                   help="stream: trained demo model for the deviation tables (bash scripts/demo.sh)")
+    p.add_argument("--demo_data", default=os.path.join(ROOT, "demo_data"), help="stream: its demo data")
     p.add_argument("--train_clips", type=int, default=4)
     p.add_argument("--train_seconds", type=float, default=4.0)
     p.add_argument("--memory_seconds", type=float, default=600.0)
@@ -393,6 +603,7 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="output JSON (default docs/benchmarks_<device>.json; "
                                                  "docs/benchmarks_train_modes_<device>.json for --only train_modes)")
     args = p.parse_args(argv)
+    args.only = args.sections or args.only
     device = torch.device(args.device)
     torch.manual_seed(0)
     results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
@@ -443,12 +654,15 @@ def main(argv=None):
                   f"epoch; LVE of generated test motion; mean-motion baseline LVE {r['baseline_LVE']:.4g}")
             print(table(r["rows"], ["mode", "epoch", "val_tf", "val_gen", "gen/tf", "LVE", "LVE/baseline",
                                     "train_frames_per_s", "speed_vs_tf"]))
+        if "stream" in args.only:
+            results["stream"] = bench_stream(model, device, args)
+            print_stream(results["stream"])
         if "amp" in args.only and device.type == "cuda":
             r = bench_amp(cfg, flame, device)
             results["amp"] = r
             print(f"\n[amp] CUDA AMP training smoke test: loss {r['first_loss']:.3e} -> {r['last_loss']:.3e} in "
                   f"{r['steps']} steps, ok={r['ok']}, peak GPU memory {r['peak_gpu_mem_gb']:.2f} GB")
-    section = "_train_modes" if args.only == ["train_modes"] else ""
+    section = f"_{args.only[0]}" if args.only in (["train_modes"], ["stream"]) else ""
     out = args.json or os.path.join(ROOT, "docs", f"benchmarks{section}_{device.type}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

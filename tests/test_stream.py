@@ -138,8 +138,8 @@ def test_flush_cuts_or_pads_to_whole_frames_like_offline(model):
 def test_emitted_frames_depend_only_on_audio_up_to_the_lookahead(model):
     """Two streams that share the first 2 s and then differ: every frame emitted while the audio
     was still shared is identical; the frame count per chunk follows the lookahead rule."""
-    a, b = speech(100, seed=0), speech(100, seed=1)
-    shared = 50 * HOP
+    a, b = speech(75, seed=0), speech(75, seed=1)
+    shared = 40 * HOP
     b[:shared] = a[:shared]
     kw = dict(chunk_ms=200, lookahead_ms=300, left_context_ms=400, attention_window=20)
     pa, _, sa = stream(model, a, piece=3200, **kw)
@@ -153,7 +153,7 @@ def test_emitted_frames_depend_only_on_audio_up_to_the_lookahead(model):
 
 
 def test_push_granularity_does_not_matter(model):
-    x = speech(70, seed=2)
+    x = speech(50, seed=2)
     kw = dict(chunk_ms=120, lookahead_ms=150, left_context_ms=800, attention_window=30)
     r = np.random.default_rng(0)
     cuts = np.sort(r.choice(len(x), 25, replace=False))
@@ -169,9 +169,9 @@ def test_push_granularity_does_not_matter(model):
 
 
 def test_stream_memory_is_bounded(model):
-    x = speech(250, seed=3)   # 10 s
+    x = speech(150, seed=3)   # 6 s
     _, rest, s = stream(model, x, chunk_ms=200, lookahead_ms=300, left_context_ms=400, attention_window=16)
-    assert s.n_emitted == 250 and rest.shape[0] > 0
+    assert s.n_emitted == 150 and rest.shape[0] > 0
     assert s.proj.shape[0] <= 10 + 5 + 8 + 1                     # left context + chunk + lookahead frames
     assert s.raw.shape[0] < 3200 + 300 * 16 + 2 * HOP
     assert all(c["k"].shape[2] == 15 for c in s.state["caches"])
@@ -180,7 +180,7 @@ def test_stream_memory_is_bounded(model):
 
 def test_stream_deviation_from_offline_is_small_with_enough_context(model):
     """Finite settings change the output (a real approximation), less with more lookahead."""
-    x = speech(100, seed=4)
+    x = speech(75, seed=4)
     ref = offline(model, x)
     spread = np.sqrt(np.mean((ref - ref.mean(0)) ** 2))
     dev = {}
