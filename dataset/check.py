@@ -28,7 +28,8 @@ def _fps(values) -> str:
 def check_flame_files(cfg) -> tuple[list[str], list[str]]:
     """Load every FLAME model (FLAME.model_path and each dataset's flame_model), the masks file and the
     index overrides the config names. -> (lines describing what loaded, problems)."""
-    from models.flame import FLAME, FlameLoadError, flame_path_for, region_indices
+    from models.flame import FLAME, FlameLoadError, flame_path_for
+    from models.flame_regions import region_indices
 
     lines, problems = [], []
     users = {}  # model path -> the keys that name it

@@ -30,6 +30,7 @@ import numpy as np
 from utils.framing import DEFAULT_FPS, DEFAULT_FRAMING, N_EXPR, WAV2VEC2_SAMPLE_RATE, Framing
 
 from utils.errors import UserError
+from utils.safe_pickle import safe_pickle_load
 
 
 class DataError(UserError, ValueError):
@@ -57,8 +58,7 @@ def _load_npy_dict(path: str) -> dict:
         if not dtype.hasobject:
             raise DataError(f"{path}: holds a plain {dtype} array; expected a dict of FLAME parameters "
                             f"(np.save(path, {{'expr': ..., 'jaw_pose': ...}}))")
-        # the object payload goes through the restricted unpickler of models.flame (DESIGN.md 4)
-        from models.flame import safe_pickle_load
+        # the object payload goes through the restricted unpickler (DESIGN.md 4)
         obj = safe_pickle_load(f, source=path)
     if isinstance(obj, np.ndarray) and obj.shape == ():
         obj = obj.item()
@@ -95,9 +95,8 @@ def _read_param_file(path: str) -> dict[str, np.ndarray]:
         if ext == ".npy":
             return _numeric_arrays(_load_npy_dict(path))
         if ext == ".pkl":
-            # The restricted unpickler of models.flame (DESIGN.md 4); load_flame_pickle itself
-            # insists on FLAME *model* keys, so the parameter file goes through safe_pickle_load.
-            from models.flame import safe_pickle_load
+            # The restricted unpickler (DESIGN.md 4); load_flame_pickle itself insists on FLAME
+            # *model* keys, so the parameter file goes through safe_pickle_load.
             obj = safe_pickle_load(path)
             if not isinstance(obj, dict):
                 raise DataError(f"{path}: holds a {type(obj).__name__}; expected a dict of FLAME parameters")
@@ -130,7 +129,7 @@ def load_flame_params(path: str) -> dict[str, np.ndarray]:
 
     ``path`` is a ``.npz`` (VHAP's ``tracked_flame_params_<epoch>.npz``, EMOCA exports), a ``.npy``
     holding a dict (unpickled with a numpy-only allow-list), a ``.pkl`` holding a dict (the
-    restricted unpickler of ``models.flame``: numpy, chumpy, scipy.sparse only), or a folder of
+    restricted unpickler of ``utils.safe_pickle``: numpy, chumpy, scipy.sparse only), or a folder of
     per-frame files of those types stacked in natural numeric order of their names (frame_2 before
     frame_10). Only numeric arrays are returned.
 

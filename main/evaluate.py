@@ -173,7 +173,8 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     """
     from dataset.data_item import DataError, fit_shape, load_motion, sample_shape
     from dataset.dataset import dataset_refs, split_jsons
-    from models.flame import load_flame_for, region_indices
+    from models.flame import load_flame_for
+    from models.flame_regions import region_indices
 
     if results_dir is None:
         results_dir = default_results_dir(cfg)

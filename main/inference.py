@@ -330,8 +330,9 @@ def sample_arrays(flame, motion: np.ndarray, shape: np.ndarray | None,
                   detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The coefficient-tree arrays of a sample: motion (T,51) and coeffs287 (T,287), float32; the
     287's detail block is ``detail`` (128,) (the sample's EMOCA detail code) or zeros."""
+    from models.flame import motion_to_coeffs287
     return {"motion": motion.astype(np.float32),
-            "coeffs287": np.asarray(flame.motion_to_coeffs287(motion, shape=shape, detail=detail),
+            "coeffs287": np.asarray(motion_to_coeffs287(motion, shape=shape, detail=detail),
                                     dtype=np.float32)}
 
 

@@ -1,10 +1,9 @@
-"""FLAME model: safe loading of the licensed files, differentiable LBS, motion51 <-> vertices / 287 coeffs.
+"""The FLAME module: loading the licensed model files, motion51 <-> vertices and the 287 layout.
 
-The licensed FLAME files (FLAME 2020 ``generic_model.pkl``, FLAME 2023 pkl, ``FLAME_masks.pkl``) are
-Python-2 era pickles holding chumpy ``Ch`` objects and ``scipy.sparse`` matrices. They are read by a
-restricted unpickler (an allow-list of numpy / scipy.sparse / chumpy names; chumpy objects become
-numpy arrays), so neither chumpy nor trust in the file is needed: anything outside the allow-list
-raises ``UnsafePickleError`` instead of running.
+The licensed FLAME files (FLAME 2020 ``generic_model.pkl``, FLAME 2023 pkl) are Python-2 era
+pickles holding chumpy ``Ch`` objects and ``scipy.sparse`` matrices; they are read by the restricted
+unpickler of utils/safe_pickle.py (anything outside its allow-list raises ``UnsafePickleError``
+instead of running). The skinning itself is models/lbs.py; face regions are models/flame_regions.py.
 
 Conventions (DESIGN.md section 4):
 - 5 joints: global, neck, jaw, left eye, right eye; parents [-1, 0, 1, 1, 1].
@@ -27,180 +26,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils.errors import UserError
+from models.lbs import lbs, lbs_in_chunks
 from utils.framing import MOTION_DIM, N_EXPR
+from utils.safe_pickle import FlameLoadError, safe_pickle_load, to_plain
 
 N_VERTICES = 5023
 N_JOINTS = 5
-FLAME_PARENTS = (-1, 0, 1, 1, 1)
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
-
-
-class FlameLoadError(UserError, ValueError):
-    """A FLAME / mask file that cannot be used; the message names the file and the key."""
-
-
-class UnsafePickleError(FlameLoadError):
-    """A pickle that refers to a class or function outside the allow-list (it is never called)."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Restricted unpickling
-# --------------------------------------------------------------------------------------------------
-
-class _ChumpyStandIn:
-    """Takes the place of any chumpy class while unpickling. chumpy's ``Ch.__getstate__`` stores the
-    object's ``__dict__``; a plain ``Ch`` keeps its value in key ``'x'``. (Unpickling creates it with
-    ``__new__`` only, so the defaults are class attributes.)"""
-
-    _state: dict = {}
-    _chumpy_class = "chumpy"
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self._state = state if isinstance(state, dict) else {"x": state}
-
-    def to_numpy(self, where: str) -> np.ndarray:
-        x = self._state.get("x")
-        if x is None:
-            raise FlameLoadError(
-                f"{where} is a chumpy expression ({self._chumpy_class}) without a stored value ('x'); "
-                f"it cannot be evaluated without chumpy. Convert the model to .npz on a machine with chumpy: "
-                f"np.savez(out, **{{k: np.asarray(v) for k, v in model.items()}})")
-        return np.asarray(_to_plain(x, where))
-
-
-class _SparseStandIn:
-    """Takes the place of scipy.sparse csc/csr/coo classes (old and new module paths); turned into a
-    dense array from its pickled attributes, so scipy's private pickle layout never has to match."""
-
-    fmt = "csc"
-    _state: dict = {}
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self._state = state if isinstance(state, dict) else {}
-
-    def to_numpy(self, where: str) -> np.ndarray:
-        import scipy.sparse as sp
-
-        s = self._state
-        try:
-            data = np.asarray(_to_plain(s["data"], where))
-            shape = s.get("_shape", s.get("shape"))
-            if self.fmt == "coo":
-                if "coords" in s:
-                    row, col = (np.asarray(c) for c in s["coords"])
-                else:
-                    row, col = np.asarray(s["row"]), np.asarray(s["col"])
-                m = sp.coo_matrix((data, (row, col)), shape=shape)
-            else:
-                indices, indptr = np.asarray(s["indices"]), np.asarray(s["indptr"])
-                if shape is None:  # very old pickles: infer from the index arrays
-                    n_major, n_minor = len(indptr) - 1, int(indices.max()) + 1 if len(indices) else 0
-                    shape = (n_minor, n_major) if self.fmt == "csc" else (n_major, n_minor)
-                cls = sp.csc_matrix if self.fmt == "csc" else sp.csr_matrix
-                m = cls((data, indices, indptr), shape=tuple(int(d) for d in shape))
-        except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise FlameLoadError(f"{where}: a pickled scipy.sparse {self.fmt} matrix could not be rebuilt ({e})") from None
-        return np.asarray(m.todense())
-
-
-def _sparse_class(fmt: str):
-    return type(f"_Sparse_{fmt}", (_SparseStandIn,), {"fmt": fmt})
-
-
-_SPARSE = {fmt: _sparse_class(fmt) for fmt in ("csc", "csr", "coo")}
-
-
-def _numpy_allowed() -> dict:
-    """(module, name) -> object for numpy's pickle helpers, under their numpy 1.x and 2.x paths."""
-    reconstruct = np.zeros(1).__reduce__()[0]
-    scalar = np.float64(0).__reduce__()[0]
-    frombuffer = np.zeros(1).__reduce_ex__(5)[0]
-    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for core in ("numpy.core", "numpy._core"):
-        for sub in ("multiarray", "_multiarray_umath"):
-            allowed[(f"{core}.{sub}", "_reconstruct")] = reconstruct
-            allowed[(f"{core}.{sub}", "scalar")] = scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
-    return allowed
-
-
-def _build_allow_list() -> dict:
-    import builtins
-    import codecs
-    import collections
-    import copyreg
-
-    allowed = _numpy_allowed()
-    for bmod in ("builtins", "__builtin__"):  # Python 2 pickles name the builtins module __builtin__
-        for name in ("set", "frozenset", "slice", "complex", "object", "list", "dict", "tuple", "bytearray"):
-            allowed[(bmod, name)] = getattr(builtins, name)
-    allowed[("collections", "OrderedDict")] = collections.OrderedDict
-    # copyreg._reconstructor only calls base.__new__/__init__ of classes that themselves passed this
-    # list; _codecs.encode turns a latin-1 str back into bytes (Python 3 protocol-2 pickles of bytes).
-    for cmod in ("copyreg", "copy_reg"):
-        allowed[(cmod, "_reconstructor")] = copyreg._reconstructor
-    allowed[("_codecs", "encode")] = codecs.encode
-    for fmt in ("csc", "csr", "coo"):
-        for mod in ("scipy.sparse", f"scipy.sparse.{fmt}", f"scipy.sparse._{fmt}"):
-            for kind in ("matrix", "array"):
-                allowed[(mod, f"{fmt}_{kind}")] = _SPARSE[fmt]
-    return allowed
-
-
-_ALLOWED = _build_allow_list()
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, source: str):
-        super().__init__(file, encoding="latin1")
-        self._source = source
-
-    def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
-            return _ALLOWED[(module, name)]
-        if module == "chumpy" or module.startswith("chumpy."):
-            # every chumpy class becomes the stand-in; remember which one for error messages
-            return type(name, (_ChumpyStandIn,), {"_chumpy_class": f"{module}.{name}"})
-        raise UnsafePickleError(
-            f"{self._source}: refusing to unpickle '{module}.{name}': only numpy arrays, scipy.sparse "
-            f"matrices and chumpy arrays are allowed in FLAME files (a pickle can run arbitrary code).")
-
-
-def _to_plain(obj, where: str):
-    """Recursively replace chumpy / sparse stand-ins by numpy arrays."""
-    if isinstance(obj, (_ChumpyStandIn, _SparseStandIn)):
-        return obj.to_numpy(where)
-    if isinstance(obj, dict):
-        return {k: _to_plain(v, f"{where}['{k}']") for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_plain(v, where) for v in obj)
-    return obj
-
-
-def safe_pickle_load(path_or_file, source: str | None = None, convert: bool = True):
-    """Unpickle with the allow-list above (encoding='latin1' for Python-2 pickles).
-
-    chumpy objects and scipy.sparse matrices come back as numpy arrays (``convert=False`` leaves the
-    stand-in objects for the caller to convert). Anything else named in the pickle raises
-    ``UnsafePickleError`` before it can be called. Usable for any small parameter pkl.
-    """
-    source = source or (path_or_file if isinstance(path_or_file, str) else "<pickle>")
-    opener = open(path_or_file, "rb") if isinstance(path_or_file, (str, os.PathLike)) else contextlib.nullcontext(path_or_file)
-    with opener as f:
-        try:
-            obj = _RestrictedUnpickler(f, str(source)).load()
-        except FlameLoadError:
-            raise
-        except Exception as e:  # truncated / corrupt file, wrong format
-            raise FlameLoadError(f"{source}: not a readable pickle ({type(e).__name__}: {e})") from None
-    return _to_plain(obj, str(source)) if convert else obj
 
 
 def load_flame_pickle(path: str) -> dict:
@@ -231,7 +63,7 @@ def load_flame_pickle(path: str) -> dict:
     for k, v in model.items():
         if k in REQUIRED_KEYS:
             try:
-                out[k] = np.asarray(_to_plain(v, f"{path} key '{k}'"))
+                out[k] = np.asarray(to_plain(v, f"{path} key '{k}'"))
             except FlameLoadError:
                 raise
             except Exception as e:
@@ -240,7 +72,7 @@ def load_flame_pickle(path: str) -> dict:
                 raise FlameLoadError(f"{path}: key '{k}' is not a numeric array")
         else:
             try:  # optional keys ('J', 'bs_style', ...): kept when they convert, dropped otherwise
-                out[k] = _to_plain(v, f"{path} key '{k}'")
+                out[k] = to_plain(v, f"{path} key '{k}'")
             except FlameLoadError:
                 pass
     return out
@@ -256,40 +88,6 @@ def write_flame_pickle(model: dict, path: str):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         pickle.dump(out, f, protocol=4)
-
-
-# --------------------------------------------------------------------------------------------------
-# LBS
-# --------------------------------------------------------------------------------------------------
-
-def batch_rodrigues(rot_vecs: torch.Tensor) -> torch.Tensor:
-    """Axis-angle (N,3) -> rotation matrices (N,3,3). Differentiable, also at zero angle."""
-    angle = torch.sqrt((rot_vecs * rot_vecs).sum(-1, keepdim=True) + 1e-16)  # (N,1), eps keeps grad finite
-    axis = rot_vecs / angle
-    cos, sin = torch.cos(angle).unsqueeze(-1), torch.sin(angle).unsqueeze(-1)   # (N,1,1)
-    rx, ry, rz = axis.unbind(-1)
-    zeros = torch.zeros_like(rx)
-    K = torch.stack([zeros, -rz, ry, rz, zeros, -rx, -ry, rx, zeros], -1).view(-1, 3, 3)
-    eye = torch.eye(3, dtype=rot_vecs.dtype, device=rot_vecs.device)
-    return eye + sin * K + (1 - cos) * (K @ K)
-
-
-def rigid_transforms(rot: torch.Tensor, joints: torch.Tensor, parents) -> torch.Tensor:
-    """Kinematic chain. rot (...,J,3,3) local rotations, joints (...,J,3) rest joint positions.
-
-    Returns (...,J,3,4): per joint the world transform relative to the rest pose, i.e. a rest-pose
-    point x attached to joint j moves to R_j x + t_j.
-    """
-    rel = torch.cat([joints[..., :1, :], joints[..., 1:, :] - joints[..., list(parents[1:]), :]], dim=-2)
-    Rs, ts = [rot[..., 0, :, :]], [rel[..., 0, :]]
-    for i in range(1, len(parents)):
-        p = parents[i]
-        Rs.append(Rs[p] @ rot[..., i, :, :])
-        ts.append((Rs[p] @ rel[..., i, :].unsqueeze(-1)).squeeze(-1) + ts[p])
-    R = torch.stack(Rs, dim=-3)                                  # (...,J,3,3)
-    t = torch.stack(ts, dim=-2)                                  # (...,J,3) posed joint positions
-    t = t - (R @ joints.unsqueeze(-1)).squeeze(-1)               # undo the rest position
-    return torch.cat([R, t.unsqueeze(-1)], dim=-1)
 
 
 def _float32_region(device: torch.device):
@@ -404,20 +202,10 @@ class FLAME(nn.Module):
         return v, j
 
     def _lbs(self, v_base, j_base, expr, pose):
-        """v_base (B,1,V,3), j_base (B,1,J,3), expr (B,T,n_expr), pose (B,T,J*3) -> vertices (B,T,V,3)."""
-        B, T = expr.shape[:2]
-        V, J = self.n_vertices, self.J_dirs.shape[0]
+        """v_base (B,1,V,3), j_base (B,1,J,3), expr (B,T,E<=n_expr), pose (B,T,J*3) -> vertices (B,T,V,3)."""
         # only as many expression components as given (motion has 50 of the model's 100)
         vd, jd = self._dirs(self.n_shape, self.n_shape + expr.shape[-1])
-        v_shaped = v_base + (expr @ vd).view(B, T, V, 3)
-        joints = j_base + (expr @ jd).view(B, T, J, 3)
-        rot = batch_rodrigues(pose.reshape(-1, 3)).view(B, T, J, 3, 3)
-        eye = torch.eye(3, dtype=rot.dtype, device=rot.device)
-        pose_feature = (rot[:, :, 1:] - eye).reshape(B, T, (J - 1) * 9)       # (B,T,36)
-        v_posed = v_shaped + (pose_feature @ self.posedirs.reshape(V * 3, -1).t()).view(B, T, V, 3)
-        A = rigid_transforms(rot, joints, self.parents_list)                  # (B,T,J,3,4)
-        Tm = (self.lbs_weights @ A.reshape(B, T, J, 12)).view(B, T, V, 3, 4)  # blended per vertex
-        return (Tm[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + Tm[..., 3]
+        return lbs(v_base, j_base, expr, pose, vd, jd, self.posedirs, self.lbs_weights, self.parents_list)
 
     def forward(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """shape (N,<=n_shape), expr (N,<=n_expr), pose (N,15) axis-angle -> vertices (N,V,3).
@@ -472,56 +260,10 @@ class FLAME(nn.Module):
             if T == 0:
                 out = motion.new_zeros(B, 0, self.n_vertices, 3)
                 return out[0] if single else out
-            step = max(1, int(chunk_frames) // B)
             need_grad = torch.is_grad_enabled() and (motion.requires_grad or v_base.requires_grad)
-            if need_grad and T > step:
-                out = _CheckpointedLBS.apply(self, step, v_base, j_base, expr, pose)
-            else:
-                chunks = [self._lbs(v_base, j_base, expr[:, t:t + step], pose[:, t:t + step])
-                          for t in range(0, T, step)]
-                out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)
+            out = lbs_in_chunks(self._lbs, max(1, int(chunk_frames) // B), v_base, j_base, expr, pose,
+                                recompute=need_grad)
         return out[0] if single else out
-
-    @staticmethod
-    def motion_to_coeffs287(motion, shape=None, detail=None):
-        return motion_to_coeffs287(motion, shape, detail)
-
-
-class _CheckpointedLBS(torch.autograd.Function):
-    """FLAME._lbs over time chunks, keeping only the inputs for backward, where each chunk is
-    recomputed with grad (activation checkpointing). Written out instead of torch.utils.checkpoint
-    because the non-reentrant checkpoint imports torch._dynamo (seconds of start-up on a laptop)."""
-
-    @staticmethod
-    def forward(ctx, flame, step, v_base, j_base, expr, pose):
-        ctx.flame, ctx.step = flame, step
-        ctx.save_for_backward(v_base, j_base, expr, pose)
-        with torch.no_grad():
-            return torch.cat([flame._lbs(v_base, j_base, expr[:, t:t + step], pose[:, t:t + step])
-                              for t in range(0, expr.shape[1], step)], 1)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        v_base, j_base, expr, pose = ctx.saved_tensors
-        need = ctx.needs_input_grad[2:]
-        grads = [torch.zeros_like(x) if n else None for x, n in zip((v_base, j_base, expr, pose), need)]
-        for t in range(0, expr.shape[1], ctx.step):
-            sl = slice(t, t + ctx.step)
-            with torch.enable_grad():
-                inputs = [x.detach().requires_grad_(n) for x, n in
-                          zip((v_base, j_base, expr[:, sl], pose[:, sl]), need)]
-                out = ctx.flame._lbs(*inputs)
-                wrt = [x for x in inputs if x.requires_grad]
-                # <out, grad> as a scalar: the same vector-Jacobian product, and autograd.grad with
-                # an explicit grad_outputs tensor would import sympy (seconds) on first use
-                g = iter(torch.autograd.grad((out * grad_out[:, sl]).sum(), wrt))
-            for i, n in enumerate(need):
-                if n:
-                    if i < 2:
-                        grads[i] += next(g)          # shared over time: accumulate
-                    else:
-                        grads[i][:, sl] = next(g)
-        return (None, None, *grads)
 
 
 def motion_to_coeffs287(motion, shape=None, detail=None):
@@ -556,79 +298,8 @@ def motion_to_coeffs287(motion, shape=None, detail=None):
 
 
 # --------------------------------------------------------------------------------------------------
-# Regions and config helpers
+# Loading per config (one shared instance per file and device)
 # --------------------------------------------------------------------------------------------------
-
-def load_region_masks(path: str) -> dict:
-    """FLAME_masks.pkl (or .npz) -> {region name: int64 vertex ids}. Real keys include 'lips',
-    'forehead', 'eye_region', 'face', 'nose', 'scalp', ..."""
-    path = str(path)
-    if not os.path.isfile(path):
-        raise FlameLoadError(f"FLAME masks file not found: {path} (FLAME.masks_path). It ships with FLAME as "
-                             f"FLAME_masks.pkl; the demo writes standin_FLAME_masks.pkl.")
-    if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as z:
-            masks = {k: z[k] for k in z.files}
-    else:
-        masks = safe_pickle_load(path)
-    if not isinstance(masks, dict):
-        raise FlameLoadError(f"{path}: expected a dict of region name -> vertex ids, got {type(masks).__name__}")
-    out = {}
-    for k, v in masks.items():
-        a = np.asarray(v)
-        if a.dtype.kind not in "iu" or a.ndim != 1:
-            raise FlameLoadError(f"{path}: region '{k}' should be a 1-D integer array of vertex ids, got {a.dtype} {a.shape}")
-        out[str(k)] = a.astype(np.int64)
-    return out
-
-
-def _load_index_file(path: str, key: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise FlameLoadError(f"{key}: index file not found: {path}")
-    try:
-        if path.endswith(".npy"):
-            a = np.load(path, allow_pickle=False)
-        else:
-            with open(path) as f:
-                a = np.array(f.read().replace(",", " ").split(), dtype=np.float64)
-    except Exception as e:
-        raise FlameLoadError(f"{key}: {path} is not a .npy or text list of vertex ids ({e})") from None
-    a = np.asarray(a).reshape(-1)
-    if a.size == 0 or (a.dtype.kind == "f" and not np.all(a == np.round(a))) or a.min() < 0:
-        raise FlameLoadError(f"{key}: {path} must hold non-negative integer vertex ids")
-    return a.astype(np.int64)
-
-
-def region_indices(cfg) -> tuple:
-    """-> (lip vertex ids, upper-face vertex ids), int64 arrays.
-
-    Lips: ``FLAME.lip_indices`` file if set, else mask 'lips'. Upper face: ``FLAME.upper_face_indices``
-    if set, else the union of masks 'forehead' and 'eye_region'. Paths resolve against DATA.data_root.
-    """
-    from utils.config import resolve_data_path
-
-    fl = cfg.FLAME
-    masks = None
-
-    def mask(name):
-        nonlocal masks
-        if masks is None:
-            masks = load_region_masks(resolve_data_path(cfg, fl.masks_path))
-        if name not in masks:
-            raise FlameLoadError(f"{resolve_data_path(cfg, fl.masks_path)} (FLAME.masks_path): no region '{name}'; "
-                                 f"found {', '.join(sorted(masks))}")
-        return masks[name]
-
-    if fl.get("lip_indices"):
-        lips = _load_index_file(resolve_data_path(cfg, fl.lip_indices), "FLAME.lip_indices")
-    else:
-        lips = mask("lips")
-    if fl.get("upper_face_indices"):
-        upper = _load_index_file(resolve_data_path(cfg, fl.upper_face_indices), "FLAME.upper_face_indices")
-    else:
-        upper = np.union1d(mask("forehead"), mask("eye_region"))
-    return np.unique(lips), np.unique(upper)
-
 
 _FLAME_CACHE: dict = {}
 

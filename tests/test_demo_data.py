@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from models.flame import FLAME, load_region_masks
+from models.flame import FLAME
+from models.flame_regions import load_region_masks
 from scripts.make_demo_data import make_demo_data, write_clip
 from utils.config import load_config, resolve_data_path
 

@@ -10,8 +10,9 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial.transform import Rotation
 
-from models.flame import (FLAME, FlameLoadError, UnsafePickleError, load_flame_for, load_flame_pickle,
-                          load_region_masks, motion_to_coeffs287, region_indices)
+from models.flame import FLAME, FlameLoadError, load_flame_for, load_flame_pickle, motion_to_coeffs287
+from models.flame_regions import load_region_masks, region_indices
+from utils.safe_pickle import UnsafePickleError
 from models.flame_standin import write_standin_files
 from utils.config import load_config
 
@@ -304,7 +305,7 @@ def test_motion_to_coeffs287_layout():
     np.testing.assert_array_equal(c[:, 153], motion[:, 50])
     assert not c[:, [150, 151, 152, 154, 155, 156, 157, 158]].any()   # jaw only on one axis; cam 0
     np.testing.assert_array_equal(c[:, 159:], np.broadcast_to(detail, (7, 128)))
-    ct = FLAME.motion_to_coeffs287(torch.from_numpy(motion).view(1, 7, 51), torch.from_numpy(shape[:60]))
+    ct = motion_to_coeffs287(torch.from_numpy(motion).view(1, 7, 51), torch.from_numpy(shape[:60]))
     assert torch.is_tensor(ct) and ct.shape == (1, 7, 287)
     np.testing.assert_array_equal(ct[0, :, :60].numpy(), np.broadcast_to(shape[:60], (7, 60)))
     assert not ct[..., 60:100].any() and not ct[..., 159:].any()

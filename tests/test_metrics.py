@@ -204,7 +204,8 @@ def _write_tree(cfg, exp, fps=None, jaw_scale=1.0, expr_offset=0.0, coeffs=False
 
 def test_evaluate_ground_truth_tree_is_zero_and_perturbed_is_not(demo_like, tmp_path):
     from main.evaluate import evaluate
-    from models.flame import load_flame_for, region_indices
+    from models.flame import load_flame_for
+    from models.flame_regions import region_indices
 
     _, config = demo_like
     cfg = config(tmp_path, "INFER.exp_name=exact")

@@ -1,0 +1,80 @@
+"""FLAME face regions as vertex ids: the ``FLAME_masks.pkl`` regions and the config's overrides
+(``FLAME.lip_indices`` / ``FLAME.upper_face_indices`` files), for the lip and upper-face metrics."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from utils.safe_pickle import FlameLoadError, safe_pickle_load
+
+
+def load_region_masks(path: str) -> dict:
+    """FLAME_masks.pkl (or .npz) -> {region name: int64 vertex ids}. Real keys include 'lips',
+    'forehead', 'eye_region', 'face', 'nose', 'scalp', ..."""
+    path = str(path)
+    if not os.path.isfile(path):
+        raise FlameLoadError(f"FLAME masks file not found: {path} (FLAME.masks_path). It ships with FLAME as "
+                             f"FLAME_masks.pkl; the demo writes standin_FLAME_masks.pkl.")
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as z:
+            masks = {k: z[k] for k in z.files}
+    else:
+        masks = safe_pickle_load(path)
+    if not isinstance(masks, dict):
+        raise FlameLoadError(f"{path}: expected a dict of region name -> vertex ids, got {type(masks).__name__}")
+    out = {}
+    for k, v in masks.items():
+        a = np.asarray(v)
+        if a.dtype.kind not in "iu" or a.ndim != 1:
+            raise FlameLoadError(f"{path}: region '{k}' should be a 1-D integer array of vertex ids, got {a.dtype} {a.shape}")
+        out[str(k)] = a.astype(np.int64)
+    return out
+
+
+def _load_index_file(path: str, key: str) -> np.ndarray:
+    if not os.path.isfile(path):
+        raise FlameLoadError(f"{key}: index file not found: {path}")
+    try:
+        if path.endswith(".npy"):
+            a = np.load(path, allow_pickle=False)
+        else:
+            with open(path) as f:
+                a = np.array(f.read().replace(",", " ").split(), dtype=np.float64)
+    except Exception as e:
+        raise FlameLoadError(f"{key}: {path} is not a .npy or text list of vertex ids ({e})") from None
+    a = np.asarray(a).reshape(-1)
+    if a.size == 0 or (a.dtype.kind == "f" and not np.all(a == np.round(a))) or a.min() < 0:
+        raise FlameLoadError(f"{key}: {path} must hold non-negative integer vertex ids")
+    return a.astype(np.int64)
+
+
+def region_indices(cfg) -> tuple:
+    """-> (lip vertex ids, upper-face vertex ids), int64 arrays.
+
+    Lips: ``FLAME.lip_indices`` file if set, else mask 'lips'. Upper face: ``FLAME.upper_face_indices``
+    if set, else the union of masks 'forehead' and 'eye_region'. Paths resolve against DATA.data_root.
+    """
+    from utils.config import resolve_data_path
+
+    fl = cfg.FLAME
+    masks = None
+
+    def mask(name):
+        nonlocal masks
+        if masks is None:
+            masks = load_region_masks(resolve_data_path(cfg, fl.masks_path))
+        if name not in masks:
+            raise FlameLoadError(f"{resolve_data_path(cfg, fl.masks_path)} (FLAME.masks_path): no region '{name}'; "
+                                 f"found {', '.join(sorted(masks))}")
+        return masks[name]
+
+    if fl.get("lip_indices"):
+        lips = _load_index_file(resolve_data_path(cfg, fl.lip_indices), "FLAME.lip_indices")
+    else:
+        lips = mask("lips")
+    if fl.get("upper_face_indices"):
+        upper = _load_index_file(resolve_data_path(cfg, fl.upper_face_indices), "FLAME.upper_face_indices")
+    else:
+        upper = np.union1d(mask("forehead"), mask("eye_region"))
+    return np.unique(lips), np.unique(upper)
