@@ -1,6 +1,6 @@
 """Live animation: 16 kHz mono PCM in, 25 fps FLAME motion out, each frame final when it is returned.
 
-    s = Streamer(model, style=0, chunk_ms=200, lookahead_ms=300, left_context_ms=2000)
+    s = Streamer(model, style=0, chunk_ms=200, lookahead_ms=300, left_context_ms=1000)
     for pcm in microphone():          # any number of samples per call, float in [-1, 1] or int16
         frames = s.push(pcm)          # (n,51): the frames that became final
     frames = s.flush()                # (m,51): the rest, at the end of the utterance
@@ -87,7 +87,7 @@ class Streamer:
     """
 
     def __init__(self, model, style=0, chunk_ms: float = 200, lookahead_ms: float = 300,
-                 left_context_ms: float | None = 2000, attention_window: int | None = 600, styles=None,
+                 left_context_ms: float | None = 1000, attention_window: int | None = 600, styles=None,
                  device=None, cfg=None):
         if isinstance(model, (str, os.PathLike)):
             from main.inference import load_model

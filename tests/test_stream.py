@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from dataset.data_item import normalize_audio
+from dataset.audio import normalize_audio
 from main.stream import Streamer
 from models.faceformer import FaceFormer, alibi_bias, periodic_positional_encoding
 from utils.config import load_config
@@ -294,3 +294,11 @@ def test_cli_stream_refuses_existing_results_and_bad_flags(cli_setup, tmp_path):
         run_cli(root, ckpt, "--audio", wav, "--stream", "--lookahead_ms", "-5", "--out", str(tmp_path / "p"))
     with pytest.raises(SystemExit):
         run_cli(root, ckpt, "--audio", wav, "--lookahead_ms", "100", "--out", str(tmp_path / "q"))
+
+
+def test_streamer_from_a_checkpoint_path(cli_setup):
+    root, ckpt, _, pcm = cli_setup
+    kw = dict(chunk_ms=200, lookahead_ms=300, left_context_ms=1000)
+    a = Streamer(ckpt, style="B", **kw)
+    b = Streamer(tiny_model(), style=1, **kw)
+    assert np.array_equal(np.concatenate([a.push(pcm), a.flush()]), np.concatenate([b.push(pcm), b.flush()]))

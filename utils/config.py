@@ -107,7 +107,7 @@ DEFAULTS = {
         "attention_window": 600,      # decoder attends the last N frames only (0 = unbounded)
         "stream_chunk_ms": 200,       # streaming (--stream, --audio -): processing granularity ...
         "stream_lookahead_ms": 300,   # ... audio after a frame needed to emit it (latency = chunk + lookahead)
-        "stream_left_context_ms": 2000,  # ... past audio the wav2vec2 transformer sees
+        "stream_left_context_ms": 1000,  # ... past audio the wav2vec2 transformer sees (< 0: all)
         "batch_size": 4,
         "device": "cuda",
         "split": "test",
