@@ -16,8 +16,9 @@ import argparse
 import logging
 import sys
 
-from dataset.data_item import DataError
-from dataset.dataset import SPLITS, validate
+from dataset.index import SPLITS
+from dataset.split_check import check_split
+from utils.errors import DataError
 from utils.config import ConfigError, load_config, resolve_data_path
 
 
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
     reports = {}
     try:
         for split in SPLITS:
-            reports[split] = validate(cfg, split, log=quiet, raise_errors=False, progress=not args.quiet)
+            reports[split] = check_split(cfg, split, log=quiet, raise_errors=False, progress=not args.quiet)
         flame_lines, flame_problems = check_flame_files(cfg)
     except (ConfigError, DataError) as e:  # e.g. DATA_ROOT unset
         print(f"error: {e}", file=sys.stderr)

@@ -1,424 +1,25 @@
-"""One sample: a JSON index entry -> mono audio + 51-dim FLAME motion, framed by ``utils.framing``
-(16 kHz audio and 25 fps motion by default; ``DATA.sample_rate`` / ``DATA.target_fps``).
+"""One sample: a JSON index entry (``SampleRef``) -> normalised mono audio + 51-dim FLAME motion of the
+same duration, framed by ``utils.framing`` (16 kHz audio and 25 fps motion by default;
+``DATA.sample_rate`` / ``DATA.target_fps``).
 
-The motion vector (DESIGN.md 3) is ``[expr[:, :50], jaw[:, 0:1]]``:
-
-- ``emoca`` files (old FLAME, DECA/EMOCA tracking): ``expcode`` (T,50), jaw = ``posecode[:, 3:4]``
-  (posecode = global rotation (3) + jaw (3)), optional ``shapecode`` (T,100).
-- ``vhap`` files (new FLAME, VHAP tracking): ``expr`` (T,100), jaw = ``jaw_pose[:, 0:1]``,
-  ``shape`` (300,).
-
-Every sequence is resampled from its native fps to the framing's fps by linear interpolation. Audio
-is read with soundfile, mixed to mono, resampled to the framing's rate with soxr and normalised per
-utterance like ``Wav2Vec2FeatureExtractor`` (zero mean, unit variance). ``load_item`` trims audio
-and motion to the same length, exactly ``T * samples_per_frame`` samples (640 at 16 kHz / 25 fps).
-A wav file whose data is shorter than its header says is reported as truncated.
-
-Errors a user can cause (missing or corrupt files, wrong keys, NaN) raise ``DataError`` naming the
-JSON index, the sample id and the data file.
+Reading the parameter files is dataset/flame_params.py, reading audio dataset/audio.py. ``load_item``
+trims audio and motion to the same length, exactly ``T * samples_per_frame`` samples (640 at
+16 kHz / 25 fps). Errors a user can cause raise ``DataError`` naming the JSON index, the sample id
+and the data file.
 """
 from __future__ import annotations
 
 import logging
-import math
-import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
 
-from utils.framing import DEFAULT_FPS, DEFAULT_FRAMING, N_EXPR, WAV2VEC2_SAMPLE_RATE, Framing
+from dataset.audio import fit_audio_to_frames, load_audio, normalize_audio
+from dataset.flame_params import (detail_from_params, load_flame_params, load_shape, motion_from_params,
+                                  shape_from_params)
+from utils.errors import DataError
+from utils.framing import DEFAULT_FRAMING, Framing
 
-from utils.errors import UserError
-from utils.safe_pickle import safe_pickle_load
-
-
-class DataError(UserError, ValueError):
-    """A bad data file or index entry. The message names the JSON file, sample id and data file."""
-
-
-# Key names of the two formats: (expression key, jaw key, column of the jaw opening, shape key).
-FORMATS = {
-    "emoca": {"expr": "expcode", "jaw": "posecode", "jaw_col": 3, "shape": "shapecode"},
-    "vhap": {"expr": "expr", "jaw": "jaw_pose", "jaw_col": 0, "shape": "shape"},
-}
-DETAIL_KEY, DETAIL_DIM = "detailcode", 128  # EMOCA/DECA detail code, the last block of the 287 coefficients
-
-
-# ----------------------------------------------------------------------------- FLAME parameter files
-
-def _load_npy_dict(path: str) -> dict:
-    """A ``.npy`` file saved from a dict (``np.save(p, {...})``), read without arbitrary pickling."""
-    with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            _, _, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            _, _, dtype = np.lib.format.read_array_header_2_0(f)
-        if not dtype.hasobject:
-            raise DataError(f"{path}: holds a plain {dtype} array; expected a dict of FLAME parameters "
-                            f"(np.save(path, {{'expr': ..., 'jaw_pose': ...}}))")
-        # the object payload goes through the restricted unpickler (DESIGN.md 4)
-        obj = safe_pickle_load(f, source=path)
-    if isinstance(obj, np.ndarray) and obj.shape == ():
-        obj = obj.item()
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: holds a {type(obj).__name__}; expected a dict of FLAME parameters")
-    return obj
-
-
-def _numeric_arrays(d: dict) -> dict[str, np.ndarray]:
-    """Keep the numeric entries as arrays (strings, None and nested objects are not parameters)."""
-    out = {}
-    for k, v in d.items():
-        if hasattr(v, "detach"):  # a torch tensor in a pickle
-            v = v.detach().cpu().numpy()
-        a = np.asarray(v) if not isinstance(v, np.ndarray) else v
-        if a.dtype.kind in "biuf":
-            out[str(k)] = a
-    return out
-
-
-def _read_param_file(path: str) -> dict[str, np.ndarray]:
-    """Raw arrays of one .npz / .npy / .pkl file; any reading failure becomes a DataError."""
-    ext = os.path.splitext(path)[1].lower()
-    try:
-        if ext == ".npz":
-            out = {}
-            with np.load(path, allow_pickle=False) as z:
-                for k in z.files:
-                    try:
-                        out[k] = z[k]
-                    except ValueError:
-                        pass  # an object array (e.g. a pickled string list): not a parameter
-            return _numeric_arrays(out)
-        if ext == ".npy":
-            return _numeric_arrays(_load_npy_dict(path))
-        if ext == ".pkl":
-            # The restricted unpickler (DESIGN.md 4); load_flame_pickle itself insists on FLAME
-            # *model* keys, so the parameter file goes through safe_pickle_load.
-            obj = safe_pickle_load(path)
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: holds a {type(obj).__name__}; expected a dict of FLAME parameters")
-            return _numeric_arrays(obj)
-    except DataError:
-        raise
-    except Exception as e:  # zipfile.BadZipFile, OSError, UnpicklingError, EOFError, ValueError ...
-        raise DataError(f"cannot read FLAME parameter file {path}: {type(e).__name__}: {e}") from None
-    raise DataError(f"{path}: unsupported FLAME parameter file type '{ext}'; expected .npz, .npy or .pkl "
-                    f"(or a folder of per-frame files)")
-
-
-def _strip_leading(a: np.ndarray, min_ndim: int) -> np.ndarray:
-    """Drop leading size-1 axes (a batch axis) while the array has more than ``min_ndim`` axes."""
-    while a.ndim > min_ndim and a.shape[0] == 1:
-        a = a[0]
-    return a
-
-
-def _natural_key(name: str):
-    """Sort 'frame_2' before 'frame_10': digit runs compare as numbers."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-PARAM_EXTS = (".npz", ".npy", ".pkl")
-
-
-def load_flame_params(path: str) -> dict[str, np.ndarray]:
-    """Read a FLAME parameter file into ``{key: array}`` with leading singleton axes removed.
-
-    ``path`` is a ``.npz`` (VHAP's ``tracked_flame_params_<epoch>.npz``, EMOCA exports), a ``.npy``
-    holding a dict (unpickled with a numpy-only allow-list), a ``.pkl`` holding a dict (the
-    restricted unpickler of ``utils.safe_pickle``: numpy, chumpy, scipy.sparse only), or a folder of
-    per-frame files of those types stacked in natural numeric order of their names (frame_2 before
-    frame_10). Only numeric arrays are returned.
-
-    Shape normalisation, done here once for every caller:
-    - a file: leading size-1 axes are removed while the array has more than 2 axes, so a batch axis
-      goes, ``expr (1,T,100) -> (T,100)``, while ``(1,100)`` (one frame) stays a sequence of one frame;
-    - a folder: each frame's array loses all leading size-1 axes (``(1,100) -> (100,)``) and frames are
-      stacked on a new first axis, ``-> (T,100)``; per-sequence keys such as ``shape`` become (T,300).
-    """
-    if os.path.isdir(path):
-        names = sorted((n for n in os.listdir(path)
-                        if n.lower().endswith(PARAM_EXTS) and not n.startswith(".")), key=_natural_key)
-        if not names:
-            raise DataError(f"{path}: folder holds no per-frame FLAME parameter files ({', '.join(PARAM_EXTS)})")
-        frames = [_read_param_file(os.path.join(path, n)) for n in names]
-        keys = set(frames[0])
-        out = {}
-        for k in sorted(keys):
-            arrs = []
-            for n, fr in zip(names, frames):
-                if k not in fr:
-                    raise DataError(f"{os.path.join(path, n)}: per-frame file lacks key '{k}' "
-                                    f"that {names[0]} has")
-                arrs.append(_strip_leading(fr[k], 1))
-            if len({a.shape for a in arrs}) != 1:
-                raise DataError(f"{path}: key '{k}' has different shapes across per-frame files "
-                                f"({sorted({a.shape for a in arrs})})")
-            out[k] = np.stack(arrs, axis=0)
-        return out
-    if not os.path.exists(path):
-        raise DataError(f"FLAME parameter file not found: {path}")
-    return {k: _strip_leading(v, 2) for k, v in _read_param_file(path).items()}
-
-
-# ----------------------------------------------------------------------------- motion
-
-def resampled_length(n_frames: int, fps: float, target_fps: float = DEFAULT_FPS) -> int:
-    """Frames after resampling: round(T * target / fps), halves rounded up (same duration)."""
-    return int(math.floor(n_frames * target_fps / fps + 0.5))
-
-
-def resample_motion(x: np.ndarray, fps: float, target_fps: float = DEFAULT_FPS) -> np.ndarray:
-    """Linear resampling on the time axis. x (T,D) -> (round(T*target/fps), D), same dtype.
-
-    Input frame j sits at time j/fps, output frame k at k/target_fps; an output time past the last
-    input frame holds the last value (as ``np.interp`` does).
-    """
-    x = np.asarray(x)
-    if x.ndim != 2 or x.shape[0] < 1:
-        raise ValueError(f"resample_motion expects (T,D) with T >= 1, got {x.shape}")
-    if fps <= 0 or target_fps <= 0:
-        raise ValueError(f"fps must be positive, got {fps} -> {target_fps}")
-    if fps == target_fps:
-        return x.copy()
-    t = x.shape[0]
-    n_out = resampled_length(t, fps, target_fps)
-    pos = np.arange(n_out, dtype=np.float64) * (fps / target_fps)  # output times in input frames
-    i0 = np.clip(np.floor(pos).astype(np.int64), 0, t - 1)
-    i1 = np.minimum(i0 + 1, t - 1)
-    w = np.clip(pos - i0, 0.0, 1.0)[:, None]
-    out = (1.0 - w) * x[i0].astype(np.float64) + w * x[i1].astype(np.float64)
-    return out.astype(x.dtype if x.dtype.kind == "f" else np.float32)
-
-
-def _first_bad_frame(a: np.ndarray) -> int | None:
-    bad = ~np.isfinite(a.reshape(a.shape[0], -1)).all(axis=1)
-    return int(np.argmax(bad)) if bad.any() else None
-
-
-def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = DEFAULT_FPS,
-                       valid_frames_num: int | None = None, path: str = "") -> np.ndarray:
-    """``load_motion`` on already loaded parameters. Returns (T,51) float32 at ``target_fps``."""
-    if fmt not in FORMATS:
-        raise DataError(f"{path}: unknown FLAME format '{fmt}'; expected one of {sorted(FORMATS)}")
-    spec = FORMATS[fmt]
-    ek, jk = spec["expr"], spec["jaw"]
-    if ek not in params:
-        other = [f for f, s in FORMATS.items() if s["expr"] in params]
-        if other:
-            raise DataError(f"{path}: has key '{FORMATS[other[0]]['expr']}' ({other[0]} format) but the "
-                            f"dataset's format is '{fmt}' (expects '{ek}'); set DATA.datasets.<name>.format")
-        raise DataError(f"{path}: expected key expr (vhap) or expcode (emoca); found keys "
-                        f"{sorted(params)}")
-    if jk not in params:
-        raise DataError(f"{path}: jaw key '{jk}' is missing ({fmt} format needs '{ek}' and '{jk}'); "
-                        f"found keys {sorted(params)}")
-    expr, jaw = params[ek], params[jk]
-    col = spec["jaw_col"]
-    if expr.ndim != 2 or expr.shape[1] < N_EXPR:
-        raise DataError(f"{path}: key '{ek}' has shape {expr.shape}; expected (T, >={N_EXPR}) "
-                        f"(frames x expression coefficients, after removing a leading batch axis)")
-    if jaw.ndim != 2 or jaw.shape[1] <= col:
-        raise DataError(f"{path}: key '{jk}' has shape {jaw.shape}; expected (T, {col + 3}) "
-                        f"({'global + jaw axis-angle' if fmt == 'emoca' else 'jaw axis-angle'})")
-    if expr.shape[0] != jaw.shape[0]:
-        raise DataError(f"{path}: '{ek}' has {expr.shape[0]} frames but '{jk}' has {jaw.shape[0]}")
-    n = expr.shape[0]
-    if valid_frames_num is not None:
-        if int(valid_frames_num) < 1:
-            raise DataError(f"{path}: valid_frames_num is {valid_frames_num}; expected a positive integer")
-        if int(valid_frames_num) > n:
-            # the index promises frames the file does not have: a wrong file or a stale index
-            raise DataError(f"{path}: valid_frames_num is {valid_frames_num} but the file has only {n} frames "
-                            f"(key '{ek}' shape {expr.shape}); expected valid_frames_num <= {n}")
-        n = int(valid_frames_num)  # cut native frames before resampling
-    if n < 2:
-        raise DataError(f"{path}: has {n} frame(s) (key '{ek}' shape {expr.shape}"
-                        f"{f', valid_frames_num {valid_frames_num}' if valid_frames_num else ''}); "
-                        f"expected at least 2 frames")
-    used = {ek: expr[:n, :N_EXPR], jk: jaw[:n, col:col + 1]}
-    for k, a in used.items():
-        j = _first_bad_frame(a)
-        if j is not None:
-            raise DataError(f"{path}: key '{k}' has NaN/inf values, first at frame {j} (native frame "
-                            f"index, {fps} fps)")
-    motion = np.concatenate([used[ek], used[jk]], axis=1).astype(np.float64)
-    return resample_motion(motion, fps, target_fps).astype(np.float32)
-
-
-def load_motion(path: str, fmt: str, fps: float, target_fps: float = DEFAULT_FPS,
-                valid_frames_num: int | None = None) -> np.ndarray:
-    """FLAME parameter file -> (T,51) float32 motion at ``target_fps``.
-
-    emoca: ``[expcode[:, :50], posecode[:, 3:4]]``; vhap: ``[expr[:, :50], jaw_pose[:, 0:1]]``.
-    ``valid_frames_num`` keeps only the first N native frames, before resampling from ``fps``.
-    """
-    return motion_from_params(load_flame_params(path), fmt, fps, target_fps, valid_frames_num, path)
-
-
-def shape_from_params(params: dict, fmt: str | None = None, path: str = "") -> np.ndarray | None:
-    """The identity shape vector (S,) float32 in ``params`` or None. Per-frame shapes are averaged."""
-    keys = [FORMATS[fmt]["shape"]] if fmt in FORMATS else []
-    keys += [s["shape"] for s in FORMATS.values() if s["shape"] not in keys]
-    for k in keys:
-        if k in params:
-            a = np.asarray(params[k])
-            if a.ndim == 2:
-                a = a.mean(axis=0)  # (T,S) per-frame estimates of one identity (EMOCA shapecode)
-            if a.ndim != 1:
-                raise DataError(f"{path}: key '{k}' has shape {params[k].shape}; expected (S,) or (T,S)")
-            if not np.isfinite(a).all():
-                raise DataError(f"{path}: key '{k}' has NaN/inf values")
-            return a.astype(np.float32)
-    return None
-
-
-def load_shape(path: str, fmt: str | None = None) -> np.ndarray | None:
-    """Shape vector (S,) float32 of a FLAME parameter or template file, or None if it has none.
-
-    vhap: ``shape`` (300,); emoca: ``shapecode`` (T,100) averaged over frames. A ``.npy`` / ``.txt``
-    holding a plain 1-D array (a per-subject template's shape) is returned as it is.
-    """
-    ext = os.path.splitext(path)[1].lower()
-    if not os.path.exists(path):
-        raise DataError(f"shape/template file not found: {path}")
-    if ext in (".txt", ".npy") and not os.path.isdir(path):
-        try:
-            a = np.loadtxt(path, dtype=np.float64) if ext == ".txt" else np.load(path, allow_pickle=False)
-        except ValueError:
-            a = None  # a .npy dict: read below with the restricted loader
-        except Exception as e:
-            raise DataError(f"cannot read shape/template file {path}: {type(e).__name__}: {e}") from None
-        if a is not None:
-            a = _strip_leading(np.asarray(a), 1)
-            if a.ndim != 1:
-                raise DataError(f"{path}: holds an array of shape {a.shape}; expected a shape vector (S,)")
-            return a.astype(np.float32)
-    return shape_from_params(load_flame_params(path), fmt, path)
-
-
-def sample_shape(ref: "SampleRef", params: dict | None = None) -> np.ndarray | None:
-    """A sample's identity shape (S,) float32 or None: the per-subject template's if the JSON names
-    one (``template_save_path``), else the FLAME file's (``params``, if already loaded)."""
-    shape = load_shape(ref.template_path, ref.fmt) if ref.template_path else None
-    if shape is None:
-        if params is None:
-            params = load_flame_params(ref.flame_path)
-        shape = shape_from_params(params, ref.fmt, ref.flame_path)
-    return shape
-
-
-def detail_from_params(params: dict, path: str = "") -> np.ndarray | None:
-    """The EMOCA/DECA detail code (128,) float32 in ``params`` (key ``detailcode``), or None.
-
-    A per-frame code (T,128) is averaged over frames: the 287-dim coefficients carry one detail
-    code per sequence, like the shape."""
-    if DETAIL_KEY not in params:
-        return None
-    a = np.asarray(params[DETAIL_KEY], dtype=np.float64)
-    if a.ndim == 2:
-        a = a.mean(axis=0)
-    if a.ndim != 1 or a.shape[0] != DETAIL_DIM:
-        raise DataError(f"{path}: key '{DETAIL_KEY}' has shape {params[DETAIL_KEY].shape}; expected "
-                        f"({DETAIL_DIM},) or (T,{DETAIL_DIM})")
-    if not np.isfinite(a).all():
-        raise DataError(f"{path}: key '{DETAIL_KEY}' has NaN/inf values")
-    return a.astype(np.float32)
-
-
-def fit_shape(shape: np.ndarray | None, n: int) -> np.ndarray:
-    """Shape vector cut or zero-padded to n dims (FLAME.n_shape); zeros when there is none -> (n,) float32."""
-    out = np.zeros(int(n), np.float32)
-    if shape is not None:
-        k = min(len(out), shape.shape[0])
-        out[:k] = shape[:k]
-    return out
-
-
-# ----------------------------------------------------------------------------- audio
-
-def wav_header_frames(path: str) -> int | None:
-    """Frames a RIFF/WAVE file's header promises (size of its 'data' chunk / block size), or None
-    when the file is not a plain RIFF wav or the writer left the size open (0 or 0xFFFFFFFF).
-    libsndfile quietly shrinks its own frame count to what the file holds, so truncation is only
-    visible here."""
-    import struct
-
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return None
-            block = None
-            while True:
-                chunk = f.read(8)
-                if len(chunk) < 8:
-                    return None
-                cid, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
-                if cid == b"fmt ":
-                    fmt = f.read(size + (size & 1))
-                    if len(fmt) >= 14:
-                        block = struct.unpack("<H", fmt[12:14])[0]
-                elif cid == b"data":
-                    if not block or size in (0, 0xFFFFFFFF):
-                        return None
-                    return size // block
-                else:
-                    f.seek(size + (size & 1), os.SEEK_CUR)
-    except OSError:
-        return None
-
-
-def load_audio(path: str, sr: int = WAV2VEC2_SAMPLE_RATE) -> np.ndarray:
-    """Audio file (any rate, any channel count) -> (N,) float32 mono at ``sr``, not normalised.
-
-    Read with soundfile; formats soundfile does not know (e.g. .m4a) fall back to librosa. A file
-    soundfile knows but cannot decode is corrupt and raises at once; a wav holding fewer frames
-    than its header says is truncated and raises too (soundfile would return the shorter data).
-    """
-    import soundfile as sf
-
-    if not os.path.isfile(path):
-        raise DataError(f"audio file not found: {path}")
-    try:
-        x, in_sr = sf.read(path, dtype="float32", always_2d=True)  # (N, C)
-        x = x.mean(axis=1)
-    except Exception as e:  # soundfile.LibsndfileError (a RuntimeError) for corrupt files
-        ext = os.path.splitext(path)[1].lstrip(".").upper()
-        if ext in sf.available_formats() or ext in ("WAV", "FLAC", "OGG"):
-            raise DataError(f"cannot read audio file {path} (corrupt or not audio): {e}") from None
-        try:
-            import librosa
-            x, in_sr = librosa.load(path, sr=None, mono=True)
-        except Exception as e2:
-            raise DataError(f"cannot read audio file {path}: soundfile: {e}; librosa: {e2}") from None
-    if x.shape[0] == 0:
-        raise DataError(f"audio file {path} is empty (0 samples)")
-    promised = wav_header_frames(path)
-    if promised is not None and x.shape[0] < promised:
-        raise DataError(f"audio file {path} is truncated: its header says {promised} frames "
-                        f"({promised / in_sr:.3f} s at {in_sr} Hz) but the file holds {x.shape[0]} "
-                        f"({x.shape[0] / in_sr:.3f} s); re-export or re-copy it")
-    if not np.isfinite(x).all():
-        raise DataError(f"audio file {path} has NaN/inf samples")
-    if in_sr != sr:
-        import soxr
-        x = soxr.resample(x, in_sr, sr)
-        if x.shape[0] == 0:
-            raise DataError(f"audio file {path} is too short to resample ({in_sr} Hz -> {sr} Hz gives 0 samples)")
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def normalize_audio(x: np.ndarray, eps: float = 1e-7) -> np.ndarray:
-    """(x - mean) / sqrt(var + eps), as Wav2Vec2FeatureExtractor(do_normalize=True); silence -> zeros."""
-    x = np.asarray(x, dtype=np.float32)
-    return ((x - x.mean()) / np.sqrt(x.var() + eps)).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------- one sample
 
 @dataclass
 class SampleRef:
@@ -442,9 +43,15 @@ class SampleRef:
         return f"{self.json_path}: sample '{self.sample_id}'"
 
 
-def audio_frames(n_samples: int, sr: int = WAV2VEC2_SAMPLE_RATE, fps: float = DEFAULT_FPS) -> int:
-    """Motion frames covered by n audio samples: round(seconds * fps), halves up (DESIGN.md 3)."""
-    return int(math.floor(n_samples * fps / sr + 0.5))
+def sample_shape(ref: "SampleRef", params: dict | None = None) -> np.ndarray | None:
+    """A sample's identity shape (S,) float32 or None: the per-subject template's if the JSON names
+    one (``template_save_path``), else the FLAME file's (``params``, if already loaded)."""
+    shape = load_shape(ref.template_path, ref.fmt) if ref.template_path else None
+    if shape is None:
+        if params is None:
+            params = load_flame_params(ref.flame_path)
+        shape = shape_from_params(params, ref.fmt, ref.flame_path)
+    return shape
 
 
 def load_item(ref: SampleRef, framing: Framing | None = None, max_av_diff: float = 0.5,
@@ -485,8 +92,7 @@ def load_item(ref: SampleRef, framing: Framing | None = None, max_av_diff: float
     if t < 2:
         raise DataError(f"{ref.where}: audio {ref.audio_path} ({audio.shape[0] / sr:.3f} s) and motion "
                         f"overlap by {t} frame(s); expected at least 2 frames")
-    audio = normalize_audio(audio[: t * hop])
-    if audio.shape[0] < t * hop:  # audio rounded up to a whole frame: pad < 1 frame of silence
-        audio = np.concatenate([audio, np.zeros(t * hop - audio.shape[0], np.float32)])
+    # normalised before the (< 1 frame) zero padding: the statistics are of the speech alone
+    audio = fit_audio_to_frames(normalize_audio(audio[: t * hop]), t, hop)
     return {"audio": audio, "motion": np.ascontiguousarray(motion[:t]), "shape": shape, "detail": detail,
             "n_frames": t, "native_fps": ref.fps, "notes": notes}

@@ -44,8 +44,9 @@ if REPO_ROOT not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from dataset.flame_params import resample_motion  # noqa: E402
 from main.results import TMP_PREFIX, ResultsError, check_clashes, frame_files, load_frames, read_meta  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.errors import DataError, UserError  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -137,16 +138,6 @@ def prediction_fps(cfg, ref, meta: dict | None) -> float:
     return from_cfg
 
 
-def _resample_len(x: np.ndarray, n: int) -> np.ndarray:
-    """Linear resampling along time to n frames, keeping the duration: (T,...) -> (n,...)."""
-    if len(x) == n:
-        return x
-    src = np.arange(len(x))
-    dst = np.arange(n) * (len(x) / n)
-    flat = x.reshape(len(x), -1)
-    return np.stack([np.interp(dst, src, flat[:, j]) for j in range(flat.shape[1])], 1).reshape((n,) + x.shape[1:])
-
-
 # ----------------------------------------------------------------------------------------------
 # Evaluation of a results tree
 # ----------------------------------------------------------------------------------------------
@@ -171,8 +162,9 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     Returns the report dict that is written as JSON. Raises EvalError if no prediction is found, and
     (after writing the JSON) if an expected sequence is missing or short, unless ``allow_missing``.
     """
-    from dataset.data_item import DataError, fit_shape, load_motion, sample_shape
-    from dataset.dataset import dataset_refs, split_jsons
+    from dataset.data_item import sample_shape
+    from dataset.flame_params import fit_shape, load_motion
+    from dataset.index import dataset_refs, split_jsons
     from models.flame import load_flame_for
     from models.flame_regions import region_indices
 
@@ -316,7 +308,8 @@ def _jaw_curves(sample_id, fps, pred, gt, gt_motion, coeff_dir, lip_idx) -> dict
     if path and os.path.isfile(path):
         pred_motion = np.load(path)
         # motion.npy may be at 25 fps while the vertex frames are at the dataset's native fps.
-        pred_jaw = _resample_len(pred_motion[:, 50], len(pred)) if len(pred_motion) else None
+        pred_jaw = (resample_motion(pred_motion[:, 50:51], len(pred_motion), len(pred))[:, 0]
+                    if len(pred_motion) and len(pred) else None)
         if pred_jaw is not None:
             return {"sample_id": sample_id, "t": np.arange(len(pred)) / fps, "pred": pred_jaw,
                     "gt": gt_motion[:, 50], "ylabel": "jaw rotation (rad, motion.npy)"}

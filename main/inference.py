@@ -66,11 +66,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from dataset.data_item import DataError, load_audio, normalize_audio, resample_motion  # noqa: E402
+from dataset.audio import fit_audio_to_frames, load_audio, normalize_audio  # noqa: E402
+from dataset.flame_params import resample_motion  # noqa: E402
 from main import results as RT  # noqa: E402
 from main.checkpoint import check_state_dict, load_checkpoint  # noqa: E402
 from utils.config import Config, load_config  # noqa: E402
-from utils.errors import Interrupted, UserError, run_reporting_user_errors  # noqa: E402
+from utils.errors import DataError, Interrupted, UserError, run_reporting_user_errors  # noqa: E402
 from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE, framing_from_config  # noqa: E402
 from utils.utils import pick_device, setup_logger  # noqa: E402
 
@@ -403,7 +404,8 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                     logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
     """Evaluation inference over every dataset's ``INFER.split`` JSONs. Returns the summary rows
     (dataset, samples, frames, audio_s, wall_s, rtf)."""
-    from dataset.dataset import FaceDataset, split_refs
+    from dataset.dataset import FaceDataset
+    from dataset.index import split_refs
     from models.flame import load_flame_for
 
     logger = logger or log
@@ -555,9 +557,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     flame = load_flame_for(cfg, None, device=device)
     n_out = int(round(n * out_fps / fr.fps))
     RT.check_can_write({out_dir: RT.sample_bytes(n_out, int(flame.v_template.shape[0]))}, "results")
-    hop = fr.samples_per_frame
-    # exactly n frames of audio: cut or zero-pad by less than half a frame
-    audio = audio[: n * hop] if audio.shape[0] >= n * hop else np.pad(audio, (0, n * hop - audio.shape[0]))
+    audio = fit_audio_to_frames(audio, n, fr.samples_per_frame)  # cut or zero-pad by < half a frame
     motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device,
                                progress=True)[0]
     motion = to_output_fps(motion25, out_fps, fr.fps)

@@ -20,7 +20,8 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
-from dataset.dataset import FaceDataset, collate, style_classes  # noqa: E402
+from dataset.dataset import FaceDataset, collate  # noqa: E402
+from dataset.index import style_classes  # noqa: E402
 from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
 from main.train_eval_loop import Trainer  # noqa: E402

@@ -80,9 +80,10 @@ def lbs_in_chunks(fn, step: int, v_base, j_base, expr, pose, recompute: bool) ->
 
 class _RecomputedLBS(torch.autograd.Function):
     """Activation checkpointing of ``fn`` over time chunks, written out instead of
-    ``torch.utils.checkpoint``: measured on the loss forward + backward (B=4, T=300, stand-in FLAME,
-    CPU; docs/BENCHMARKS.md) the non-reentrant checkpoint grows peak memory by ~680-820 MB and the
-    reentrant one by ~590 MB, this one by ~490 MB, at the same speed (no checkpointing: ~1 GB)."""
+    ``torch.utils.checkpoint`` because it needs less memory at the same speed: on the loss forward +
+    backward (B=4, T=300, stand-in FLAME, CPU; scripts/bench_lbs_recompute.py, docs/BENCHMARKS.md)
+    peak memory grows by ~460-490 MB here, ~620-820 MB with the non-reentrant checkpoint, ~570-590 MB
+    with the reentrant one and ~840-1020 MB without checkpointing."""
 
     @staticmethod
     def forward(ctx, fn, step, v_base, j_base, expr, pose):

@@ -19,7 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from dataset.dataset import FaceDataset, style_classes  # noqa: E402
+from dataset.dataset import FaceDataset  # noqa: E402
+from dataset.index import style_classes  # noqa: E402
 from main import results as RT  # noqa: E402
 from main.inference import check_clashes, jobs_to_write, plan_jobs, results_mode, sample_arrays, to_output_fps  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402

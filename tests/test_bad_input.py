@@ -9,8 +9,11 @@ import pytest
 import soundfile as sf
 import yaml
 
-from dataset.data_item import DataError, load_item
-from dataset.dataset import FaceDataset, read_index, validate
+from dataset.data_item import load_item
+from dataset.dataset import FaceDataset
+from dataset.index import read_index
+from dataset.split_check import check_split
+from utils.errors import DataError
 from utils.config import ConfigError, load_config
 
 SR = 16000
@@ -239,10 +242,10 @@ def test_av_length_mismatch_reported_then_trimmed(tmp_path, caplog):
     warnings = [rec.getMessage() for rec in caplog.records]
     assert len(warnings) == 2 and "'long_audio'" in warnings[0] and "'long_motion'" in warnings[1]
     # validation reports the mismatches as warnings, not as bad samples
-    rep = validate(cfg, "train", progress=False)
+    rep = check_split(cfg, "train", progress=False)
     assert rep["problems"] == [] and len(rep["warnings"]) == 2 and len(rep["refs"]) == 3
     # a tighter DATA.max_av_diff reports the 0.3 s one too
-    assert len(validate(r.cfg(max_av_diff=0.2), "train", progress=False)["warnings"]) == 3
+    assert len(check_split(r.cfg(max_av_diff=0.2), "train", progress=False)["warnings"]) == 3
 
 
 def test_unknown_format_in_config(tmp_path):
@@ -263,7 +266,7 @@ def test_validate_error_mode_lists_all_problems(tmp_path):
     r = bad_root(tmp_path)
     cfg = r.cfg(bad_samples="error")
     with pytest.raises(DataError) as e:
-        validate(cfg, "train", progress=False)
+        check_split(cfg, "train", progress=False)
     msg = str(e.value)
     assert "2 problem(s)" in msg and "'no_audio'" in msg and "'nan_motion'" in msg and r.json_path in msg
     assert "'good1'" not in msg
@@ -289,9 +292,9 @@ def test_test_split_style_folder_collision(tmp_path):
     r = Root(tmp_path).add("c1").add("c2")  # same speaker and emotion, no style_id: same output folder
     cfg = r.cfg(bad_samples="skip")
     cfg.DATA.datasets.DS.test = r.json_rel
-    rep = validate(cfg, "test", progress=False)
+    rep = check_split(cfg, "test", progress=False)
     (problem,) = rep["problems"]
     assert "'c2'" in problem and "'c1'" in problem and "same output folder" in problem
     assert [x.sample_id for x in rep["refs"]] == ["c1"]
-    train = validate(cfg, "train", progress=False)["problems"]  # training may share styles ...
+    train = check_split(cfg, "train", progress=False)["problems"]  # training may share styles ...
     assert train and all("also in the test split" in p for p in train)  # ... not samples with test

@@ -15,9 +15,12 @@ import soundfile as sf
 import torch
 import yaml
 
-from dataset.data_item import (DataError, load_audio, load_flame_params, load_item, load_motion,
-                               load_shape, normalize_audio, resample_motion)
-from dataset.dataset import FaceDataset, collate, read_index, style_classes
+from dataset.audio import load_audio, normalize_audio
+from dataset.data_item import load_item
+from dataset.dataset import FaceDataset, collate
+from dataset.flame_params import load_flame_params, load_motion, load_shape, resample_motion
+from dataset.index import read_index, style_classes
+from utils.errors import DataError
 from utils.config import load_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -458,7 +461,8 @@ def test_demo_data_passes_check(tmp_path):
 # ----------------------------------------------------------------------------- subjects (original config keys)
 
 def test_subjects_restrict_splits_and_left_out_samples_are_counted(tmp_path, caplog):
-    from dataset.dataset import split_refs, validate
+    from dataset.index import split_refs
+    from dataset.split_check import check_split
 
     datasets, _ = two_dataset_root(tmp_path)  # train: A a1 a2 a1, B b1 b1; test: B b9
     cfg = make_cfg(tmp_path, datasets, train_subjects="a1 b1", test_subjects=["b8"])
@@ -470,17 +474,17 @@ def test_subjects_restrict_splits_and_left_out_samples_are_counted(tmp_path, cap
     assert "1 sample(s) of speakers not in DATA.train_subjects left out (A 1)" in caplog.text
     assert all(int(train[i]["style"]) >= 0 for i in range(len(train)))
     # the test split (inference and evaluation read it through the same reader) keeps only b8: none
-    assert split_refs(cfg, "test") == [] and validate(cfg, "test", progress=False)["left_out"] == 1
+    assert split_refs(cfg, "test") == [] and check_split(cfg, "test", progress=False)["left_out"] == 1
     cfg = make_cfg(tmp_path, datasets, test_subjects="b9")
     assert [r.sample_id for r in split_refs(cfg, "test")] == ["Bt"]
 
 
 def test_train_subject_without_samples_is_a_warning(tmp_path):
-    from dataset.dataset import validate
+    from dataset.split_check import check_split
 
     datasets, _ = two_dataset_root(tmp_path)
     cfg = make_cfg(tmp_path, datasets, train_subjects=["a1", "ghost"])
-    rep = validate(cfg, "train", progress=False)
+    rep = check_split(cfg, "train", progress=False)
     assert any("'ghost'" in w and "never trained" in w for w in rep["warnings"])
 
 
@@ -505,7 +509,7 @@ def test_detail_code_is_the_files_detailcode_mean_else_zeros(tmp_path):
     # one code per sequence (not per frame) is also accepted; a wrong size names the key
     np.savez(tmp_path / "E/1.npz", **dict(pe, detailcode=np.ones(128, np.float32)))
     np.savez(tmp_path / "E/2.npz", **dict(pe, detailcode=np.ones((30, 64), np.float32)))
-    from dataset.data_item import detail_from_params, load_flame_params
+    from dataset.flame_params import detail_from_params, load_flame_params
     assert (detail_from_params(load_flame_params(str(tmp_path / "E/1.npz"))) == 1).all()
     with pytest.raises(DataError, match="detailcode"):
         detail_from_params(load_flame_params(str(tmp_path / "E/2.npz")), "E/2.npz")
@@ -528,10 +532,10 @@ def leaky_root(tmp_path):
 
 
 def test_samples_shared_between_splits_are_reported(tmp_path):
-    from dataset.dataset import validate
+    from dataset.split_check import check_split
 
     cfg = make_cfg(tmp_path, leaky_root(tmp_path))
-    train = validate(cfg, "train", raise_errors=False, progress=False)
+    train = check_split(cfg, "train", raise_errors=False, progress=False)
     msgs = train["datasets"]["B"]["problems"]
     assert len(msgs) == 2 and train["datasets"]["A"]["problems"] == []
     b0 = next(m for m in msgs if "sample 'B0'" in m)
@@ -540,29 +544,29 @@ def test_samples_shared_between_splits_are_reported(tmp_path):
     assert "also in the test split" in b1 and "audio file" in b1 and "1.wav" in b1 and "'Bt'" in b1
     assert {s for _, s in train["bad"]} == {"B0", "B1"}   # left out of train; the evaluation splits keep them
     assert [r.sample_id for r in train["refs"]] == ["A0", "A1", "A2"]
-    val = validate(cfg, "val", raise_errors=False, progress=False)
+    val = check_split(cfg, "val", raise_errors=False, progress=False)
     assert len(val["problems"]) == 2 and all("FLAME file" in m and "test split" in m for m in val["problems"])
-    assert validate(cfg, "test", raise_errors=False, progress=False)["problems"] == []  # reported once
+    assert check_split(cfg, "test", raise_errors=False, progress=False)["problems"] == []  # reported once
     with pytest.raises(DataError, match="also in the val split"):
         FaceDataset(cfg, "train", ["a1", "a2", "b1"], progress=False)   # DATA.bad_samples: error
 
 
 def test_valid_frames_num_beyond_the_file_is_reported(tmp_path):
-    from dataset.dataset import validate
+    from dataset.split_check import check_split
 
     datasets, _ = two_dataset_root(tmp_path)   # A/0.npz has 40 frames
     write_json(tmp_path / "json/A_train.json", {
         "ok": {"audio": "A/0.wav", "flame_path": "A/0.npz", "speaker_id": "a1", "valid_frames_num": 40},
         "over": {"audio": "A/0.wav", "flame_path": "A/0.npz", "speaker_id": "a1", "valid_frames_num": 41}})
     cfg = make_cfg(tmp_path, datasets)
-    rep = validate(cfg, "train", raise_errors=False, progress=False)
+    rep = check_split(cfg, "train", raise_errors=False, progress=False)
     (msg,) = rep["problems"]
     assert "sample 'over'" in msg and "valid_frames_num is 41" in msg and "only 40 frames" in msg
     assert "ok" in [r.sample_id for r in rep["refs"]]
 
 
 def test_truncated_wav_is_reported(tmp_path):
-    from dataset.data_item import load_audio, wav_header_frames
+    from dataset.audio import load_audio, wav_header_frames
 
     path = str(tmp_path / "a.wav")
     write_wav(path, 1.0)

@@ -171,8 +171,8 @@ def _write_tree(cfg, exp, fps=None, jaw_scale=1.0, expr_offset=0.0, coeffs=False
     """Prediction tree {output_root}/{exp}/{DATASET}/{STYLE_ID}/{i}.npy for every test sample of the
     config, from the ground-truth motion (optionally perturbed), at ``fps`` (None = each sample's native fps), as inference would write it.
     Returns {(dataset, style_id): (T,V,3) ground truth written unperturbed}."""
-    from dataset.data_item import load_motion, load_shape
-    from dataset.dataset import read_index
+    from dataset.flame_params import load_motion, load_shape
+    from dataset.index import read_index
     from models.flame import load_flame_for
 
     gts = {}

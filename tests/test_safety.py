@@ -47,7 +47,7 @@ class CreatesFile:
 @pytest.fixture(scope="module")
 def ckpt(demo_root, tmp_path_factory):
     """A tiny demo model (non-zero output map) saved by save_checkpoint in the training format."""
-    from dataset.dataset import style_classes
+    from dataset.index import style_classes
     from models.faceformer import FaceFormer
 
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={demo_root}"])
@@ -209,7 +209,7 @@ def tree_contents(out) -> dict:
 
 def samples_of(short_root, out):
     cfg = load_config(DEMO_CFG, infer_args(short_root, out)[2:])
-    from dataset.dataset import split_refs
+    from dataset.index import split_refs
     return [RT.sample_dirs(cfg, r.dataset, r.style_id) for r in split_refs(cfg, "test", problems=[])]
 
 

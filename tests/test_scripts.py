@@ -6,7 +6,8 @@ import sys
 
 import numpy as np
 
-from dataset.dataset import FaceDataset, split_refs, style_classes
+from dataset.dataset import FaceDataset
+from dataset.index import split_refs, style_classes
 from models.flame import load_flame_for
 from scripts.compare_metrics import main as compare_main
 from utils.config import load_config

@@ -2,10 +2,10 @@
 
 A user error is a mistake or a fault the user can fix (bad config key, missing or corrupt file, wrong
 shape, full disk, unsafe checkpoint); its message names the file/key and what was expected, so a
-traceback would only hide it. Module-specific errors (``ConfigError`` in utils/config.py, ``DataError``
-in dataset/data_item.py, ``FlameLoadError`` in models/flame.py, ``AudioEncoderLoadError`` in
-models/wav2vec.py, ``InferenceError``, ``EvalError``, ``RenderError``) stay where they are raised and
-subclass ``UserError``; the ones shared by several modules live here.
+traceback would only hide it. Module-specific errors (``ConfigError`` in utils/config.py,
+``FlameLoadError`` in utils/safe_pickle.py, ``AudioEncoderLoadError`` in models/wav2vec.py,
+``InferenceError``, ``EvalError``, ``RenderError``) stay where they are raised and subclass
+``UserError``; the ones shared by several modules live here (``DataError``: every dataset/ module).
 
 An interrupt (Ctrl-C, SIGTERM) is not an error: ``Interrupted`` carries the one line that says how
 to continue, and the entry point exits 128 + signal number (130 for SIGINT, 143 for SIGTERM).
@@ -20,6 +20,10 @@ import sys
 
 class UserError(Exception):
     """Base of every error a user can cause or fix; reported as one line, exit status 1."""
+
+
+class DataError(UserError, ValueError):
+    """A bad data file or index entry. The message names the JSON file, sample id and data file."""
 
 
 class CheckpointError(UserError, ValueError):
