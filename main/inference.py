@@ -58,9 +58,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+if __name__ == "__main__":  # run as a script: make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -73,7 +72,7 @@ from main.checkpoint import check_state_dict, load_checkpoint  # noqa: E402
 from utils.config import Config, load_config  # noqa: E402
 from utils.errors import DataError, Interrupted, UserError, run_reporting_user_errors  # noqa: E402
 from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE, framing_from_config  # noqa: E402
-from utils.utils import pick_device, setup_logger  # noqa: E402
+from utils.runtime import pick_device, setup_logger  # noqa: E402
 
 DEFAULT_CONFIG = "config/faceformer.yaml"
 # Raw RMS below this (-80 dBFS) counts as silence. normalize_audio maps a raw RMS s to
@@ -561,7 +560,8 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device,
                                progress=True)[0]
     motion = to_output_fps(motion25, out_fps, fr.fps)
-    verts = flame.motion_to_vertices(motion, None)  # (T,V,3)
+    from main.stream import VertexFrames
+    verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as they are written
 
     if os.path.exists(files[-1]):
         os.remove(files[-1])  # a video of earlier results must not pass for these

@@ -288,6 +288,33 @@ class Streamer:
             self.raw_start = keep_raw
 
 
+class VertexFrames:
+    """The FLAME vertices of a motion sequence, converted chunk by chunk as frames are read:
+    behaves as a (T,V,3) float32 array for ``shape``, ``len`` and ``frames[i]`` (what the results
+    writer uses) while holding one chunk of ``chunk`` frames, so writing 10 minutes of frames never
+    holds all of them (0.9 GB at 25 fps). ``np.asarray`` (e.g. rendering) converts them all."""
+
+    def __init__(self, flame, motion: np.ndarray, shape=None, chunk: int = 250):
+        self.flame, self.motion, self.shape_vec, self.chunk = flame, motion, shape, int(chunk)
+        self.shape = (motion.shape[0], int(flame.v_template.shape[0]), 3)
+        self._start, self._block = None, None
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = (int(i) // self.chunk) * self.chunk
+        if start != self._start:
+            self._block = np.asarray(self.flame.motion_to_vertices(self.motion[start:start + self.chunk],
+                                                                   self.shape_vec), dtype=np.float32)
+            self._start = start
+        return self._block[int(i) - start]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.flame.motion_to_vertices(self.motion, self.shape_vec), dtype=np.float32)
+        return out if dtype is None else out.astype(dtype)
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line: python inference.py --audio FILE --stream  /  --audio - (raw PCM on stdin)
 # ----------------------------------------------------------------------------------------------
@@ -338,7 +365,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
                                 sample_arrays)
     from models.flame import load_flame_for
     from utils.framing import framing_from_config
-    from utils.utils import pick_device
+    from utils.runtime import pick_device
 
     logger = logger or log
     live = args.audio == "-"

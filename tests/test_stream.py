@@ -302,3 +302,19 @@ def test_streamer_from_a_checkpoint_path(cli_setup):
     a = Streamer(ckpt, style="B", **kw)
     b = Streamer(tiny_model(), style=1, **kw)
     assert np.array_equal(np.concatenate([a.push(pcm), a.flush()]), np.concatenate([b.push(pcm), b.flush()]))
+
+
+def test_vertex_frames_convert_chunk_by_chunk():
+    """run_single writes VertexFrames: the same vertices as the whole conversion, one chunk held."""
+    from main.stream import VertexFrames
+    from models.flame import FLAME
+    from models.flame_standin import make_standin_flame
+
+    flame = FLAME(make_standin_flame())
+    motion = (0.3 * np.random.default_rng(0).normal(size=(23, 51))).astype(np.float32)
+    whole = flame.motion_to_vertices(motion, None)
+    lazy = VertexFrames(flame, motion, chunk=5)
+    assert lazy.shape == whole.shape and len(lazy) == 23
+    assert np.allclose(np.stack([lazy[i] for i in range(23)]), whole, atol=1e-6)
+    assert lazy._block.shape[0] == 3                      # only the last chunk (frames 20..22) is held
+    assert np.allclose(np.asarray(lazy), whole, atol=1e-6)
