@@ -1,7 +1,6 @@
-# Makes the repo root importable for pytest and keeps Hugging Face offline in tests.
+# Keeps Hugging Face offline in tests. (The repo root is importable: pytest puts this file's folder
+# on sys.path.)
 import os
-import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

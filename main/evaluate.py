@@ -38,9 +38,8 @@ import logging
 import os
 import sys
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+if __name__ == "__main__":  # run as a script: make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
@@ -350,7 +349,7 @@ def format_table(report: dict) -> str:
 
 def main(argv=None):
     from utils.config import load_config
-    from utils.utils import setup_logger
+    from utils.runtime import setup_logger
 
     p = argparse.ArgumentParser(description="LVE / FDD / MVE of a results tree against ground truth.")
     p.add_argument("--config", default="config/faceformer.yaml")

@@ -27,6 +27,15 @@ writes ``DIR/vertices/{i}.npy``, ``DIR/motion.npy``, ``DIR/coeffs287.npy``, ``DI
 ``--render`` ``DIR/video.mp4`` (main/render.py). Default DIR: ``results/single/<wav stem>``; output fps
 DATA.target_fps unless ``INFER.output_fps`` is a number; vertices use zero shape and ``FLAME.model_path``.
 
+Streaming (main/stream.py, README "Live / streaming")::
+
+    python inference.py --audio speech.wav --stream [--chunk_ms 200] [--lookahead_ms 300] [--left_context_ms 1000]
+    ... | python inference.py --audio - [--stdout_vertices]     (raw 16-bit mono 16 kHz PCM on stdin)
+
+feeds the audio chunk by chunk as if live and writes the single-audio files, each frame's vertices as
+soon as the frame is final, plus ``DIR/stream_stats.json``. ``INFER.attention_window`` (default 600
+frames) bounds the decoder's attention in every mode.
+
 Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``. The
 model is built from the MODEL section saved in the checkpoint (the weights must fit it) and its style
 classes are the checkpoint's ``styles``. A test speaker that is not a training style is conditioned on

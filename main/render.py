@@ -30,10 +30,8 @@ import subprocess
 import sys
 import tempfile
 
-# `python main/render.py` puts main/ (not the repo root) on sys.path; make the project importable.
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO_ROOT not in sys.path:
-    sys.path.insert(0, REPO_ROOT)
+if __name__ == "__main__":  # `python main/render.py` puts main/, not the repo root, on sys.path
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Must be set before pyrender / PyOpenGL are imported; a value the user set is honoured.
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
@@ -299,7 +297,7 @@ def _leaf_dataset(leaf: str, meta: dict | None, cfg) -> str | None:
 
 def main(argv=None):
     from utils.config import load_config, resolve_data_path
-    from utils.utils import setup_logger
+    from utils.runtime import setup_logger
 
     p = argparse.ArgumentParser(description="Render {i}.npy vertex frames (+ wav) to mp4.")
     p.add_argument("--config", default="config/faceformer.yaml", help="config for defaults (paths, FLAME)")
@@ -380,5 +378,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.utils import run_reporting_user_errors
+    from utils.errors import run_reporting_user_errors
     run_reporting_user_errors("render", main)

@@ -12,9 +12,8 @@ import os
 import shutil
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+if __name__ == "__main__":  # run as a script: make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -28,7 +27,7 @@ from main.train_eval_loop import Trainer  # noqa: E402
 from utils.config import load_config, save_config  # noqa: E402
 from utils.framing import framing_from_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
-from utils.utils import pick_device, seed_everything, setup_logger  # noqa: E402
+from utils.runtime import pick_device, seed_everything, setup_logger  # noqa: E402
 
 
 def parse_args(argv=None):

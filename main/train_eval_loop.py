@@ -20,7 +20,7 @@ from tqdm import tqdm
 from loss.loss import motion_vertex_loss
 from main.checkpoint import check_state_dict, check_training_state, load_checkpoint, save_checkpoint
 from utils.errors import CheckpointError, Interrupted
-from utils.utils import seed_everything
+from utils.runtime import seed_everything
 
 
 def group_by_flame(datasets: list[str], flame_of: dict) -> list[tuple]:
@@ -175,7 +175,7 @@ class Trainer:
         return total / max(count, 1)
 
     @torch.no_grad()
-    def validate(self) -> dict:
+    def validation_losses(self) -> dict:
         """Vertex loss on the validation split, teacher-forced and free-running (KV-cached generation,
         which is what inference does). The model is selected on the free-running loss."""
         model = self.raw_model
@@ -227,7 +227,7 @@ class Trainer:
                 if self.writer is not None:
                     self.writer.add_scalar("train/epoch_loss", train_loss, self.epoch)
                 if self.val_loader is not None and (self.epoch % max(1, cfg.val_every) == 0 or last):
-                    val = self.validate()
+                    val = self.validation_losses()
                     score = val["val/generated"]
                     msg += " | " + " ".join(f"{k.split('/')[1]} {v:.6g}" for k, v in val.items())
                     if self.writer is not None:

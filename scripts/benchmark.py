@@ -199,7 +199,7 @@ def bench_decode(model, device, seconds_list, repeat: int):
 
 def bench_infer(cfg, ckpt, device, seconds_list, tmp, repeat: int):
     from main.inference import load_model, run_single
-    from utils.utils import setup_logger
+    from utils.runtime import setup_logger
 
     logger = setup_logger("bench_infer")
     logger.setLevel("WARNING")

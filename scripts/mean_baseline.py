@@ -26,7 +26,7 @@ from main.inference import check_clashes, jobs_to_write, plan_jobs, results_mode
 from models.flame import load_flame_for  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
-from utils.utils import setup_logger  # noqa: E402
+from utils.runtime import setup_logger  # noqa: E402
 
 
 def training_mean_motion(cfg, styles, log) -> np.ndarray:

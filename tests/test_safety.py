@@ -388,7 +388,7 @@ def test_training_checks_checkpoint_space_and_log_file(tmp_path, monkeypatch):
     from collections import namedtuple
 
     from main.train import check_checkpoint_space
-    from utils.utils import setup_logger
+    from utils.runtime import setup_logger
 
     model = torch.nn.Linear(1000, 100)  # 400400 bytes of weights; 3 x (weights + 2 Adam moments) = 3.44 MiB
     check_checkpoint_space(model, str(tmp_path / "run"))  # plenty of room here

@@ -86,7 +86,7 @@ def test_best_model_is_the_epoch_of_lowest_generated_val_loss(demo_root, tmp_pat
                 {"val/teacher_forced": 0.1, "val/generated": 2.0}, {"val/teacher_forced": 0.3, "val/generated": 1.5}])
     trainer = Trainer(cfg, model, ListLoader(), ListLoader([None]), {}, styles, torch.device("cpu"), LOG)
     monkeypatch.setattr(trainer, "train_epoch", lambda: 1.0)
-    monkeypatch.setattr(trainer, "validate", lambda: next(val))
+    monkeypatch.setattr(trainer, "validation_losses", lambda: next(val))
     trainer.fit()
     best = torch.load(tmp_path / "run" / "best_model.pth", map_location="cpu", weights_only=True)
     last = torch.load(tmp_path / "run" / "last.pth", map_location="cpu", weights_only=True)

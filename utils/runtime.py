@@ -1,4 +1,4 @@
-"""Small shared helpers: logging to console + file, seeding, device choice."""
+"""What a run sets up before it starts: logging to console + file, seeding, the device."""
 from __future__ import annotations
 
 import logging
@@ -48,7 +48,3 @@ def pick_device(name: str, logger: logging.Logger | None = None) -> torch.device
             logger.warning("device '%s' requested but CUDA is not available: using CPU", name)
         return torch.device("cpu")
     return torch.device(name)
-
-
-# One way to report user errors (utils/errors.py); re-exported because the entry points import it here.
-from utils.errors import run_reporting_user_errors  # noqa: E402,F401
