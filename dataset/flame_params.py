@@ -186,9 +186,8 @@ def _first_bad_frame(a: np.ndarray) -> int | None:
     return int(np.argmax(bad)) if bad.any() else None
 
 
-def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = DEFAULT_FPS,
-                       valid_frames_num: int | None = None, path: str = "") -> np.ndarray:
-    """``load_motion`` on already loaded parameters. Returns (T,51) float32 at ``target_fps``."""
+def _motion_keys(params: dict, fmt: str, path: str) -> tuple[str, str, int]:
+    """The expression key, jaw key and jaw column of ``fmt``; DataError when ``params`` lacks them."""
     if fmt not in FORMATS:
         raise DataError(f"{path}: unknown FLAME format '{fmt}'; expected one of {sorted(FORMATS)}")
     spec = FORMATS[fmt]
@@ -203,8 +202,12 @@ def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = D
     if jk not in params:
         raise DataError(f"{path}: jaw key '{jk}' is missing ({fmt} format needs '{ek}' and '{jk}'); "
                         f"found keys {sorted(params)}")
-    expr, jaw = params[ek], params[jk]
-    col = spec["jaw_col"]
+    return ek, jk, spec["jaw_col"]
+
+
+def _frames_to_use(expr: np.ndarray, jaw: np.ndarray, ek: str, jk: str, col: int, fmt: str,
+                   valid_frames_num: int | None, path: str) -> int:
+    """Native frames of the motion after checking the arrays' shapes and ``valid_frames_num``."""
     if expr.ndim != 2 or expr.shape[1] < N_EXPR:
         raise DataError(f"{path}: key '{ek}' has shape {expr.shape}; expected (T, >={N_EXPR}) "
                         f"(frames x expression coefficients, after removing a leading batch axis)")
@@ -226,7 +229,15 @@ def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = D
         raise DataError(f"{path}: has {n} frame(s) (key '{ek}' shape {expr.shape}"
                         f"{f', valid_frames_num {valid_frames_num}' if valid_frames_num else ''}); "
                         f"expected at least 2 frames")
-    used = {ek: expr[:n, :N_EXPR], jk: jaw[:n, col:col + 1]}
+    return n
+
+
+def motion_from_params(params: dict, fmt: str, fps: float, target_fps: float = DEFAULT_FPS,
+                       valid_frames_num: int | None = None, path: str = "") -> np.ndarray:
+    """``load_motion`` on already loaded parameters. Returns (T,51) float32 at ``target_fps``."""
+    ek, jk, col = _motion_keys(params, fmt, path)
+    n = _frames_to_use(params[ek], params[jk], ek, jk, col, fmt, valid_frames_num, path)
+    used = {ek: params[ek][:n, :N_EXPR], jk: params[jk][:n, col:col + 1]}
     for k, a in used.items():
         j = _first_bad_frame(a)
         if j is not None:
