@@ -3,7 +3,7 @@
 Runs the vertex loss forward + backward (B=4, T=300, stand-in FLAME, CPU) once per variant of the
 LBS recompute, each in a fresh process (peak RSS is per process): the hand-written ``_RecomputedLBS``,
 ``torch.utils.checkpoint`` non-reentrant and reentrant, and no checkpointing. Prints a table and
-writes JSON. ``python scripts/bench_lbs_recompute.py [--out outputs/bench_lbs_recompute.json]``
+writes JSON. ``python scripts/bench_lbs_recompute.py [--out docs/benchmarks_lbs_recompute_cpu.json]``
 """
 import argparse
 import json
@@ -58,7 +58,7 @@ def run_variant(variant: str, B: int = 4, T: int = 300, steps: int = 4) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", default=os.path.join(ROOT, "outputs", "bench_lbs_recompute.json"))
+    p.add_argument("--out", default=os.path.join(ROOT, "docs", "benchmarks_lbs_recompute_cpu.json"))
     p.add_argument("--variant", choices=VARIANTS, help=argparse.SUPPRESS)  # the child process
     args = p.parse_args()
     if args.variant:
