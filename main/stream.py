@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 SR, FPS, HOP = 16000, 25, 640       # audio rate, motion rate, samples per motion frame
-NORM_EPS = 1e-7                      # as dataset.data_item.normalize_audio
+NORM_EPS = 1e-7                      # as dataset.audio.normalize_audio
 
 log = logging.getLogger("inference")
 
@@ -177,7 +177,7 @@ class Streamer:
         self.audio_stats.add(self.raw[self.n_done - self.raw_start:n - self.raw_start])
         self.n_done = n
         if final:
-            T = int(np.floor(n / HOP + 0.5))                       # audio_frames(): round, halves up
+            T = int(np.floor(n / HOP + 0.5))                       # Framing.frames_in: round, halves up
             if T * HOP > n:  # zero padding in normalised units = the mean in raw units
                 mean = self.audio_stats.mean_var()[0][0]
                 self.raw = np.concatenate([self.raw, np.full(T * HOP - n, mean, np.float32)])
