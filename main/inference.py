@@ -59,51 +59,35 @@ absolute root, ``<the nearest ancestor folder named results>/inference.log``, or
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import signal
 import sys
 import time
-from dataclasses import dataclass
 
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
-from dataset.audio import fit_audio_to_frames, load_audio, normalize_audio  # noqa: E402
-from dataset.flame_params import resample_motion  # noqa: E402
+from dataset.audio import fit_audio_to_frames  # noqa: E402
 from main import results as RT  # noqa: E402
-from main.checkpoint import check_state_dict, load_checkpoint  # noqa: E402
-from utils.config import Config, load_config  # noqa: E402
-from utils.errors import DataError, Interrupted, UserError, run_reporting_user_errors  # noqa: E402
-from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE, framing_from_config  # noqa: E402
+# Set-up, generation and planning live in their own modules; the names are re-exported here for
+# callers of the inference entry (tests, scripts).
+from main.generation import (SILENT_NORMALISED_STD, VertexFrames, generate_motion, read_speech,  # noqa: E402,F401
+                             sample_arrays, to_output_fps)
+from main.jobs import audio_seconds, check_clashes, format_summary, jobs_to_write, plan_jobs, single_out_todo  # noqa: E402,F401,E501
+from main.model_io import (AudioError, InferenceError, check_framing, check_infer_config, choose_style,  # noqa: E402,F401,E501
+                           load_model, resolve_checkpoint, results_mode)
+from utils.config import load_config  # noqa: E402
+from utils.errors import Interrupted, run_reporting_user_errors  # noqa: E402
+from utils.framing import framing_from_config  # noqa: E402
 from utils.runtime import pick_device, setup_logger  # noqa: E402
 
 DEFAULT_CONFIG = "config/faceformer.yaml"
-# Raw RMS below this (-80 dBFS) counts as silence. normalize_audio maps a raw RMS s to
-# s / sqrt(s^2 + 1e-7), so in normalised audio the same threshold is a std of about 0.3.
-SILENT_RMS = 1e-4
-SILENT_NORMALISED_STD = 0.3
 
 log = logging.getLogger("inference")
 
-
-class InferenceError(UserError, RuntimeError):
-    """Inference cannot run as asked (bad audio, unknown style, existing results, ...); the message
-    names the file, key or folder and what was expected."""
-
-
-class AudioError(InferenceError):
-    """An audio file that cannot be used: missing, empty, corrupt or shorter than one frame."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Paths
-# ----------------------------------------------------------------------------------------------
 
 def default_log_file(path: str) -> str:
     """Where the evaluation-mode log goes for an output root (see the module docstring)."""
@@ -117,301 +101,16 @@ def default_log_file(path: str) -> str:
     return os.path.join(os.path.dirname(path), "inference.log")
 
 
-def results_mode(overwrite: bool, resume: bool) -> str:
-    """--overwrite / --resume (or INFER.overwrite / INFER.resume) -> main/results.py's select_todo mode."""
-    if overwrite and resume:
-        raise InferenceError("--overwrite (INFER.overwrite) and --resume (INFER.resume) exclude each other: "
-                             "redo all results, or keep the complete ones")
-    return "overwrite" if overwrite else "resume" if resume else "new"
-
-
-# ----------------------------------------------------------------------------------------------
-# Audio
-# ----------------------------------------------------------------------------------------------
-
-def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logger | None = None,
-                fps: float = DEFAULT_FPS, normalise: bool = True) -> np.ndarray:
-    """Audio file of any rate / channel count -> (N,) float32 mono at ``sr``, normalised (raw with
-    ``normalise=False``: streaming normalises as the audio arrives).
-
-    Defined behaviour for bad input: missing, empty (0 bytes or 0 samples), corrupt, truncated, or
-    shorter than one motion frame at ``fps`` (40 ms at 25 fps) -> AudioError naming the file (and
-    its duration); all-silent audio works (normalisation gives zeros, not NaN) with a warning.
-    """
-    logger = logger or log
-    if not os.path.isfile(path):
-        raise AudioError(f"audio file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"audio file {path} is empty (0 bytes); expected a wav/flac/ogg/mp3 with speech")
-    try:
-        raw = load_audio(path, sr)
-    except DataError as e:
-        raise AudioError(str(e)) from None
-    seconds = raw.shape[0] / sr
-    if seconds < 1.0 / fps:
-        raise AudioError(f"audio file {path} is {seconds * 1000:.1f} ms long; expected at least "
-                         f"{1000 / fps:.0f} ms (one motion frame at {fps} fps)")
-    rms = float(np.sqrt(np.mean(np.square(raw, dtype=np.float64))))
-    if rms < SILENT_RMS:
-        logger.warning("audio file %s is silent (RMS %.2g < %.0e): the face will barely move", path, rms,
-                       SILENT_RMS)
-    if not normalise:
-        return raw.astype(np.float32)
-    audio = normalize_audio(raw)
-    if not np.isfinite(audio).all():  # normalize_audio's eps should make this impossible; never pass NaN on
-        raise AudioError(f"audio file {path}: normalisation produced NaN/inf (RMS {rms:.3g})")
-    return audio
-
-
-# ----------------------------------------------------------------------------------------------
-# Model
-# ----------------------------------------------------------------------------------------------
-
-def resolve_checkpoint(cfg, checkpoint: str | None) -> str:
-    path = checkpoint or cfg.INFER.checkpoint or os.path.join(cfg.TRAIN.save_path, "best_model.pth")
-    if not os.path.isfile(path):
-        how = ("--checkpoint" if checkpoint else "INFER.checkpoint" if cfg.INFER.checkpoint
-               else "TRAIN.save_path (best_model.pth in it)")
-        raise InferenceError(f"checkpoint not found: {path} (from {how}); train first (python train.py "
-                             f"--config ...) or pass --checkpoint PATH")
-    return path
-
-
-def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | None = None):
-    """Checkpoint -> (FaceFormer in eval mode on ``device``, style class names).
-
-    The MODEL section saved in the checkpoint is used (it is what the weights were trained with);
-    the config's is only a fallback for checkpoints without one.
-    """
-    from models.faceformer import FaceFormer
-    from models.wav2vec import AudioEncoderLoadError
-
-    logger = logger or log
-    ckpt = load_checkpoint(path)  # data only (weights_only), layout checked; CheckpointError otherwise
-    styles = [str(s) for s in ckpt["styles"]]
-    saved = (ckpt.get("config") or {}).get("MODEL")
-    model_cfg = Config(dict(saved)) if saved else cfg.MODEL
-    framing = checkpoint_framing(ckpt, cfg, path)
-    try:
-        model = FaceFormer(model_cfg, n_styles=len(styles), framing=framing)
-    except AudioEncoderLoadError as err:
-        # The checkpoint holds every weight; the pretrained files are only needed for the wav2vec2
-        # architecture. So an offline machine can still run it: build the architecture from
-        # MODEL.audio_encoder_config, or Wav2Vec2Config()'s defaults (= wav2vec2-base-960h) when that is
-        # unset, with random init; the strict load_state_dict below proves the guess fits.
-        logger.warning("%s\nBuilding the wav2vec2 architecture from MODEL.audio_encoder_config (None = "
-                       "wav2vec2-base) instead; the checkpoint supplies the weights.", err)
-        offline_cfg = Config(dict(model_cfg, audio_encoder_pretrained=False))
-        model = FaceFormer(offline_cfg, n_styles=len(styles), framing=framing)
-        try:
-            check_state_dict(ckpt["model"], model, path)
-        except UserError:
-            raise err from None
-    else:
-        check_state_dict(ckpt["model"], model, path)  # names missing / unexpected / mismatched weights
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    logger.info("checkpoint %s (epoch %s), %d style classes: %s", path, ckpt.get("epoch", "?"), len(styles),
-                styles)
-    return model, styles
-
-
-def checkpoint_framing(ckpt: dict, cfg, path: str):
-    """The framing the checkpoint was trained with (its saved DATA/MODEL sections; the run config's
-    for checkpoints without them). A run config with another framing is refused: the audio would be
-    cut into frames the model was not trained on."""
-    saved = ckpt.get("config") or {}
-    trained = framing_from_config(saved, f"checkpoint {path}") if "DATA" in saved and "MODEL" in saved \
-        else framing_from_config(cfg)
-    check_framing(trained, cfg, path)
-    return trained
-
-
-def check_framing(trained, cfg, path: str):
-    run = framing_from_config(cfg)
-    if trained != run:
-        raise InferenceError(f"checkpoint {path} was trained with DATA.sample_rate={trained.sample_rate}, "
-                             f"DATA.target_fps={trained.fps}, but this run's config has DATA.sample_rate="
-                             f"{run.sample_rate}, DATA.target_fps={run.fps}: use the training config or set "
-                             f"DATA.target_fps={trained.fps} DATA.sample_rate={trained.sample_rate}")
-
-
-def pick_condition_style(cfg, styles: list[str]) -> str:
-    """INFER.condition_style (checked) or the first training style."""
-    name = cfg.INFER.condition_style
-    if name is None:
-        return styles[0]
-    if str(name) not in styles:
-        raise InferenceError(f"INFER.condition_style is '{name}', which is not a trained style; trained "
-                             f"styles: {', '.join(styles)}")
-    return str(name)
-
-
-def window_frames(cfg) -> tuple[int, int]:
-    """(window, overlap) in frames from INFER.window_seconds / overlap_seconds, checked."""
-    w, o = cfg.INFER.window_seconds, cfg.INFER.overlap_seconds
-    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (w, o)) or w <= 0:
-        raise InferenceError(f"INFER.window_seconds ({w!r}) must be a positive number of seconds and "
-                             f"INFER.overlap_seconds ({o!r}) a number")
-    fps = framing_from_config(cfg).fps
-    window, overlap = max(1, int(round(w * fps))), int(round(o * fps))
-    if not 0 <= 2 * overlap < window:
-        raise InferenceError(f"INFER.overlap_seconds ({o}) must be >= 0 and less than half of "
-                             f"INFER.window_seconds ({w})")
-    return window, overlap
-
-
-def attention_window(cfg) -> int | None:
-    """INFER.attention_window checked: frames the decoder attends (None = unbounded, from 0)."""
-    w = cfg.INFER.attention_window
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 or w != int(w):
-        raise InferenceError(f"INFER.attention_window is {w!r}; expected a whole number of frames (0 = unbounded)")
-    return int(w) or None
-
-
-def check_infer_config(cfg):
-    """INFER values that would otherwise fail late, after some results were written."""
-    window_frames(cfg)
-    attention_window(cfg)
-    b = cfg.INFER.batch_size
-    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-        raise InferenceError(f"INFER.batch_size is {b!r}; expected a positive integer")
-    framing_from_config(cfg)  # DATA.sample_rate / DATA.target_fps the model can honour (ConfigError)
-
-
-@contextlib.contextmanager
-def full_fp32():
-    """TF32 off for the block (cuDNN enables it for convolutions by default). Measured on an H100 with
-    a small model: TF32 in the wav2vec2 CNN changed the generated motion by 2e-3 relative, which the
-    autoregressive loop carries on; without it GPU and CPU agree to 4e-5. Results should not depend
-    on the machine, and inference is cheap."""
-    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
-
-
-@torch.no_grad()
-def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_frames: list[int], cfg,
-                    device: torch.device, progress: bool = False) -> list[np.ndarray]:
-    """Generate one batch of clips. audios: (N_b,) normalised 16 kHz tensors; returns (T_b,51) arrays.
-
-    Clips are right-padded to the longest; generation is causal, so each clip's first T_b frames do
-    not depend on the padding. Long audio (> INFER.window_seconds) is encoded in overlapping windows.
-    ``progress``: a tqdm bar over generated frames (one decoder step = one call of the output map).
-    """
-    B, n_max = len(audios), max(int(a.shape[0]) for a in audios)
-    audio = torch.zeros(B, n_max)
-    mask = torch.zeros(B, n_max, dtype=torch.bool)
-    for b, a in enumerate(audios):
-        audio[b, :a.shape[0]] = a
-        mask[b, :a.shape[0]] = True
-    window, overlap = window_frames(cfg)
-    bar = tqdm(total=max(n_frames), desc="generate", unit="frame", disable=not progress, leave=False)
-
-    def one_frame(*_):  # a forward hook's return value would replace the output: return None
-        bar.update(1)
-    hook = model.output_map.register_forward_hook(one_frame) if progress else None
-    try:
-        with full_fp32():
-            out = model.generate(audio.to(device), torch.tensor(style_idx, dtype=torch.long, device=device),
-                                 max(n_frames), audio_mask=mask.to(device), window_frames=window,
-                                 overlap_frames=overlap, attention_window=attention_window(cfg))
-    finally:
-        if hook is not None:
-            hook.remove()
-        bar.close()
-    out = out.float().cpu().numpy()
-    return [np.ascontiguousarray(out[b, :t]) for b, t in enumerate(n_frames)]
-
-
-def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_FPS) -> np.ndarray:
-    """(T,51) at the model's ``model_fps`` (DATA.target_fps, 25 by default) -> (round(T * fps / model_fps), 51)
-    float32, linear rule of DESIGN.md 3."""
-    if float(fps) == model_fps:
-        return motion25.astype(np.float32)
-    return resample_motion(motion25, model_fps, float(fps)).astype(np.float32)
-
-
-def sample_arrays(flame, motion: np.ndarray, shape: np.ndarray | None,
-                  detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The coefficient-tree arrays of a sample: motion (T,51) and coeffs287 (T,287), float32; the
-    287's detail block is ``detail`` (128,) (the sample's EMOCA detail code) or zeros."""
-    from models.flame import motion_to_coeffs287
-    return {"motion": motion.astype(np.float32),
-            "coeffs287": np.asarray(motion_to_coeffs287(motion, shape=shape, detail=detail),
-                                    dtype=np.float32)}
-
-
 # ----------------------------------------------------------------------------------------------
 # Evaluation mode
 # ----------------------------------------------------------------------------------------------
-
-@dataclass
-class Job:
-    """One test sample and where its results go."""
-    ref: object            # dataset.data_item.SampleRef
-    vert_dir: str
-    coeff_dir: str
-    style: str             # the training style it is conditioned on
-    out_fps: float
-
-
-RERUN_HOW = ("rerun with --resume (INFER.resume=true) to keep complete samples and make the missing ones, "
-             "with --overwrite (INFER.overwrite=true) to redo all, or set another INFER.exp_name")
-
-
-def check_clashes(cfg, refs):
-    """Two samples with the same output folder (dataset + style id) -> ResultsError listing them all."""
-    RT.check_clashes([(RT.sample_dirs(cfg, r.dataset, r.style_id)[0], f"sample '{r.sample_id}' ({r.json_path})")
-                      for r in refs], "give each test sample its own style_id in the JSON")
-
-
-def plan_jobs(cfg, refs, styles: list[str], logger: logging.Logger | None = None) -> list[Job]:
-    """SampleRefs -> Jobs (output folders, conditioning style, output fps); logs untrained speakers."""
-    logger = logger or log
-    fallback = pick_condition_style(cfg, styles)
-    jobs, untrained = [], {}
-    for ref in refs:
-        if ref.speaker in styles:
-            style = ref.speaker
-        else:
-            style = fallback
-            untrained.setdefault(ref.speaker, []).append(ref.sample_id)
-        out_fps = ref.fps if cfg.INFER.output_fps == "native" else float(cfg.INFER.output_fps)
-        jobs.append(Job(ref, *RT.sample_dirs(cfg, ref.dataset, ref.style_id), style, out_fps))
-    for speaker, ids in untrained.items():
-        logger.info("speaker '%s' (%d test sample(s)) is not a training style: conditioned on '%s' "
-                    "(INFER.condition_style)", speaker, len(ids), fallback)
-    return jobs
-
-
-def jobs_to_write(cfg, jobs: list[Job], mode: str, flames: dict, logger: logging.Logger) -> list[Job]:
-    """Clean a crashed run's temporary folders, pick the jobs ``mode`` asks for (select_todo), and check
-    that their results fit: writable folders, free space for the planned frames."""
-    dirs = [(j.vert_dir, j.coeff_dir) for j in jobs]
-    RT.clean_stale_temps([d for pair in dirs for d in pair], logger)
-    todo = [j for j, t in zip(jobs, RT.select_todo(dirs, mode, RERUN_HOW)) if t]
-    if mode == "resume":
-        logger.info("--resume: %d complete sample(s) kept, %d to generate", len(jobs) - len(todo), len(todo))
-    need = {os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name): 0,
-            os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name): 0}
-    vert_root, coeff_root = need
-    for j in todo:
-        frames = int(round(_audio_seconds(j.ref.audio_path) * j.out_fps)) + 1
-        n_vertices = int(flames[j.ref.dataset].v_template.shape[0])
-        need[vert_root] += RT.sample_bytes(frames, n_vertices) - RT.sample_bytes(frames, 0)
-        need[coeff_root] += RT.sample_bytes(frames, 0)
-    RT.check_can_write(need, "inference results")
-    return todo
-
 
 def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                     logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
     """Evaluation inference over every dataset's ``INFER.split`` JSONs. Returns the summary rows
     (dataset, samples, frames, audio_s, wall_s, rtf)."""
+    from tqdm import tqdm
+
     from dataset.dataset import FaceDataset
     from dataset.index import split_refs
     from models.flame import load_flame_for
@@ -455,7 +154,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                 continue
             t0 = time.perf_counter()
             # Longest first, so a batch holds clips of similar length (little padding).
-            order = sorted(ds_jobs, key=lambda j: -_audio_seconds(j.ref.audio_path))
+            order = sorted(ds_jobs, key=lambda j: -audio_seconds(j.ref.audio_path))
             n_frames_out, audio_s = 0, 0.0
             bar = tqdm(total=len(order), desc=f"{split}/{name}", unit="clip")
             for s in range(0, len(order), batch_size):
@@ -491,32 +190,6 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
     return rows
 
 
-def _audio_seconds(path: str) -> float:
-    """Duration from the file header (cheap); 0 if unreadable (the load reports the real error)."""
-    try:
-        import soundfile as sf
-        return float(sf.info(path).duration)
-    except Exception:
-        return 0.0
-
-
-def format_summary(rows: list[dict]) -> str:
-    """Per-dataset table plus a total: samples, frames, seconds of audio, wall seconds, real-time factor."""
-    head = f"{'dataset':<20} {'samples':>8} {'frames':>9} {'audio_s':>9} {'wall_s':>8} {'RTF':>7}"
-    lines = [head, "-" * len(head)]
-    total = {"dataset": "total", "samples": 0, "frames": 0, "audio_s": 0.0, "wall_s": 0.0}
-    for r in rows + ([total] if len(rows) != 1 else []):
-        if r is not total:
-            for k in ("samples", "frames", "audio_s", "wall_s"):
-                total[k] += r[k]
-        else:
-            total["rtf"] = total["wall_s"] / total["audio_s"] if total["audio_s"] else float("nan")
-        lines.append(f"{r['dataset']:<20} {r['samples']:>8d} {r['frames']:>9d} {r['audio_s']:>9.1f} "
-                     f"{r['wall_s']:>8.1f} {r['rtf']:>7.3f}")
-    lines.append("RTF = wall seconds / audio seconds (< 1: faster than real time)")
-    return "\n".join(lines)
-
-
 # ----------------------------------------------------------------------------------------------
 # Single-audio mode
 # ----------------------------------------------------------------------------------------------
@@ -537,13 +210,9 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     out_dir = out_dir or os.path.join("results", "single", os.path.splitext(os.path.basename(audio_path))[0])
     vert_dir = os.path.join(out_dir, "vertices")
     RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
-    if mode == "resume" and RT.is_complete(vert_dir, out_dir):
-        logger.info("--resume: %s already holds complete results: nothing to do", out_dir)
+    video = os.path.join(out_dir, "video.mp4")
+    if not single_out_todo(out_dir, mode, ["motion.npy", "coeffs287.npy", "video.mp4"], logger):
         return dict(RT.read_meta(out_dir), out_dir=out_dir)
-    files = [os.path.join(out_dir, n) for n in ("motion.npy", "coeffs287.npy", RT.META, "video.mp4")]
-    if mode == "new" and ((os.path.isdir(vert_dir) and os.listdir(vert_dir)) or any(map(os.path.exists, files))):
-        raise InferenceError(f"{out_dir} already holds results; rerun with --overwrite to replace them, "
-                             f"--resume to keep them if complete, or choose another --out")
     fr = framing_from_config(cfg)
     out_fps = fr.fps if cfg.INFER.output_fps == "native" else float(cfg.INFER.output_fps)
     check_infer_config(cfg)
@@ -554,11 +223,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     device = pick_device(cfg.INFER.device, logger)
     model, styles = loaded or load_model(ckpt_path, cfg, device, logger)
     check_framing(model.framing, cfg, ckpt_path)  # also for a model loaded by the caller
-    if style is None:
-        style = pick_condition_style(cfg, styles)
-        logger.info("no --style given: conditioning on '%s' (trained styles: %s)", style, ", ".join(styles))
-    elif style not in styles:
-        raise InferenceError(f"--style '{style}' is not a trained style; trained styles: {', '.join(styles)}")
+    style = choose_style(cfg, styles, style, logger)
 
     t0 = time.perf_counter()
     n = fr.frames_in(audio.shape[0])
@@ -569,11 +234,10 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device,
                                progress=True)[0]
     motion = to_output_fps(motion25, out_fps, fr.fps)
-    from main.stream import VertexFrames
     verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as they are written
 
-    if os.path.exists(files[-1]):
-        os.remove(files[-1])  # a video of earlier results must not pass for these
+    if os.path.exists(video):
+        os.remove(video)  # a video of earlier results must not pass for these
     meta = RT.build_meta(os.path.splitext(os.path.basename(audio_path))[0], None, style, None, audio_path,
                          out_fps, motion.shape[0], ckpt_path, style)
     RT.write_sample(vert_dir, out_dir, verts, sample_arrays(flame, motion, None), meta, coeff_in_place=True,
@@ -643,7 +307,7 @@ def cli(argv=None):
         out = args.out = args.out or os.path.join("results", "single", stem)
         logger = setup_logger("inference", args.log or os.path.join(out, "inference.log"))
         if args.stream:
-            from main.stream import run_stream
+            from main.stream_cli import run_stream
             return run_stream(cfg, args, logger)
         logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config, args.overrides)
         return run_single(cfg, args.audio, args.style, args.checkpoint, out, args.overwrite, args.render, logger,

@@ -535,7 +535,7 @@ def bench_stream_deviation(model, styles, clips, lookaheads, lefts, base: dict):
 def bench_stream(model, device, args):
     """The "stream" section: decoder cost with bounded attention, the Streamer's real-time budget on the
     full-size encoder, and deviations on the trained demo model."""
-    from main.inference import load_model
+    from main.model_io import load_model
     from utils.config import DEFAULTS
 
     inf = DEFAULTS["INFER"]

@@ -22,7 +22,9 @@ import numpy as np  # noqa: E402
 from dataset.dataset import FaceDataset  # noqa: E402
 from dataset.index import style_classes  # noqa: E402
 from main import results as RT  # noqa: E402
-from main.inference import check_clashes, jobs_to_write, plan_jobs, results_mode, sample_arrays, to_output_fps  # noqa: E402
+from main.generation import sample_arrays, to_output_fps  # noqa: E402
+from main.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
+from main.model_io import results_mode  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402

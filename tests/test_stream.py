@@ -284,7 +284,7 @@ def test_cli_stdin_equals_stream_file(cli_setup, tmp_path, monkeypatch):
 
 
 def test_cli_stream_refuses_existing_results_and_bad_flags(cli_setup, tmp_path):
-    from main.inference import InferenceError
+    from main.model_io import InferenceError
 
     root, ckpt, wav, _ = cli_setup
     run_cli(root, ckpt, "--audio", wav, "--stream", "--out", str(tmp_path / "o"))
@@ -306,7 +306,7 @@ def test_streamer_from_a_checkpoint_path(cli_setup):
 
 def test_vertex_frames_convert_chunk_by_chunk():
     """run_single writes VertexFrames: the same vertices as the whole conversion, one chunk held."""
-    from main.stream import VertexFrames
+    from main.generation import VertexFrames
     from models.flame import FLAME
     from models.flame_standin import make_standin_flame
 

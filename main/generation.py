@@ -1,0 +1,152 @@
+"""Generation for inference: speech file -> normalised audio, a batch of clips -> motion at the model's
+fps, output-fps resampling, and a sample's coefficient arrays (used by main/inference.py, main/stream.py,
+scripts/mean_baseline.py and scripts/benchmark.py)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+import numpy as np
+import torch
+
+from dataset.audio import load_audio, normalize_audio
+from dataset.flame_params import resample_motion
+from main.model_io import AudioError, attention_window, window_frames
+from utils.errors import DataError
+from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
+
+# Raw RMS below this (-80 dBFS) counts as silence. normalize_audio maps a raw RMS s to
+# s / sqrt(s^2 + 1e-7), so in normalised audio the same threshold is a std of about 0.3.
+SILENT_RMS = 1e-4
+SILENT_NORMALISED_STD = 0.3
+
+log = logging.getLogger("inference")
+
+
+def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logger | None = None,
+                fps: float = DEFAULT_FPS, normalise: bool = True) -> np.ndarray:
+    """Audio file of any rate / channel count -> (N,) float32 mono at ``sr``, normalised (raw with
+    ``normalise=False``: streaming normalises as the audio arrives).
+
+    Defined behaviour for bad input: missing, empty (0 bytes or 0 samples), corrupt, truncated, or
+    shorter than one motion frame at ``fps`` (40 ms at 25 fps) -> AudioError naming the file (and
+    its duration); all-silent audio works (normalisation gives zeros, not NaN) with a warning.
+    """
+    logger = logger or log
+    if not os.path.isfile(path):
+        raise AudioError(f"audio file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"audio file {path} is empty (0 bytes); expected a wav/flac/ogg/mp3 with speech")
+    try:
+        raw = load_audio(path, sr)
+    except DataError as e:
+        raise AudioError(str(e)) from None
+    seconds = raw.shape[0] / sr
+    if seconds < 1.0 / fps:
+        raise AudioError(f"audio file {path} is {seconds * 1000:.1f} ms long; expected at least "
+                         f"{1000 / fps:.0f} ms (one motion frame at {fps} fps)")
+    rms = float(np.sqrt(np.mean(np.square(raw, dtype=np.float64))))
+    if rms < SILENT_RMS:
+        logger.warning("audio file %s is silent (RMS %.2g < %.0e): the face will barely move", path, rms,
+                       SILENT_RMS)
+    if not normalise:
+        return raw.astype(np.float32)
+    audio = normalize_audio(raw)
+    if not np.isfinite(audio).all():  # normalize_audio's eps should make this impossible; never pass NaN on
+        raise AudioError(f"audio file {path}: normalisation produced NaN/inf (RMS {rms:.3g})")
+    return audio
+
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for the block (cuDNN enables it for convolutions by default). Measured on an H100 with
+    a small model: TF32 in the wav2vec2 CNN changed the generated motion by 2e-3 relative, which the
+    autoregressive loop carries on; without it GPU and CPU agree to 4e-5. Results should not depend
+    on the machine, and inference is cheap."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+@torch.no_grad()
+def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_frames: list[int], cfg,
+                    device: torch.device, progress: bool = False) -> list[np.ndarray]:
+    """Generate one batch of clips. audios: (N_b,) normalised 16 kHz tensors; returns (T_b,51) arrays.
+
+    Clips are right-padded to the longest; generation is causal, so each clip's first T_b frames do
+    not depend on the padding. Long audio (> INFER.window_seconds) is encoded in overlapping windows.
+    ``progress``: a tqdm bar over generated frames (one decoder step = one call of the output map).
+    """
+    from tqdm import tqdm
+
+    B, n_max = len(audios), max(int(a.shape[0]) for a in audios)
+    audio = torch.zeros(B, n_max)
+    mask = torch.zeros(B, n_max, dtype=torch.bool)
+    for b, a in enumerate(audios):
+        audio[b, :a.shape[0]] = a
+        mask[b, :a.shape[0]] = True
+    window, overlap = window_frames(cfg)
+    bar = tqdm(total=max(n_frames), desc="generate", unit="frame", disable=not progress, leave=False)
+
+    def one_frame(*_):  # a forward hook's return value would replace the output: return None
+        bar.update(1)
+    hook = model.output_map.register_forward_hook(one_frame) if progress else None
+    try:
+        with full_fp32():
+            out = model.generate(audio.to(device), torch.tensor(style_idx, dtype=torch.long, device=device),
+                                 max(n_frames), audio_mask=mask.to(device), window_frames=window,
+                                 overlap_frames=overlap, attention_window=attention_window(cfg))
+    finally:
+        if hook is not None:
+            hook.remove()
+        bar.close()
+    out = out.float().cpu().numpy()
+    return [np.ascontiguousarray(out[b, :t]) for b, t in enumerate(n_frames)]
+
+
+def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_FPS) -> np.ndarray:
+    """(T,51) at the model's ``model_fps`` (DATA.target_fps, 25 by default) -> (round(T * fps / model_fps), 51)
+    float32, linear rule of DESIGN.md 3."""
+    if float(fps) == model_fps:
+        return motion25.astype(np.float32)
+    return resample_motion(motion25, model_fps, float(fps)).astype(np.float32)
+
+
+def sample_arrays(flame, motion: np.ndarray, shape: np.ndarray | None,
+                  detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The coefficient-tree arrays of a sample: motion (T,51) and coeffs287 (T,287), float32; the
+    287's detail block is ``detail`` (128,) (the sample's EMOCA detail code) or zeros."""
+    from models.flame import motion_to_coeffs287
+    return {"motion": motion.astype(np.float32),
+            "coeffs287": np.asarray(motion_to_coeffs287(motion, shape=shape, detail=detail),
+                                    dtype=np.float32)}
+
+
+class VertexFrames:
+    """The FLAME vertices of a motion sequence, converted chunk by chunk as frames are read:
+    behaves as a (T,V,3) float32 array for ``shape``, ``len`` and ``frames[i]`` (what the results
+    writer uses) while holding one chunk of ``chunk`` frames, so writing 10 minutes of frames never
+    holds all of them (0.9 GB at 25 fps). ``np.asarray`` (e.g. rendering) converts them all."""
+
+    def __init__(self, flame, motion: np.ndarray, shape=None, chunk: int = 250):
+        self.flame, self.motion, self.shape_vec, self.chunk = flame, motion, shape, int(chunk)
+        self.shape = (motion.shape[0], int(flame.v_template.shape[0]), 3)
+        self._start, self._block = None, None
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start = (int(i) // self.chunk) * self.chunk
+        if start != self._start:
+            self._block = np.asarray(self.flame.motion_to_vertices(self.motion[start:start + self.chunk],
+                                                                   self.shape_vec), dtype=np.float32)
+            self._start = start
+        return self._block[int(i) - start]
+
+    def __array__(self, dtype=None, copy=None):
+        out = np.asarray(self.flame.motion_to_vertices(self.motion, self.shape_vec), dtype=np.float32)
+        return out if dtype is None else out.astype(dtype)

@@ -1,0 +1,114 @@
+"""Output planning. Evaluation mode: the test samples -> jobs (output folders, conditioning style,
+output fps), the clash check, what to (re)write and whether it fits, and the per-dataset summary
+table (main/inference.py, scripts/mean_baseline.py). Single-audio and streaming mode: what an output
+folder already holds (``single_out_todo``)."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from main import results as RT
+from main.model_io import InferenceError, pick_condition_style
+
+log = logging.getLogger("inference")
+
+
+@dataclass
+class Job:
+    """One test sample and where its results go."""
+    ref: object            # dataset.data_item.SampleRef
+    vert_dir: str
+    coeff_dir: str
+    style: str             # the training style it is conditioned on
+    out_fps: float
+
+
+RERUN_HOW = ("rerun with --resume (INFER.resume=true) to keep complete samples and make the missing ones, "
+             "with --overwrite (INFER.overwrite=true) to redo all, or set another INFER.exp_name")
+
+
+def check_clashes(cfg, refs):
+    """Two samples with the same output folder (dataset + style id) -> ResultsError listing them all."""
+    RT.check_clashes([(RT.sample_dirs(cfg, r.dataset, r.style_id)[0], f"sample '{r.sample_id}' ({r.json_path})")
+                      for r in refs], "give each test sample its own style_id in the JSON")
+
+
+def plan_jobs(cfg, refs, styles: list[str], logger: logging.Logger | None = None) -> list[Job]:
+    """SampleRefs -> Jobs (output folders, conditioning style, output fps); logs untrained speakers."""
+    logger = logger or log
+    fallback = pick_condition_style(cfg, styles)
+    jobs, untrained = [], {}
+    for ref in refs:
+        if ref.speaker in styles:
+            style = ref.speaker
+        else:
+            style = fallback
+            untrained.setdefault(ref.speaker, []).append(ref.sample_id)
+        out_fps = ref.fps if cfg.INFER.output_fps == "native" else float(cfg.INFER.output_fps)
+        jobs.append(Job(ref, *RT.sample_dirs(cfg, ref.dataset, ref.style_id), style, out_fps))
+    for speaker, ids in untrained.items():
+        logger.info("speaker '%s' (%d test sample(s)) is not a training style: conditioned on '%s' "
+                    "(INFER.condition_style)", speaker, len(ids), fallback)
+    return jobs
+
+
+def jobs_to_write(cfg, jobs: list[Job], mode: str, flames: dict, logger: logging.Logger) -> list[Job]:
+    """Clean a crashed run's temporary folders, pick the jobs ``mode`` asks for (select_todo), and check
+    that their results fit: writable folders, free space for the planned frames."""
+    dirs = [(j.vert_dir, j.coeff_dir) for j in jobs]
+    RT.clean_stale_temps([d for pair in dirs for d in pair], logger)
+    todo = [j for j, t in zip(jobs, RT.select_todo(dirs, mode, RERUN_HOW)) if t]
+    if mode == "resume":
+        logger.info("--resume: %d complete sample(s) kept, %d to generate", len(jobs) - len(todo), len(todo))
+    need = {os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name): 0,
+            os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name): 0}
+    vert_root, coeff_root = need
+    for j in todo:
+        frames = int(round(audio_seconds(j.ref.audio_path) * j.out_fps)) + 1
+        n_vertices = int(flames[j.ref.dataset].v_template.shape[0])
+        need[vert_root] += RT.sample_bytes(frames, n_vertices) - RT.sample_bytes(frames, 0)
+        need[coeff_root] += RT.sample_bytes(frames, 0)
+    RT.check_can_write(need, "inference results")
+    return todo
+
+def audio_seconds(path: str) -> float:
+    """Duration from the file header (cheap); 0 if unreadable (the load reports the real error)."""
+    try:
+        import soundfile as sf
+        return float(sf.info(path).duration)
+    except Exception:
+        return 0.0
+
+
+def format_summary(rows: list[dict]) -> str:
+    """Per-dataset table plus a total: samples, frames, seconds of audio, wall seconds, real-time factor."""
+    head = f"{'dataset':<20} {'samples':>8} {'frames':>9} {'audio_s':>9} {'wall_s':>8} {'RTF':>7}"
+    lines = [head, "-" * len(head)]
+    total = {"dataset": "total", "samples": 0, "frames": 0, "audio_s": 0.0, "wall_s": 0.0}
+    for r in rows + ([total] if len(rows) != 1 else []):
+        if r is not total:
+            for k in ("samples", "frames", "audio_s", "wall_s"):
+                total[k] += r[k]
+        else:
+            total["rtf"] = total["wall_s"] / total["audio_s"] if total["audio_s"] else float("nan")
+        lines.append(f"{r['dataset']:<20} {r['samples']:>8d} {r['frames']:>9d} {r['audio_s']:>9.1f} "
+                     f"{r['wall_s']:>8.1f} {r['rtf']:>7.3f}")
+    lines.append("RTF = wall seconds / audio seconds (< 1: faster than real time)")
+    return "\n".join(lines)
+
+
+def single_out_todo(out_dir: str, mode: str, files: list[str], logger: logging.Logger | None = None,
+                    can_resume: bool = True) -> bool:
+    """Single-audio / streaming output folder DIR (DIR/vertices + ``files`` in DIR): False when
+    ``--resume`` finds complete results (nothing to do); an InferenceError when ``mode`` is "new" and DIR
+    already holds results; else True."""
+    vert_dir = os.path.join(out_dir, "vertices")
+    if mode == "resume" and can_resume and RT.is_complete(vert_dir, out_dir):
+        (logger or log).info("--resume: %s already holds complete results: nothing to do", out_dir)
+        return False
+    paths = [os.path.join(out_dir, n) for n in [RT.META] + files]
+    if mode == "new" and ((os.path.isdir(vert_dir) and os.listdir(vert_dir)) or any(map(os.path.exists, paths))):
+        raise InferenceError(f"{out_dir} already holds results; rerun with --overwrite to replace them, "
+                             f"--resume to keep them if complete, or choose another --out")
+    return True
