@@ -10,6 +10,7 @@ length of a batch, so a clip gives the same features alone or padded in a batch.
     enc = build_audio_encoder(cfg.MODEL)
     h = enc(audio (B,N), n_frames=T, audio_mask=(B,N) bool)          # (B,T,H)
     h = enc.encode_long(audio (N,), T, window_frames=750, overlap_frames=50)  # (1,T,H), bounded memory
+    f = enc.cnn_features(audio (N,))                 # (C,F) whole-clip CNN features, chunk by chunk
 """
 from __future__ import annotations
 
@@ -204,15 +205,72 @@ class AudioEncoder(nn.Module):
         h = self.model.encoder(x, attention_mask=frame_mask)[0]
         return h.masked_fill(~frame_mask[..., None], 0.0)
 
+    def cnn_features(self, audio: torch.Tensor, chunk_features: int = 250) -> torch.Tensor:
+        """The CNN features of a whole clip, computed chunk by chunk -> (C, F), F = cnn_lengths(N).
+
+        audio (N,). Equal (to float rounding) to one CNN forward over the whole clip, with memory
+        bounded by the chunk (``chunk_features`` features = 320 x that many samples; the first
+        layers' activations, 512 channels at 3.2 kHz, are the big ones) instead of the clip.
+        - A chunk of features [j0, j1) reads samples [320 j0, 320 (j1 - 1) + rf): it starts at a
+          multiple of the total stride, hence of every layer's stride, so each layer's outputs are
+          those of the whole clip and the chunks tile exactly.
+        - Group norm (wav2vec2-base): layer 0's GroupNorm normalises each channel over the whole
+          clip, so a first pass accumulates its per-channel mean and variance over all of layer 0's
+          outputs (float64 sums, chunk by chunk), and the second pass normalises every chunk with
+          them. Layer norm (per time step) needs no statistics: chunking alone is exact.
+        """
+        N = audio.shape[-1]
+        if N < self.receptive_field:
+            raise ValueError(f"audio of {N} samples is shorter than the wav2vec2 receptive field "
+                             f"({self.receptive_field} samples)")
+        layers = self.model.feature_extractor.conv_layers
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
+            norm0 = self._layer0_stats(audio, chunk_features) if self.group_norm else None
+            F = int(self.cnn_lengths(torch.tensor(N)))
+            out = []
+            for j0 in range(0, F, chunk_features):
+                j1 = min(j0 + chunk_features, F)
+                x = audio[self.stride * j0:self.stride * (j1 - 1) + self.receptive_field][None, None]
+                for i, layer in enumerate(layers):
+                    x = self._layer0_group_norm(layer, x, *norm0) if i == 0 and norm0 else layer(x)
+                out.append(x[0])                                        # (C, j1-j0)
+        return torch.cat(out, 1)
+
+    def _layer0_stats(self, audio: torch.Tensor, chunk_features: int):
+        """Whole-clip per-channel mean and variance of the first conv's outputs: (C,), (C,) float64."""
+        conv = self.model.feature_extractor.conv_layers[0].conv
+        k, s = self.kernels[0], self.strides[0]
+        n0 = (audio.shape[-1] - k) // s + 1                             # layer-0 outputs of the clip
+        step = chunk_features * self.stride // s                        # layer-0 outputs per chunk
+        total = sq = 0
+        for a in range(0, n0, step):
+            b = min(a + step, n0)
+            y = conv(audio[s * a:s * (b - 1) + k][None, None])[0]        # (C, b-a)
+            total = total + y.sum(1, dtype=torch.float64)
+            sq = sq + (y * y).sum(1, dtype=torch.float64)
+        mean = total / n0
+        return mean, (sq / n0 - mean.pow(2)).clamp(min=0)               # biased, as GroupNorm
+
+    @staticmethod
+    def _layer0_group_norm(layer, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """HF's Wav2Vec2GroupNormConvLayer (conv -> GroupNorm -> activation) with given statistics."""
+        gn = layer.layer_norm
+        scale = gn.weight.double() / torch.sqrt(var + gn.eps)           # (C,)
+        shift = gn.bias.double() - mean * scale
+        x = layer.conv(x)                                               # (1, C, n)
+        x = x * scale.to(x.dtype)[:, None] + shift.to(x.dtype)[:, None]
+        return layer.activation(x)
+
     def encode_long(self, audio: torch.Tensor, n_frames: int, window_frames: int,
-                    overlap_frames: int) -> torch.Tensor:
+                    overlap_frames: int, chunk_features: int = 250) -> torch.Tensor:
         """Encode one long clip in overlapping windows, stitched by a linear cross-fade -> (1,T,H).
 
-        Window k covers frames [k (W - O), k (W - O) + W) and is a forward over its own audio chunk,
-        so memory is bounded by the window. Consecutive windows overlap by O frames, where the
-        earlier one fades out and the later one fades in (weights sum to 1): no seam. A chunk starts
-        at a multiple of 640 samples, hence of the CNN stride, so its CNN features are those of the
-        whole clip; only the transformer's context is limited to the window.
+        The CNN runs once over the whole clip in chunks (``cnn_features``: the whole-clip features,
+        GroupNorm statistics included, with memory bounded by the chunk). The transformer runs per
+        window: window k covers frames [k (W - O), k (W - O) + W) and sees the CNN features of its
+        own audio span, resampled as ``forward`` would for that span alone. Consecutive windows
+        overlap by O frames, where the earlier one fades out and the later one fades in (weights sum
+        to 1): no seam. Only the transformer's context is limited to the window.
         With T <= W this is exactly ``forward``.
         """
         if audio.dim() == 2:
@@ -224,6 +282,8 @@ class AudioEncoder(nn.Module):
             return self.forward(audio[None], T)
         if not 0 <= 2 * O < W:
             raise ValueError(f"overlap_frames ({O}) must be >= 0 and less than half of window_frames ({W})")
+        feats = self.cnn_features(audio, chunk_features)                # (C, F)
+        F = feats.shape[1]
         step = W - O
         starts = [0]
         while starts[-1] + W < T:
@@ -233,8 +293,13 @@ class AudioEncoder(nn.Module):
         out = None
         for k, s in enumerate(starts):
             e = min(s + W, T)
-            chunk = audio[int(round(s * spf)):int(round(e * spf))]
-            h = self.forward(chunk[None], e - s)[0]                     # (e-s, H)
+            # the window's span starts at a multiple of 640 samples, i.e. at CNN feature a
+            a0, a1 = int(round(s * spf)), min(int(round(e * spf)), audio.shape[0])
+            first = min(a0 // self.stride, F - 1)
+            n_valid = max(1, min(int(self.cnn_lengths(torch.tensor(a1 - a0))), F - first))
+            x = self.resample(feats[None, :, first:first + n_valid], e - s, torch.tensor([n_valid]))  # (1,e-s,C)
+            x = self.model.feature_projection(x)[0]
+            h = self.model.encoder(x)[0][0]                             # (e-s, H)
             w = torch.ones(e - s, device=h.device, dtype=h.dtype)
             if O and k > 0:
                 w[:O] = ramp
