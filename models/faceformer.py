@@ -7,8 +7,8 @@
 
 Training is teacher-forced (``forward``); inference is autoregressive (``generate``) with a key/value
 cache, so each new frame costs one decoder step on one query instead of a pass over the whole prefix
-(``generate_naive``, the original method, kept for tests and benchmarks). Both paths use the same
-start input (motion[-1] = 0), unlike the official code, and nothing has a maximum length: the
+(the original method, kept for tests and benchmarks, is scripts/reference_decoding.py). Both paths use
+the same start input (motion[-1] = 0), unlike the official code, and nothing has a maximum length: the
 attention bias and the positional encoding are computed for the positions at hand.
 """
 from __future__ import annotations
@@ -387,17 +387,3 @@ class FaceFormer(nn.Module):
         attention (see start_generation). Call under torch.no_grad() for inference."""
         feats = self.encode(audio, n_frames, audio_mask, window_frames, overlap_frames)
         return self.generate_from_features(feats, style, attention_window)
-
-    def generate_naive_from_features(self, feats, style):
-        """The original FaceFormer loop: at step t re-run the decoder over the whole prefix 0..t and
-        keep the last output. O(T^2) decoder work; for tests and benchmarks."""
-        B, T, _ = feats.shape
-        prev = feats.new_zeros(B, 1, self.motion_dim)
-        for t in range(T):
-            out = self.decode(feats[:, :t + 1], style, prev)
-            prev = torch.cat([prev, out[:, -1:]], 1)
-        return prev[:, 1:]
-
-    def generate_naive(self, audio, style, n_frames: int, audio_mask=None):
-        """generate() the original way (see generate_naive_from_features)."""
-        return self.generate_naive_from_features(self.encode(audio, n_frames, audio_mask), style)
