@@ -223,17 +223,14 @@ class AudioEncoder(nn.Module):
         if N < self.receptive_field:
             raise ValueError(f"audio of {N} samples is shorter than the wav2vec2 receptive field "
                              f"({self.receptive_field} samples)")
-        layers = self.model.feature_extractor.conv_layers
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
-            norm0 = self._layer0_stats(audio, chunk_features) if self.group_norm else None
+            stats = self._layer0_stats(audio, chunk_features) if self.group_norm else None
             F = int(self.cnn_lengths(torch.tensor(N)))
             out = []
             for j0 in range(0, F, chunk_features):
                 j1 = min(j0 + chunk_features, F)
-                x = audio[self.stride * j0:self.stride * (j1 - 1) + self.receptive_field][None, None]
-                for i, layer in enumerate(layers):
-                    x = self._layer0_group_norm(layer, x, *norm0) if i == 0 and norm0 else layer(x)
-                out.append(x[0])                                        # (C, j1-j0)
+                x = audio[self.stride * j0:self.stride * (j1 - 1) + self.receptive_field]
+                out.append(self.cnn_chunk(x[None, None], stats)[0])    # (C, j1-j0)
         return torch.cat(out, 1)
 
     def _layer0_stats(self, audio: torch.Tensor, chunk_features: int):
@@ -251,15 +248,24 @@ class AudioEncoder(nn.Module):
         mean = total / n0
         return mean, (sq / n0 - mean.pow(2)).clamp(min=0)               # biased, as GroupNorm
 
-    @staticmethod
-    def _layer0_group_norm(layer, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        """HF's Wav2Vec2GroupNormConvLayer (conv -> GroupNorm -> activation) with given statistics."""
-        gn = layer.layer_norm
-        scale = gn.weight.double() / torch.sqrt(var + gn.eps)           # (C,)
-        shift = gn.bias.double() - mean * scale
-        x = layer.conv(x)                                               # (1, C, n)
-        x = x * scale.to(x.dtype)[:, None] + shift.to(x.dtype)[:, None]
-        return layer.activation(x)
+    def cnn_chunk(self, x: torch.Tensor, stats=None) -> torch.Tensor:
+        """The CNN over a piece of audio x (1,1,n) -> (1,C,F), as HF's Wav2Vec2FeatureEncoder.
+
+        With group norm, ``stats`` = (mean, var), each (C,), replaces the statistics layer 0's
+        GroupNorm would take from x: those of the whole clip (Wav2Vec2GroupNormConvLayer is conv ->
+        GroupNorm -> activation; its affine weight and bias are applied as usual).
+        """
+        layers = self.model.feature_extractor.conv_layers
+        if stats is not None:
+            l0, (mean, var) = layers[0], stats
+            scale = l0.layer_norm.weight.double() / torch.sqrt(var + l0.layer_norm.eps)  # (C,)
+            shift = l0.layer_norm.bias.double() - mean * scale
+            x = l0.conv(x)
+            x = l0.activation(x * scale.to(x.dtype)[:, None] + shift.to(x.dtype)[:, None])
+            layers = layers[1:]
+        for layer in layers:
+            x = layer(x)
+        return x
 
     def encode_long(self, audio: torch.Tensor, n_frames: int, window_frames: int,
                     overlap_frames: int, chunk_features: int = 250) -> torch.Tensor:
