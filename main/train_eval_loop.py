@@ -19,8 +19,12 @@ from tqdm import tqdm
 
 from loss.loss import motion_vertex_loss
 from main.checkpoint import check_state_dict, check_training_state, load_checkpoint, save_checkpoint
-from utils.errors import CheckpointError, Interrupted
+from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything
+
+
+class TrainingDiverged(UserError, FloatingPointError):
+    """The training loss became NaN or infinite: reported as one line that says what to do."""
 
 
 def group_by_flame(datasets: list[str], flame_of: dict) -> list[tuple]:
@@ -155,8 +159,11 @@ class Trainer:
                                       passes=cfg.sampling_passes, input_noise=cfg.input_noise)
                 loss, _ = batch_loss(pred, batch, self.flame_of, cfg.velocity_weight)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at epoch {self.epoch + 1}, batch {i} "
-                                             f"(samples {batch['sample_id']}); lower TRAIN.lr or check the data")
+                    raise TrainingDiverged(
+                        f"non-finite training loss ({loss.item()}) at epoch {self.epoch + 1}, batch {i}, samples "
+                        f"{batch['sample_id']}; no weights were updated with it and last.pth holds the last "
+                        f"complete epoch ({self.epoch}). Check those samples (python -m dataset.check), or lower "
+                        f"TRAIN.lr (now {cfg.lr:g}), then continue with TRAIN.resume=true")
                 self.scaler.scale(loss / accum).backward()
             if boundary:
                 self.scaler.step(self.optimizer)

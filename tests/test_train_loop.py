@@ -115,3 +115,23 @@ def test_batch_mixing_two_flame_models(tmp_path):
             assert abs(float(per_sample[i]) - float(other.pow(2).mean())) > 1e-3 * float(own.pow(2).mean())
     frames = mask.sum(1).float()
     assert float(loss) == pytest.approx(float((per_sample * frames).sum() / frames.sum()), rel=1e-6)
+
+
+def test_non_finite_loss_is_a_user_error_naming_the_samples(demo_root, tmp_path):
+    from utils.errors import UserError
+    cfg = demo_cfg(demo_root, tmp_path)
+    styles = style_classes(cfg)
+    items = clips(cfg, styles, 2, 20)
+    items[1]["motion"] = items[1]["motion"].clone()
+    items[1]["motion"][3, 0] = float("nan")  # as if a sample went bad after start-up validation
+    model = FaceFormer(cfg.MODEL, len(styles))
+    before = copy.deepcopy(model.state_dict())
+    flame_of = {name: load_flame_for(cfg, name) for name in cfg.DATA.datasets}
+    trainer = Trainer(cfg, model, ListLoader([collate(items)]), None, flame_of, styles, torch.device("cpu"), LOG)
+    with pytest.raises(UserError) as e:
+        trainer.train_epoch()
+    msg = str(e.value)
+    assert items[1]["sample_id"] in msg and "TRAIN.resume=true" in msg and "TRAIN.lr" in msg
+    assert trainer.step == 0
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
