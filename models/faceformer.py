@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.wav2vec import build_audio_encoder
+from utils.config_schema import TRAIN_MODES
 from utils.framing import DEFAULT_FRAMING, Framing
 
 
@@ -237,7 +238,7 @@ class FaceFormer(nn.Module):
             bias = torch.where(keep[:, None], bias, float("-inf"))            # (B,h,T,T)
         return self._run_layers(x, feats, bias)
 
-    TRAIN_MODES = ("teacher_forcing", "parallel_sampling", "scheduled_rollout", "rollout")
+    TRAIN_MODES = TRAIN_MODES  # the names TRAIN.mode accepts (utils/config_schema.py)
 
     def forward(self, audio, motion, style, motion_mask=None, audio_mask=None, teacher_forcing: bool = True,
                 mode: str | None = None, sampling_prob: float = 0.0, passes: int = 1, input_noise: float = 0.0):
