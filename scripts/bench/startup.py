@@ -1,0 +1,86 @@
+"""Section startup: command-line start-up cost (issue 12 item 5). Fresh interpreters, run in turn
+``repeat`` times so load from other jobs hits every command alike; medians of wall seconds:
+
+- a bare ``import torch`` (the floor every run pays);
+- ``import torch`` + wav2vec2 from transformers, the top-level lazy module and the submodules;
+- importing the inference entry (main/inference.py; transformers is imported later, by the model);
+- a 2 s clip end to end: ``python inference.py --audio X.wav`` with the demo config and a tiny
+  checkpoint (wav read -> model built and loaded -> frames generated -> all files written).
+
+``--startup_pythonpath DIR`` repeats the transformers and end-to-end rows with DIR first on
+PYTHONPATH (e.g. ``pip install --target DIR 'transformers<5' --no-deps`` to price 4.x vs 5.x).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import soundfile as sf
+import torch
+
+from scripts.bench.common import ROOT, SR, speech_like
+
+TOP_LEVEL = "import torch; from transformers import Wav2Vec2Config, Wav2Vec2Model"
+SUBMODULES = ("import torch; from transformers.models.wav2vec2.modeling_wav2vec2 import Wav2Vec2Model; "
+              "from transformers.models.wav2vec2.configuration_wav2vec2 import Wav2Vec2Config")
+
+
+def demo_run_files(tmp: str) -> tuple[str, str, list[str]]:
+    """A 2 s wav, a demo-config checkpoint (tiny wav2vec2, random weights) and the run's overrides."""
+    from models.faceformer import FaceFormer
+    from models.flame_standin import write_standin_files
+    from utils.config import load_config
+
+    root = os.path.join(tmp, "startup")
+    write_standin_files(os.path.join(root, "FLAME"))
+    overrides = [f"DATA.data_root={root}"]
+    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"), overrides)
+    torch.manual_seed(0)
+    model = FaceFormer(cfg.MODEL, n_styles=2)
+    ckpt = os.path.join(root, "demo.pth")
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 0, "styles": ["S0", "S1"],
+                "config": cfg.to_dict()}, ckpt)
+    wav = os.path.join(root, "clip_2s.wav")
+    sf.write(wav, speech_like(2.0), SR)
+    return wav, ckpt, overrides
+
+
+def _wall(cmd: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} failed:\n{res.stderr[-3000:]}")
+    return wall
+
+
+def bench_startup(tmp: str, repeat: int = 3, pythonpath: str | None = None) -> dict:
+    wav, ckpt, overrides = demo_run_files(tmp)
+    envs = {"venv": {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
+    if pythonpath:
+        envs["alt"] = {**envs["venv"], "PYTHONPATH": os.pathsep.join(
+            p for p in (pythonpath, os.environ.get("PYTHONPATH")) if p)}
+    py = [sys.executable, "-W", "ignore"]
+    clip = [*py, "inference.py", "--config", "config/demo.yaml", "--audio", wav, "--style", "S0", "--checkpoint",
+            ckpt, "--out", os.path.join(tmp, "startup", "out"), "--overwrite", *overrides]
+    runs = [("import torch", [*py, "-c", "import torch"], "venv"),
+            ("import torch + transformers (top level)", [*py, "-c", TOP_LEVEL], "venv"),
+            ("import torch + transformers (submodules)", [*py, "-c", SUBMODULES], "venv"),
+            ("import main.inference", [*py, "-c", "import main.inference"], "venv"),
+            ("2 s clip end to end", clip, "venv")]
+    if pythonpath:
+        runs += [(name, cmd, "alt") for name, cmd, _ in runs[1:3] + runs[4:]]
+    version = {k: subprocess.run([*py, "-c", "import transformers; print(transformers.__version__)"], env=e,
+                                 capture_output=True, text=True).stdout.strip() for k, e in envs.items()}
+    times = [[] for _ in runs]
+    for _ in range(repeat):
+        for t, (_, cmd, k) in zip(times, runs):
+            t.append(_wall(cmd, envs[k]))
+    torch_s = statistics.median(times[0])
+    rows = [{"command": name, "transformers": version[k], "median_s": statistics.median(t), "min_s": min(t),
+             "x_import_torch": statistics.median(t) / torch_s, "all_s": [round(x, 3) for x in t]}
+            for (name, _, k), t in zip(runs, times)]
+    return {"repeat": repeat, "rows": rows, "target_clip_over_torch": 2.0}
