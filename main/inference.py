@@ -76,7 +76,8 @@ from main import results as RT  # noqa: E402
 # callers of the inference entry (tests, scripts).
 from main.generation import (SILENT_NORMALISED_STD, VertexFrames, generate_motion, read_speech,  # noqa: E402,F401
                              sample_arrays, to_output_fps)
-from main.jobs import audio_seconds, check_clashes, format_summary, jobs_to_write, plan_jobs, single_out_todo  # noqa: E402,F401,E501
+from main.jobs import (audio_seconds, check_clashes, check_roots, default_log_file, format_summary,  # noqa: E402,F401
+                       jobs_to_write, plan_jobs, single_out_todo)
 from main.model_io import (AudioError, InferenceError, check_framing, check_infer_config, choose_style,  # noqa: E402,F401,E501
                            load_model, resolve_checkpoint, results_mode)
 from utils.config import load_config  # noqa: E402
@@ -89,21 +90,7 @@ DEFAULT_CONFIG = "config/faceformer.yaml"
 log = logging.getLogger("inference")
 
 
-def default_log_file(path: str) -> str:
-    """Where the evaluation-mode log goes for an output root (see the module docstring)."""
-    path = os.path.normpath(path)
-    if not os.path.isabs(path):
-        return os.path.join(path.split(os.sep)[0], "inference.log")
-    parts = path.split(os.sep)
-    for i in range(len(parts) - 1, 0, -1):
-        if parts[i] == "results":
-            return os.path.join(os.sep.join(parts[:i + 1]) or os.sep, "inference.log")
-    return os.path.join(os.path.dirname(path), "inference.log")
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation mode
-# ----------------------------------------------------------------------------------------------
+# ---- Evaluation mode ---------------------------------------------------------------------------
 
 def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                     logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
@@ -119,9 +106,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
     inf = cfg.INFER
     mode = results_mode(bool(overwrite or inf.overwrite), bool(resume or inf.resume))
     split = inf.split or "test"
-    if os.path.abspath(inf.output_root) == os.path.abspath(inf.coeff_root):
-        raise InferenceError(f"INFER.output_root and INFER.coeff_root are both {inf.output_root}; the vertex "
-                             f"folders must hold nothing but frames: give the coefficients another root")
+    check_roots(cfg)
     check_infer_config(cfg)
 
     ckpt_path = os.path.abspath(resolve_checkpoint(cfg, checkpoint))
@@ -190,9 +175,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
     return rows
 
 
-# ----------------------------------------------------------------------------------------------
-# Single-audio mode
-# ----------------------------------------------------------------------------------------------
+# ---- Single-audio mode -------------------------------------------------------------------------
 
 def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str | None = None,
                out_dir: str | None = None, overwrite: bool = False, render: bool = False,
@@ -257,9 +240,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     return dict(meta, out_dir=out_dir)
 
 
-# ----------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------
+# ---- CLI ---------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(

@@ -14,6 +14,25 @@ from main.model_io import InferenceError, pick_condition_style
 log = logging.getLogger("inference")
 
 
+def default_log_file(path: str) -> str:
+    """Where the evaluation-mode log goes for an output root (main/inference.py's docstring)."""
+    path = os.path.normpath(path)
+    if not os.path.isabs(path):
+        return os.path.join(path.split(os.sep)[0], "inference.log")
+    parts = path.split(os.sep)
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i] == "results":
+            return os.path.join(os.sep.join(parts[:i + 1]) or os.sep, "inference.log")
+    return os.path.join(os.path.dirname(path), "inference.log")
+
+
+def check_roots(cfg):
+    """Evaluation mode writes vertex folders that hold nothing but frames: the coefficients need their own root."""
+    if os.path.abspath(cfg.INFER.output_root) == os.path.abspath(cfg.INFER.coeff_root):
+        raise InferenceError(f"INFER.output_root and INFER.coeff_root are both {cfg.INFER.output_root}; the vertex "
+                             f"folders must hold nothing but frames: give the coefficients another root")
+
+
 @dataclass
 class Job:
     """One test sample and where its results go."""
