@@ -138,7 +138,7 @@ def main(argv=None):
         if "startup" in args.only:
             r = bench_startup(tmp, max(args.repeat, 3), args.startup_pythonpath)
             results["startup"] = r
-            print(f"\n[startup] fresh interpreters in turn, median of {r['repeat']} (wall s); clip = python "
+            print(f"\n[startup] fresh interpreters in turn, median of {r['repeat']} rounds (wall s); clip = python "
                   f"inference.py --audio (2 s, demo config); target: clip <= {r['target_clip_over_torch']:g}x "
                   f"import torch")
             print(table(r["rows"], ["command", "transformers", "median_s", "min_s", "x_import_torch"]))

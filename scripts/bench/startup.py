@@ -7,6 +7,8 @@
 - a 2 s clip end to end: ``python inference.py --audio X.wav`` with the demo config and a tiny
   checkpoint (wav read -> model built and loaded -> frames generated -> all files written).
 
+``x_import_torch``: each command's time over the same round's ``import torch``, median over rounds.
+
 ``--startup_pythonpath DIR`` repeats the transformers and end-to-end rows with DIR first on
 PYTHONPATH (e.g. ``pip install --target DIR 'transformers<5' --no-deps`` to price 4.x vs 5.x).
 """
@@ -79,8 +81,10 @@ def bench_startup(tmp: str, repeat: int = 3, pythonpath: str | None = None) -> d
     for _ in range(repeat):
         for t, (_, cmd, k) in zip(times, runs):
             t.append(_wall(cmd, envs[k]))
-    torch_s = statistics.median(times[0])
+    # the ratio is taken within each round (the commands of a round ran back to back, under the same
+    # load), then the median over rounds
     rows = [{"command": name, "transformers": version[k], "median_s": statistics.median(t), "min_s": min(t),
-             "x_import_torch": statistics.median(t) / torch_s, "all_s": [round(x, 3) for x in t]}
+             "x_import_torch": statistics.median(x / t0 for x, t0 in zip(t, times[0])),
+             "all_s": [round(x, 3) for x in t]}
             for (name, _, k), t in zip(runs, times)]
     return {"repeat": repeat, "rows": rows, "target_clip_over_torch": 2.0}
