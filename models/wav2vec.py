@@ -226,12 +226,14 @@ class AudioEncoder(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
             stats = self._layer0_stats(audio, chunk_features) if self.group_norm else None
             F = int(self.cnn_lengths(torch.tensor(N)))
-            out = []
+            out = None  # (C, F), filled in place: a list + cat would hold the features twice
             for j0 in range(0, F, chunk_features):
                 j1 = min(j0 + chunk_features, F)
                 x = audio[self.stride * j0:self.stride * (j1 - 1) + self.receptive_field]
-                out.append(self.cnn_chunk(x[None, None], stats)[0])    # (C, j1-j0)
-        return torch.cat(out, 1)
+                h = self.cnn_chunk(x[None, None], stats)[0]             # (C, j1-j0)
+                out = h.new_empty(h.shape[0], F) if out is None else out
+                out[:, j0:j1] = h
+        return out
 
     def _layer0_stats(self, audio: torch.Tensor, chunk_features: int):
         """Whole-clip per-channel mean and variance of the first conv's outputs: (C,), (C,) float64."""
