@@ -235,17 +235,10 @@ class Streamer:
             return
         a, b = self.n_feat * enc.stride, (F - 1) * enc.stride + enc.receptive_field
         h = self._normalised(a, b)[:, None]                            # (1,1,b-a)
-        layers = self.cnn.conv_layers
-        if self.group_norm:
-            l0 = layers[0]
-            mean, var = (torch.from_numpy(v).to(h) for v in self.conv0_stats.mean_var())
-            y = l0.conv(h)
-            y = (y - mean[:, None]) / torch.sqrt(var[:, None] + l0.layer_norm.eps)
-            h = l0.activation(y * l0.layer_norm.weight[:, None] + l0.layer_norm.bias[:, None])
-            layers = layers[1:]
-        for layer in layers:
-            h = layer(h)
-        new = h[0]                                                     # (C, F - n_feat)
+        stats = None
+        if self.group_norm:  # layer 0's GroupNorm with the running statistics of all audio so far
+            stats = tuple(torch.from_numpy(v).to(self.device) for v in self.conv0_stats.mean_var())
+        new = enc.cnn_chunk(h, stats)[0]                               # (C, F - n_feat)
         self.cnn_feats = new if self.cnn_feats is None else torch.cat([self.cnn_feats, new], 1)
         self.n_feat = F
 
