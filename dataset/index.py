@@ -229,6 +229,6 @@ def style_classes(cfg) -> list[str]:
     speakers = sorted({r.speaker for r in split_refs(cfg, "train", problems=[])})
     if not speakers:
         raise DataError("no training speakers: no readable entries in the train JSONs of DATA.datasets "
-                        "(run python -m dataset.check --config <cfg> to see why) and DATA.train_subjects "
+                        "(run python -m main.check_data --config <cfg> to see why) and DATA.train_subjects "
                         "is not set")
     return speakers

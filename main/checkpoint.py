@@ -73,14 +73,16 @@ def save_checkpoint(state: dict, path: str):
 # Load
 # ----------------------------------------------------------------------------------------------
 
-def load_checkpoint(path: str, what: str = "checkpoint") -> dict:
+def load_checkpoint(path: str, what: str = "checkpoint", mmap: bool = False) -> dict:
     """``torch.load(weights_only=True)`` of a file of ours -> its dict, or CheckpointError naming the file
     (missing, truncated/corrupt, objects outside the allow-list, not our layout). Nothing in the file
-    is ever called: the restricted unpickler refuses a global before it is looked up."""
+    is ever called: the restricted unpickler refuses a global before it is looked up.
+    ``mmap=True`` maps the tensors from the file instead of reading them into memory: inference copies
+    them into the model once, so the weights are not held twice at the peak."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
         name = m.group(1) if m else "an object"

@@ -51,7 +51,7 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
     from models.wav2vec import AudioEncoderLoadError
 
     logger = logger or log
-    ckpt = load_checkpoint(path)  # data only (weights_only), layout checked; CheckpointError otherwise
+    ckpt = load_checkpoint(path, mmap=True)  # data only (weights_only), layout checked; CheckpointError otherwise
     styles = [str(s) for s in ckpt["styles"]]
     saved = (ckpt.get("config") or {}).get("MODEL")
     model_cfg = Config(dict(saved)) if saved else cfg.MODEL

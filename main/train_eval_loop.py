@@ -162,7 +162,7 @@ class Trainer:
                     raise TrainingDiverged(
                         f"non-finite training loss ({loss.item()}) at epoch {self.epoch + 1}, batch {i}, samples "
                         f"{batch['sample_id']}; no weights were updated with it and last.pth holds the last "
-                        f"complete epoch ({self.epoch}). Check those samples (python -m dataset.check), or lower "
+                        f"complete epoch ({self.epoch}). Check those samples (python -m main.check_data), or lower "
                         f"TRAIN.lr (now {cfg.lr:g}), then continue with TRAIN.resume=true")
                 self.scaler.scale(loss / accum).backward()
             if boundary:

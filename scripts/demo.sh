@@ -12,7 +12,7 @@ RESULTS=results/metrics/demo_run/test
 
 echo "== 1/6 synthetic demo data (demo_data/)"
 python scripts/make_demo_data.py --out demo_data --seed 0
-python -m dataset.check --config "$CONFIG" --quiet
+python -m main.check_data --config "$CONFIG" --quiet
 
 echo "== 2/6 training (outputs/demo/)"
 python train.py --config "$CONFIG" TRAIN.overwrite=true "$@"

@@ -411,12 +411,12 @@ def test_dataloader_with_collate(tmp_path):
 
 def run_check(args, cwd=REPO):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([sys.executable, "-m", "dataset.check", "--quiet", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "main.check_data", "--quiet", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
 def write_check_cfg(tmp_path, datasets, **data):
-    """A config for dataset.check with the stand-in FLAME files (check loads every FLAME file named)."""
+    """A config for main.check_data with the stand-in FLAME files (check loads every FLAME file named)."""
     from models.flame_standin import write_standin_files
 
     write_standin_files(str(tmp_path / "FLAME"))

@@ -1,6 +1,6 @@
 """Check every entry of every JSON index of a config, all splits, and print a table per dataset.
 
-    python -m dataset.check --config config/faceformer.yaml [SECTION.key=value ...]
+    python -m main.check_data --config config/faceformer.yaml [SECTION.key=value ...]
 
 Each sample is loaded once, as training would (audio decoded and resampled, FLAME parameters read,
 motion resampled to DATA.target_fps). Problems: unreadable or truncated files, a valid_frames_num beyond
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         print(f"{args.config}: DATA.datasets is empty: nothing to check", file=sys.stderr)
         return 1
 
-    quiet = logging.getLogger("dataset.check")
+    quiet = logging.getLogger("main.check_data")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False  # the tables below list every problem and warning
     reports = {}
