@@ -296,21 +296,13 @@ class FaceFormer(nn.Module):
         if sampling_prob >= 1:
             return self.generate_from_features(feats, style)
         B, T, _ = feats.shape
-        style_emb = self.style_embedding(style)
-        caches = [{} for _ in self.layers]
-        pe = periodic_positional_encoding(self.period, self.d, self.period).to(feats)
-        crosses = [layer.cross(feats) for layer in self.layers]
-        pos = torch.arange(T, device=feats.device)
-        rev = alibi_bias(self.slopes, pos[-1:], pos, self.period)[:, 0]       # (h,T), see generate_from_features
         take = torch.rand(B, T, 1, device=feats.device) < sampling_prob
-        prev, outputs = feats.new_zeros(B, 1, self.motion_dim), []
-        for t in range(T):
+        state = self.start_generation(style, capacity=T)
+        outputs = []
+        for t in range(T):  # one cached step at a time, its input swapped in the decoding state
             if t > 0:
-                prev = torch.where(take[:, t:t + 1], prev, motion[:, t - 1:t].to(prev.dtype))
-            x = self._decoder_input(prev, style_emb, pe[t % self.period])
-            prev = self._run_layers(x, feats[:, t:t + 1], rev[:, None, T - 1 - t:], caches,
-                                    [c[:, t:t + 1] for c in crosses])
-            outputs.append(prev)
+                state["prev"] = torch.where(take[:, t:t + 1], state["prev"], motion[:, t - 1:t].to(state["prev"].dtype))
+            outputs.append(self.generate_steps(state, feats[:, t:t + 1]))
         return torch.cat(outputs, 1)
 
     # ---- autoregressive generation -------------------------------------------------------------
