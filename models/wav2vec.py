@@ -250,17 +250,19 @@ class AudioEncoder(nn.Module):
         mean = total / n0
         return mean, (sq / n0 - mean.pow(2)).clamp(min=0)               # biased, as GroupNorm
 
-    def cnn_chunk(self, x: torch.Tensor, stats=None) -> torch.Tensor:
+    def cnn_chunk(self, x: torch.Tensor, stats=None, eps: float | None = None) -> torch.Tensor:
         """The CNN over a piece of audio x (1,1,n) -> (1,C,F), as HF's Wav2Vec2FeatureEncoder.
 
         With group norm, ``stats`` = (mean, var), each (C,), replaces the statistics layer 0's
         GroupNorm would take from x: those of the whole clip (Wav2Vec2GroupNormConvLayer is conv ->
-        GroupNorm -> activation; its affine weight and bias are applied as usual).
+        GroupNorm -> activation; its affine weight and bias are applied as usual). ``eps`` replaces
+        the GroupNorm's own (for statistics in other units, see main/stream.py).
         """
         layers = self.model.feature_extractor.conv_layers
         if stats is not None:
             l0, (mean, var) = layers[0], stats
-            scale = l0.layer_norm.weight.double() / torch.sqrt(var + l0.layer_norm.eps)  # (C,)
+            eps = l0.layer_norm.eps if eps is None else eps
+            scale = l0.layer_norm.weight.double() / torch.sqrt(var + eps)  # (C,)
             shift = l0.layer_norm.bias.double() - mean * scale
             x = l0.conv(x)
             x = l0.activation(x * scale.to(x.dtype)[:, None] + shift.to(x.dtype)[:, None])
