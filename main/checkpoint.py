@@ -7,6 +7,9 @@ default allow-list and no ``add_safe_globals`` (torch 2.4+)::
     model      {name: tensor}               the FaceFormer state dict
     styles     [str]                        style class names, in class order
     config     {section: {key: value}}      the resolved config (Config.to_dict())
+    audio_encoder_config  {key: value}      the wav2vec2 config (plain values, ``plain_values``), so
+                                            inference builds the encoder without transformers
+                                            (models/wav2vec2_runtime.py); absent in older checkpoints
     epoch, step, best_val                   training progress (last.pth, best_model.pth)
     optimizer, scaler                       their state dicts (training only)
 
@@ -69,6 +72,19 @@ def save_checkpoint(state: dict, path: str):
             os.remove(tmp)
 
 
+def plain_values(config: dict) -> dict:
+    """A config dict kept to plain values (str, int, float, bool, None, and lists / dicts of them), so
+    a checkpoint holding it loads with ``torch.load(weights_only=True)``; other entries are dropped."""
+    def plain(v):
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return True
+        if isinstance(v, (list, tuple)):
+            return all(plain(x) for x in v)
+        return isinstance(v, dict) and all(isinstance(k, (str, int)) and plain(x) for k, x in v.items())
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items() if isinstance(k, str) and plain(v)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Load
 # ----------------------------------------------------------------------------------------------
@@ -121,6 +137,9 @@ def _check_layout(ckpt: dict, path: str, what: str):
     config = ckpt.get("config")
     if config is not None and not (isinstance(config, dict) and isinstance(config.get("MODEL", {}), dict)):
         problems.append("'config' must be a dict of config sections")
+    encoder = ckpt.get("audio_encoder_config")
+    if encoder is not None and not (isinstance(encoder, dict) and all(isinstance(k, str) for k in encoder)):
+        problems.append("'audio_encoder_config' must be a dict of wav2vec2 config values")
     if problems:
         raise CheckpointError(f"{what} {path} is not a checkpoint of this project: " + "; ".join(problems))
 

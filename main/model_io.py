@@ -45,7 +45,9 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
     """Checkpoint -> (FaceFormer in eval mode on ``device``, style class names).
 
     The MODEL section saved in the checkpoint is used (it is what the weights were trained with);
-    the config's is only a fallback for checkpoints without one.
+    the config's is only a fallback for checkpoints without one. A checkpoint that records its
+    wav2vec2 config (``audio_encoder_config``) gets the transformers-free encoder
+    (``runtime_audio_encoder``): no transformers import, no pretrained files.
     """
     from models.faceformer import FaceFormer
     from models.wav2vec import AudioEncoderLoadError
@@ -56,8 +58,10 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
     saved = (ckpt.get("config") or {}).get("MODEL")
     model_cfg = Config(dict(saved)) if saved else cfg.MODEL
     framing = checkpoint_framing(ckpt, cfg, path)
+    state = ckpt["model"]
     try:
-        model = FaceFormer(model_cfg, n_styles=len(styles), framing=framing)
+        model = FaceFormer(model_cfg, n_styles=len(styles), framing=framing,
+                           audio_encoder=runtime_audio_encoder(ckpt, framing, path, logger))
     except AudioEncoderLoadError as err:
         # The checkpoint holds every weight; the pretrained files are only needed for the wav2vec2
         # architecture. So an offline machine can still run it: build the architecture from
@@ -68,16 +72,45 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
         offline_cfg = Config(dict(model_cfg, audio_encoder_pretrained=False))
         model = FaceFormer(offline_cfg, n_styles=len(styles), framing=framing)
         try:
-            check_state_dict(ckpt["model"], model, path)
+            state = match_weight_norm_names(state, model)
+            check_state_dict(state, model, path)
         except UserError:
             raise err from None
     else:
-        check_state_dict(ckpt["model"], model, path)  # names missing / unexpected / mismatched weights
-    model.load_state_dict(ckpt["model"])
+        state = match_weight_norm_names(state, model)
+        check_state_dict(state, model, path)  # names missing / unexpected / mismatched weights
+    model.load_state_dict(state)
     model.to(device).eval()
     logger.info("checkpoint %s (epoch %s), %d style classes: %s", path, ckpt.get("epoch", "?"), len(styles),
                 styles)
     return model, styles
+
+
+def runtime_audio_encoder(ckpt: dict, framing, path: str, logger: logging.Logger):
+    """The checkpoint's wav2vec2 built without transformers (models/wav2vec2_runtime.py), wrapped in an
+    AudioEncoder, or None (-> FaceFormer builds it with transformers) for a checkpoint without
+    ``audio_encoder_config`` (written before it was saved) or one the runtime cannot reproduce."""
+    config = ckpt.get("audio_encoder_config")
+    if config is None:
+        return None
+    from models.wav2vec import AudioEncoder
+    from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
+
+    why = unsupported(config)
+    if why:
+        logger.info("checkpoint %s: wav2vec2 built with transformers (%s is not supported without it)", path, why)
+        return None
+    model = Wav2Vec2Runtime.empty(config)  # the checkpoint supplies every weight (check_state_dict)
+    model.freeze_feature_encoder()
+    return AudioEncoder(model, sample_rate=framing.sample_rate, fps=framing.fps)
+
+
+def match_weight_norm_names(state: dict, model) -> dict:
+    """The checkpoint's weights with the wav2vec2 positional convolution's weight-norm tensors named as
+    in ``model`` (``weight_g/v`` from torch < 2.1 vs ``parametrizations.weight.original0/1``)."""
+    from models.wav2vec2_runtime import rename_weight_norm
+
+    return rename_weight_norm(dict(state), "audio_encoder.model.encoder.pos_conv_embed.conv.", model.state_dict())
 
 
 def checkpoint_framing(ckpt: dict, cfg, path: str):

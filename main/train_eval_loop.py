@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from loss.loss import motion_vertex_loss
-from main.checkpoint import check_state_dict, check_training_state, load_checkpoint, save_checkpoint
+from main.checkpoint import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
 from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything
 
@@ -91,7 +91,9 @@ class Trainer:
         return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step": self.step,
                 "best_val": self.best_val, "styles": list(self.styles),
-                "config": self.cfg.to_dict()}
+                "config": self.cfg.to_dict(),
+                # the wav2vec2 architecture: inference builds it without importing transformers
+                "audio_encoder_config": plain_values(self.raw_model.audio_encoder.model.config.to_dict())}
 
     def save(self, name: str):
         if self.rank == 0:

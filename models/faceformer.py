@@ -158,9 +158,11 @@ def shift_motion(motion: torch.Tensor) -> torch.Tensor:
 class FaceFormer(nn.Module):
     """FaceFormer(cfg.MODEL, n_styles, framing). style: long class indices (B,) in [0, n_styles).
     ``framing`` (utils.framing, from ``framing_from_config(cfg)``; default 16 kHz / 25 fps) sets the
-    audio samples per motion frame of the encoder; it is kept as ``self.framing``."""
+    audio samples per motion frame of the encoder; it is kept as ``self.framing``. ``audio_encoder``: a
+    prebuilt AudioEncoder to use instead of building one from ``model_cfg`` (main/model_io.py passes
+    the transformers-free one for inference from a checkpoint)."""
 
-    def __init__(self, model_cfg, n_styles: int, framing: Framing | None = None):
+    def __init__(self, model_cfg, n_styles: int, framing: Framing | None = None, audio_encoder=None):
         super().__init__()
         self.framing = framing or DEFAULT_FRAMING
         d, self.motion_dim = model_cfg["feature_dim"], self.framing.motion_dim
@@ -168,7 +170,8 @@ class FaceFormer(nn.Module):
         self.n_head = model_cfg["n_head"]
         ff_dim = model_cfg.get("ff_dim")
         ff_dim = 2 * d if ff_dim is None else int(ff_dim)  # null: 2 x feature_dim, as FaceFormer
-        self.audio_encoder = build_audio_encoder(model_cfg, self.framing.sample_rate, self.framing.fps)
+        self.audio_encoder = audio_encoder if audio_encoder is not None else \
+            build_audio_encoder(model_cfg, self.framing.sample_rate, self.framing.fps)
         self.audio_feature_map = nn.Linear(self.audio_encoder.hidden_size, d)
         self.motion_map = nn.Linear(self.motion_dim, d)
         self.style_map = nn.Linear(n_styles, d, bias=False)
