@@ -128,23 +128,40 @@ def sample_arrays(flame, motion: np.ndarray, shape: np.ndarray | None,
 class VertexFrames:
     """The FLAME vertices of a motion sequence, converted chunk by chunk as frames are read:
     behaves as a (T,V,3) float32 array for ``shape``, ``len`` and ``frames[i]`` (what the results
-    writer uses) while holding one chunk of ``chunk`` frames, so writing 10 minutes of frames never
-    holds all of them (0.9 GB at 25 fps). ``np.asarray`` (e.g. rendering) converts them all."""
+    writer uses) while holding two chunks of ``chunk`` frames, so writing 10 minutes of frames never
+    holds all of them (0.9 GB at 25 fps). ``np.asarray`` (e.g. rendering) converts them all.
 
-    def __init__(self, flame, motion: np.ndarray, shape=None, chunk: int = 250):
+    Reading in order, the next chunk is converted in a background thread while the caller writes
+    the current one: FLAME (torch) and file writes both release the GIL, so they overlap
+    (docs/BENCHMARKS.md, "Whole inference vs the bare encoder")."""
+
+    def __init__(self, flame, motion: np.ndarray, shape=None, chunk: int = 50):
         self.flame, self.motion, self.shape_vec, self.chunk = flame, motion, shape, int(chunk)
         self.shape = (motion.shape[0], int(flame.v_template.shape[0]), 3)
         self._start, self._block = None, None
+        self._pool, self._next = None, None  # (start, Future) of the chunk after the current one
 
     def __len__(self):
         return self.shape[0]
 
+    def _convert(self, start: int) -> np.ndarray:
+        return np.asarray(self.flame.motion_to_vertices(self.motion[start:start + self.chunk], self.shape_vec),
+                          dtype=np.float32)
+
     def __getitem__(self, i: int) -> np.ndarray:
         start = (int(i) // self.chunk) * self.chunk
         if start != self._start:
-            self._block = np.asarray(self.flame.motion_to_vertices(self.motion[start:start + self.chunk],
-                                                                   self.shape_vec), dtype=np.float32)
+            nxt, self._next = self._next, None
+            self._block = nxt[1].result() if nxt is not None and nxt[0] == start else self._convert(start)
             self._start = start
+            if start + self.chunk < len(self):
+                if self._pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="flame")
+                self._next = (start + self.chunk, self._pool.submit(self._convert, start + self.chunk))
+            elif self._pool is not None:  # the last chunk: no thread left behind
+                self._pool.shutdown(wait=False)
+                self._pool = None
         return self._block[int(i) - start]
 
     def __array__(self, dtype=None, copy=None):

@@ -263,6 +263,10 @@ def parse_args(argv=None):
     p.add_argument("--lookahead_ms", type=float, help="streaming: lookahead (default INFER.stream_lookahead_ms)")
     p.add_argument("--left_context_ms", type=float, help="streaming: past audio the encoder sees, < 0 = all "
                                                          "(default INFER.stream_left_context_ms)")
+    p.add_argument("--warmup_ms", type=float, help="streaming: audio held before the first frame is emitted, "
+                   "once (default INFER.stream_warmup_ms)")
+    p.add_argument("--prime_audio", help="streaming: audio of the speaker recorded beforehand on the same "
+                   "microphone, used only to start the normalisation statistics warm (not animated)")
     p.add_argument("--stdout_vertices", action="store_true", help="streaming: also write each frame's vertices "
                    "to stdout as soon as final, raw float32 (V,3) little-endian bytes (the log goes to stderr)")
     p.add_argument("overrides", nargs="*", help="SECTION.key=value")
@@ -271,8 +275,10 @@ def parse_args(argv=None):
     if args.stream and (args.audio is None or args.render):
         p.error("--stream needs --audio FILE (or --audio - for stdin) and does not --render")
     if not args.stream and (args.chunk_ms is not None or args.lookahead_ms is not None
-                            or args.left_context_ms is not None or args.stdout_vertices):
-        p.error("--chunk_ms, --lookahead_ms, --left_context_ms and --stdout_vertices belong to --stream")
+                            or args.left_context_ms is not None or args.stdout_vertices
+                            or args.warmup_ms is not None or args.prime_audio):
+        p.error("--chunk_ms, --lookahead_ms, --left_context_ms, --warmup_ms, --prime_audio and --stdout_vertices "
+                "belong to --stream")
     if args.audio is None and (args.style or args.out or args.render):
         p.error("--style, --out and --render belong to single-audio mode: give --audio too")
     return args

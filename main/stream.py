@@ -84,13 +84,14 @@ class Streamer:
     chunk_ms: processing granularity (audio is encoded and decoded at every chunk boundary);
     lookahead_ms: audio after a frame's end needed before it is emitted; left_context_ms: past audio
     the wav2vec2 transformer sees (None = all); attention_window: decoder attention in frames
-    (None = unbounded). ``stats`` holds one dict per processed chunk (audio_end_s, frames, compute_s
+    (None = unbounded); warmup_ms: audio held before the first frame is emitted (once: the first
+    frames then use warmer normalisation statistics; after it, latency is chunk + lookahead again). ``stats`` holds one dict per processed chunk (audio_end_s, frames, compute_s
     wall seconds, cpu_s process CPU seconds).
     """
 
     def __init__(self, model, style=0, chunk_ms: float = 200, lookahead_ms: float = 300,
                  left_context_ms: float | None = 1000, attention_window: int | None = 600, styles=None,
-                 device=None, cfg=None):
+                 device=None, cfg=None, warmup_ms: float = 0):
         if isinstance(model, (str, os.PathLike)):
             from main.model_io import load_model
             from utils.config import load_config
@@ -117,8 +118,10 @@ class Streamer:
         self.k0, self.s0 = conv0.kernel_size[0], conv0.stride[0]
         self.chunk = max(1, int(round(chunk_ms * self.sr / 1000)))
         self.lookahead = int(round(lookahead_ms * self.sr / 1000))
+        self.warmup = int(round(warmup_ms * self.sr / 1000))
         self.left = None if left_context_ms is None else int(round(left_context_ms * self.fps / 1000))
         self.chunk_ms, self.lookahead_ms, self.left_context_ms = chunk_ms, lookahead_ms, left_context_ms
+        self.style, self.attention_window = int(style), attention_window
         self.state = model.start_generation(torch.tensor([int(style)], device=self.device), attention_window)
         self.audio_stats, self.conv0_stats = _RunningStats(), _RunningStats(conv0.out_channels)
         self.raw = np.zeros(0, np.float32)  # received samples from global index raw_start on
@@ -165,6 +168,18 @@ class Streamer:
         if self.group_norm and x.shape[0] >= self.k0:
             self.conv0_stats.add(self._conv0(self._raw_tensor(x)))
 
+    def next_utterance(self, style=None) -> "Streamer":
+        """A Streamer for the next utterance of a live session (same model and settings, a fresh
+        decoder), whose normalisation statistics continue from everything this one received: the
+        same speaker on the same microphone then starts warm instead of cold (docs/BENCHMARKS.md,
+        "Streaming"). ``style``: a class index (default: this one's)."""
+        import copy
+
+        nxt = Streamer(self.model, self.style if style is None else style, self.chunk_ms, self.lookahead_ms,
+                       self.left_context_ms, self.attention_window, warmup_ms=0)
+        nxt.audio_stats, nxt.conv0_stats = copy.deepcopy(self.audio_stats), copy.deepcopy(self.conv0_stats)
+        return nxt
+
     def flush(self) -> np.ndarray:
         """End of the utterance: the remaining frames, round(samples / samples per frame) in all, as offline (the
         audio is cut or zero-padded to whole frames)."""
@@ -188,7 +203,7 @@ class Streamer:
             n_target = T
         else:
             n_audio = n
-            n_target = max(0, (n - self.lookahead) // self.hop)
+            n_target = max(0, (n - self.lookahead) // self.hop) if n >= self.warmup else 0
         if not final and n_target <= self.n_emitted:
             # nothing to emit yet: leave the CNN for later, when the running statistics know more
             self._record(n, 0, t0, c0)

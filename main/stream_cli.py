@@ -29,15 +29,15 @@ def stream_settings(cfg, args=None) -> dict:
     (--chunk_ms, --lookahead_ms, --left_context_ms override the config), checked."""
     inf = cfg.INFER
     pick = lambda flag, key: getattr(args, flag, None) if getattr(args, flag, None) is not None else inf[key]
-    chunk, la, left = (pick("chunk_ms", "stream_chunk_ms"), pick("lookahead_ms", "stream_lookahead_ms"),
-                       pick("left_context_ms", "stream_left_context_ms"))
-    if not chunk > 0 or not la >= 0:
-        raise InferenceError(f"streaming needs a chunk > 0 ms and a lookahead >= 0 ms; got chunk {chunk} ms "
-                             f"(--chunk_ms / INFER.stream_chunk_ms), lookahead {la} ms (--lookahead_ms / "
-                             f"INFER.stream_lookahead_ms)")
+    chunk, la, left, warm = (pick("chunk_ms", "stream_chunk_ms"), pick("lookahead_ms", "stream_lookahead_ms"),
+                             pick("left_context_ms", "stream_left_context_ms"), pick("warmup_ms", "stream_warmup_ms"))
+    if not chunk > 0 or not la >= 0 or not warm >= 0:
+        raise InferenceError(f"streaming needs a chunk > 0 ms, a lookahead >= 0 ms and a warm-up >= 0 ms; got chunk "
+                             f"{chunk} ms (--chunk_ms / INFER.stream_chunk_ms), lookahead {la} ms (--lookahead_ms / "
+                             f"INFER.stream_lookahead_ms), warm-up {warm} ms (--warmup_ms / INFER.stream_warmup_ms)")
     return {"chunk_ms": float(chunk), "lookahead_ms": float(la),
             "left_context_ms": None if left < 0 else float(left),  # negative: all past audio
-            "attention_window": attention_window(cfg)}
+            "attention_window": attention_window(cfg), "warmup_ms": float(warm)}
 
 
 def _pcm_chunks_from_stdin(chunk_samples: int):
@@ -105,6 +105,12 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
         shutil.rmtree(vert_dir)
     os.makedirs(vert_dir)
     streamer = Streamer(model, styles.index(style), **settings)
+    primed_s = 0.0
+    if getattr(args, "prime_audio", None):
+        prime = read_speech(args.prime_audio, SR, logger, FPS, normalise=False)
+        streamer.prime(prime)
+        primed_s = prime.shape[0] / SR
+        logger.info("normalisation statistics primed with %.2f s of %s", primed_s, args.prime_audio)
     logger.info("streaming %s (style %s): chunk %g ms, lookahead %g ms, left context %s ms, attention window "
                 "%s frames; algorithmic latency %.3f s", "stdin (16-bit 16 kHz mono PCM)" if live else args.audio,
                 style, settings["chunk_ms"], settings["lookahead_ms"], settings["left_context_ms"],
@@ -145,7 +151,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
     compute = [c["compute_s"] for c in chunks]
     stats = {"chunk_ms": settings["chunk_ms"], "lookahead_ms": settings["lookahead_ms"],
              "left_context_ms": settings["left_context_ms"], "attention_window": settings["attention_window"],
-             "algorithmic_latency_s": streamer.latency_s, "audio_s": audio_s, "frames": int(motion.shape[0]),
+             "warmup_ms": settings["warmup_ms"], "primed_s": primed_s, "algorithmic_latency_s": streamer.latency_s, "audio_s": audio_s, "frames": int(motion.shape[0]),
              "compute_s": float(sum(compute)), "real_time_factor": float(sum(compute)) / audio_s,
              "max_chunk_compute_s": max(compute), "mean_chunk_compute_s": float(np.mean(compute)),
              "device": str(device), "chunks": chunks}

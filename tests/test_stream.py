@@ -190,6 +190,39 @@ def test_stream_deviation_from_offline_is_small_with_enough_context(model):
     assert 0 < dev[600] < dev[0]
 
 
+def test_warmup_holds_the_first_frames_once_then_streams_at_the_usual_latency(model):
+    """warmup_ms: nothing is emitted before that much audio arrived; then the backlog comes at once,
+    later frames follow chunk by chunk as without it, and the frame count equals offline's."""
+    x = speech(60, seed=2)
+    kw = dict(chunk_ms=200, lookahead_ms=300, left_context_ms=1000)
+    cold, _, _ = stream(model, x, piece=3200, **kw)
+    warm, flushed, s = stream(model, x, piece=3200, warmup_ms=1000, **kw)
+    counts, cold_counts = [p.shape[0] for p in warm], [p.shape[0] for p in cold]
+    assert counts[:4] == [0, 0, 0, 0] and counts[4] == (16000 - 4800) // HOP     # at 1.0 s: frames up to 0.7 s
+    assert counts[5:] == cold_counts[5:]                                        # then as without warm-up
+    assert sum(counts) + flushed.shape[0] == 60
+    assert not np.allclose(np.concatenate(warm)[:10], np.concatenate(cold)[:10], atol=1e-4)  # warmer stats
+
+
+def test_next_utterance_continues_the_normalisation_statistics(model):
+    """A live session: the next utterance starts from the statistics of all audio so far, which is
+    what priming a fresh Streamer with the previous utterance gives; the decoder starts afresh."""
+    first, second = speech(30, seed=3), speech(25, seed=4)
+    kw = dict(chunk_ms=200, lookahead_ms=300, left_context_ms=1000)
+    a = Streamer(model, style=1, **kw)
+    a.push(first)
+    a.flush()
+    b = a.next_utterance(style=2)
+    primed = Streamer(model, style=2, **kw)
+    primed.prime(first)
+    out_b = np.concatenate([b.push(second), b.flush()])
+    out_p = np.concatenate([primed.push(second), primed.flush()])
+    assert np.allclose(out_b, out_p, atol=1e-5)
+    cold = Streamer(model, style=2, **kw)
+    assert not np.allclose(out_b, np.concatenate([cold.push(second), cold.flush()]), atol=1e-4)
+    assert b.n_emitted == 25 and b.state["t"] == 25  # its own decoder: frames counted from 0
+
+
 def test_bad_arguments(model):
     with pytest.raises(ValueError, match="chunk_ms"):
         Streamer(model, chunk_ms=0)
@@ -296,6 +329,22 @@ def test_cli_stream_refuses_existing_results_and_bad_flags(cli_setup, tmp_path):
         run_cli(root, ckpt, "--audio", wav, "--lookahead_ms", "100", "--out", str(tmp_path / "q"))
 
 
+def test_cli_prime_audio_primes_the_streamer(cli_setup, tmp_path):
+    """--prime_audio FILE = Streamer.prime with that file's samples; --warmup_ms reaches the Streamer."""
+    import json
+
+    root, ckpt, wav, pcm = cli_setup
+    run_cli(root, ckpt, "--audio", wav, "--stream", "--prime_audio", wav, "--warmup_ms", "800",
+            "--out", str(tmp_path / "p"))
+    s = Streamer(tiny_model(), style=1, chunk_ms=200, lookahead_ms=300, left_context_ms=1000, warmup_ms=800)
+    s.prime(pcm)
+    ref = np.concatenate([s.push(pcm[i:i + s.chunk]) for i in range(0, len(pcm), s.chunk)] + [s.flush()])
+    assert np.allclose(np.load(tmp_path / "p" / "motion.npy"), ref, atol=1e-6)
+    stats = json.loads((tmp_path / "p" / "stream_stats.json").read_text())
+    assert stats["primed_s"] == pytest.approx(1.6) and stats["warmup_ms"] == 800
+    assert [c["frames"] for c in stats["chunks"]][:4] == [0, 0, 0, 12]  # at 0.8 s: frames up to 0.5 s
+
+
 def test_streamer_from_a_checkpoint_path(cli_setup):
     root, ckpt, _, pcm = cli_setup
     kw = dict(chunk_ms=200, lookahead_ms=300, left_context_ms=1000)
@@ -317,4 +366,10 @@ def test_vertex_frames_convert_chunk_by_chunk():
     assert lazy.shape == whole.shape and len(lazy) == 23
     assert np.allclose(np.stack([lazy[i] for i in range(23)]), whole, atol=1e-6)
     assert lazy._block.shape[0] == 3                      # only the last chunk (frames 20..22) is held
+    assert lazy._pool is None and lazy._next is None      # the prefetch thread is gone after the last chunk
     assert np.allclose(np.asarray(lazy), whole, atol=1e-6)
+    # in order, the next chunk is being converted in the background; any order still gives the same frames
+    again = VertexFrames(flame, motion, chunk=5)
+    again[0]
+    assert again._next[0] == 5
+    assert np.allclose(np.stack([again[i] for i in reversed(range(23))])[::-1], whole, atol=1e-6)

@@ -94,6 +94,7 @@ DEFAULTS = {
         "stream_chunk_ms": 200,       # streaming (--stream, --audio -): processing granularity ...
         "stream_lookahead_ms": 300,   # ... audio after a frame needed to emit it (latency = chunk + lookahead)
         "stream_left_context_ms": 1000,  # ... past audio the wav2vec2 transformer sees (< 0: all)
+        "stream_warmup_ms": 0,        # ... audio held before the first frame (once): warmer normalisation
         "batch_size": 4,
         "device": "cuda",
         "split": "test",

@@ -165,7 +165,8 @@ def bench_stream(model, device, args):
 
     inf = DEFAULTS["INFER"]
     base = {"chunk_ms": float(inf["stream_chunk_ms"]), "lookahead_ms": float(inf["stream_lookahead_ms"]),
-            "left_context_ms": float(inf["stream_left_context_ms"]), "attention_window": inf["attention_window"]}
+            "left_context_ms": float(inf["stream_left_context_ms"]), "attention_window": inf["attention_window"],
+            "warmup_ms": float(inf["stream_warmup_ms"])}
     out = {"defaults": base}
     out["attention_speed"] = bench_attention_speed(model, device, [30, 240], base["attention_window"])
     print("[stream] attention speed:", out["attention_speed"], flush=True)
