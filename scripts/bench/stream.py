@@ -152,9 +152,24 @@ def bench_stream_deviation(model, styles, clips, lookaheads, lefts, base: dict):
             row[f"lookahead_{la}ms"] = deviation(lookahead_ms=la, left_context_ms=left)
         rows.append(row)
     primed = deviation(prime=True)
+    warm = {f"warmup_{w}ms": deviation(warmup_ms=w) for w in (1000, 2000)}
     return {"clips": len(clips), "audio_s": sum(len(c[1]) for c in clips) / SR, "chunk_ms": base["chunk_ms"],
             "attention_window": base["attention_window"], "rows": rows, "default_primed_deviation": primed,
+            "default_warmup_deviation": warm, "session_deviation": session_deviation(model, styles, clips, ref, base),
             "default": dict(base)}
+
+
+def session_deviation(model, styles, clips, ref, base: dict) -> float:
+    """The clips as consecutive utterances of one live session (``Streamer.next_utterance``: each starts
+    from the normalisation statistics of the ones before; the first starts cold)."""
+    from main.stream import Streamer
+
+    s, pred = None, []
+    for _, raw, spk in clips:
+        style = styles.index(spk) if spk in styles else 0
+        s = Streamer(model, style, **base) if s is None else s.next_utterance(style)
+        pred.append(np.concatenate([s.push(raw[i:i + s.chunk]) for i in range(0, len(raw), s.chunk)] + [s.flush()]))
+    return _deviation(pred, ref)
 
 
 def bench_stream(model, device, args):
@@ -220,4 +235,5 @@ def print_stream(r):
               f"chunk {d['chunk_ms']:g} ms: deviation per left context (rows) x lookahead (columns)")
         print(table(d["rows"], list(d["rows"][0])))
         print(f"default settings with the normalisation statistics primed on the whole clip: "
-              f"{d['default_primed_deviation']:.4f}")
+              f"{d['default_primed_deviation']:.4f}; with a warm-up {d['default_warmup_deviation']}; the clips as "
+              f"one live session (next_utterance): {d['session_deviation']:.4f}")
