@@ -25,6 +25,7 @@ embeddings, unknown activations, ...); main/model_io.py then falls back to trans
 """
 from __future__ import annotations
 
+import contextlib
 from types import SimpleNamespace
 
 import torch
@@ -47,6 +48,22 @@ REQUIRED = {"hidden_size": int, "num_hidden_layers": int, "num_attention_heads":
             "conv_dim": list, "conv_stride": list, "conv_kernel": list, "conv_bias": bool,
             "num_conv_pos_embeddings": int, "num_conv_pos_embedding_groups": int, "do_stable_layer_norm": bool,
             "mask_time_prob": float, "mask_feature_prob": float}
+
+
+@contextlib.contextmanager
+def _no_random_init():
+    """nn.Linear / nn.Conv1d draw their initial weights through torch.nn.init's kaiming_uniform_ and
+    uniform_ (looked up at call time); while this is active they leave torch.empty's memory as it is.
+    (Not the meta device: its to_empty and norm run torch's Python reference kernels, whose imports,
+    torch._dynamo and sympy, cost more than the init saved.)"""
+    saved = {name: getattr(nn.init, name) for name in ("kaiming_uniform_", "uniform_")}
+    try:
+        for name in saved:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
 
 
 class RuntimeConfig(SimpleNamespace):
@@ -78,8 +95,12 @@ def unsupported(config: dict) -> str | None:
     if not n or len(config["conv_kernel"]) != n or len(config["conv_stride"]) != n or \
             config.get("num_feat_extract_layers", n) != n:
         return "conv_dim, conv_kernel, conv_stride (and num_feat_extract_layers) differ in length"
-    if config["hidden_size"] % config["num_attention_heads"]:
-        return "hidden_size is not a multiple of num_attention_heads"
+    if min(config[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                "num_conv_pos_embeddings", "num_conv_pos_embedding_groups")) < 1 or \
+            config["hidden_size"] % config["num_attention_heads"] or \
+            config["hidden_size"] % config["num_conv_pos_embedding_groups"]:
+        return "sizes must be positive, hidden_size a multiple of num_attention_heads and of " \
+               "num_conv_pos_embedding_groups"
     if config.get("add_adapter"):
         return "add_adapter=True"
     if config.get("adapter_attn_dim") is not None:
@@ -303,9 +324,8 @@ class Wav2Vec2Runtime(nn.Module):
     def empty(cls, config: dict) -> "Wav2Vec2Runtime":
         """Built without initialising its weights (uninitialised memory: load a state dict next). The
         checkpoint overwrites every weight, and random init of wav2vec2-base alone takes ~0.5 s."""
-        with torch.device("meta"):
-            model = cls(config)
-        return model.to_empty(device="cpu")
+        with _no_random_init():
+            return cls(config)
 
     def freeze_feature_encoder(self):
         self.feature_extractor._freeze_parameters()

@@ -168,30 +168,41 @@ def test_old_weight_norm_names_in_a_checkpoint_load(files, tmp_path):
         assert torch.equal(renamed.encode(audio, 12), new.encode(audio, 12))
 
 
-RUN_SINGLE = """
+RUN = """
 import json, sys
+import soundfile as sf
 from main import inference as I
-I.cli(sys.argv[1:])
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("transformers", "librosa"))))
+from main.stream import Streamer
+ckpt, args = sys.argv[1], sys.argv[2:]
+I.cli(args)                                      # single audio
+I.cli(args[:-3] + [args[-3] + "_stream", "--stream"] + args[-2:])   # the same fed chunk by chunk
+s = Streamer(ckpt, style="S1")
+frames = s.push(sf.read(args[3], dtype="float32")[0]).shape[0] + s.flush().shape[0]
+print(json.dumps([frames, sorted(m for m in sys.modules if m.split(".")[0] in ("transformers", "librosa"))]))
 """
 
 
-def test_single_audio_inference_without_transformers(files):
-    """python inference.py --audio on a new checkpoint never imports transformers, and writes the
-    vertices the transformers path (old checkpoint, same weights) writes."""
+def test_inference_from_a_checkpoint_without_transformers(files):
+    """python inference.py --audio (and --stream, and Streamer(checkpoint)) on a new checkpoint never
+    imports transformers, and single audio writes the vertices the transformers path (old checkpoint,
+    same weights) writes."""
     root, _ = files
     outs = {}
     for name in ("new", "old"):
-        out = os.path.join(root, f"out_{name}")
+        ckpt, out = os.path.join(root, f"{name}.pth"), os.path.join(root, f"out_{name}")
         args = ["--config", DEMO_CFG, "--audio", os.path.join(root, "clip.wav"), "--style", "S1", "--checkpoint",
-                os.path.join(root, f"{name}.pth"), "--out", out, f"DATA.data_root={root}", "INFER.device=cpu"]
-        res = subprocess.run([sys.executable, "-c", RUN_SINGLE, *args], cwd=REPO, capture_output=True, text=True,
+                ckpt, "--out", out, f"DATA.data_root={root}", "INFER.device=cpu"]
+        res = subprocess.run([sys.executable, "-c", RUN, ckpt, *args], cwd=REPO, capture_output=True, text=True,
                              env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         assert res.returncode == 0, res.stderr[-2000:]
-        outs[name] = (json.loads(res.stdout.strip().splitlines()[-1]), out)
+        frames, modules = json.loads(res.stdout.strip().splitlines()[-1])
+        assert frames == 25
+        outs[name] = (modules, out)
     assert outs["new"][0] == []
     assert "transformers" in outs["old"][0]  # the check can fail: the old path does import it
     verts = {k: np.stack([np.load(os.path.join(o, "vertices", f"{i}.npy")) for i in range(25)])
              for k, (_, o) in outs.items()}
     assert verts["new"].shape == (25, 5023, 3) and np.abs(verts["new"] - verts["new"][0]).max() > 0
     np.testing.assert_allclose(verts["new"], verts["old"], atol=1e-5)
+    np.testing.assert_allclose(np.load(os.path.join(root, "out_new_stream", "motion.npy")),
+                               np.load(os.path.join(root, "out_old_stream", "motion.npy")), atol=1e-5)

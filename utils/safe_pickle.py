@@ -62,8 +62,8 @@ class _SparseStandIn:
         self._state = state if isinstance(state, dict) else {}
 
     def to_numpy(self, where: str) -> np.ndarray:
-        import scipy.sparse as sp
-
+        # dense in numpy (entries at the same place summed, as todense does): importing scipy.sparse
+        # would cost ~0.2 s of every inference start-up (docs/BENCHMARKS.md, start-up)
         s = self._state
         try:
             data = np.asarray(to_plain(s["data"], where))
@@ -73,17 +73,27 @@ class _SparseStandIn:
                     row, col = (np.asarray(c) for c in s["coords"])
                 else:
                     row, col = np.asarray(s["row"]), np.asarray(s["col"])
-                m = sp.coo_matrix((data, (row, col)), shape=shape)
+                if shape is None:
+                    shape = (int(row.max()) + 1 if len(row) else 0, int(col.max()) + 1 if len(col) else 0)
             else:
                 indices, indptr = np.asarray(s["indices"]), np.asarray(s["indptr"])
                 if shape is None:  # very old pickles: infer from the index arrays
                     n_major, n_minor = len(indptr) - 1, int(indices.max()) + 1 if len(indices) else 0
                     shape = (n_minor, n_major) if self.fmt == "csc" else (n_major, n_minor)
-                cls = sp.csc_matrix if self.fmt == "csc" else sp.csr_matrix
-                m = cls((data, indices, indptr), shape=tuple(int(d) for d in shape))
+                major = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+                if len(indptr) - 1 != shape[1 if self.fmt == "csc" else 0] or len(major) != len(indices):
+                    raise ValueError(f"index pointer of length {len(indptr)} does not fit shape {tuple(shape)} "
+                                     f"and {len(indices)} indices")
+                row, col = (indices, major) if self.fmt == "csc" else (major, indices)
+            shape = tuple(int(d) for d in shape)
+            if len(shape) != 2 or len(row) != len(data) or len(col) != len(data) or \
+                    (len(data) and (row.min() < 0 or col.min() < 0)):
+                raise ValueError(f"{len(data)} values, {len(row)} row and {len(col)} column indices for shape {shape}")
+            out = np.zeros(shape, dtype=data.dtype)
+            np.add.at(out, (row, col), data)
         except (KeyError, ValueError, TypeError, IndexError) as e:
             raise FlameLoadError(f"{where}: a pickled scipy.sparse {self.fmt} matrix could not be rebuilt ({e})") from None
-        return np.asarray(m.todense())
+        return out
 
 
 def _sparse_class(fmt: str):
