@@ -22,7 +22,9 @@ Sections (each prints a table; all results go to one JSON):
           from offline motion per lookahead x left context. ``python scripts/benchmark.py stream``.
 - startup: (not in the default set) fresh-interpreter wall time of a bare ``import torch``, of
           transformers' wav2vec2 import, of the inference entry and of a 2 s clip end to end from the
-          command line (scripts/bench/startup.py); ``--startup_pythonpath DIR`` prices another
+          command line (scripts/bench/startup.py), the clip with a checkpoint that records its wav2vec2
+          config (no transformers) and one that does not; ``--encoder`` picks the clip's wav2vec2
+          (tiny = the demo's, base = wav2vec2-base); ``--startup_pythonpath DIR`` prices another
           transformers installed in DIR.
 - train_modes: (not in the default set: ~25 min on 2 CPU cores) every TRAIN.mode trained on the demo
           data with the demo config, same seed and epochs: teacher-forced and generated validation
@@ -136,11 +138,11 @@ def main(argv=None):
             results["stream"] = bench_stream(model, device, args)
             print_stream(results["stream"])
         if "startup" in args.only:
-            r = bench_startup(tmp, max(args.repeat, 3), args.startup_pythonpath)
+            r = bench_startup(tmp, max(args.repeat, 3), args.startup_pythonpath, args.encoder)
             results["startup"] = r
             print(f"\n[startup] fresh interpreters in turn, median of {r['repeat']} rounds (wall s); clip = python "
-                  f"inference.py --audio (2 s, demo config); target: clip <= {r['target_clip_over_torch']:g}x "
-                  f"import torch")
+                  f"inference.py --audio (2 s, demo config, {r['encoder']} wav2vec2); target: clip <= "
+                  f"{r['target_clip_over_torch']:g}x import torch")
             print(table(r["rows"], ["command", "transformers", "median_s", "min_s", "x_import_torch"]))
         if "amp" in args.only and device.type == "cuda":
             r = bench_amp(cfg, flame, device)

@@ -11,6 +11,8 @@
   without that key, as written before it existed (wav2vec2 built by transformers).
 
 ``x_import_torch``: each command's time over the same round's ``import torch``, median over rounds.
+``--encoder base`` (scripts/benchmark.py) gives the clip's model the full wav2vec2-base encoder
+instead of the demo's tiny one (the checkpoint is then ~380 MB: loading it is part of the clip).
 
 ``--startup_pythonpath DIR`` repeats the transformers and end-to-end rows with DIR first on
 PYTHONPATH (e.g. ``pip install --target DIR 'transformers<5' --no-deps`` to price 4.x vs 5.x).
@@ -33,9 +35,10 @@ SUBMODULES = ("import torch; from transformers.models.wav2vec2.modeling_wav2vec2
               "from transformers.models.wav2vec2.configuration_wav2vec2 import Wav2Vec2Config")
 
 
-def demo_run_files(tmp: str) -> tuple[str, dict, list[str]]:
-    """A 2 s wav, demo-config checkpoints of one model (tiny wav2vec2, random weights) with and without
-    the saved encoder config ({"runtime": path, "transformers": path}) and the run's overrides."""
+def demo_run_files(tmp: str, encoder: str = "tiny") -> tuple[str, dict, list[str]]:
+    """A 2 s wav, demo-config checkpoints of one model (random weights; the demo's tiny wav2vec2, or
+    with ``encoder="base"`` the full wav2vec2-base architecture) with and without the saved encoder
+    config ({"runtime": path, "transformers": path}) and the run's overrides."""
     from main.checkpoint import plain_values
     from models.faceformer import FaceFormer
     from models.flame_standin import write_standin_files
@@ -45,6 +48,8 @@ def demo_run_files(tmp: str) -> tuple[str, dict, list[str]]:
     write_standin_files(os.path.join(root, "FLAME"))
     overrides = [f"DATA.data_root={root}"]
     cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"), overrides)
+    if encoder == "base":
+        cfg.MODEL.audio_encoder_config = None  # Wav2Vec2Config() = the wav2vec2-base architecture
     torch.manual_seed(0)
     model = FaceFormer(cfg.MODEL, n_styles=2)
     state = {"model": model.state_dict(), "optimizer": {}, "epoch": 0, "styles": ["S0", "S1"],
@@ -79,8 +84,8 @@ def imports_transformers(cmd: list[str], env: dict) -> bool:
     return res.stdout.strip().splitlines()[-1] == "True"
 
 
-def bench_startup(tmp: str, repeat: int = 3, pythonpath: str | None = None) -> dict:
-    wav, ckpts, overrides = demo_run_files(tmp)
+def bench_startup(tmp: str, repeat: int = 3, pythonpath: str | None = None, encoder: str = "tiny") -> dict:
+    wav, ckpts, overrides = demo_run_files(tmp, encoder)
     envs = {"venv": {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}}
     if pythonpath:
         envs["alt"] = {**envs["venv"], "PYTHONPATH": os.pathsep.join(
@@ -112,4 +117,4 @@ def bench_startup(tmp: str, repeat: int = 3, pythonpath: str | None = None) -> d
              "min_s": min(t), "x_import_torch": statistics.median(x / t0 for x, t0 in zip(t, times[0])),
              "all_s": [round(x, 3) for x in t]}
             for (name, _, k), t, used in zip(runs, times, uses)]
-    return {"repeat": repeat, "rows": rows, "target_clip_over_torch": 2.0}
+    return {"repeat": repeat, "encoder": encoder, "rows": rows, "target_clip_over_torch": 2.0}
