@@ -26,12 +26,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.lbs import lbs, lbs_in_chunks
+from models.lbs import lbs, lbs_in_chunks, lbs_jaw_only
 from utils.framing import MOTION_DIM, N_EXPR
 from utils.safe_pickle import FlameLoadError, safe_pickle_load, to_plain
 
 N_VERTICES = 5023
 N_JOINTS = 5
+JAW = 2  # joint index of the jaw (root, neck, jaw, left eye, right eye)
 REQUIRED_KEYS = ("v_template", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table", "f")
 
 
@@ -166,6 +167,12 @@ class FLAME(nn.Module):
         self.register_buffer("J_dirs", f32(np.einsum("jv,vck->jck", jreg, arr["shapedirs"].astype(np.float64))),
                              persistent=False)
         self.faces = np.asarray(arr["f"], dtype=np.int64)
+        # motion moves the jaw only: with the jaw a leaf of the tree, motion_to_vertices can skin with
+        # the jaw alone (models/lbs.lbs_jaw_only); any other tree takes the general path
+        self.jaw_is_leaf = JAW not in self.parents_list
+        self.register_buffer("jaw_posedirs", self.posedirs[..., 9 * (JAW - 1):9 * JAW].reshape(V * 3, 9).t()
+                             .contiguous(), persistent=False)
+        self.register_buffer("weight_sums", self.lbs_weights.sum(1), persistent=False)
 
     _shared = False  # set on the instances load_flame_for hands out
 
@@ -206,6 +213,12 @@ class FLAME(nn.Module):
         # only as many expression components as given (motion has 50 of the model's 100)
         vd, jd = self._dirs(self.n_shape, self.n_shape + expr.shape[-1])
         return lbs(v_base, j_base, expr, pose, vd, jd, self.posedirs, self.lbs_weights, self.parents_list)
+
+    def _lbs_jaw(self, v_base, j_base, expr, jaw):
+        """As _lbs for a pose that rotates the jaw only: j_base (B,1,J,3), jaw (B,T,3) -> (B,T,V,3)."""
+        vd, jd = self._dirs(self.n_shape, self.n_shape + expr.shape[-1])
+        return lbs_jaw_only(v_base, j_base[..., JAW, :], expr, jaw, vd, jd[:, 3 * JAW:3 * JAW + 3],
+                            self.jaw_posedirs, self.lbs_weights[:, JAW], self.weight_sums)
 
     def forward(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """shape (N,<=n_shape), expr (N,<=n_expr), pose (N,15) axis-angle -> vertices (N,V,3).
@@ -256,12 +269,16 @@ class FLAME(nn.Module):
             v_base, j_base = v_base.unsqueeze(1), j_base.unsqueeze(1)
             expr = self._pad(motion[..., :N_EXPR], N_EXPR, "expr")  # _lbs uses the first N_EXPR components only
             zeros = motion.new_zeros(B, T, 6)
-            pose = torch.cat([zeros, motion[..., N_EXPR:N_EXPR + 1], zeros[..., :2], zeros], -1)  # jaw = pose[6:9]
+            jaw = torch.cat([motion[..., N_EXPR:N_EXPR + 1], zeros[..., :2]], -1)            # (B,T,3)
             if T == 0:
                 out = motion.new_zeros(B, 0, self.n_vertices, 3)
                 return out[0] if single else out
             need_grad = torch.is_grad_enabled() and (motion.requires_grad or v_base.requires_grad)
-            out = lbs_in_chunks(self._lbs, max(1, int(chunk_frames) // B), v_base, j_base, expr, pose,
+            if self.jaw_is_leaf:
+                fn, pose = self._lbs_jaw, jaw
+            else:
+                fn, pose = self._lbs, torch.cat([zeros, jaw, zeros], -1)                   # jaw = pose[6:9]
+            out = lbs_in_chunks(fn, max(1, int(chunk_frames) // B), v_base, j_base, expr, pose,
                                 recompute=need_grad)
         return out[0] if single else out
 

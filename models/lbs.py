@@ -65,6 +65,29 @@ def lbs(v_base: torch.Tensor, j_base: torch.Tensor, expr: torch.Tensor, pose: to
     return (Tm[..., :3] * v_posed.unsqueeze(-2)).sum(-1) + Tm[..., 3]
 
 
+def lbs_jaw_only(v_base: torch.Tensor, j_base: torch.Tensor, expr: torch.Tensor, jaw: torch.Tensor,
+                 expr_dirs: torch.Tensor, jaw_joint_dirs: torch.Tensor, jaw_posedirs: torch.Tensor,
+                 jaw_weights: torch.Tensor, weight_sums: torch.Tensor) -> torch.Tensor:
+    """``lbs`` for a pose in which only the jaw rotates and the jaw is a leaf of the kinematic tree,
+    as in FaceFormer's motion (50 expression + jaw; global, neck and eye rotations are zero) ->
+    vertices (B,T,V,3), equal to ``lbs`` to float rounding (tests/test_flame.py), at about half its cost.
+
+    Every other joint's transform is then the identity, so skinning is
+    sum_j w_j v + w_jaw (R_jaw - I)(v - j_jaw), and the pose correctives are the jaw's 9 columns.
+    v_base (B,1,V,3); j_base (B,1,3) the jaw joint of template + identity; expr (B,T,E); jaw (B,T,3)
+    axis-angle; expr_dirs (E,V*3); jaw_joint_dirs (E,3) the jaw joint's expression blend shapes;
+    jaw_posedirs (9,V*3) the jaw's pose-corrective blend shapes; jaw_weights, weight_sums (V,): the
+    jaw's skinning weight and the sum of all joints' weights (1 up to rounding) per vertex.
+    """
+    B, T = expr.shape[:2]
+    V = v_base.shape[-2]
+    rot = batch_rodrigues(jaw.reshape(-1, 3)).view(B, T, 3, 3)
+    rel = rot - torch.eye(3, dtype=rot.dtype, device=rot.device)                    # R - I
+    v = v_base + (expr @ expr_dirs + rel.reshape(B, T, 9) @ jaw_posedirs).view(B, T, V, 3)
+    j = (j_base + expr @ jaw_joint_dirs)[:, :, None]                                 # (B,T,1,3)
+    return weight_sums[:, None] * v + jaw_weights[:, None] * ((v - j) @ rel.transpose(-1, -2))
+
+
 def lbs_in_chunks(fn, step: int, v_base, j_base, expr, pose, recompute: bool) -> torch.Tensor:
     """``fn(v_base, j_base, expr_chunk, pose_chunk)`` over time chunks of ``step`` frames -> (B,T,V,3).
 

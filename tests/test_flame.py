@@ -284,6 +284,27 @@ def test_chunked_checkpointed_path_matches_and_backprops(flame):
     assert grads[0][1][..., 50].abs().min() > 0
 
 
+def test_jaw_only_skinning_equals_general_lbs_with_gradients(standin):
+    """motion_to_vertices skins with the jaw alone (models/lbs.lbs_jaw_only); the general LBS gives the
+    same vertices and gradients. A tree where the jaw has a child takes the general path."""
+    jaw_only, general = FLAME.from_file(standin[0]), FLAME.from_file(standin[0])
+    general.jaw_is_leaf = False
+    assert jaw_only.jaw_is_leaf
+    torch.manual_seed(1)
+    shape = torch.randn(2, 100)
+    outs = []
+    for f in (jaw_only, general):
+        m = (torch.randn(2, 7, 51, generator=torch.Generator().manual_seed(2)) * 0.4).requires_grad_(True)
+        out = f.motion_to_vertices(m, shape, chunk_frames=6)   # 3 frames per chunk: recomputed in backward
+        (out * torch.linspace(-1, 1, 3)).square().sum().backward()
+        outs.append((out.detach(), m.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-4, rtol=1e-4)
+    model = dict(standin[2])
+    model["kintree_table"] = np.array([[4294967295, 0, 1, 2, 1], [0, 1, 2, 3, 4]])  # an eye under the jaw
+    assert not FLAME(model).jaw_is_leaf
+
+
 def test_float32_inside_autocast(flame):
     m = torch.randn(1, 4, 51) * 0.3
     ref = flame.motion_to_vertices(m)
