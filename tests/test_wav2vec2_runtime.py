@@ -24,6 +24,7 @@ from models.flame_standin import write_standin_files
 from models.wav2vec import AudioEncoder
 from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
 from utils.config import load_config
+from utils.errors import CheckpointError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(REPO, "config", "demo.yaml")
@@ -143,6 +144,15 @@ def test_checkpoint_records_the_encoder_config(files):
     audio = torch.randn(1, 16000)
     with torch.no_grad():
         torch.testing.assert_close(new.encode(audio, 25), old.encode(audio, 25), atol=1e-5, rtol=1e-5)
+
+
+def test_malformed_saved_config_is_refused(files, tmp_path):
+    root, _ = files
+    ckpt = load_checkpoint(os.path.join(root, "new.pth"))
+    ckpt["audio_encoder_config"] = ["hidden_size", 64]
+    torch.save(ckpt, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match="audio_encoder_config"):
+        load_checkpoint(str(tmp_path / "bad.pth"))
 
 
 def test_unsupported_saved_config_falls_back_to_transformers(files, tmp_path):
