@@ -100,8 +100,11 @@ def main(argv=None):
         # the output map starts at zero; give it trained-like weights so outputs (and diffs) are real
         torch.nn.init.normal_(model.output_map.weight, std=0.05)
         ckpt = os.path.join(tmp, "bench.pth")
-        torch.save({"model": model.state_dict(), "styles": ["S0", "S1", "S2", "S3"],
-                    "config": cfg.to_dict(), "epoch": 0}, ckpt)
+        # as train.py writes it: with the wav2vec2 config, so inference runs models/wav2vec2_runtime.py
+        from main.checkpoint import plain_values
+        torch.save({"model": model.state_dict(), "styles": ["S0", "S1", "S2", "S3"], "config": cfg.to_dict(),
+                    "epoch": 0, "audio_encoder_config": plain_values(model.audio_encoder.model.config.to_dict())},
+                   ckpt)
         cfg_path = os.path.join(tmp, "bench.yaml")
         from utils.config import save_config
         save_config(cfg, cfg_path)
