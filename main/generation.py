@@ -107,6 +107,70 @@ def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_f
     return [np.ascontiguousarray(out[b, :t]) for b, t in enumerate(n_frames)]
 
 
+class BackgroundDecode:
+    """Autoregressive decoding of one clip in a background thread, in blocks of ``block`` frames, so
+    that the first frames are converted and written while later ones are decoded (run_single).
+
+    feats (1,T,d) audio features (``model.encode``). ``motion`` (T,51) fills in order; ``wait(n)``
+    blocks until its first n frames are there and re-raises the decoder's error, if any;
+    ``result()`` waits for all. The decoder's Python loop and the writer's FLAME (torch) and file
+    writes (both release the GIL) then overlap, instead of running one after the other."""
+
+    def __init__(self, model, feats: torch.Tensor, style: int, attention_window: int | None, block: int = 50,
+                 progress: bool = False):
+        import threading
+
+        self.T = int(feats.shape[1])
+        self.motion = np.zeros((self.T, model.motion_dim), np.float32)
+        self.done, self.error = 0, None
+        self._cond = threading.Condition()
+        args = (model, feats, style, attention_window, int(block), progress)
+        self._thread = threading.Thread(target=self._run, args=args, name="decode", daemon=True)
+        self._thread.start()
+
+    @torch.no_grad()
+    def _run(self, model, feats, style, attention_window, block, progress):
+        from tqdm import tqdm
+
+        bar = tqdm(total=self.T, desc="generate", unit="frame", disable=not progress, leave=False)
+        try:
+            with full_fp32():
+                state = model.start_generation(torch.tensor([style], device=feats.device), attention_window,
+                                               capacity=self.T)
+                for a in range(0, self.T, block):
+                    m = model.generate_steps(state, feats[:, a:a + block])[0].float().cpu().numpy()
+                    with self._cond:
+                        self.motion[a:a + m.shape[0]] = m
+                        self.done = a + m.shape[0]
+                        self._cond.notify_all()
+                    bar.update(m.shape[0])
+        except BaseException as e:  # handed to the waiting thread
+            with self._cond:
+                self.error = e
+                self._cond.notify_all()
+        finally:
+            bar.close()
+
+    def wait(self, n: int) -> np.ndarray:
+        """The first n frames (n,51), once decoded."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.done >= min(n, self.T) or self.error is not None)
+            if self.error is not None:
+                raise self.error
+        return self.motion[:n]
+
+    def result(self) -> np.ndarray:
+        return self.wait(self.T)
+
+
+@torch.no_grad()
+def encode_one(model, audio: torch.Tensor, n_frames: int, cfg, device: torch.device) -> torch.Tensor:
+    """One clip's audio features as generate_motion computes them: audio (N,) normalised -> (1,T,d)."""
+    window, overlap = window_frames(cfg)
+    with full_fp32():
+        return model.encode(audio[None].to(device), n_frames, window_frames=window, overlap_frames=overlap)
+
+
 def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_FPS) -> np.ndarray:
     """(T,51) at the model's ``model_fps`` (DATA.target_fps, 25 by default) -> (round(T * fps / model_fps), 51)
     float32, linear rule of DESIGN.md 3."""
@@ -135,17 +199,23 @@ class VertexFrames:
     the current one: FLAME (torch) and file writes both release the GIL, so they overlap
     (docs/BENCHMARKS.md, "Whole inference vs the bare encoder")."""
 
-    def __init__(self, flame, motion: np.ndarray, shape=None, chunk: int = 50):
+    def __init__(self, flame, motion, shape=None, chunk: int = 50):
+        # motion: (T,51) array, or a BackgroundDecode whose frames are waited for as they are read
         self.flame, self.motion, self.shape_vec, self.chunk = flame, motion, shape, int(chunk)
-        self.shape = (motion.shape[0], int(flame.v_template.shape[0]), 3)
+        self.shape = (int(motion.T if isinstance(motion, BackgroundDecode) else motion.shape[0]),
+                      int(flame.v_template.shape[0]), 3)
         self._start, self._block = None, None
         self._pool, self._next = None, None  # (start, Future) of the chunk after the current one
 
     def __len__(self):
         return self.shape[0]
 
+    def _motion(self, start: int, stop: int) -> np.ndarray:
+        m = self.motion
+        return m.wait(stop)[start:stop] if isinstance(m, BackgroundDecode) else m[start:stop]
+
     def _convert(self, start: int) -> np.ndarray:
-        return np.asarray(self.flame.motion_to_vertices(self.motion[start:start + self.chunk], self.shape_vec),
+        return np.asarray(self.flame.motion_to_vertices(self._motion(start, start + self.chunk), self.shape_vec),
                           dtype=np.float32)
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -165,5 +235,5 @@ class VertexFrames:
         return self._block[int(i) - start]
 
     def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self.flame.motion_to_vertices(self.motion, self.shape_vec), dtype=np.float32)
+        out = np.asarray(self.flame.motion_to_vertices(self._motion(0, len(self)), self.shape_vec), dtype=np.float32)
         return out if dtype is None else out.astype(dtype)

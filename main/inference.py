@@ -74,12 +74,12 @@ from dataset.audio import fit_audio_to_frames  # noqa: E402
 from main import results as RT  # noqa: E402
 # Set-up, generation and planning live in their own modules; the names are re-exported here for
 # callers of the inference entry (tests, scripts).
-from main.generation import (SILENT_NORMALISED_STD, VertexFrames, generate_motion, read_speech,  # noqa: E402,F401
-                             sample_arrays, to_output_fps)
+from main.generation import (SILENT_NORMALISED_STD, BackgroundDecode, VertexFrames, encode_one,  # noqa: E402,F401
+                             generate_motion, read_speech, sample_arrays, to_output_fps)
 from main.jobs import (audio_seconds, check_clashes, check_roots, default_log_file, format_summary,  # noqa: E402,F401
                        jobs_to_write, plan_jobs, single_out_todo)
-from main.model_io import (AudioError, InferenceError, check_framing, check_infer_config, choose_style,  # noqa: E402,F401,E501
-                           load_model, resolve_checkpoint, results_mode)
+from main.model_io import (AudioError, InferenceError, attention_window, check_framing,  # noqa: E402,F401
+                           check_infer_config, choose_style, load_model, resolve_checkpoint, results_mode)
 from utils.config import load_config  # noqa: E402
 from utils.errors import Interrupted, run_reporting_user_errors  # noqa: E402
 from utils.framing import framing_from_config  # noqa: E402
@@ -214,20 +214,26 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     n_out = int(round(n * out_fps / fr.fps))
     RT.check_can_write({out_dir: RT.sample_bytes(n_out, int(flame.v_template.shape[0]))}, "results")
     audio = fit_audio_to_frames(audio, n, fr.samples_per_frame)  # cut or zero-pad by < half a frame
-    motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device,
-                               progress=True)[0]
-    motion = to_output_fps(motion25, out_fps, fr.fps)
+    if out_fps == fr.fps:
+        # frames are converted and written while later ones are still decoded (BackgroundDecode)
+        feats = encode_one(model, torch.from_numpy(audio), n, cfg, device)
+        motion = BackgroundDecode(model, feats, styles.index(style), attention_window(cfg), progress=True)
+        arrays = lambda: sample_arrays(flame, motion.result(), None)  # noqa: E731 (after the frames)
+    else:  # resampling to the output fps needs the whole motion first
+        motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device,
+                                   progress=True)[0]
+        motion = to_output_fps(motion25, out_fps, fr.fps)
+        arrays = sample_arrays(flame, motion, None)
     verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as they are written
 
     if os.path.exists(video):
         os.remove(video)  # a video of earlier results must not pass for these
     meta = RT.build_meta(os.path.splitext(os.path.basename(audio_path))[0], None, style, None, audio_path,
-                         out_fps, motion.shape[0], ckpt_path, style)
-    RT.write_sample(vert_dir, out_dir, verts, sample_arrays(flame, motion, None), meta, coeff_in_place=True,
-                    progress=True)
+                         out_fps, len(verts), ckpt_path, style)
+    RT.write_sample(vert_dir, out_dir, verts, arrays, meta, coeff_in_place=True, progress=True)
     wall = time.perf_counter() - t0
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path,
-                n / fr.fps, motion.shape[0], out_fps, out_dir, wall, wall / (n / fr.fps))
+                n / fr.fps, len(verts), out_fps, out_dir, wall, wall / (n / fr.fps))
     if render:
         try:
             from main.render import render_sequence

@@ -194,7 +194,8 @@ def write_sample(vert_dir: str, coeff_dir: str, frames: np.ndarray, arrays: dict
                  coeff_in_place: bool = False, progress: bool = False):
     """Write one sample whole or not at all.
 
-    frames (T,V,3) -> ``vert_dir/{i}.npy``; arrays {name: array} -> ``coeff_dir/{name}.npy``; meta ->
+    frames (T,V,3) -> ``vert_dir/{i}.npy``; arrays {name: array} (or a function returning them, called
+    once the frames are written) -> ``coeff_dir/{name}.npy``; meta ->
     ``coeff_dir/meta.json`` (last). Both folders are built as ``.tmp-`` siblings and renamed over any
     previous result (whose meta.json goes first, so an interruption never pairs old and new).
     ``coeff_in_place``: coeff_dir is shared with other files (single-audio mode: the log, video.mp4), so
@@ -219,7 +220,7 @@ def write_sample(vert_dir: str, coeff_dir: str, frames: np.ndarray, arrays: dict
             os.makedirs(coeff_dir, exist_ok=True)
             _remove(os.path.join(coeff_dir, META))
         out = tmp_coeff or coeff_dir
-        for name, arr in arrays.items():
+        for name, arr in (arrays() if callable(arrays) else arrays).items():
             current = os.path.join(out, f"{name}.npy")
             _save_via_tmp(current, lambda p, a=arr: _save_npy(p, a), tmp_coeff is None)
         if tmp_coeff:

@@ -373,3 +373,24 @@ def test_vertex_frames_convert_chunk_by_chunk():
     again[0]
     assert again._next[0] == 5
     assert np.allclose(np.stack([again[i] for i in reversed(range(23))])[::-1], whole, atol=1e-6)
+
+
+def test_background_decode_equals_generation_and_reports_errors(model):
+    """run_single decodes in a background thread while frames are written: the same motion as one
+    generate_from_features call; VertexFrames waits for the frames it reads; a decoder error reaches
+    the reader."""
+    from main.generation import BackgroundDecode, VertexFrames
+    from models.flame import FLAME
+    from models.flame_standin import make_standin_flame
+
+    feats = torch.randn(1, 23, model.d, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model.generate_from_features(feats, torch.tensor([2]), attention_window=7)[0].numpy()
+    dec = BackgroundDecode(model, feats, 2, 7, block=5)
+    flame = FLAME(make_standin_flame())
+    verts = VertexFrames(flame, dec, chunk=4)
+    assert len(verts) == 23 and np.allclose(verts[22], flame.motion_to_vertices(ref[22:]), atol=1e-6)
+    assert np.allclose(dec.result(), ref, atol=1e-6)
+    bad = BackgroundDecode(model, torch.randn(1, 9, model.d + 1), 0, None)  # wrong feature size
+    with pytest.raises(RuntimeError):
+        bad.wait(1)
