@@ -204,6 +204,12 @@ def bench_stream(model, device, args):
         [stream_motion(demo, raw, style, **base)[0]], [ref]), "deviation_first_5s_excluded": _deviation(
         [stream_motion(demo, raw, style, **base)[0][125:]], [ref[125:]])}
     print("[stream] 60 s continuous stream at the defaults:", out["long_deviation"], flush=True)
+    # the same lookahead x left context table on the continuous stream (the live use: statistics warm)
+    out["long_deviation"]["rows"] = [
+        {"left_context_ms": "all" if left is None else left,
+         **{f"lookahead_{la}ms": _deviation([stream_motion(demo, raw, style, **dict(
+             base, lookahead_ms=float(la), left_context_ms=left))[0]], [ref]) for la in (0, 150, 300, 600)}}
+        for left in (500.0, 1000.0, None)] if not args.stream_quick else []
     if not args.stream_quick:
         out["deviation"] = bench_stream_deviation(demo, styles, clips, [0, 150, 300, 600], [500, 1000, 2000, None],
                                                   base)
@@ -226,6 +232,9 @@ def print_stream(r):
     if "long_deviation" in r:
         print(f"\n[stream] 60 s continuous stream at the defaults vs offline: deviation "
               f"{r['long_deviation']['deviation']:.4f}")
+        if r["long_deviation"].get("rows"):
+            print("per left context (rows) x lookahead (columns), 60 s continuous stream:")
+            print(table(r["long_deviation"]["rows"], list(r["long_deviation"]["rows"][0])))
     if "deviation" in r:
         print("\n[stream] attention window vs unbounded, trained demo model, 60 s (deviation = RMS diff / RMS of "
               "the motion's deviation from its mean)")
