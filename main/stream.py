@@ -44,6 +44,8 @@ import time
 import numpy as np
 import torch
 
+from models.wav2vec import Conv0Moments
+
 NORM_EPS = 1e-7                      # as dataset.audio.normalize_audio
 
 log = logging.getLogger("inference")
@@ -123,7 +125,7 @@ class Streamer:
         self.chunk_ms, self.lookahead_ms, self.left_context_ms = chunk_ms, lookahead_ms, left_context_ms
         self.style, self.attention_window = int(style), attention_window
         self.state = model.start_generation(torch.tensor([int(style)], device=self.device), attention_window)
-        self.audio_stats, self.conv0_stats = _RunningStats(), _RunningStats(conv0.out_channels)
+        self.audio_stats, self.conv0_stats = _RunningStats(), Conv0Moments(self.k0, self.s0)
         self.raw = np.zeros(0, np.float32)  # received samples from global index raw_start on
         self.raw_start = 0
         self.n_in = 0           # samples received
@@ -165,8 +167,8 @@ class Streamer:
         seconds of the speaker on the same microphone); it is not animated. Call before push()."""
         x = as_float_pcm(pcm)
         self.audio_stats.add(x)
-        if self.group_norm and x.shape[0] >= self.k0:
-            self.conv0_stats.add(self._conv0(self._raw_tensor(x)))
+        if self.group_norm:
+            self.conv0_stats.add(torch.from_numpy(x))
 
     def next_utterance(self, style=None) -> "Streamer":
         """A Streamer for the next utterance of a live session (same model and settings, a fresh
@@ -242,9 +244,6 @@ class Streamer:
     def _raw_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(self.device)
 
-    def _conv0(self, x: torch.Tensor) -> np.ndarray:
-        """The first convolution's outputs (C, n) for the running GroupNorm statistics."""
-        return self.cnn.conv_layers[0].conv(x)[0].double().cpu().numpy()
 
     def _update_cnn(self, n_audio: int, final: bool):
         """CNN features for all audio < n_audio, computing only the new ones."""
@@ -254,14 +253,14 @@ class Streamer:
             # running GroupNorm statistics over the first conv layer's outputs of all audio so far
             P = (n_audio - self.k0) // self.s0 + 1 if n_audio >= self.k0 else 0
             if P > self.n_conv0:
-                self.conv0_stats.add(self._conv0(self._cnn_input(self.n_conv0 * self.s0, (P - 1) * self.s0 + self.k0)))
+                self.conv0_stats.add(self._cnn_input(self.n_conv0 * self.s0, (P - 1) * self.s0 + self.k0))
                 self.n_conv0 = P
         if F <= self.n_feat:
             return
         a, b = self.n_feat * enc.stride, (F - 1) * enc.stride + enc.receptive_field
         stats = eps = None
         if self.group_norm:  # layer 0's GroupNorm with the running statistics of all audio so far
-            stats = tuple(torch.from_numpy(v).to(self.device) for v in self.conv0_stats.mean_var())
+            stats = self.conv0_stats.mean_var(self.cnn.conv_layers[0].conv)
             # offline, eps is added to the variance of normalised audio's conv outputs: in raw units
             # that is eps times the audio's variance
             eps = self.cnn.conv_layers[0].layer_norm.eps * float(self.audio_stats.mean_var()[1][0] + NORM_EPS)

@@ -116,3 +116,32 @@ def test_encode_long_short_last_window():
     # frames inside the first window see the same CNN inputs as the one forward; only the
     # transformer's context (4 frames vs 9) differs, so the outputs are close but not equal
     assert rel_err(out[0, :2], full[0, :2]) < 0.5
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv0_moments_give_the_first_convs_channel_statistics(bias):
+    """Conv0Moments: the first conv's per-channel mean / variance from the windows' sum and Gram matrix
+    equal those of the conv's outputs; adding the audio in pieces (each starting at a window start, as
+    the Streamer does) equals adding it at once."""
+    import copy
+
+    from models.wav2vec import Conv0Moments
+
+    torch.manual_seed(1)
+    conv = torch.nn.Conv1d(1, 24, 10, stride=5, bias=bias)
+    x = varying_audio(16003)
+    with torch.no_grad():                                                 # the reference in float64
+        y = copy.deepcopy(conv).double()(x.double()[None, None])[0]      # (C, positions)
+    whole = Conv0Moments(10, 5)
+    whole.add(x, chunk=999)                                               # several internal steps
+    pieces = Conv0Moments(10, 5)
+    n = y.shape[1]
+    for a, b in ((0, 700), (700, 701), (701, n)):                        # positions [a, b)
+        pieces.add(x[5 * a:5 * (b - 1) + 10])
+    for m in (whole, pieces):
+        mean, var = m.mean_var(conv)
+        assert m.n == n
+        assert torch.allclose(mean, y.mean(1), rtol=1e-9, atol=1e-9)
+        assert torch.allclose(var, y.var(1, unbiased=False), rtol=1e-7, atol=1e-9)
+    with pytest.raises(ValueError, match="plain 1-channel"):
+        whole.mean_var(torch.nn.Conv1d(1, 4, 10, stride=4))
