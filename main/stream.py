@@ -87,8 +87,9 @@ class Streamer:
     lookahead_ms: audio after a frame's end needed before it is emitted; left_context_ms: past audio
     the wav2vec2 transformer sees (None = all); attention_window: decoder attention in frames
     (None = unbounded); warmup_ms: audio held before the first frame is emitted (once: the first
-    frames then use warmer normalisation statistics; after it, latency is chunk + lookahead again). ``stats`` holds one dict per processed chunk (audio_end_s, frames, compute_s
-    wall seconds, cpu_s process CPU seconds).
+    frames then use warmer normalisation statistics; after it, latency is chunk + lookahead again).
+    ``stats`` holds one dict per processed chunk (audio_end_s, frames, compute_s wall seconds, cpu_s
+    process CPU seconds).
     """
 
     def __init__(self, model, style=0, chunk_ms: float = 200, lookahead_ms: float = 300,
@@ -243,7 +244,6 @@ class Streamer:
 
     def _raw_tensor(self, x: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(self.device)
-
 
     def _update_cnn(self, n_audio: int, final: bool):
         """CNN features for all audio < n_audio, computing only the new ones."""
