@@ -17,10 +17,12 @@ default allow-list and no ``add_safe_globals`` (torch 2.4+)::
 Anything else in the pickle (a class, a function: what a crafted file needs to run code) is refused
 before it is called. Checkpoints written before this format held the numpy RNG state as a numpy
 array; ``python main/checkpoint.py convert OLD.pth [NEW.pth]`` rewrites one without it (still without
-running code: only numpy's array reconstruction is allowed for that one load).
+running code: only numpy's array reconstruction is allowed for that one load) and adds the wav2vec2
+config to checkpoints written before it was saved (built once through transformers).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import re
@@ -182,11 +184,30 @@ def _numpy_rng_globals() -> list:
     return names
 
 
+@contextlib.contextmanager
+def _allow_for_this_load(extra: list):
+    """torch's weights_only allow-list extended for the block only, so that the process's later loads
+    (and the check that the converted file loads without it) see the default list again:
+    torch.serialization.safe_globals in torch >= 2.5, saved and restored by hand in 2.4."""
+    scoped = getattr(torch.serialization, "safe_globals", None)
+    if scoped is not None:
+        with scoped(extra):
+            yield
+        return
+    before = list(torch.serialization.get_safe_globals())
+    torch.serialization.add_safe_globals(extra)
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
 def convert_old_checkpoint(src: str, dst: str | None = None) -> str:
     """Rewrite a checkpoint of the old format (numpy RNG state) without it; returns the path."""
-    torch.serialization.add_safe_globals(_numpy_rng_globals())
     try:
-        ckpt = torch.load(src, map_location="cpu", weights_only=True)
+        with _allow_for_this_load(_numpy_rng_globals()):
+            ckpt = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{src} refused: it contains objects outside the allow-list even for the old "
                               f"format ({str(e).splitlines()[-3:]})") from None
@@ -204,12 +225,21 @@ def main(argv=None):
 
     p = argparse.ArgumentParser(description="Checkpoint tools.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="rewrite an old-format checkpoint (numpy RNG state) in the plain format")
+    c = sub.add_parser("convert", help="rewrite an older checkpoint in the current format: without the numpy "
+                                       "RNG state, with the wav2vec2 config (inference then needs no transformers)")
     c.add_argument("src")
     c.add_argument("dst", nargs="?", help="output path (default: replace SRC)")
+    c.add_argument("--config", default=None, help="YAML config for checkpoints without a saved config (default: "
+                                                  "the built-in defaults, i.e. wav2vec2-base)")
 
     def run(args):
-        print(f"wrote {convert_old_checkpoint(args.src, args.dst)}")
+        # the entry point orchestrates: recording the encoder config needs the model (main/model_io.py)
+        from main.model_io import record_encoder_config
+        from utils.config import load_config
+
+        path = convert_old_checkpoint(args.src, args.dst)
+        added = record_encoder_config(path, load_config(args.config))
+        print(f"wrote {path}" + (" (with the wav2vec2 config)" if added else ""))
     run_reporting_user_errors("checkpoint", lambda a: run(p.parse_args(a)), argv)
 
 

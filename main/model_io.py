@@ -9,7 +9,7 @@ import os
 import torch
 
 from main.checkpoint import check_state_dict, load_checkpoint
-from utils.config import Config
+from utils.config import Config, config_from_dict
 from utils.errors import UserError
 from utils.framing import framing_from_config
 
@@ -92,6 +92,9 @@ def runtime_audio_encoder(ckpt: dict, framing, path: str, logger: logging.Logger
     ``audio_encoder_config`` (written before it was saved) or one the runtime cannot reproduce."""
     config = ckpt.get("audio_encoder_config")
     if config is None:
+        logger.info("checkpoint %s records no wav2vec2 config (written before 2026-11-25): building it with "
+                    "transformers; `python main/checkpoint.py convert %s` records it, so that later runs start "
+                    "without importing transformers", path, path)
         return None
     from models.wav2vec import AudioEncoder
     from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
@@ -103,6 +106,24 @@ def runtime_audio_encoder(ckpt: dict, framing, path: str, logger: logging.Logger
     model = Wav2Vec2Runtime.empty(config)  # the checkpoint supplies every weight (check_state_dict)
     model.freeze_feature_encoder()
     return AudioEncoder(model, sample_rate=framing.sample_rate, fps=framing.fps)
+
+
+def record_encoder_config(path: str, cfg) -> bool:
+    """Add ``audio_encoder_config`` to a checkpoint written before it was saved: the model is built once
+    as inference builds it (through transformers), and its wav2vec2 config is what later loads use.
+    Returns False when the checkpoint already has it. The file is rewritten atomically."""
+    from main.checkpoint import plain_values, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt.get("audio_encoder_config") is not None:
+        return False
+    saved = ckpt.get("config") or {}
+    cfg = config_from_dict(saved) if "DATA" in saved and "MODEL" in saved else cfg  # the run config it was trained with
+    model, _ = load_model(path, cfg, torch.device("cpu"))
+    ckpt["audio_encoder_config"] = plain_values(model.audio_encoder.model.config.to_dict())
+    save_checkpoint(ckpt, path)
+    load_model(path, cfg, torch.device("cpu"))  # proves the runtime encoder takes every weight
+    return True
 
 
 def match_weight_norm_names(state: dict, model) -> dict:

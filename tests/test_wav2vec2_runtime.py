@@ -146,6 +146,28 @@ def test_checkpoint_records_the_encoder_config(files):
         torch.testing.assert_close(new.encode(audio, 25), old.encode(audio, 25), atol=1e-5, rtol=1e-5)
 
 
+def test_convert_records_the_encoder_config_of_an_old_checkpoint(files, tmp_path, capsys):
+    """python main/checkpoint.py convert OLD NEW: the old checkpoint gains audio_encoder_config (built once
+    through transformers), then loads without transformers, with the same encoder outputs; converting
+    again changes nothing."""
+    from main.checkpoint import main as checkpoint_cli
+
+    root, cfg = files
+    dst = str(tmp_path / "converted.pth")
+    checkpoint_cli(["convert", os.path.join(root, "old.pth"), dst])
+    assert "with the wav2vec2 config" in capsys.readouterr().out
+    assert load_checkpoint(dst)["audio_encoder_config"] == load_checkpoint(os.path.join(root, "new.pth"))[
+        "audio_encoder_config"]
+    converted, _ = load_model(dst, cfg, torch.device("cpu"))
+    new, _ = load_model(os.path.join(root, "new.pth"), cfg, torch.device("cpu"))
+    assert isinstance(converted.audio_encoder.model, Wav2Vec2Runtime)
+    audio = torch.randn(1, 16000)
+    with torch.no_grad():
+        torch.testing.assert_close(converted.encode(audio, 25), new.encode(audio, 25), atol=0, rtol=0)
+    checkpoint_cli(["convert", dst])
+    assert "with the wav2vec2 config" not in capsys.readouterr().out
+
+
 def test_malformed_saved_config_is_refused(files, tmp_path):
     root, _ = files
     ckpt = load_checkpoint(os.path.join(root, "new.pth"))

@@ -51,6 +51,11 @@ def _wrap(x):
     return x
 
 
+def config_from_dict(d: dict) -> Config:
+    """A plain nested dict (e.g. a checkpoint's saved config) as a Config with attribute access."""
+    return _wrap(d)
+
+
 def _plain(x):
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
