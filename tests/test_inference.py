@@ -375,6 +375,24 @@ def test_single_audio_stereo_44k_and_8k(data_root, checkpoint, tmp_path):
     assert_single_outputs(tmp_path / "low", 33)
 
 
+def test_single_audio_pipeline_equals_batch_generation(data_root, checkpoint, tmp_path):
+    """Single-audio mode decodes in a background thread while earlier frames are written: its motion
+    and vertex files equal generate_motion's (the batch path) on the same audio."""
+    from models.flame import load_flame_for
+
+    sf.write(tmp_path / "a.wav", speechy(1.2), SR)                       # 30 frames exactly
+    run_single(data_root, checkpoint, tmp_path / "a.wav", tmp_path / "o")
+    motion, _ = assert_single_outputs(tmp_path / "o", 30)
+    cfg = load_config(DEMO_CFG, [f"DATA.data_root={data_root}", "INFER.device=cpu"])
+    model, _ = I.load_model(str(checkpoint), cfg, torch.device("cpu"))
+    audio = torch.from_numpy(I.read_speech(str(tmp_path / "a.wav")))
+    ref = I.generate_motion(model, [audio], [0], [30], cfg, torch.device("cpu"))[0]
+    np.testing.assert_allclose(motion, ref, atol=1e-6)
+    verts = load_flame_for(cfg).motion_to_vertices(ref)
+    for i in (0, 17, 29):
+        np.testing.assert_allclose(np.load(tmp_path / "o" / "vertices" / f"{i}.npy"), verts[i], atol=1e-6)
+
+
 def test_single_audio_unknown_style(data_root, checkpoint, tmp_path):
     sf.write(tmp_path / "a.wav", speechy(0.5), SR)
     with pytest.raises(I.InferenceError, match="--style 'Z999' is not a trained style; trained styles: "
