@@ -26,10 +26,12 @@ Single-audio mode (any sample rate, channel count and length)::
 writes ``DIR/vertices/{i}.npy``, ``DIR/motion.npy``, ``DIR/coeffs287.npy``, ``DIR/meta.json`` and with
 ``--render`` ``DIR/video.mp4`` (main/render.py). Default DIR: ``results/single/<wav stem>``; output fps
 DATA.target_fps unless ``INFER.output_fps`` is a number; vertices use zero shape and ``FLAME.model_path``.
+Frames are converted and written while later ones are still decoded (main/generation.py).
 
 Streaming (main/stream.py, README "Live / streaming")::
 
     python inference.py --audio speech.wav --stream [--chunk_ms 200] [--lookahead_ms 300] [--left_context_ms 1000]
+                        [--warmup_ms 0] [--prime_audio EARLIER.wav]
     ... | python inference.py --audio - [--stdout_vertices]     (raw 16-bit mono 16 kHz PCM on stdin)
 
 feeds the audio chunk by chunk as if live and writes the single-audio files, each frame's vertices as
