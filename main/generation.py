@@ -162,6 +162,14 @@ class BackgroundDecode:
     def result(self) -> np.ndarray:
         return self.wait(self.T)
 
+    # read as a (T,51) array (VertexFrames): a slice waits for its frames
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.motion.shape
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        return self.wait(index.indices(self.T)[1])[index]
+
 
 @torch.no_grad()
 def encode_one(model, audio: torch.Tensor, n_frames: int, cfg, device: torch.device) -> torch.Tensor:
@@ -179,7 +187,7 @@ def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_F
     return resample_motion(motion25, model_fps, float(fps)).astype(np.float32)
 
 
-def sample_arrays(flame, motion: np.ndarray, shape: np.ndarray | None,
+def sample_arrays(motion: np.ndarray, shape: np.ndarray | None,
                   detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The coefficient-tree arrays of a sample: motion (T,51) and coeffs287 (T,287), float32; the
     287's detail block is ``detail`` (128,) (the sample's EMOCA detail code) or zeros."""
@@ -200,22 +208,17 @@ class VertexFrames:
     (docs/BENCHMARKS.md, "Whole inference vs the bare encoder")."""
 
     def __init__(self, flame, motion, shape=None, chunk: int = 50):
-        # motion: (T,51) array, or a BackgroundDecode whose frames are waited for as they are read
+        # motion: (T,51) array, or a BackgroundDecode (its slices wait for their frames)
         self.flame, self.motion, self.shape_vec, self.chunk = flame, motion, shape, int(chunk)
-        self.shape = (int(motion.T if isinstance(motion, BackgroundDecode) else motion.shape[0]),
-                      int(flame.v_template.shape[0]), 3)
+        self.shape = (motion.shape[0], int(flame.v_template.shape[0]), 3)
         self._start, self._block = None, None
         self._pool, self._next = None, None  # (start, Future) of the chunk after the current one
 
     def __len__(self):
         return self.shape[0]
 
-    def _motion(self, start: int, stop: int) -> np.ndarray:
-        m = self.motion
-        return m.wait(stop)[start:stop] if isinstance(m, BackgroundDecode) else m[start:stop]
-
     def _convert(self, start: int) -> np.ndarray:
-        return np.asarray(self.flame.motion_to_vertices(self._motion(start, start + self.chunk), self.shape_vec),
+        return np.asarray(self.flame.motion_to_vertices(self.motion[start:start + self.chunk], self.shape_vec),
                           dtype=np.float32)
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -235,5 +238,5 @@ class VertexFrames:
         return self._block[int(i) - start]
 
     def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self.flame.motion_to_vertices(self._motion(0, len(self)), self.shape_vec), dtype=np.float32)
+        out = np.asarray(self.flame.motion_to_vertices(self.motion[:], self.shape_vec), dtype=np.float32)
         return out if dtype is None else out.astype(dtype)

@@ -159,7 +159,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                     meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
                                          j.out_fps, motion.shape[0], ckpt_path, j.style)
                     RT.write_sample(j.vert_dir, j.coeff_dir, flames[name].motion_to_vertices(motion, shape),
-                                    sample_arrays(flames[name], motion, shape, it["detail"].numpy()), meta)
+                                    sample_arrays(motion, shape, it["detail"].numpy()), meta)
                     written += 1
                     n_frames_out += motion.shape[0]
                     audio_s += int(it["n_frames"]) / model.framing.fps
@@ -216,16 +216,14 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     n_out = int(round(n * out_fps / fr.fps))
     RT.check_can_write({out_dir: RT.sample_bytes(n_out, int(flame.v_template.shape[0]))}, "results")
     audio = fit_audio_to_frames(audio, n, fr.samples_per_frame)  # cut or zero-pad by < half a frame
-    if out_fps == fr.fps:
-        # frames are converted and written while later ones are still decoded (BackgroundDecode)
-        feats = encode_one(model, torch.from_numpy(audio), n, cfg, device)
-        motion = BackgroundDecode(model, feats, styles.index(style), attention_window(cfg), progress=True)
-        arrays = lambda: sample_arrays(flame, motion.result(), None)  # noqa: E731 (after the frames)
+    feats = encode_one(model, torch.from_numpy(audio), n, cfg, device)
+    decoding = BackgroundDecode(model, feats, styles.index(style), attention_window(cfg), progress=True)
+    if out_fps == fr.fps:  # frames are converted and written while later ones are still decoded
+        motion = decoding
+        arrays = lambda: sample_arrays(decoding.result(), None)  # noqa: E731 (after the frames)
     else:  # resampling to the output fps needs the whole motion first
-        motion25 = generate_motion(model, [torch.from_numpy(audio)], [styles.index(style)], [n], cfg, device,
-                                   progress=True)[0]
-        motion = to_output_fps(motion25, out_fps, fr.fps)
-        arrays = sample_arrays(flame, motion, None)
+        motion = to_output_fps(decoding.result(), out_fps, fr.fps)
+        arrays = sample_arrays(motion, None)
     verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as they are written
 
     if os.path.exists(video):

@@ -62,21 +62,20 @@ def as_float_pcm(pcm) -> np.ndarray:
 
 
 class _RunningStats:
-    """Running mean / variance per channel over samples seen so far (float64 sums)."""
+    """Running mean / variance of the samples seen so far (float64 sums)."""
 
-    def __init__(self, channels: int = 1):
-        self.n, self.s1, self.s2 = 0, np.zeros(channels), np.zeros(channels)
+    def __init__(self):
+        self.n, self.s1, self.s2 = 0, 0.0, 0.0
 
     def add(self, x: np.ndarray):
-        """x (channels, n) or (n,)."""
-        x = np.asarray(x, dtype=np.float64).reshape(self.s1.shape[0], -1)
-        self.n += x.shape[1]
-        self.s1 += x.sum(1)
-        self.s2 += np.square(x).sum(1)
+        x = np.asarray(x, dtype=np.float64)
+        self.n += x.size
+        self.s1 += float(x.sum())
+        self.s2 += float(np.square(x).sum())
 
-    def mean_var(self):
+    def mean_var(self) -> tuple[float, float]:
         m = self.s1 / max(self.n, 1)
-        return m, np.maximum(self.s2 / max(self.n, 1) - m * m, 0.0)
+        return m, max(self.s2 / max(self.n, 1) - m * m, 0.0)
 
 
 class Streamer:
@@ -200,7 +199,7 @@ class Streamer:
         if final:
             T = self.framing.frames_in(n)
             if T * self.hop > n:  # zero padding in normalised units = the mean in raw units
-                mean = self.audio_stats.mean_var()[0][0]
+                mean = self.audio_stats.mean_var()[0]
                 self.raw = np.concatenate([self.raw, np.full(T * self.hop - n, mean, np.float32)])
             n_audio = T * self.hop
             n_target = T
@@ -239,7 +238,7 @@ class Streamer:
         x = self.raw[a - self.raw_start:b - self.raw_start]
         if not self.group_norm:
             mean, var = self.audio_stats.mean_var()
-            x = (x - np.float32(mean[0])) / np.float32(np.sqrt(var[0] + NORM_EPS))
+            x = (x - np.float32(mean)) / np.float32(np.sqrt(var + NORM_EPS))
         return self._raw_tensor(x)
 
     def _raw_tensor(self, x: np.ndarray) -> torch.Tensor:
@@ -263,7 +262,7 @@ class Streamer:
             stats = self.conv0_stats.mean_var(self.cnn.conv_layers[0].conv)
             # offline, eps is added to the variance of normalised audio's conv outputs: in raw units
             # that is eps times the audio's variance
-            eps = self.cnn.conv_layers[0].layer_norm.eps * float(self.audio_stats.mean_var()[1][0] + NORM_EPS)
+            eps = self.cnn.conv_layers[0].layer_norm.eps * (self.audio_stats.mean_var()[1] + NORM_EPS)
         new = enc.cnn_chunk(self._cnn_input(a, b), stats, eps)[0]      # (C, F - n_feat)
         self.cnn_feats = new if self.cnn_feats is None else torch.cat([self.cnn_feats, new], 1)
         self.n_feat = F

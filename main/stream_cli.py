@@ -151,13 +151,14 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
     compute = [c["compute_s"] for c in chunks]
     stats = {"chunk_ms": settings["chunk_ms"], "lookahead_ms": settings["lookahead_ms"],
              "left_context_ms": settings["left_context_ms"], "attention_window": settings["attention_window"],
-             "warmup_ms": settings["warmup_ms"], "primed_s": primed_s, "algorithmic_latency_s": streamer.latency_s, "audio_s": audio_s, "frames": int(motion.shape[0]),
+             "warmup_ms": settings["warmup_ms"], "primed_s": primed_s, "algorithmic_latency_s": streamer.latency_s,
+             "audio_s": audio_s, "frames": int(motion.shape[0]),
              "compute_s": float(sum(compute)), "real_time_factor": float(sum(compute)) / audio_s,
              "max_chunk_compute_s": max(compute), "mean_chunk_compute_s": float(np.mean(compute)),
              "device": str(device), "chunks": chunks}
     with open(os.path.join(out_dir, "stream_stats.json"), "w") as f:
         json.dump(stats, f, indent=2)
-    for name, arr in sample_arrays(flame, motion, None).items():
+    for name, arr in sample_arrays(motion, None).items():
         np.save(os.path.join(out_dir, f"{name}.npy"), arr)
     meta = RT.build_meta(stem, None, style, None, None if live else args.audio, FPS, motion.shape[0], ckpt_path,
                          style)

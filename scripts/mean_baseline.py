@@ -68,7 +68,7 @@ def main(argv=None):
         meta = RT.build_meta(job.ref.sample_id, job.ref.dataset, job.ref.style_id, job.ref.speaker,
                              job.ref.audio_path, job.out_fps, motion.shape[0], "mean_baseline", None)
         RT.write_sample(job.vert_dir, job.coeff_dir, flame.motion_to_vertices(motion, shape),
-                        sample_arrays(flame, motion, shape, item["detail"].numpy()), meta)
+                        sample_arrays(motion, shape, item["detail"].numpy()), meta)
     log.info("wrote %d baseline sample(s) to %s", len(jobs),
              os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name))
 
