@@ -219,23 +219,10 @@ def _smooth_noise(r, n, dims, scale):
     return scale * x / np.sqrt(max(n, 1))
 
 
-def write_clip(out, dataset, split, index, speaker, emotion, seed):
-    """Synthesise one clip, write its wav and FLAME file; return (sample id, JSON entry, seconds)."""
-    fps = FPS[dataset]
-    r = _rng(seed, dataset, split, index)
-    style = speaker_style(seed, speaker)
-    f0_fac, loud_fac, _ = EMOTIONS[emotion or "neutral"]
-    syllables, duration = make_script(r, loud_fac)
-
-    hi = (dataset, split, index) in HI_RATE
-    sr = 44100 if hi else SR
-    audio = render_audio(syllables, duration, sr, F0[speaker] * f0_fac, r)
-    if hi:  # stereo with slightly different channel gains
-        audio = np.stack([audio, 0.8 * audio], 1)
-    n_frames = int(round(audio.shape[0] / sr * fps))
-    extra = 3 if (dataset, index) == ("digital_human", 2) else 0   # tracker wrote 3 frames too many
-    tg, jaw_c, expr_c = motion_signals(syllables, duration)
-    jaw, expr = sample_motion(tg, jaw_c, expr_c, style, emotion, fps, n_frames + extra, r)
+def write_sample(out, dataset, split, index, speaker, emotion, audio, sr, jaw, expr, style, r, valid_frames=None):
+    """Write one clip's wav (audio (N,) or (N,C) at sr) and its FLAME file in the dataset's format, from
+    per-frame jaw (T,) and expr (T,50); r draws the tracker's extra channels (head pose, shape noise...).
+    Return (sample id, JSON entry, seconds)."""
     T = len(jaw)
 
     if dataset == "MEAD_VHAP":
@@ -269,9 +256,30 @@ def write_clip(out, dataset, split, index, speaker, emotion, seed):
     entry = {"audio_path": audio_rel}
     entry["flame_path" if dataset == "MultiModal200" else "flame_coeff_save_path"] = flame_rel
     entry["speaker_id"] = [speaker, emotion] if dataset == "MEAD_VHAP" else speaker
-    if dataset == "digital_human":
-        entry["valid_frames_num"] = n_frames          # drops the 3 extra frames of clip 2
+    if valid_frames is not None:
+        entry["valid_frames_num"] = valid_frames      # e.g. drops the 3 extra frames of demo clip 2
     return sid, entry, audio.shape[0] / sr
+
+
+def write_clip(out, dataset, split, index, speaker, emotion, seed):
+    """Synthesise one clip, write its wav and FLAME file; return (sample id, JSON entry, seconds)."""
+    fps = FPS[dataset]
+    r = _rng(seed, dataset, split, index)
+    style = speaker_style(seed, speaker)
+    f0_fac, loud_fac, _ = EMOTIONS[emotion or "neutral"]
+    syllables, duration = make_script(r, loud_fac)
+
+    hi = (dataset, split, index) in HI_RATE
+    sr = 44100 if hi else SR
+    audio = render_audio(syllables, duration, sr, F0[speaker] * f0_fac, r)
+    if hi:  # stereo with slightly different channel gains
+        audio = np.stack([audio, 0.8 * audio], 1)
+    n_frames = int(round(audio.shape[0] / sr * fps))
+    extra = 3 if (dataset, index) == ("digital_human", 2) else 0   # tracker wrote 3 frames too many
+    tg, jaw_c, expr_c = motion_signals(syllables, duration)
+    jaw, expr = sample_motion(tg, jaw_c, expr_c, style, emotion, fps, n_frames + extra, r)
+    return write_sample(out, dataset, split, index, speaker, emotion, audio, sr, jaw, expr, style, r,
+                        valid_frames=n_frames if dataset == "digital_human" else None)
 
 
 JSON_PATH = {
@@ -279,6 +287,15 @@ JSON_PATH = {
     "MEAD_VHAP": lambda split: f"dataset_jsons/splits/MEAD_VHAP_{split}.json",
     "MultiModal200": lambda split: f"dataset_jsons/splits/MultiModal200_{split}.json",
 }
+
+
+def write_index(out: str, dataset: str, split: str, index: dict) -> str:
+    """Write the JSON index {sample id: entry} of one dataset split where config/demo.yaml looks; return its path."""
+    rel = JSON_PATH[dataset](split)
+    os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
+    with open(os.path.join(out, rel), "w") as f:
+        json.dump(index, f, indent=2)
+    return rel
 
 
 def make_demo_data(out: str = "demo_data", seed: int = 0, verbose: bool = True) -> dict:
@@ -293,10 +310,7 @@ def make_demo_data(out: str = "demo_data", seed: int = 0, verbose: bool = True) 
             sid, entry, dur = write_clip(out, dataset, split, i, speaker, emotion, seed)
             index[sid] = entry
             seconds += dur
-        rel = JSON_PATH[dataset](split)
-        os.makedirs(os.path.dirname(os.path.join(out, rel)), exist_ok=True)
-        with open(os.path.join(out, rel), "w") as f:
-            json.dump(index, f, indent=2)
+        rel = write_index(out, dataset, split, index)
         summary[(dataset, split)] = {"clips": len(clips), "seconds": seconds, "json": rel,
                                      "speakers": sorted({s for s, _ in clips})}
     if verbose:
