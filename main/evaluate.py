@@ -44,6 +44,8 @@ if __name__ == "__main__":  # run as a script: make the repo importable
 import numpy as np  # noqa: E402
 
 from dataset.flame_params import resample_motion  # noqa: E402
+from main.listening import format_listening, listening_check  # noqa: E402
+from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
 from main.results import TMP_PREFIX, ResultsError, check_clashes, frame_files, load_frames, read_meta  # noqa: E402
 from utils.errors import DataError, UserError  # noqa: E402
 
@@ -54,63 +56,6 @@ N_PLOT_SAMPLES = 3
 
 class EvalError(UserError, RuntimeError):
     """Evaluation cannot run (nothing to compare, inconsistent data); the message says what and where."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics on arrays
-# ----------------------------------------------------------------------------------------------
-
-def _check_pair(pred: np.ndarray, gt: np.ndarray):
-    if pred.shape != gt.shape or pred.ndim != 3 or pred.shape[-1] != 3:
-        raise ValueError(f"pred and gt must both be (T,V,3) of the same shape, got {pred.shape} and {gt.shape}")
-
-
-def lip_errors(pred: np.ndarray, gt: np.ndarray, lip_idx) -> np.ndarray:
-    """Per-frame max over lip vertices of the squared L2 error: (T,V,3) x2 -> (T,)."""
-    _check_pair(pred, gt)
-    d = pred[:, lip_idx].astype(np.float64) - gt[:, lip_idx]
-    return (d ** 2).sum(-1).max(-1)
-
-
-def lve(pred: np.ndarray, gt: np.ndarray, lip_idx) -> float:
-    """Lip vertex error of one sequence: mean over frames of max over lip vertices of ||pred - gt||^2."""
-    return float(lip_errors(pred, gt, lip_idx).mean())
-
-
-def upper_face_dynamics(verts: np.ndarray, template: np.ndarray, upper_idx) -> float:
-    """Mean over upper-face vertices of the std over time of ||v - template||^2: (T,V,3), (V,3) -> float."""
-    disp = verts[:, upper_idx].astype(np.float64) - template[upper_idx]
-    return float(((disp ** 2).sum(-1)).std(axis=0).mean())  # np.std: population (ddof=0), as CodeTalker
-
-
-def fdd(pred: np.ndarray, gt: np.ndarray, template: np.ndarray, upper_idx) -> float:
-    """Upper-face dynamics deviation of one sequence: dynamics(gt) - dynamics(pred) (signed)."""
-    _check_pair(pred, gt)
-    return upper_face_dynamics(gt, template, upper_idx) - upper_face_dynamics(pred, template, upper_idx)
-
-
-def mve(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Mean vertex error: L2 distance averaged over all vertices and frames."""
-    _check_pair(pred, gt)
-    return float(np.linalg.norm(pred.astype(np.float64) - gt, axis=-1).mean())
-
-
-def aggregate(samples: list[dict]) -> dict:
-    """Pool per-sample metrics as CodeTalker does: LVE/MVE frame-weighted, FDD mean over sequences.
-
-    samples: dicts with ``LVE, FDD, MVE, n_frames``. Returns ``{LVE, FDD, MVE, n_sequences, n_frames}``
-    (metrics None when there is no sample)."""
-    n = np.array([s["n_frames"] for s in samples], dtype=np.float64)
-    if len(samples) == 0 or n.sum() == 0:
-        return {"LVE": None, "FDD": None, "MVE": None, "n_sequences": len(samples), "n_frames": 0}
-    w = n / n.sum()
-    return {
-        "LVE": float(sum(wi * s["LVE"] for wi, s in zip(w, samples))),
-        "FDD": float(np.mean([s["FDD"] for s in samples])),
-        "MVE": float(sum(wi * s["MVE"] for wi, s in zip(w, samples))),
-        "n_sequences": len(samples),
-        "n_frames": int(n.sum()),
-    }
 
 
 def lip_opening_proxy(verts: np.ndarray, lip_idx) -> np.ndarray:
@@ -151,13 +96,14 @@ def default_out_path(results_dir: str) -> str:
 
 
 def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_dir: str | None = None,
-             plot: bool = True, allow_missing: bool = False) -> dict:
+             plot: bool = True, allow_missing: bool = False, listening: dict | None = None) -> dict:
     """Evaluate a results tree against ground truth; print a table; write JSON (+ jaw PNGs).
 
     results_dir: ``{DATASET}/{STYLE_ID}/{i}.npy`` tree (default ``{output_root}/{exp_name}``);
     out: JSON path (default ``default_out_path(results_dir)``);
     coeff_dir: parallel tree with ``motion.npy``/``meta.json`` (default ``{coeff_root}/{exp_name}`` when
     results_dir is the default, else none: a hand-made tree must not borrow the model's coefficients).
+    listening: main/listening.py's report, written into the JSON under "listening".
     Returns the report dict that is written as JSON. Raises EvalError if no prediction is found, and
     (after writing the JSON) if an expected sequence is missing or short, unless ``allow_missing``.
     """
@@ -261,8 +207,12 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     report["unmatched_folders"] = _unmatched(results_dir, report)
 
     report["allow_missing"] = bool(allow_missing)
+    if listening is not None:
+        report["listening"] = listening
 
     print(format_table(report))
+    if listening is not None:
+        print(format_listening(listening))
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as f:
@@ -361,12 +311,17 @@ def main(argv=None):
     p.add_argument("--no_plots", action="store_true", help="skip the jaw-opening PNGs")
     p.add_argument("--allow_missing", action="store_true", help="score what there is when expected sequences "
                                                                 "are missing or short (default: exit 1)")
+    p.add_argument("--listening", action="store_true",
+                   help="also generate the split with each clip's own audio and with another clip's, from "
+                        "INFER.checkpoint, and report LVE(other) / LVE(own): about 1.0 = the model ignores the audio")
     p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
     args = p.parse_intermixed_args(argv)
 
     setup_logger("evaluate")
     cfg = load_config(args.config, args.overrides)  # a repo-relative config path works from anywhere
-    evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots, allow_missing=args.allow_missing)
+    listening = listening_check(cfg) if args.listening else None
+    evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots, allow_missing=args.allow_missing,
+             listening=listening)
 
 
 if __name__ == "__main__":

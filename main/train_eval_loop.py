@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from loss.loss import motion_vertex_loss
 from main.checkpoint import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
+from utils.config_schema import SAMPLING_MODES
 from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything
 
@@ -123,7 +124,7 @@ class Trainer:
         TRAIN.sampling_start_epoch, then a linear ramp to TRAIN.sampling_max over sampling_warmup_epochs.
         A function of the epoch and batch index alone, so a resumed run follows the same schedule."""
         cfg = self.cfg.TRAIN
-        if cfg.mode not in ("parallel_sampling", "scheduled_rollout"):
+        if cfg.mode not in SAMPLING_MODES:
             return 0.0
         ramp = progress - cfg.sampling_start_epoch
         if ramp < 0:
@@ -158,7 +159,8 @@ class Trainer:
                     pred = self.model(batch["audio"], batch["motion"], batch["style"], batch["motion_mask"],
                                       batch["audio_mask"], mode=cfg.mode,
                                       sampling_prob=self.sampling_prob(self.epoch + i / n_batches),
-                                      passes=cfg.sampling_passes, input_noise=cfg.input_noise)
+                                      passes=cfg.sampling_passes, input_noise=cfg.input_noise,
+                                      rollout_steps=cfg.rollout_steps)
                 loss, _ = batch_loss(pred, batch, self.flame_of, cfg.velocity_weight)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
@@ -227,9 +229,10 @@ class Trainer:
         while self.epoch < cfg.epochs:
             t0 = time.time()
             train_loss = self.train_epoch()
+            train_s = time.time() - t0
             self.epoch += 1
             msg = f"epoch {self.epoch}/{cfg.epochs} train loss {train_loss:.6g}"
-            if cfg.mode in ("parallel_sampling", "scheduled_rollout"):
+            if cfg.mode in SAMPLING_MODES:
                 msg += f" (sampling p {self.sampling_prob(self.epoch):.3g})"
             last = self.epoch == cfg.epochs
             if self.rank == 0:
@@ -250,7 +253,7 @@ class Trainer:
                     self.best_val = score
                     self.save("best_model.pth")
                     msg += " (best)"
-                msg += f" | {time.time() - t0:.1f}s"
+                msg += f" | {time.time() - t0:.1f}s ({train_s:.1f}s training)"
                 self.log.info(msg)
             self.save("last.pth")
             if self.world_size > 1:

@@ -244,13 +244,17 @@ class FaceFormer(nn.Module):
     TRAIN_MODES = TRAIN_MODES  # the names TRAIN.mode accepts (utils/config_schema.py)
 
     def forward(self, audio, motion, style, motion_mask=None, audio_mask=None, teacher_forcing: bool = True,
-                mode: str | None = None, sampling_prob: float = 0.0, passes: int = 1, input_noise: float = 0.0):
+                mode: str | None = None, sampling_prob: float = 0.0, passes: int = 1, input_noise: float = 0.0,
+                rollout_steps: int = 1):
         """Training pass. audio (B,N), motion (B,T,51), style (B,), masks True = real -> (B,T,51).
 
         mode (None: "teacher_forcing", or "rollout" when teacher_forcing=False):
         - teacher_forcing: one parallel decoder pass fed with the ground truth.
         - parallel_sampling: parallel scheduled sampling (Duckworth et al. 2019), ``passes`` + 1
           parallel passes; see decode_sampled.
+        - parallel_rollout: ``rollout_steps`` + 1 parallel passes with gradients through all, each fed
+          the previous pass's predictions: the model's own k-step rollout from every frame at once
+          (see decode_unrolled).
         - scheduled_rollout: the autoregressive rollout where each step is fed the ground-truth previous
           frame, or with probability ``sampling_prob`` the model's own (see rollout_sampled).
         - rollout: the model's own autoregressive rollout (the original FaceFormer's training), with
@@ -271,7 +275,31 @@ class FaceFormer(nn.Module):
             prev[:, 0] = 0  # motion[-1] = 0 stays the start input, as in generation
         if mode == "parallel_sampling":
             return self.decode_sampled(feats, style, prev, motion_mask, sampling_prob, passes)
+        if mode == "parallel_rollout":
+            return self.decode_unrolled(feats, style, prev, motion_mask, sampling_prob, rollout_steps)
         return self.decode(feats, style, prev, motion_mask)
+
+    def decode_unrolled(self, feats, style, prev_motion, motion_mask, sampling_prob: float, steps: int):
+        """Parallel rollout: truncated backpropagation through the model's own rollout, at the cost of
+        ``steps`` + 1 parallel passes whatever T. feats (B,T,d), prev_motion (B,T,51) ground-truth
+        decoder inputs -> (B,T,51).
+
+        The first pass is fed the ground truth; each later pass is fed, per frame and clip with
+        probability sampling_prob (else the ground truth), the previous pass's prediction of the frame
+        before, with its gradient. With probability 1 the last pass's frame t depends on the ground
+        truth only up to frame t - 1 - steps: it is the model's own (steps + 1)-frame rollout started
+        from the ground truth at every frame of the clip at once (and on the first steps + 1 frames,
+        the full rollout itself). So the decoder meets its own accumulated drift and is taught, through
+        the gradient, to correct it from the audio; parallel_sampling's one detached pass shows it
+        one-step predictions only, which are close to the ground truth."""
+        out = self.decode(feats, style, prev_motion, motion_mask)
+        if sampling_prob <= 0:
+            return out
+        for _ in range(steps):
+            take = torch.rand(out.shape[:2], device=out.device)[..., None] < sampling_prob  # (B,T,1)
+            inputs = torch.where(take, shift_motion(out).to(prev_motion.dtype), prev_motion)
+            out = self.decode(feats, style, inputs, motion_mask)
+        return out
 
     def decode_sampled(self, feats, style, prev_motion, motion_mask, sampling_prob: float, passes: int = 1):
         """Parallel scheduled sampling. feats (B,T,d), prev_motion (B,T,51) ground-truth decoder inputs

@@ -44,7 +44,7 @@ def record_calls(module):
     return calls, handle
 
 
-@pytest.mark.parametrize("mode", ["parallel_sampling", "scheduled_rollout"])
+@pytest.mark.parametrize("mode", ["parallel_sampling", "parallel_rollout", "scheduled_rollout"])
 def test_probability_zero_is_teacher_forcing(model, flame, mode):
     audio, motion, style = batch()
     mask = torch.ones(motion.shape[:2], dtype=torch.bool)
@@ -52,7 +52,7 @@ def test_probability_zero_is_teacher_forcing(model, flame, mode):
     losses = {}
     for m in ("teacher_forcing", mode):
         torch.manual_seed(1)
-        pred = model(audio, motion, style, mode=m, sampling_prob=0.0, passes=2)
+        pred = model(audio, motion, style, mode=m, sampling_prob=0.0, passes=2, rollout_steps=2)
         losses[m] = motion_vertex_loss(pred, motion, mask, flame, torch.zeros(2, 100))[0].item()
     model.eval()
     if mode == "scheduled_rollout":  # the step-by-step path: compare without dropout, to float tolerance
@@ -86,6 +86,35 @@ def test_probability_one_feeds_own_detached_predictions(model, passes):
         assert not fed.requires_grad and not earlier.requires_grad   # predictions made without gradient
         assert not torch.allclose(fed[:, 1:], motion[:, :-1])
     assert torch.equal(pred, outputs[-1][1]) and pred.requires_grad
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_parallel_rollout_feeds_own_predictions_with_gradient(model, steps):
+    """At probability 1 each pass is fed the previous pass's predictions, gradient kept, so the last
+    pass is the model's own (steps + 1)-frame rollout from every frame: on the first steps + 1 frames
+    it is the full KV-cached rollout itself, and the loss reaches the first pass through the inputs."""
+    audio, motion, style = batch(T=12)
+    model.eval()
+    inputs, h_in = record_calls(model.motion_map)
+    outputs, h_out = record_calls(model.output_map)
+    try:
+        pred = model(audio, motion, style, mode="parallel_rollout", sampling_prob=1.0, rollout_steps=steps)
+    finally:
+        h_in.remove()
+        h_out.remove()
+    assert len(inputs) == steps + 1
+    assert torch.equal(inputs[0][0], shift_motion(motion))   # the first pass is teacher-forced
+    for k in range(1, steps + 1):
+        assert torch.equal(inputs[k][0], shift_motion(outputs[k - 1][1]).detach())
+    first = outputs[0][1]
+    first.retain_grad()
+    pred.pow(2).sum().backward()
+    assert first.grad is not None and first.grad[:, :-1].abs().sum() > 0   # gradient through the fed inputs
+    with torch.no_grad():
+        rollout = model(audio, motion, style, mode="rollout")
+    assert torch.allclose(pred[:, :steps + 1], rollout[:, :steps + 1], atol=1e-5)
+    assert not torch.allclose(pred[:, steps + 1:], rollout[:, steps + 1:], atol=1e-5)   # truncated after that
+    model.zero_grad()
 
 
 def test_partial_probability_mixes_per_frame_and_gradients_reach_decoder(model, flame):
@@ -132,9 +161,13 @@ def test_config_modes_and_old_key():
         load_config(demo, ["TRAIN.sampling_max=1.5"])
     with pytest.raises(ConfigError, match="TRAIN.sampling_passes"):
         load_config(demo, ["TRAIN.sampling_passes=0"])
+    for bad in ("0", "1.5", "true", "1000"):
+        with pytest.raises(ConfigError, match="TRAIN.rollout_steps"):
+            load_config(demo, [f"TRAIN.rollout_steps={bad}"])
 
 
-def test_resume_restores_schedule_position(demo_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["parallel_sampling", "parallel_rollout"])
+def test_resume_restores_schedule_position(demo_root, tmp_path, monkeypatch, mode):
     """The mixing probability of every training step, uninterrupted vs stopped after epoch 1 and
     resumed from last.pth: the same sequence."""
     used = []
@@ -148,7 +181,7 @@ def test_resume_restores_schedule_position(demo_root, tmp_path, monkeypatch):
     monkeypatch.setattr(faceformer.FaceFormer, "forward", recording_forward)
     common = ["--config", os.path.join(ROOT, "config", "demo.yaml"), f"DATA.data_root={demo_root}",
               "TRAIN.batch_size=2", "TRAIN.max_steps_per_epoch=2", "DATA.max_frames=30", "TRAIN.device=cpu",
-              "TRAIN.mode=parallel_sampling", "TRAIN.sampling_max=0.8", "TRAIN.sampling_start_epoch=0.5",
+              f"TRAIN.mode={mode}", "TRAIN.sampling_max=0.8", "TRAIN.sampling_start_epoch=0.5",
               "TRAIN.sampling_warmup_epochs=1", "TRAIN.val_every=100"]
     train_main(common + [f"TRAIN.save_path={tmp_path / 'full'}", "TRAIN.epochs=2"])
     full, used[:] = list(used), []

@@ -69,11 +69,12 @@ DEFAULTS = {
         "save_path": "outputs/faceformer_multi_dataset",
         "resume": False,              # continue from save_path/last.pth
         "overwrite": False,           # allow starting afresh in a folder that holds a previous run
-        "mode": "parallel_sampling",  # teacher_forcing | parallel_sampling | scheduled_rollout | rollout
+        "mode": "parallel_sampling",  # teacher_forcing | parallel_sampling | parallel_rollout | scheduled_rollout | rollout
         "sampling_max": 1.0,          # final probability of feeding the model's own previous frame ...
         "sampling_start_epoch": 0,    # ... ramped linearly from 0 after this many epochs ...
         "sampling_warmup_epochs": 20, # ... over this many epochs (0: at sampling_max from the start)
         "sampling_passes": 1,         # parallel_sampling: no-grad passes that make the fed predictions
+        "rollout_steps": 3,           # parallel_rollout: passes fed with the previous pass's predictions
         "input_noise": 0.0,           # std of noise on ground-truth previous frames (teacher_forcing, parallel_sampling)
         "teacher_forcing": None,      # old key: false = mode rollout, true = mode teacher_forcing
         "val_every": 1,
@@ -221,7 +222,8 @@ def check_config(cfg, where: str):
     _check_train_mode(cfg.TRAIN, where)
 
 
-TRAIN_MODES = ("teacher_forcing", "parallel_sampling", "scheduled_rollout", "rollout")
+TRAIN_MODES = ("teacher_forcing", "parallel_sampling", "parallel_rollout", "scheduled_rollout", "rollout")
+SAMPLING_MODES = ("parallel_sampling", "parallel_rollout", "scheduled_rollout")  # follow the sampling schedule
 
 
 def _check_train_mode(train, where: str):
@@ -241,3 +243,6 @@ def _check_train_mode(train, where: str):
             raise ConfigError(f"{where}: TRAIN.{key} is {train[key]}; expected a number >= 0")
     if not (isinstance(train.sampling_passes, int) and train.sampling_passes >= 1):
         raise ConfigError(f"{where}: TRAIN.sampling_passes is {train.sampling_passes!r}; expected an integer >= 1")
+    if not (isinstance(train.rollout_steps, int) and not isinstance(train.rollout_steps, bool)
+            and 1 <= train.rollout_steps <= 64):
+        raise ConfigError(f"{where}: TRAIN.rollout_steps is {train.rollout_steps!r}; expected an integer in [1, 64]")

@@ -24,6 +24,7 @@ TRAIN_MODE_RUNS = {
     "teacher_forcing+noise": ["TRAIN.mode=teacher_forcing", "TRAIN.input_noise=0.05"],
     "parallel_sampling": ["TRAIN.mode=parallel_sampling"],
     "parallel_sampling_2pass": ["TRAIN.mode=parallel_sampling", "TRAIN.sampling_passes=2"],
+    "parallel_rollout": ["TRAIN.mode=parallel_rollout"],
     "scheduled_rollout": ["TRAIN.mode=scheduled_rollout"],
     "rollout": ["TRAIN.mode=rollout"],
 }
@@ -79,7 +80,8 @@ def train_mode_speed(modes, data_root: str, steps: int, device: str = "cpu"):
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             pred = model(audio, motion, style, mask, mode=run_cfg.mode, sampling_prob=run_cfg.sampling_max,
-                         passes=run_cfg.sampling_passes, input_noise=run_cfg.input_noise)
+                         passes=run_cfg.sampling_passes, input_noise=run_cfg.input_noise,
+                         rollout_steps=run_cfg.rollout_steps)
             motion_vertex_loss(pred, motion, mask, flame)[0].backward()
             opt.step()
             sync(dev)
