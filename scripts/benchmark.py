@@ -26,9 +26,11 @@ Sections (each prints a table; all results go to one JSON):
           config (no transformers) and one that does not; ``--encoder`` picks the clip's wav2vec2
           (tiny = the demo's, base = wav2vec2-base); ``--startup_pythonpath DIR`` prices another
           transformers installed in DIR.
-- train_modes: (not in the default set: ~25 min on 2 CPU cores) every TRAIN.mode trained on the demo
-          data with the demo config, same seed and epochs: teacher-forced and generated validation
-          loss, LVE of generated test motion vs the mean-motion baseline, training frames/s.
+- train_modes: (not in the default set) every TRAIN.mode trained with the demo config on the held-out
+          real-speech set (``--mode_data speech``, the default; or ``demo`` or a built folder), same
+          epochs, seeds 0 and 1: teacher-forced and generated validation loss, LVE of generated test
+          motion vs the mean-motion baseline, the listening ratio, training seconds per epoch side by
+          side, sequential decoder calls per training step (what a step costs on a GPU).
 
 The model is FaceFormer with the full-size wav2vec2-base architecture (random weights cost the same
 as trained ones) unless --encoder tiny; FLAME is the procedural stand-in (same 5023 vertices).
@@ -78,6 +80,10 @@ def main(argv=None):
     p.add_argument("--modes", nargs="*", default=TRAIN_MODE_DEFAULT, choices=list(TRAIN_MODE_RUNS),
                    help="train_modes: training modes to compare (the first is the speed reference)")
     p.add_argument("--mode_epochs", type=int, default=60, help="train_modes: epochs per mode (demo: 60)")
+    p.add_argument("--mode_data", default="speech", help="train_modes: 'speech' (the held-out real-speech set, "
+                                                          "built), 'demo', or a built data folder")
+    p.add_argument("--mode_seeds", type=int, nargs="+", default=[0, 1], help="train_modes: TRAIN.seed of each run")
+    p.add_argument("--mode_jobs", type=int, default=4, help="train_modes: trainings run side by side")
     p.add_argument("--startup_pythonpath", default=None, help="startup: also time with this folder first on "
                    "PYTHONPATH (e.g. pip install --target DIR 'transformers<5' --no-deps)")
     p.add_argument("--json", default=None, help="output JSON (default docs/benchmarks_<device>.json; "
@@ -131,12 +137,19 @@ def main(argv=None):
             print(f"\n[memory] whole inference on {r['audio_s']:g} s of audio: peak RSS {r['peak_rss_gb']:.2f} GB "
                   f"({r['wall_s']:.1f} s incl. start-up)")
         if "train_modes" in args.only:
-            r = bench_train_modes(args.modes, args.mode_epochs, tmp, device.type)
+            r = bench_train_modes(args.modes, args.mode_epochs, tmp, device.type, data=args.mode_data,
+                                  seeds=args.mode_seeds, jobs=args.mode_jobs)
             results["train_modes"] = r
-            print(f"\n[train_modes] demo data, {r['epochs']} epochs each, seed 0; val losses of the best (generated) "
-                  f"epoch; LVE of generated test motion; mean-motion baseline LVE {r['baseline_LVE']:.4g}")
-            print(table(r["rows"], ["mode", "epoch", "val_tf", "val_gen", "gen/tf", "LVE", "LVE/baseline",
-                                    "train_frames_per_s", "speed_vs_tf"]))
+            print(f"\n[train_modes] {r['data']} data, {r['epochs']} epochs each, seeds {r['seeds']}; val losses of "
+                  f"the best (generated) epoch; LVE of generated test motion; mean-motion baseline LVE "
+                  f"{r['baseline_LVE']:.4g}; listening = LVE with another clip's audio / with its own; epoch_s = "
+                  f"training seconds per epoch, side by side")
+            print(table(r["rows"], ["mode", "seed", "epoch", "val_tf", "val_gen", "gen/tf", "LVE", "LVE/baseline",
+                                    "listening", "epoch_s", "epoch_s_vs_first", "sequential_decoder_calls"]))
+            print("\nper mode, mean (range) over seeds:")
+            print(table(r["summary"], ["mode", "seeds", "LVE/baseline", "LVE/baseline range", "gen/tf",
+                                       "gen/tf range", "listening", "listening range", "epoch_s_vs_first",
+                                       "sequential_decoder_calls"]))
         if "stream" in args.only:
             results["stream"] = bench_stream(model, device, args)
             print_stream(results["stream"])

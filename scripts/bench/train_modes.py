@@ -1,4 +1,5 @@
-"""Section train_modes: every TRAIN.mode trained on the demo data, same seed and epochs (issue 10)."""
+"""Section train_modes: every TRAIN.mode trained on the same data (the demo's or the held-out real-speech
+set) with the demo config, same epochs, one or more seeds."""
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ from models.flame import FLAME
 from scripts.bench.common import FPS, ROOT, speech_like, sync
 from utils.config import load_config
 
-# ---- train_modes: training modes on the demo data (issue 10) ---------------------------------------
+# ---- train_modes: training modes side by side ---------------------------------------------------
 # name -> TRAIN overrides; every run uses config/demo.yaml, the same seed and the same epochs
-TRAIN_MODE_DEFAULT = ["teacher_forcing", "parallel_sampling", "scheduled_rollout", "rollout"]
+TRAIN_MODE_DEFAULT = ["teacher_forcing", "parallel_sampling", "parallel_rollout", "scheduled_rollout", "rollout"]
 TRAIN_MODE_RUNS = {
     "teacher_forcing": ["TRAIN.mode=teacher_forcing"],
     "teacher_forcing+noise": ["TRAIN.mode=teacher_forcing", "TRAIN.input_noise=0.05"],
@@ -90,44 +91,113 @@ def train_mode_speed(modes, data_root: str, steps: int, device: str = "cpu"):
     return {m: B * T / float(np.median(t)) for m, t in times.items()}
 
 
-def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_steps: int = 10):
-    """Each mode trained on fresh demo data (config/demo.yaml, same seed, same epochs), then inference on
-    the demo test split and LVE against the mean-motion baseline, as scripts/demo.sh does."""
-    from scripts.make_demo_data import make_demo_data
-    data, results = os.path.join(tmp, "demo_data"), os.path.join(tmp, "results")
-    make_demo_data(data, seed=0, verbose=False)
-    common = [f"DATA.data_root={data}", f"TRAIN.epochs={epochs}", f"INFER.output_root={results}",
+def sequential_decoder_calls(mode_cfg, frames: int) -> int:
+    """Decoder calls that must run one after the other in a training step: what a step costs on a GPU,
+    where each call is one kernel launch sequence whatever its width. T-step rollouts need ``frames``."""
+    mode = mode_cfg.mode
+    if mode in ("rollout", "scheduled_rollout"):
+        return frames
+    if mode == "parallel_sampling":
+        return mode_cfg.sampling_passes + 1
+    if mode == "parallel_rollout":
+        return mode_cfg.rollout_steps + 1
+    return 1
+
+
+def _epoch_seconds(log_path: str) -> float:
+    """Median seconds of the training part of an epoch (validation excluded), from train.log."""
+    secs = []
+    with open(log_path) as f:
+        for line in f:
+            if "s training)" in line:
+                secs.append(float(line.rsplit("(", 1)[1].split("s training")[0]))
+    return float(np.median(secs)) if secs else float("nan")
+
+
+def build_mode_data(data: str, tmp: str) -> str:
+    """The data the modes are trained on: 'demo' (scripts/make_demo_data.py), 'speech' (the held-out
+    real-speech set, scripts/make_speech_set.py) or the folder of one already built."""
+    if data == "demo":
+        from scripts.make_demo_data import make_demo_data
+        make_demo_data(os.path.join(tmp, "demo_data"), seed=0, verbose=False)
+        return os.path.join(tmp, "demo_data")
+    if data == "speech":
+        _run("scripts/make_speech_set.py", "--out", os.path.join(tmp, "speech_data"))
+        return os.path.join(tmp, "speech_data")
+    if not os.path.isdir(os.path.join(data, "dataset_jsons")):
+        raise RuntimeError(f"--mode_data {data}: expected 'demo', 'speech' or a built data folder")
+    return os.path.abspath(data)
+
+
+def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_steps: int = 10,
+                      data: str = "demo", seeds=(0,), jobs: int = 4):
+    """Each mode trained with config/demo.yaml on the same data, for each seed, then inference on the
+    test split, LVE against the mean-motion baseline (as scripts/demo.sh does) and the listening check
+    (LVE with another clip's audio / LVE with its own)."""
+    data_root = build_mode_data(data, tmp)
+    results = os.path.join(tmp, "results")
+    common = [f"DATA.data_root={data_root}", f"TRAIN.epochs={epochs}", f"INFER.output_root={results}",
               f"TRAIN.device={device}", f"INFER.device={device}",
               f"INFER.coeff_root={os.path.join(tmp, 'coeffs')}"]
     _run("scripts/mean_baseline.py", "--config", DEMO_CONFIG, "--overwrite", *common)
     _run("main/evaluate.py", "--config", DEMO_CONFIG, *common, "INFER.exp_name=mean_baseline")
     with open(os.path.join(results, "metrics_mean_baseline.json")) as f:
         base_lve = json.load(f)["overall"]["LVE"]
-    speed = train_mode_speed(modes, data, speed_steps, device)
-    # the trainings run side by side, one thread each (on a shared CPU they would compete anyway)
-    runs = {name: os.path.join(tmp, "runs", name) for name in modes}
-    procs = {name: subprocess.Popen(
-        [sys.executable, "train.py", "--config", DEMO_CONFIG, *common, *TRAIN_MODE_RUNS[name],
-         f"TRAIN.save_path={run}", "TRAIN.overwrite=true"], cwd=ROOT, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-        for name, run in runs.items()}
-    for name, proc in procs.items():
+    speed = train_mode_speed(modes, data_root, speed_steps, device)
+    # the trainings run side by side, one thread each, at most ``jobs`` at a time: each mode's time per
+    # epoch is measured under the same load as the others'
+    runs = {(name, seed): os.path.join(tmp, "runs", f"{name}_seed{seed}") for name in modes for seed in seeds}
+    pending, active = list(runs.items()), {}
+    while pending or active:
+        while pending and len(active) < jobs:
+            (name, seed), run = pending.pop(0)
+            active[(name, seed)] = subprocess.Popen(
+                [sys.executable, "train.py", "--config", DEMO_CONFIG, *common, *TRAIN_MODE_RUNS[name],
+                 f"TRAIN.seed={seed}", f"TRAIN.save_path={run}", "TRAIN.overwrite=true"], cwd=ROOT,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+        key, proc = next(iter(active.items()))
         err = proc.communicate()[1]
+        del active[key]
         if proc.returncode != 0:
-            raise RuntimeError(f"training {name} failed:\n{err[-3000:]}")
+            raise RuntimeError(f"training {key} failed:\n{err[-3000:]}")
     rows = []
-    for name, run in runs.items():
-        infer = [*common, f"INFER.checkpoint={os.path.join(run, 'best_model.pth')}", f"INFER.exp_name={name}"]
+    for (name, seed), run in runs.items():
+        tag = f"{name}_seed{seed}"
+        infer = [*common, f"INFER.checkpoint={os.path.join(run, 'best_model.pth')}", f"INFER.exp_name={tag}"]
         _run("inference.py", "--config", DEMO_CONFIG, "--overwrite", *infer)
-        _run("main/evaluate.py", "--config", DEMO_CONFIG, *infer)
-        with open(os.path.join(results, f"metrics_{name}.json")) as f:
-            lve = json.load(f)["overall"]["LVE"]
+        _run("main/evaluate.py", "--config", DEMO_CONFIG, "--listening", "--no_plots", *infer)
+        with open(os.path.join(results, f"metrics_{tag}.json")) as f:
+            report = json.load(f)
         best = _best_val(os.path.join(run, "train.log"))
-        rows.append({"mode": name, **best, "gen/tf": best["val_gen"] / best["val_tf"], "LVE": lve,
-                     "LVE/baseline": lve / base_lve, "train_frames_per_s": speed[name],
-                     "speed_vs_tf": speed[name] / speed[modes[0]]})
-        print(f"  {name}: {rows[-1]}", flush=True)
-    return {"epochs": epochs, "baseline_LVE": base_lve, "rows": rows}
+        mode_cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}", *TRAIN_MODE_RUNS[name]])
+        rows.append({"mode": name, "seed": seed, **best, "gen/tf": best["val_gen"] / best["val_tf"],
+                     "LVE": report["overall"]["LVE"], "LVE/baseline": report["overall"]["LVE"] / base_lve,
+                     "listening": report["listening"]["listening_ratio"],
+                     "epoch_s": _epoch_seconds(os.path.join(run, "train.log")),
+                     "sequential_decoder_calls": sequential_decoder_calls(mode_cfg.TRAIN, mode_cfg.DATA.max_frames),
+                     "train_frames_per_s": speed[name], "speed_vs_tf": speed[name] / speed[modes[0]]})
+        print(f"  {tag}: {rows[-1]}", flush=True)
+    ref = [r["epoch_s"] for r in rows if r["mode"] == modes[0]]
+    for r in rows:
+        r["epoch_s_vs_first"] = r["epoch_s"] / float(np.mean(ref))
+    return {"data": data, "epochs": epochs, "seeds": list(seeds), "baseline_LVE": base_lve, "rows": rows,
+            "summary": summarise_modes(rows)}
+
+
+def summarise_modes(rows: list[dict]) -> list[dict]:
+    """Per mode: mean and spread (min, max) over seeds of the numbers that decide the default."""
+    out = []
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        rs = [r for r in rows if r["mode"] == mode]
+        row = {"mode": mode, "seeds": len(rs)}
+        for key in ("LVE/baseline", "gen/tf", "listening", "epoch_s_vs_first"):
+            vals = [r[key] for r in rs]
+            row[key] = float(np.mean(vals))
+            row[key + " range"] = f"{min(vals):.3f}-{max(vals):.3f}"
+        row["sequential_decoder_calls"] = rs[0]["sequential_decoder_calls"]
+        out.append(row)
+    return out
 
 
 # ---- streaming and bounded attention (section "stream") -----------------------------------------
