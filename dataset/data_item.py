@@ -49,7 +49,8 @@ def sample_shape(ref: "SampleRef", params: dict | None = None) -> np.ndarray | N
     shape = load_shape(ref.template_path, ref.fmt) if ref.template_path else None
     if shape is None:
         if params is None:
-            params = load_flame_params(ref.flame_path)
+            with load_flame_params(ref.flame_path) as params:
+                return shape_from_params(params, ref.fmt, ref.flame_path)
         shape = shape_from_params(params, ref.fmt, ref.flame_path)
     return shape
 
@@ -69,10 +70,11 @@ def load_item(ref: SampleRef, framing: Framing | None = None, max_av_diff: float
     fr = framing or DEFAULT_FRAMING
     sr, fps, hop = fr.sample_rate, fr.fps, fr.samples_per_frame
     try:
-        params = load_flame_params(ref.flame_path)
-        motion = motion_from_params(params, ref.fmt, ref.fps, fps, ref.valid_frames_num, ref.flame_path)
-        shape = sample_shape(ref, params)
-        detail = detail_from_params(params, ref.flame_path)
+        # only the keys of the motion, shape and detail are decoded from the parameter file
+        with load_flame_params(ref.flame_path) as params:
+            motion = motion_from_params(params, ref.fmt, ref.fps, fps, ref.valid_frames_num, ref.flame_path)
+            shape = sample_shape(ref, params)
+            detail = detail_from_params(params, ref.flame_path)
         audio = load_audio(ref.audio_path, sr)
     except DataError as e:
         raise DataError(f"{ref.where}: {e}") from None
