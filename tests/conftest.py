@@ -15,3 +15,24 @@ def demo_root(tmp_path_factory):
     subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make_demo_data.py"), "--out", str(out),
                     "--seed", "0"], check=True, cwd=ROOT, capture_output=True)
     return str(out)
+
+
+def write_tiny_checkpoint(cfg, styles, path, seed=0, edit=None):
+    """A randomly initialised demo-config model saved in the training loop's checkpoint format at
+    ``path``; the output map gets non-zero weights (zero would predict the neutral face everywhere).
+    ``edit(model)`` may change it before saving. Returns the path."""
+    import torch
+
+    from models.faceformer import FaceFormer
+
+    torch.manual_seed(seed)
+    model = FaceFormer(cfg.MODEL, n_styles=len(styles))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.output_map.weight, std=0.3)
+        torch.nn.init.normal_(model.output_map.bias, std=0.1)
+        if edit is not None:
+            edit(model)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 1, "styles": list(styles),
+                "config": cfg.to_dict()}, path)
+    return path
