@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from utils.errors import CheckpointError  # noqa: E402
+from utils.fileperm import give_umask_mode  # noqa: E402
 
 CONVERT_HINT = "python main/checkpoint.py convert {path}"
 
@@ -43,12 +44,6 @@ CONVERT_HINT = "python main/checkpoint.py convert {path}"
 # ----------------------------------------------------------------------------------------------
 # Save
 # ----------------------------------------------------------------------------------------------
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
 
 def save_checkpoint(state: dict, path: str):
     """torch.save to a temporary file beside ``path``, then rename: a kill or a full disk never leaves
@@ -61,7 +56,7 @@ def save_checkpoint(state: dict, path: str):
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=folder)
         os.close(fd)
         torch.save(state, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
+        give_umask_mode(tmp)
         os.replace(tmp, path)
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (the previous checkpoint, "

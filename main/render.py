@@ -1,4 +1,4 @@
-"""Render per-frame vertex files (+ audio) to mp4: pyrender offscreen, fixed frontal camera, ffmpeg mux.
+"""Render per-frame vertex files (+ audio) to mp4: a fixed frontal camera, OpenGL or CPU, ffmpeg mux.
 
 Input layout (written by main/inference.py, DESIGN.md 6)::
 
@@ -13,17 +13,21 @@ Usage (from the repo root)::
     python main/render.py                                   # whole tree of config/faceformer.yaml
     python main/render.py --config config/demo.yaml INFER.exp_name=faceformer_demo
     python main/render.py --results path/to/leaf --audio speech.wav --out clip.mp4 --gt path/to/gt_leaf
+    python main/render.py --backend cpu ...                 # no OpenGL needed
 
-The GL platform is PYOPENGL_PLATFORM (default ``egl``: headless through libEGL, GPU or Mesa on CPU;
-``osmesa`` is the pure-software alternative). A renderer that cannot start, or a frame that comes out
-as a single flat colour, is an error that names the missing library: never a silent black video.
+Backends (``--backend``): ``egl`` and ``osmesa`` draw with pyrender (main/render_gl.py) on that GL
+platform; ``cpu`` with the numpy rasteriser (main/raster_cpu.py); ``auto`` (default) tries
+PYOPENGL_PLATFORM (default egl), then the other GL platform, then the CPU, and says why it fell back.
+Both draw the scene of main/render_scene.py: same camera, lights and colours. A renderer that cannot
+start (when asked for by name), or a frame without a mesh pixel, is an error that says what to install:
+never a silent black video. Videos get the permissions of any file the user creates (0666 less the umask).
 
-Python API: ``render_sequence(frames (T,V,3), faces (F,3), out_mp4, fps, audio=None, gt=None, size=512)``.
+Python API: ``render_sequence(frames (T,V,3), faces (F,3), out_mp4, fps, audio=None, gt=None, size=512,
+backend="auto")``.
 """
 from __future__ import annotations
 
 import argparse
-import ctypes.util
 import logging
 import os
 import subprocess
@@ -38,136 +42,78 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import numpy as np  # noqa: E402
 
+from main.raster_cpu import CpuMeshRenderer  # noqa: E402
+from main.render_gl import MeshRenderer, gl_help, missing_libraries, use_platform  # noqa: E402,F401
+from main.render_scene import Camera, RenderError, frame_camera  # noqa: E402,F401
 from main.results import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames  # noqa: E402
-from utils.errors import UserError  # noqa: E402
+from utils.fileperm import give_umask_mode  # noqa: E402
 
 log = logging.getLogger("render")
 
 DEFAULT_VIDEO_ROOT = "results/videos"
-MESH_COLOR = (0.55, 0.55, 0.55, 1.0)
-BG_COLOR = (1.0, 1.0, 1.0, 1.0)
-
-
-class RenderError(UserError, RuntimeError):
-    """Rendering could not produce a valid video; the message says why and what to install."""
 
 
 # ----------------------------------------------------------------------------------------------
-# GL diagnostics
+# Backends
 # ----------------------------------------------------------------------------------------------
 
-def gl_help(platform: str | None = None) -> str:
-    """A message naming the GL libraries the current PYOPENGL_PLATFORM needs, which are missing,
-    and how to install them (DESIGN.md 10)."""
-    platform = platform or os.environ.get("PYOPENGL_PLATFORM", "egl")
-    needed = {"egl": ["EGL", "GL"], "osmesa": ["OSMesa"]}.get(platform, ["GL"])
-    missing = [f"lib{name}" for name in needed if ctypes.util.find_library(name) is None]
-    lines = [f"PYOPENGL_PLATFORM={platform}; "
-             + (f"missing library: {', '.join(missing)}." if missing
-                else f"libraries {', '.join('lib' + n for n in needed)} were found, but no context/frame could be made.")]
-    lines.append("  EGL (default, headless; GPU driver or Mesa on CPU): "
-                 "apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri, then PYOPENGL_PLATFORM=egl")
-    lines.append("  OSMesa (pure software): apt-get install libosmesa6 and pip install 'PyOpenGL>=3.1.4' "
-                 "(after pyrender; pyrender's pin 3.1.0 fails on Python 3.11), then PYOPENGL_PLATFORM=osmesa")
-    if platform == "osmesa":
-        try:
-            import OpenGL
-            if tuple(int(x) for x in OpenGL.__version__.split(".")[:3]) < (3, 1, 4):
-                lines.append(f"  PyOpenGL {OpenGL.__version__} is installed: OSMesa needs >= 3.1.4")
-        except Exception:  # pragma: no cover - diagnostics must not raise
-            pass
-    return "\n".join(lines)
+BACKENDS = ("auto", "egl", "osmesa", "cpu")
+_auto_choice: str | None = None  # what "auto" settled on in this process: a failing GL is tried once
 
 
-# ----------------------------------------------------------------------------------------------
-# Rendering
-# ----------------------------------------------------------------------------------------------
+def _cause(err: RenderError) -> str:
+    """The first line of what made a GL renderer fail, short enough for a one-line message."""
+    cause = err.__cause__ or err
+    text = f"{type(cause).__name__}: {cause}".splitlines()[0]
+    return text if len(text) <= 120 else text[:117] + "..."
 
-def frame_camera(frames: np.ndarray, yfov: float = np.pi / 8, margin: float = 1.15):
-    """A frontal camera pose (4,4) for vertices ``frames`` (T,V,3) or (V,3), fixed for the sequence.
 
-    FLAME looks down +z with y up, and pyrender cameras look down -z, so the camera sits on the +z
-    side of the bounding box centre with identity rotation, far enough that the x/y extent of the
-    whole sequence (plus a margin) fits the square field of view. Returns (pose, yfov, znear, zfar).
+def open_renderer(backend: str, faces: np.ndarray, camera: Camera, size: int, probe: np.ndarray | None = None):
+    """A renderer for ``backend`` and the backend it is: (renderer, "egl" | "osmesa" | "cpu" | ...).
+
+    ``egl`` / ``osmesa``: pyrender on that GL platform, a RenderError with install hints if it cannot
+    start. ``cpu``: the numpy rasteriser. ``auto``: PYOPENGL_PLATFORM (egl unless set), then the other GL
+    platform, then the CPU rasteriser, with one warning line that says why GL was not used; a GL
+    renderer that starts but cannot draw ``probe`` (vertices (V,3)) counts as failed. The choice is kept
+    for the rest of the process.
     """
-    pts = frames.reshape(-1, 3)
-    lo, hi = pts.min(0), pts.max(0)
-    center, extent = (lo + hi) / 2, (hi - lo)
-    half = max(extent[0], extent[1], 1e-6) / 2 * margin
-    dist = half / np.tan(yfov / 2) + extent[2] / 2
-    pose = np.eye(4)
-    pose[:3, 3] = center + np.array([0.0, 0.0, dist])
-    return pose, yfov, dist * 0.01, dist * 10 + extent[2]
+    global _auto_choice
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto" and _auto_choice is not None:
+        backend = _auto_choice
+    if backend == "cpu":
+        return CpuMeshRenderer(faces, camera, size), "cpu"
+    if backend != "auto":
+        use_platform(backend)
+        return MeshRenderer(faces, camera, size), backend
 
-
-class MeshRenderer:
-    """Offscreen pyrender renderer of one mesh topology with a fixed camera and lights.
-
-    ``render(vertices (V,3)) -> (size, size, 3) uint8``. Raises RenderError (with install hints) if the
-    GL context cannot be created or a frame is one flat colour / has no mesh pixel.
-    """
-
-    def __init__(self, faces: np.ndarray, camera_pose: np.ndarray, yfov: float, znear: float,
-                 zfar: float, size: int = 512):
+    first = os.environ.get("PYOPENGL_PLATFORM") or "egl"
+    reasons = []
+    for platform in [first] + [p for p in ("egl", "osmesa") if p != first]:
+        missing = missing_libraries(platform)
+        if missing:
+            reasons.append(f"{platform}: {', '.join(missing)} not found")
+            continue
+        use_platform(platform)
         try:
-            import pyrender
-            self._pyrender = pyrender
-            self.renderer = pyrender.OffscreenRenderer(size, size)
-        except Exception as e:
-            raise RenderError(f"could not create an offscreen GL renderer ({type(e).__name__}: {e}).\n"
-                              + gl_help()) from e
-        self.faces = np.asarray(faces, dtype=np.int64)
-        self.material = pyrender.MetallicRoughnessMaterial(
-            baseColorFactor=MESH_COLOR, metallicFactor=0.05, roughnessFactor=0.7)
-        self.scene = pyrender.Scene(bg_color=BG_COLOR, ambient_light=(0.1, 0.1, 0.1))
-        self.scene.add(pyrender.PerspectiveCamera(yfov=yfov, znear=znear, zfar=zfar, aspectRatio=1.0),
-                       pose=camera_pose)
-        # A key light from above-right of the camera and a dimmer fill from the left: a purely frontal
-        # light flattens the face and hides the lip contours.
-        for direction, intensity in (((0.35, 0.45, 1.0), 2.5), ((-0.6, 0.1, 1.0), 1.0)):
-            light_pose = np.eye(4)
-            light_pose[:3, :3] = _look_rotation(np.array(direction))
-            self.scene.add(pyrender.DirectionalLight(color=np.ones(3), intensity=intensity), pose=light_pose)
-        self.node = None
-
-    def render(self, vertices: np.ndarray, index: int = 0) -> np.ndarray:
-        import trimesh
-        pyrender = self._pyrender
-        tm = trimesh.Trimesh(vertices=np.asarray(vertices, dtype=np.float64), faces=self.faces,
-                             process=False)
-        mesh = pyrender.Mesh.from_trimesh(tm, material=self.material, smooth=True)
-        if self.node is not None:
-            self.scene.remove_node(self.node)
-        self.node = self.scene.add(mesh)
-        try:
-            color, depth = self.renderer.render(self.scene)
-        except Exception as e:
-            raise RenderError(f"frame {index} failed to render ({type(e).__name__}: {e}).\n" + gl_help()) from e
-        color = np.ascontiguousarray(color[..., :3])
-        # A broken GL stack typically returns all-black (or all-background) buffers without raising.
-        if (color == color[0, 0]).all() or not (depth > 0).any():
-            raise RenderError(f"frame {index} rendered as a single flat colour with no mesh pixel; the "
-                              f"vertices are finite and framed by the camera, so the GL backend is not "
-                              f"drawing.\n" + gl_help())
-        return color
-
-    def close(self):
-        try:
-            self.renderer.delete()
-        except Exception:  # pragma: no cover - best effort on a context that never worked
-            pass
-
-
-def _look_rotation(direction: np.ndarray) -> np.ndarray:
-    """Rotation (3,3) whose -z axis points from ``direction`` towards the origin (a light at
-    ``direction`` shining at the face)."""
-    z = direction / np.linalg.norm(direction)
-    x = np.cross([0.0, 1.0, 0.0], z)
-    if np.linalg.norm(x) < 1e-6:
-        x = np.array([1.0, 0.0, 0.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    return np.stack([x, y, z], axis=1)
+            renderer = MeshRenderer(faces, camera, size)
+        except RenderError as e:
+            reasons.append(f"{platform}: {_cause(e)}")
+            continue
+        if probe is not None:
+            try:
+                renderer.render(probe)
+            except RenderError as e:
+                renderer.close()
+                reasons.append(f"{platform}: a context but no drawing ({_cause(e)})")
+                continue
+        _auto_choice = platform
+        return renderer, platform
+    log.warning("no OpenGL context (%s): rendering with the CPU rasteriser (--backend egl|osmesa shows the "
+                "GL error with install hints)", "; ".join(reasons))
+    _auto_choice = "cpu"
+    return CpuMeshRenderer(faces, camera, size), "cpu"
 
 
 def _ffmpeg(args: list[str], what: str):
@@ -181,14 +127,16 @@ def _ffmpeg(args: list[str], what: str):
 
 
 def render_sequence(frames, faces, out_mp4: str, fps: float, audio: str | None = None, gt=None,
-                    size: int = 512, progress: bool = True) -> str:
+                    size: int = 512, progress: bool = True, backend: str = "auto") -> str:
     """Render a vertex sequence to an H.264 (yuv420p) mp4, optionally with audio and ground truth.
 
     frames: (T,V,3) vertices; faces: (F,3) vertex ids; fps: frame rate of ``frames``;
     audio: a sound file muxed as AAC (not trimmed: ``-shortest`` would drop the last video frame);
     gt: optional (T',V,3) ground truth rendered to the right of the prediction with the same camera
     (the last gt frame is held / extra gt frames are cut so the video has T frames);
-    size: height (and width per panel) in pixels, even. Returns ``out_mp4``. Raises RenderError.
+    size: height (and width per panel) in pixels, even; backend: see ``open_renderer``.
+    The mp4 appears whole (written under a temporary name, then renamed) with the mode a plain
+    ``open()`` would give it. Returns ``out_mp4``. Raises RenderError.
     """
     from tqdm import tqdm
 
@@ -217,12 +165,12 @@ def render_sequence(frames, faces, out_mp4: str, fps: float, audio: str | None =
         gt = gt[np.minimum(np.arange(len(frames)), len(gt) - 1)]
 
     # One camera for prediction and ground truth so both panels share scale and position.
-    pose, yfov, znear, zfar = frame_camera(frames if gt is None else np.concatenate([frames, gt]))
-    renderer = MeshRenderer(faces, pose, yfov, znear, zfar, size)
-
+    camera = frame_camera(frames if gt is None else np.concatenate([frames, gt]))
     out_mp4 = os.path.abspath(out_mp4)
     out_dir = os.path.dirname(out_mp4)
     os.makedirs(out_dir, exist_ok=True)
+    renderer, used = open_renderer(backend, faces, camera, size, probe=frames[0])
+    log.info("%s: %d frames, %s backend", out_mp4, len(frames), used)
     width = size * (2 if gt is not None else 1)
     tmp_video = tempfile.NamedTemporaryFile(prefix=".render_", suffix=".mp4", dir=out_dir, delete=False).name
     tmp_final = tmp_video[:-4] + "_av.mp4"
@@ -236,7 +184,7 @@ def render_sequence(frames, faces, out_mp4: str, fps: float, audio: str | None =
         with tempfile.TemporaryFile() as err:
             proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
             try:
-                for t in tqdm(range(len(frames)), desc=f"render {os.path.basename(out_mp4)}",
+                for t in tqdm(range(len(frames)), desc=f"render {os.path.basename(out_mp4)} ({used})",
                               disable=not progress, leave=False):
                     img = renderer.render(frames[t], t)
                     if gt is not None:
@@ -258,9 +206,11 @@ def render_sequence(frames, faces, out_mp4: str, fps: float, audio: str | None =
             _ffmpeg(["-i", tmp_video, "-i", os.path.abspath(audio), "-map", "0:v:0", "-map", "1:a:0",
                      "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-movflags", "+faststart", tmp_final],
                     f"muxing {audio} into {out_mp4}")
-            os.replace(tmp_final, out_mp4)
+            final = tmp_final
         else:
-            os.replace(tmp_video, out_mp4)
+            final = tmp_video
+        give_umask_mode(final)
+        os.replace(final, out_mp4)
     finally:
         renderer.close()
         for p in (tmp_video, tmp_final):
@@ -313,6 +263,9 @@ def main(argv=None):
     p.add_argument("--flame", help="FLAME model (or mesh file) for the faces (default FLAME.model_path, "
                                    "or the dataset's flame_model)")
     p.add_argument("--size", type=int, default=512, help="frame height in pixels (even)")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="egl / osmesa: pyrender on that OpenGL platform; cpu: numpy rasteriser, no GL needed; "
+                        "auto (default): PYOPENGL_PLATFORM (egl unless set), the other GL platform, then cpu")
     p.add_argument("--skip_existing", action="store_true", help="keep videos that already exist")
     p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
     args = p.parse_intermixed_args(argv)
@@ -336,8 +289,7 @@ def main(argv=None):
         os.path.abspath(root))
     out_root = args.out or DEFAULT_VIDEO_ROOT
     faces_cache: dict[str, np.ndarray] = {}
-    log.info("rendering %d sequence(s) from %s (PYOPENGL_PLATFORM=%s)", len(leaves), root,
-             os.environ["PYOPENGL_PLATFORM"])
+    log.info("rendering %d sequence(s) from %s (--backend %s)", len(leaves), root, args.backend)
     for leaf in leaves:
         rel = os.path.relpath(os.path.abspath(leaf), os.path.abspath(rel_base))
         # Style folders may contain dots: only a (T,V,3) .npy file loses its extension.
@@ -373,7 +325,8 @@ def main(argv=None):
         frames = load_frames(leaf)
         log.info("%s: %d frames at %g fps (%s), audio: %s%s", leaf, len(frames), fps, fps_from,
                  audio or "none", ", with ground truth" if gt is not None else "")
-        render_sequence(frames, faces_cache[flame_path], out_mp4, fps, audio=audio, gt=gt, size=args.size)
+        render_sequence(frames, faces_cache[flame_path], out_mp4, fps, audio=audio, gt=gt, size=args.size,
+                        backend=args.backend)
         log.info("wrote %s", out_mp4)
 
 
