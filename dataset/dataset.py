@@ -28,9 +28,10 @@ class FaceDataset(torch.utils.data.Dataset):
     between raising and leaving bad samples out, the report is ``self.report``). ``cache=True`` keeps
     loaded samples in memory (per DataLoader worker), for small datasets.
 
-    ``__getitem__`` -> dict(audio (N,) float32, motion (T,51) float32, shape (FLAME.n_shape,) float32
-    (zeros if the sample has none), detail (128,) float32 (the FLAME file's ``detailcode``, zeros if
-    none), style long (index in ``styles``, -1 if not a training style), n_frames int T, sample_id,
+    ``dataset[i]``, or ``dataset[(i, crop_seed)]`` as a ``CropSeeds`` sampler asks (the crop is then a
+    function of that seed alone, whichever process loads it) -> dict(audio (N,) float32, motion (T,51)
+    float32, shape (FLAME.n_shape,) float32 (zeros if the sample has none), detail (128,) float32 (the
+    FLAME file's detail code, zeros if none), style long (index in ``styles``, -1 if not a training style), n_frames int T, sample_id,
     dataset, style_id, speaker, native_fps), N == T * samples_per_frame (640 at 16 kHz / 25 fps).
     The split holds only the speakers of ``DATA.<split>_subjects`` when that is set.
     """
@@ -73,14 +74,18 @@ class FaceDataset(torch.utils.data.Dataset):
             self.cache[i] = item
         return item
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, key) -> dict:
+        i, seed = key if isinstance(key, tuple) else (key, None)
         ref = self.refs[i]
         item = self._load(i)
         audio, motion = item["audio"], item["motion"]
         t = motion.shape[0]
         if self.train and self.max_frames > 0 and t > self.max_frames:
-            # torch's RNG: DataLoader seeds it per worker, so workers draw different crops.
-            s = int(torch.randint(0, t - self.max_frames + 1, (1,)).item())
+            starts = t - self.max_frames + 1
+            if seed is None:  # indexed directly: torch's global RNG
+                s = int(torch.randint(0, starts, (1,)).item())
+            else:
+                s = int(np.random.default_rng(seed).integers(starts))
             t = self.max_frames
             motion = motion[s:s + t]
             audio = audio[s * self.hop:(s + t) * self.hop]
@@ -99,6 +104,37 @@ class FaceDataset(torch.utils.data.Dataset):
             "speaker": ref.speaker,
             "native_fps": ref.fps,
         }
+
+
+def crop_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample ``index``'s training crop in ``epoch``: a function of these three alone."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(index)]).generate_state(1)[0])
+
+
+class CropSeeds(torch.utils.data.Sampler):
+    """A sampler of sample indices (``DistributedSampler``) that yields ``(index, crop_seed)`` instead.
+
+    The seeds are made in the main process, where ``set_epoch`` (forwarded to the wrapped sampler)
+    is called, so a crop does not depend on which loader process reads the sample, how many there
+    are, whether they persist across epochs, or what they loaded before: training gives the same
+    batches with any ``DATA.num_workers``, and a resumed run the same as an uninterrupted one.
+    """
+
+    def __init__(self, sampler, seed: int):
+        super().__init__()
+        self.sampler, self.seed, self.epoch = sampler, int(seed), 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for i in self.sampler:
+            yield i, crop_seed(self.seed, self.epoch, i)
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 def collate(batch: list[dict]) -> dict:

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
-from dataset.dataset import FaceDataset, collate  # noqa: E402
+from dataset.dataset import CropSeeds, FaceDataset, collate  # noqa: E402
 from dataset.index import style_classes  # noqa: E402
 from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
@@ -85,16 +85,39 @@ def check_checkpoint_space(model, run_dir: str):
     check_can_write({run_dir: 3 * (weights + adam)}, "training checkpoints")
 
 
-def build_loader(dataset, cfg, rank, world_size, train):
+def loader_workers(value, device) -> int:
+    """``DATA.num_workers``: a number, or ``auto``: none when training on the CPU (the model's own
+    threads use the cores, and loading is a small part of a CPU step); on a GPU, the cores this
+    process may use, shared with the other processes torchrun starts on the node (LOCAL_WORLD_SIZE),
+    less one for the process itself, at most 8."""
+    if value != "auto":
+        return int(value)
+    if torch.device(device).type == "cpu":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    per_process = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return max(1, min(8, per_process - 1))
+
+
+def build_loader(dataset, cfg, rank, world_size, train, device="cpu"):
+    """The DataLoader of one split. Worker processes persist across epochs; batches are pinned for
+    the copy to a GPU. Training crops are seeded per (TRAIN.seed, epoch, sample) by ``CropSeeds``."""
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
                                  seed=cfg.TRAIN.seed, drop_last=False)
-    # Iterating a DataLoader draws a seed from its generator (the global torch RNG by default). The
-    # validation loader gets its own, so validating or not never shifts the training RNG stream (a
-    # resumed run then matches an uninterrupted one whichever epochs were validated).
-    generator = None if train else torch.Generator().manual_seed(cfg.TRAIN.seed)
+    if train:
+        sampler = CropSeeds(sampler, cfg.TRAIN.seed)
+    workers = loader_workers(cfg.DATA.num_workers, device)
+    # Starting an iteration draws the workers' base seed from the loader's generator, the global torch
+    # RNG by default. Each loader has its own, so neither the number of workers, nor whether they are
+    # started this epoch or persist from the last, nor validating or not shifts the global RNG stream
+    # (dropout): a resumed run matches an uninterrupted one. The workers' own RNG draws nothing.
     return DataLoader(dataset, batch_size=cfg.TRAIN.batch_size, sampler=sampler, collate_fn=collate,
-                      num_workers=cfg.DATA.num_workers, pin_memory=torch.cuda.is_available(),
-                      generator=generator)
+                      num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=torch.device(device).type == "cuda",
+                      generator=torch.Generator().manual_seed(cfg.TRAIN.seed))
 
 
 def main(argv=None):
@@ -117,8 +140,10 @@ def main(argv=None):
     if len(train_set) == 0:
         raise SystemExit(f"{args.config}: no training samples (check DATA.datasets.*.train)")
     log.info("train: %d samples, val: %d samples", len(train_set), len(val_set))
-    train_loader = build_loader(train_set, cfg, rank, world_size, train=True)
-    val_loader = build_loader(val_set, cfg, 0, 1, train=False) if len(val_set) else None
+    train_loader = build_loader(train_set, cfg, rank, world_size, train=True, device=device)
+    val_loader = build_loader(val_set, cfg, 0, 1, train=False, device=device) if len(val_set) else None
+    log.info("data loading: %d worker process(es) per loader (DATA.num_workers=%s)", train_loader.num_workers,
+             cfg.DATA.num_workers)
 
     model = FaceFormer(cfg.MODEL, n_styles=len(styles), framing=framing_from_config(cfg)).to(device)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

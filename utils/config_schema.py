@@ -36,7 +36,7 @@ DEFAULTS = {
         "test_subjects": None,   # speaker ids kept in the test split (inference, evaluation); None = all
         "bad_samples": "error",  # "error": fail at start-up validation; "skip": drop them with a report
         "max_av_diff": 0.5,      # seconds of audio/motion length mismatch reported before trimming
-        "num_workers": 0,
+        "num_workers": "auto",   # loader processes per loader; auto: 0 on CPU, else a share of the cores (main/train.py)
     },
     "MODEL": {
         "audio_encoder_repo": "facebook/wav2vec2-base-960h",
@@ -105,7 +105,7 @@ DEFAULTS = {
 }
 
 # Keys that take a number or a word, so the type of their current value says nothing.
-NUMBER_OR_WORD = {"INFER.output_fps"}
+NUMBER_OR_WORD = {"INFER.output_fps", "DATA.num_workers"}
 
 
 # Keys whose default is None, with the types they accept: (check, what the message says is expected).
@@ -215,6 +215,9 @@ def check_config(cfg, where: str):
             raise ConfigError(f"{where}: DATA.datasets.{name}.fps must be a positive number, got {ds.fps!r}")
     if cfg.DATA.bad_samples not in ("error", "skip"):
         raise ConfigError(f"{where}: DATA.bad_samples is '{cfg.DATA.bad_samples}'; expected 'error' or 'skip'")
+    workers = cfg.DATA.num_workers
+    if workers != "auto" and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
+        raise ConfigError(f"{where}: DATA.num_workers is {workers!r}; expected 'auto' or a whole number >= 0")
     fps = cfg.INFER.output_fps
     if not (fps == "native" or (isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0)):
         raise ConfigError(f"{where}: INFER.output_fps is {fps!r}; expected 'native' or a positive number")
