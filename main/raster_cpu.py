@@ -59,12 +59,14 @@ def shade(points: np.ndarray, normals: np.ndarray, eye: np.ndarray) -> np.ndarra
     return np.clip(color, 0.0, None) ** (1 / 2.2)
 
 
-def rasterize(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: int):
+def rasterize(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: int, budget: int = 1 << 21):
     """The visible surface of a triangle mesh on a ``size`` x ``size`` pixel grid.
 
     xy (V,2): vertex positions in pixels (x right, y down, pixel centres at +0.5); depth (V,): distance
-    in front of the camera. Triangles with a vertex on or behind the camera plane are dropped, and so
-    are back faces (clockwise on screen in y-up terms, as OpenGL culls them).
+    in front of the camera. Triangles with a vertex on or behind the camera plane are dropped (not
+    clipped: a framed face is wholly in front), and so are back faces (clockwise on screen in y-up
+    terms, as OpenGL culls them). Candidate pixels are enumerated at most ``budget`` at a time, so a
+    mesh whose triangles cover the image many times over costs time, not memory.
     Returns (pixel (P,) flat indices y * size + x, face (P,) the face seen there, bary (P,3) its
     screen-space barycentric coordinates at the pixel centre), one row per covered pixel.
     """
@@ -90,25 +92,17 @@ def rasterize(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: int):
     coef = []
     for a, b in ((p1, p2), (p2, p0)):
         ea, eb = a - origin, b - origin
-        coef.append(((ea[:, 1] - eb[:, 1]) / area2, (eb[:, 0] - ea[:, 0]) / area2,
-                     (ea[:, 0] * eb[:, 1] - eb[:, 0] * ea[:, 1]) / area2))
+        coef += [(ea[:, 1] - eb[:, 1]) / area2, (eb[:, 0] - ea[:, 0]) / area2,
+                 (ea[:, 0] * eb[:, 1] - eb[:, 0] * ea[:, 1]) / area2]
+    per_tri = np.stack(coef).astype(np.float32)  # (6, K): a_0, c_0, e_0, a_1, c_1, e_1
     counts = extent[:, 0] * extent[:, 1]
-    tri = np.repeat(np.arange(len(keep)), counts)
-    local = np.arange(len(tri)) - np.repeat(np.cumsum(counts) - counts, counts)
-    width = np.repeat(extent[:, 0], counts)
-    dy = local // width
-    dx = (local - dy * width).astype(np.float32)
-    dy = dy.astype(np.float32)
-    b0 = _affine(coef[0], counts, dx, dy)
-    b1 = _affine(coef[1], counts, dx, dy)
-    b2 = 1.0 - b0 - b1
-    inside = np.flatnonzero((b0 >= 0) & (b1 >= 0) & (b2 >= 0))
-    if len(inside) == 0:
+    group = (np.cumsum(counts) - 1) // budget
+    cuts = np.r_[0, np.flatnonzero(np.diff(group)) + 1, len(counts)]
+    parts = [_covered(slice(s, e), per_tri, counts, lo, extent[:, 0], size) for s, e in zip(cuts[:-1], cuts[1:])]
+    tri, pixel, b0, b1 = (np.concatenate(x) for x in zip(*parts))
+    if len(tri) == 0:
         return empty
-    tri, b0, b1, b2 = tri[inside], b0[inside], b1[inside], b2[inside]
-    ox = np.repeat(lo[:, 0], counts)[inside]
-    oy = np.repeat(lo[:, 1], counts)[inside]
-    pixel = (oy + dy[inside].astype(np.int64)) * size + ox + dx[inside].astype(np.int64)
+    b2 = 1.0 - b0 - b1
 
     # z-buffer: inverse depth is affine in screen space; the largest one at a pixel is the nearest
     kept_faces = faces[keep[tri]]
@@ -123,9 +117,23 @@ def rasterize(xy: np.ndarray, depth: np.ndarray, faces: np.ndarray, size: int):
     return pixel[win], keep[tri[win]], np.stack([b0[win], b1[win], b2[win]], 1)
 
 
-def _affine(c, counts, dx, dy):
-    a, b, e = (np.repeat(x.astype(np.float32), counts) for x in c)
-    return a * dx + b * dy + e
+def _covered(chunk: slice, per_tri, counts, lo, width, size):
+    """The candidate pixels of the triangles in ``chunk`` whose centres fall inside them:
+    (triangle index, flat pixel index, b0, b1)."""
+    counts = counts[chunk]
+    tri = np.repeat(np.arange(chunk.start, chunk.stop), counts)
+    local = np.arange(len(tri)) - np.repeat(np.cumsum(counts) - counts, counts)
+    w = np.repeat(width[chunk], counts)
+    dy = local // w
+    dx = local - dy * w
+    c = np.repeat(per_tri[:, chunk], counts, axis=1)  # repeating rows is faster than gathering by tri
+    fx, fy = dx.astype(np.float32), dy.astype(np.float32)
+    b0 = c[0] * fx + c[1] * fy + c[2]
+    b1 = c[3] * fx + c[4] * fy + c[5]
+    inside = np.flatnonzero((b0 >= 0) & (b1 >= 0) & (b0 + b1 <= 1))
+    tri = tri[inside]
+    pixel = (lo[tri, 1] + dy[inside]) * size + lo[tri, 0] + dx[inside]
+    return tri, pixel, b0[inside], b1[inside]
 
 
 class CpuMeshRenderer:

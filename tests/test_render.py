@@ -224,6 +224,35 @@ def test_camera_projection_is_pyrenders(gl, standin):
     assert ((xy > 0) & (xy < size)).all()  # the framing keeps every vertex in the image
 
 
+def test_rasteriser_covers_pixel_centres_once_and_keeps_the_nearest():
+    """Shapes whose coverage is known exactly: a rectangle of two triangles covers the pixels whose
+    centres it contains, each once (the shared diagonal too); a nearer rectangle hides a farther one;
+    back faces are not drawn; enumerating candidates in small batches changes nothing."""
+    from main.raster_cpu import rasterize
+    size = 40
+    # rectangle x 10..30, y 10..20 at depth 2 and x 20..35, y 5..15 at depth 1 (front faces: clockwise
+    # on screen with y down); one back-facing triangle over the whole image
+    xy = np.array([[10, 10], [30, 10], [30, 20], [10, 20], [20, 5], [35, 5], [35, 15], [20, 15],
+                   [0, 0], [40, 0], [0, 40]], float)
+    depth = np.array([2.0] * 4 + [1.0] * 4 + [0.5] * 3)
+    faces = np.array([[0, 2, 1], [0, 3, 2], [4, 6, 5], [4, 7, 6], [8, 9, 10]])
+    pixel, face, bary = rasterize(xy, depth, faces, size)
+    assert len(np.unique(pixel)) == len(pixel)
+    img = np.full(size * size, -1)
+    img[pixel] = face // 2  # 0: far rectangle, 1: near one
+    img = img.reshape(size, size)
+    expect = np.full((size, size), -1)
+    expect[10:20, 10:30] = 0
+    expect[5:15, 20:35] = 1
+    np.testing.assert_array_equal(img, expect)
+    np.testing.assert_allclose(bary.sum(1), 1, atol=1e-5)
+    assert (bary >= 0).all()
+    for budget in (1, 37, 1000):
+        assert all(np.array_equal(a, b) for a, b in zip((pixel, face, bary), rasterize(xy, depth, faces, size, budget)))
+    # behind the camera: nothing is drawn
+    assert len(rasterize(xy, -depth, faces, size)[0]) == 0
+
+
 def test_auto_falls_back_to_cpu_and_says_why(standin, tmp_path, monkeypatch, caplog):
     """No GL platform starts: auto renders on the CPU, with one warning naming each platform's failure."""
     frames, faces = _talking_head(standin, 2)
