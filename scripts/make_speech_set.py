@@ -71,7 +71,7 @@ SPEAKERS = [
     ("MultiModal200", "mm_003", "carlo", ("train", "val"), 1.0),
     ("MultiModal200", "M003", "ps_male", ("train",), 1.0),
 ]
-SPLIT_SHARE = {"test": 0.15, "val": 0.09}             # of a voice's prompts, when it has that split
+SPLIT_SHARE = {"test": 0.14, "val": 0.12}             # of a voice's prompts, when it has that split
 VOICE_SHARE = {"allison": 0.55, "carlo": 0.45}        # of what ps_male and alsa (used whole) leave
 EMOTION_SPEED = {"neutral": (1.0, 1.0), "happy": (1.05, 1.1), "angry": (1.03, 1.3), "sad": (0.94, 0.7)}
 HI_RATE_SHARE = 0.12
@@ -132,7 +132,7 @@ def collect(seed, max_minutes, cache, dropped, checks):
         splits = _voice_splits(voice)
         share = {s: SPLIT_SHARE.get(s, 0.0) for s in splits}
         share["train"] = 1 - sum(v for k, v in share.items() if k != "train")
-        seen, used = set(), 0.0
+        seen, used, got = set(), 0.0, Counter()
         order = r.permutation(len(prompts[voice]))
         # Italian words are added to the dictionary in one go (each update rebuilds the decoder's search)
         vocabulary = {w for p in prompts[voice] for w in (normalise(p.text, lang) or [])} if lang == "it" else ()
@@ -163,9 +163,12 @@ def collect(seed, max_minutes, cache, dropped, checks):
                 continue
             if len(checks[voice]) < checks["n"]:
                 checks[voice].append((p, audio, phones, loud))
-            split = splits[int(np.searchsorted(np.cumsum([share[s] for s in splits]), r.random()))]
+            # the split furthest behind its share of the voice's seconds so far takes the prompt
+            split = max(splits, key=lambda s: share[s] * (used + 1.0) - got[s])
+            seconds = sum(len(s.audio) for s in segs) / C.SR + 0.4 * len(segs)
             out[(voice, split)] += segs
-            used += sum(len(s.audio) for s in segs) / C.SR + 0.4 * len(segs)
+            got[split] += seconds
+            used += seconds
     return out
 
 

@@ -201,17 +201,17 @@ def frame_db(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
     return 10 * np.log10((fr ** 2).mean(1) + 1e-10)
 
 
-MAX_VOWEL_S, MAX_CONSONANT_S = 0.45, 0.35
+MAX_VOWEL_S, MAX_CONSONANT_S = 0.6, 0.35
 
 
 def check_alignment(phones: list, audio: np.ndarray) -> tuple:
     """-> (reason the alignment looks wrong or None, loudness 0..1 per phone).
 
-    Rejects: a speech phone longer than plausible (a vowel > 0.45 s, a consonant > 0.35 s: the aligner
+    Rejects: a speech phone longer than plausible (a vowel > 0.6 s, a consonant > 0.35 s: the aligner
     stretched it over a pause or over words missing from the transcript), vowels lying on silence
     (> 25% of their frames 35 dB under the utterance's loud level), loud audio labelled silence
     (> 15% of the loud frames: speech the transcript does not have), and speaking rates outside
-    4-25 phones per second."""
+    4-25 phones per second (utterances of 6 phones or more)."""
     db = frame_db(audio)
     peak = np.percentile(db, 95)
     label = np.array(["SIL"] * len(db), dtype=object)
@@ -242,6 +242,6 @@ def check_alignment(phones: list, audio: np.ndarray) -> tuple:
     if unaligned > 0.15:
         return f"{unaligned:.0%} of the loud frames are labelled silence", loud
     rate = n_speech / max(speech_s, 1e-6)
-    if not 4 <= rate <= 25:
+    if n_speech >= 6 and not 4 <= rate <= 25:           # (single words are often spoken slowly)
         return f"{rate:.1f} phones/s", loud
     return None, loud

@@ -104,19 +104,18 @@ def motion_signals(phones, duration: float, loudness=None):
     samples any fps by linear interpolation: 20 and 25 fps clips are samplings of the same signals.
     """
     loud = np.ones(len(phones)) if loudness is None else np.clip(np.asarray(loudness, float), 0, 1)
-    items, t_end = [], 0.0
+    items, t_end = [], -1.0             # rest (silence) before the first phone and after the last
     for (label, t0, t1), ld in zip(phones, loud):
         if t0 > t_end + 1e-6:           # a gap is silence
             items.append(("SIL", t_end, t0, 0.0, False))
         t_end = max(t_end, t1)
         for sub in expand([(label, t0, t1)]):
             items.append((*sub, ld, label in VOWELS))
-    if duration > t_end:
-        items.append(("SIL", t_end, duration, 0.0, False))
+    items.append(("SIL", t_end, max(duration, t_end) + 1.0, 0.0, False))
     n = int(np.ceil((duration + 0.3) * GRID_HZ))
     tg = np.arange(n) / GRID_HZ
     num = np.zeros((n, 1 + N_EXPR))
-    den = np.full(n, 1e-3)    # before and after the utterance only the floor is left: rest
+    den = np.full(n, 1e-6)
     for label, t0, t1, ld, vowel in items:
         target, dom, tau = _target(label)
         if vowel:                       # louder vowels open more, loud ones raise the brows
@@ -126,6 +125,6 @@ def motion_signals(phones, duration: float, loudness=None):
         w = dom * np.exp(-dist / tau)
         num += w[:, None] * target
         den += w
-    pose = num / den[:, None]           # rest pose (zeros) where only the floor is left
+    pose = num / den[:, None]
     pose = gaussian_filter1d(pose, SMOOTH_S * GRID_HZ, axis=0, mode="nearest", truncate=4.0)
     return tg - LEAD_S, pose[:, 0], pose[:, 1:]
