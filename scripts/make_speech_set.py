@@ -208,6 +208,18 @@ def write_clip(out, seed, dataset, split, index, speaker, emotion, factor, group
     return sid, entry, seconds, jaw, {s.uid for s in group}
 
 
+def own_style_ids(index: dict) -> None:
+    """A speaker (and emotion) with several clips in an evaluation split: give the second and later ones a
+    style_id of their own (the output folder name; the default one would be shared)."""
+    seen = Counter()
+    for entry in index.values():
+        spk = entry["speaker_id"]
+        folder = json.dumps(spk if isinstance(spk, list) else [spk]) + "_passionate"
+        if seen[folder]:
+            entry["style_id"] = f"{folder}_{seen[folder]}"
+        seen[folder] += 1
+
+
 def lag1_r2(jaws):
     step = sum(float(((j[1:] - j[:-1]) ** 2).sum()) for j in jaws) / sum(len(j) - 1 for j in jaws)
     return 1 - step / float(np.concatenate(jaws).var())
@@ -237,6 +249,8 @@ def make_speech_set(out="speech_data", seed=0, max_minutes=10.0, check=0, verbos
                 prompts_in[split] |= uids
                 if FPS[dataset] == 25:
                     jaws25.append(jaw)
+            if split != "train":
+                own_style_ids(index)
             rel = write_index(out, dataset, split, index)
             summary[(dataset, split)] = {"clips": len(index), "seconds": seconds, "json": rel,
                                          "speakers": sorted({c[0] for c in plan[(dataset, split)]})}

@@ -3,7 +3,7 @@ alignments, clip building, native-fps sampling, the alignment checks and the Ita
 import numpy as np
 
 from scripts.make_demo_data import sample_motion, speaker_style
-from scripts.make_speech_set import SPEAKERS, lag1_r2
+from scripts.make_speech_set import SPEAKERS, lag1_r2, own_style_ids
 from scripts.speech_set import clips as C
 from scripts.speech_set.align import check_alignment, italian_phones, normalise, number_words
 from scripts.speech_set.visemes import LEAD_S, motion_signals
@@ -131,3 +131,12 @@ def test_speaker_plan_and_lag1():
     assert {v for _, s, v, _, _ in SPEAKERS if s == "M003"} == {"ps_male"}
     x = np.sin(np.arange(200) / 5.0)
     assert abs(lag1_r2([x]) - (1 - np.mean(np.diff(x) ** 2) / x.var())) < 1e-6 and lag1_r2([x]) > 0.95
+
+
+def test_evaluation_clips_get_their_own_output_folders():
+    index = {"a": {"speaker_id": ["W009", "sad"]}, "b": {"speaker_id": ["W009", "sad"]},
+             "c": {"speaker_id": ["W009", "happy"]}, "d": {"speaker_id": "mm_001"}, "e": {"speaker_id": "mm_001"}}
+    own_style_ids(index)
+    assert "style_id" not in index["a"] and "style_id" not in index["c"] and "style_id" not in index["d"]
+    assert index["b"]["style_id"] == '["W009", "sad"]_passionate_1'
+    assert index["e"]["style_id"] == '["mm_001"]_passionate_1'
