@@ -33,10 +33,10 @@ def test_visemes_of_hand_made_alignment():
     # silence: the mouth at rest, in a pause and before / after the utterance
     for t in (0.1, 0.95, 2.8):
         assert abs(_at(tg, jaw, t)) < 0.01 and np.abs(_at(tg, expr, t)).max() < 0.02, t
-    # the jaw starts opening for 'a' during the 'p' (coarticulation + lead, the lips stay pressed), and
-    # moves smoothly
-    assert _at(tg, jaw, 0.20) < 0.01 < _at(tg, jaw, 0.30) < _at(tg, jaw, 0.44) < _at(tg, jaw, 0.5)
-    assert np.abs(np.diff(jaw)).max() < 0.02                                    # per ms
+    # the jaw starts opening for 'a' during the 'p' (coarticulation + lead, the lips stay pressed), not
+    # before it, and moves without jumps
+    assert _at(tg, jaw, 0.30) < 0.01 < _at(tg, jaw, 0.42) < _at(tg, jaw, 0.44) < _at(tg, jaw, 0.5)
+    assert np.abs(np.diff(jaw)).max() < 0.03                                    # per ms
 
 
 def test_loudness_and_determinism():

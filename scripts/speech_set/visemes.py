@@ -18,12 +18,12 @@ import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
 GRID_HZ = 1000       # signals are evaluated on this grid (ms), then sampled per frame at any fps
-SMOOTH_S = 0.03      # Gaussian smoothing after the dominance blend (std, seconds)
+SMOOTH_S = 0.01      # Gaussian smoothing after the dominance blend (std, seconds)
 LEAD_S = 0.03        # the motion leads the audio by this much
 N_EXPR = 50
 
 # phone -> (jaw openness, {expression coefficient: value}, dominance, decay time constant in s)
-_V, _C_WEAK, _C_MID, _C_STRONG = (1.0, 0.05), (0.25, 0.03), (0.8, 0.03), (8.0, 0.02)
+_V, _C_WEAK, _C_MID, _C_STRONG = (1.0, 0.015), (0.25, 0.009), (0.8, 0.009), (8.0, 0.006)
 _TABLE = {
     # vowels: openness drives the jaw and lip opening; rounding -> 1, spreading -> 2
     "AA": (1.00, {0: 1.3, 4: 0.6}, *_V),
@@ -43,7 +43,7 @@ _TABLE = {
     # labiodentals: lower lip up to the upper teeth, upper lip slightly raised
     "F": (0.10, {4: -0.9, 3: 0.5, 0: -0.2}, *_C_STRONG),
     "V": (0.10, {4: -0.8, 3: 0.4, 0: -0.2}, *_C_STRONG),
-    "W": (0.10, {1: 2.0, 6: 0.3}, 2.0, 0.03),
+    "W": (0.10, {1: 2.0, 6: 0.3}, 2.0, 0.009),
     "SH": (0.12, {1: 1.2, 3: 0.5}, *_C_MID),
     "ZH": (0.12, {1: 1.1, 3: 0.4}, *_C_MID),
     "CH": (0.12, {1: 1.1, 3: 0.4, 6: 0.3}, *_C_MID),
@@ -61,8 +61,8 @@ _TABLE = {
     "K": (0.25, {}, *_C_WEAK),
     "G": (0.25, {}, *_C_WEAK),
     "NG": (0.25, {}, *_C_WEAK),
-    "HH": (0.30, {}, 0.1, 0.03),
-    "SIL": (0.0, {}, 0.6, 0.04),       # mouth at rest
+    "HH": (0.30, {}, 0.1, 0.009),
+    "SIL": (0.0, {}, 0.6, 0.012),       # mouth at rest
 }
 # diphthongs: first target for the first half, second for the rest
 DIPHTHONGS = {"AW": ("AA", "UH"), "AY": ("AA", "IH"), "EY": ("EH", "IH"), "OW": ("AO", "UH"), "OY": ("AO", "IH")}
