@@ -107,6 +107,10 @@ def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_f
     return [np.ascontiguousarray(out[b, :t]) for b, t in enumerate(n_frames)]
 
 
+class DecodeStopped(RuntimeError):
+    """Raised to readers of a BackgroundDecode that was closed before its last frame."""
+
+
 class BackgroundDecode:
     """Autoregressive decoding of one clip in a background thread, in blocks of ``block`` frames, so
     that the first frames are converted and written while later ones are decoded (run_single).
@@ -114,7 +118,13 @@ class BackgroundDecode:
     feats (1,T,d) audio features (``model.encode``). ``motion`` (T,51) fills in order; ``wait(n)``
     blocks until its first n frames are there and re-raises the decoder's error, if any;
     ``result()`` waits for all. The decoder's Python loop and the writer's FLAME (torch) and file
-    writes (both release the GIL) then overlap, instead of running one after the other."""
+    writes (both release the GIL) then overlap, instead of running one after the other.
+
+    ``close()`` (or leaving a ``with`` block) stops the decoder at the next block and joins the
+    thread. Callers must close it on every way out: a decode thread still inside torch when the
+    interpreter exits (after Ctrl-C, SIGTERM or a failed write) is torn down by pthread_exit through
+    C++ frames, which aborts the process (SIGABRT, "terminate called without an active exception")
+    instead of exiting 130 / 143 / 1."""
 
     def __init__(self, model, feats: torch.Tensor, style: int, attention_window: int | None, block: int = 50,
                  progress: bool = False):
@@ -124,6 +134,7 @@ class BackgroundDecode:
         self.motion = np.zeros((self.T, model.motion_dim), np.float32)
         self.done, self.error = 0, None
         self._cond = threading.Condition()
+        self._stop = threading.Event()
         args = (model, feats, style, attention_window, int(block), progress)
         self._thread = threading.Thread(target=self._run, args=args, name="decode", daemon=True)
         self._thread.start()
@@ -138,6 +149,8 @@ class BackgroundDecode:
                 state = model.start_generation(torch.tensor([style], device=feats.device), attention_window,
                                                capacity=self.T)
                 for a in range(0, self.T, block):
+                    if self._stop.is_set():
+                        raise DecodeStopped("decoding was stopped before frame %d of %d" % (a, self.T))
                     m = model.generate_steps(state, feats[:, a:a + block])[0].float().cpu().numpy()
                     with self._cond:
                         self.motion[a:a + m.shape[0]] = m
@@ -161,6 +174,17 @@ class BackgroundDecode:
 
     def result(self) -> np.ndarray:
         return self.wait(self.T)
+
+    def close(self):
+        """Stop decoding (at the next block) and wait for the thread; frames decoded so far stay."""
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     # read as a (T,51) array (VertexFrames): a slice waits for its frames
     @property
@@ -236,6 +260,15 @@ class VertexFrames:
                 self._pool.shutdown(wait=False)
                 self._pool = None
         return self._block[int(i) - start]
+
+    def close(self):
+        """Drop the chunk being converted ahead and end its thread (waits for a conversion under way)."""
+        nxt, self._next = self._next, None
+        if nxt is not None:
+            nxt[1].cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def __array__(self, dtype=None, copy=None):
         out = np.asarray(self.flame.motion_to_vertices(self.motion[:], self.shape_vec), dtype=np.float32)

