@@ -38,6 +38,7 @@ The CLI (``python inference.py --audio FILE --stream`` / ``--audio -``) is main/
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 
@@ -102,9 +103,12 @@ class Streamer:
             if not styles or style not in styles:
                 raise ValueError(f"style '{style}' is not one of the trained styles {styles}")
             style = list(styles).index(style)
-        if chunk_ms <= 0 or lookahead_ms < 0 or (left_context_ms is not None and left_context_ms < 0):
-            raise ValueError(f"chunk_ms ({chunk_ms}) must be > 0, lookahead_ms ({lookahead_ms}) and "
-                             f"left_context_ms ({left_context_ms}) >= 0")
+        finite = all(isinstance(v, (int, float)) and math.isfinite(v)
+                     for v in (chunk_ms, lookahead_ms, warmup_ms, 0 if left_context_ms is None else left_context_ms))
+        if not finite or chunk_ms <= 0 or lookahead_ms < 0 or warmup_ms < 0 or \
+                (left_context_ms is not None and left_context_ms < 0):
+            raise ValueError(f"chunk_ms ({chunk_ms}) must be a finite number > 0, lookahead_ms ({lookahead_ms}), "
+                             f"warmup_ms ({warmup_ms}) and left_context_ms ({left_context_ms}) finite and >= 0")
         self.model = model.eval()
         self.device = next(model.parameters()).device
         enc = model.audio_encoder

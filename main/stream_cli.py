@@ -26,18 +26,38 @@ log = logging.getLogger("inference")
 
 def stream_settings(cfg, args=None) -> dict:
     """Streamer keyword arguments from INFER.stream_* / INFER.attention_window and the CLI flags
-    (--chunk_ms, --lookahead_ms, --left_context_ms override the config), checked."""
-    inf = cfg.INFER
-    pick = lambda flag, key: getattr(args, flag, None) if getattr(args, flag, None) is not None else inf[key]
-    chunk, la, left, warm = (pick("chunk_ms", "stream_chunk_ms"), pick("lookahead_ms", "stream_lookahead_ms"),
-                             pick("left_context_ms", "stream_left_context_ms"), pick("warmup_ms", "stream_warmup_ms"))
-    if not chunk > 0 or not la >= 0 or not warm >= 0:
-        raise InferenceError(f"streaming needs a chunk > 0 ms, a lookahead >= 0 ms and a warm-up >= 0 ms; got chunk "
-                             f"{chunk} ms (--chunk_ms / INFER.stream_chunk_ms), lookahead {la} ms (--lookahead_ms / "
-                             f"INFER.stream_lookahead_ms), warm-up {warm} ms (--warmup_ms / INFER.stream_warmup_ms)")
-    return {"chunk_ms": float(chunk), "lookahead_ms": float(la),
-            "left_context_ms": None if left < 0 else float(left),  # negative: all past audio
-            "attention_window": attention_window(cfg), "warmup_ms": float(warm)}
+    (--chunk_ms, --lookahead_ms, --left_context_ms, --warmup_ms override the config), each checked
+    against its config key's range (finite; the chunk bounded, as stdin is read a chunk at a time)."""
+    from utils.config_schema import NUMERIC_RANGES, ConfigError, check_number
+
+    values = {}
+    for flag, key in (("chunk_ms", "stream_chunk_ms"), ("lookahead_ms", "stream_lookahead_ms"),
+                      ("left_context_ms", "stream_left_context_ms"), ("warmup_ms", "stream_warmup_ms")):
+        given = getattr(args, flag, None)
+        where = "command line" if given is not None else "config"
+        value = given if given is not None else cfg.INFER[key]
+        try:
+            values[flag] = float(check_number(value, f"INFER.{key}" if given is None else f"--{flag} (INFER.{key})",
+                                              *NUMERIC_RANGES[f"INFER.{key}"], where=where))
+        except ConfigError as e:
+            raise InferenceError(str(e)) from None
+    left = values["left_context_ms"]
+    return {"chunk_ms": values["chunk_ms"], "lookahead_ms": values["lookahead_ms"],
+            "left_context_ms": None if left < 0 else left,  # negative: all past audio
+            "attention_window": attention_window(cfg), "warmup_ms": values["warmup_ms"]}
+
+
+def _read_upto(stream, n: int, piece: int = 1 << 16) -> bytes:
+    """Up to n bytes, fewer only at the end of the stream; read in pieces of at most ``piece`` bytes so
+    that memory follows what arrives, not what was asked for."""
+    parts, got = [], 0
+    while got < n:
+        data = stream.read(min(piece, n - got))
+        if not data:
+            break
+        parts.append(data)
+        got += len(data)
+    return b"".join(parts)
 
 
 def _pcm_chunks_from_stdin(chunk_samples: int):
@@ -45,7 +65,7 @@ def _pcm_chunks_from_stdin(chunk_samples: int):
     stdin = sys.stdin.buffer
     carry = b""
     while True:
-        data = stdin.read(2 * chunk_samples - len(carry))
+        data = _read_upto(stdin, 2 * chunk_samples - len(carry))
         if not data:
             break
         data, carry = carry + data, b""

@@ -132,3 +132,88 @@ def test_background_decode_close_stops_the_thread():
     assert not dec._thread.is_alive() and 5 <= dec.done < 400
     with pytest.raises(DecodeStopped):
         dec.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# Values no one checked
+# ----------------------------------------------------------------------------------------------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+
+
+def test_yaml_alias_bomb_and_recursive_alias_are_refused_before_expansion(tmp_path):
+    from utils.config import ConfigError
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)  # 9^9 values from ~600 bytes
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: the YAML stands for more than \d+ values"):
+        load_config(str(bomb))
+    assert time.time() - t0 < 10
+    for text in ("TRAIN: &a [*a]\n", "DATA: &a {datasets: *a}\n"):
+        (tmp_path / "rec.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=r"alias \*a refers to a value that contains it"):
+            load_config(str(tmp_path / "rec.yaml"))
+    (tmp_path / "deep.yaml").write_text("TRAIN: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested more than"):
+        load_config(str(tmp_path / "deep.yaml"))
+    (tmp_path / "bin.yaml").write_bytes(b"TRAIN:\n  lr: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="bin.yaml: not UTF-8"):
+        load_config(str(tmp_path / "bin.yaml"))
+    with pytest.raises(ConfigError, match="override TRAIN.lr="):  # the same limits for overrides
+        load_config(DEMO_CFG, ["TRAIN.lr=" + BOMB.replace("\n", ", ").join("{}")])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("TRAIN.batch_size=0", r"TRAIN.batch_size is 0; expected a whole number in \[1, 4096\]"),
+    ("DATA.max_frames=-1", r"DATA.max_frames is -1; expected a whole number in \[0, "),
+    ("TRAIN.lr=nan", r"TRAIN.lr is nan; expected a number"),
+    ("TRAIN.epochs=2.5", r"TRAIN.epochs is 2.5; expected a whole number"),
+    ("INFER.window_seconds=.inf", r"INFER.window_seconds is inf"),
+    ("INFER.attention_window=nan", r"INFER.attention_window is nan"),
+    ("INFER.output_fps=.inf", r"INFER.output_fps is inf"),
+    ("DATA.datasets.MEAD_VHAP.fps=.nan", r"DATA.datasets.MEAD_VHAP.fps is nan"),
+    ("DATA.target_fps=1e-320", r"DATA.target_fps is 1e-320"),
+    ("MODEL.n_head=3", r"MODEL.feature_dim \(64\) must be a multiple of MODEL.n_head \(3\)"),
+    ("TRAIN.seed=-1", r"TRAIN.seed is -1"),
+])
+def test_numeric_config_values_are_range_checked_with_the_key_named(override, message):
+    from utils.config import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEMO_CFG, [override])
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--chunk_ms", "inf", r"--chunk_ms \(INFER.stream_chunk_ms\) is inf; expected a number in \[10, 60000\]"),
+    ("--chunk_ms", "1e12", r"--chunk_ms \(INFER.stream_chunk_ms\) is 1000000000000.0"),
+    ("--left_context_ms", "nan", r"--left_context_ms \(INFER.stream_left_context_ms\) is nan"),
+    ("--lookahead_ms", "-1", r"--lookahead_ms \(INFER.stream_lookahead_ms\) is -1"),
+    ("--warmup_ms=-inf", None, r"--warmup_ms \(INFER.stream_warmup_ms\) is -inf"),
+])
+def test_stream_flags_are_range_checked_before_anything_is_written(setup, tmp_path, flag, value, message):
+    from main import inference as I
+    from utils.errors import UserError
+
+    out = tmp_path / "o"
+    with pytest.raises(UserError, match=message):
+        I.cli(cli_args(setup, "--audio", setup[2], "--stream", flag, *[value] * (value is not None), "--out", str(out)))
+    assert not (out / "vertices").exists()
+
+
+def test_stdin_is_read_in_bounded_pieces():
+    from main.stream_cli import _read_upto
+
+    class Pipe:
+        def __init__(self):
+            self.asked, self.left = [], 300_000
+
+        def read(self, n):
+            self.asked.append(n)
+            k = min(n, self.left)
+            self.left -= k
+            return b"\0" * k
+    pipe = Pipe()
+    assert len(_read_upto(pipe, 10**12)) == 300_000  # a huge chunk asks for what arrives, piece by piece
+    assert max(pipe.asked) <= 1 << 16

@@ -84,12 +84,13 @@ def expand_env(value, where: str = ""):
 def _unknown(key: str, valid, where: str) -> ConfigError:
     close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.4)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return ConfigError(f"{where}: unknown config key '{key}'{hint}; valid keys: {', '.join(sorted(valid))}")
+    shown = key if key.isprintable() else ascii(key)[1:-1]  # the message stays one line
+    return ConfigError(f"{where}: unknown config key '{shown}'{hint}; valid keys: {', '.join(sorted(valid))}")
 
 
 def _merge(base: dict, new: dict, schema: dict, prefix: str, where: str):
     for key, value in (new or {}).items():
-        path = f"{prefix}.{key}" if prefix else key
+        path = f"{prefix}.{key}" if prefix else str(key)  # YAML keys may be numbers or null
         if prefix == "DATA.datasets":
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {path} must be a mapping of dataset settings, got {value!r}")
@@ -129,10 +130,7 @@ def _as_number(text: str):
 
 
 def _parse_value(text: str, old, key: str):
-    try:
-        value = yaml.safe_load(text) if text != "" else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {key}={text}: not valid YAML ({e})") from None
+    value = yaml_bounded(text, f"override {key}={text}") if text != "" else None
     if key.strip() in _TEXT_KEYS and isinstance(value, (bool, int, float)):
         return text  # a speaker id or a path keeps its text: DATA.test_subjects=001, INFER.condition_style=007
     if old is None or value is None or key.strip() in NUMBER_OR_WORD:
@@ -156,6 +154,9 @@ def _parse_value(text: str, old, key: str):
 
 def apply_override(cfg: dict, item: str):
     """Apply one ``SECTION.key=value`` (or ``DATA.datasets.NAME.key=value``) override in place."""
+    if not item.isprintable():  # a newline or control character: quoting gone wrong, and a multi-line message
+        raise ConfigError(f"override {ascii(item)}: contains a control character (newline, tab, NUL ...); "
+                          f"expected SECTION.key=value")
     if "=" not in item:
         raise ConfigError(f"override '{item}': expected SECTION.key=value")
     key, text = item.split("=", 1)
@@ -183,6 +184,77 @@ def apply_override(cfg: dict, item: str):
         node, schema, prefix = node[part], schema[part] if isinstance(schema[part], dict) else {}, path
 
 
+# A config is a few KB of plain settings. The limits below are far above any real one and refuse, before
+# anything is expanded, what would otherwise hang or exhaust memory: a few hundred bytes of nested
+# aliases (a "billion laughs" document) stand for an exponentially large tree, which walking the
+# config (environment expansion, merging) would visit node by node; deep nesting overflows the
+# parser's recursion.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000   # scalars and collections, counting each alias as the size of what it names
+MAX_YAML_DEPTH = 32
+
+
+def yaml_bounded(text: str, where: str):
+    """yaml.safe_load of ``text`` once its events pass the size (aliases expanded) and depth limits;
+    ConfigError naming ``where`` otherwise (also for invalid YAML)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters; a config is at most {MAX_CONFIG_BYTES} (is this "
+                          f"the right file?)")
+    try:
+        sizes, open_nodes, total = {}, [], 0   # anchor -> expanded size; [anchor, size] per open collection
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                open_nodes.append([event.anchor, 1])
+                if len(open_nodes) > MAX_YAML_DEPTH:
+                    raise ConfigError(f"{where}: YAML nested more than {MAX_YAML_DEPTH} levels deep")
+                continue
+            if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                anchor, n = open_nodes.pop()
+            elif isinstance(event, yaml.ScalarEvent):
+                anchor, n = event.anchor, 1
+            elif isinstance(event, yaml.AliasEvent):
+                if any(a == event.anchor for a, _ in open_nodes):
+                    raise ConfigError(f"{where}: YAML alias *{event.anchor} refers to a value that contains it "
+                                      f"(a recursive structure cannot be a config value)")
+                anchor, n = None, sizes.get(event.anchor, 1)
+            else:
+                continue
+            if anchor is not None:
+                sizes[anchor] = n
+            if open_nodes:
+                open_nodes[-1][1] += n
+            else:
+                total += n
+            if total + sum(size for _, size in open_nodes) > MAX_YAML_NODES:
+                raise ConfigError(f"{where}: the YAML stands for more than {MAX_YAML_NODES} values once its "
+                                  f"aliases (*name) are expanded; a config needs far fewer (refused before "
+                                  f"expanding them)")
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:  # PyYAML's message spans lines (with a caret under the spot): one line here
+        raise ConfigError(f"{where}: not valid YAML: " + " ".join(ln.strip() for ln in str(e).splitlines()
+                                                                   if ln.strip() and ln.strip() != "^")) from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+
+
+def load_yaml_bounded(path: str):
+    """A YAML file (UTF-8, at most MAX_CONFIG_BYTES) through ``yaml_bounded``."""
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {size} bytes; a config is at most {MAX_CONFIG_BYTES} bytes (is this the "
+                              f"right file?)")
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a YAML config") from None
+    return yaml_bounded(text, path)
+
+
 def load_config(path: str | None = None, overrides=()) -> Config:
     """Defaults <- YAML file <- overrides, environment variables expanded, checked. Returns a Config."""
     cfg = copy.deepcopy(DEFAULTS)
@@ -192,11 +264,7 @@ def load_config(path: str | None = None, overrides=()) -> Config:
             path = in_repo  # e.g. --config config/demo.yaml run from outside the repo
         if not os.path.isfile(path):
             raise ConfigError(f"config file not found: {path}")
-        with open(path) as f:
-            try:
-                data = yaml.safe_load(f) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        data = load_yaml_bounded(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of sections {list(DEFAULTS)}, got {type(data).__name__}")
         _merge(cfg, expand_env(data), DEFAULTS, "", path)

@@ -200,6 +200,76 @@ def _check_types(cfg, where: str):
                                   f"expected {expected}" + (" or null" if key != "format" else ""))
 
 
+# Range of every numeric key: (whole number?, lowest, highest). Checked where the config is read, so
+# that a value no run can use fails at once with its key named instead of deep inside torch or the
+# loader, after the data check; the upper bounds keep memory-sized values (batch sizes, crop and window
+# lengths) far below what would exhaust a machine by a typo. None: unbounded on that side.
+NUMERIC_RANGES = {
+    "DATA.max_frames": (True, 0, 1_000_000),
+    "DATA.max_av_diff": (False, 0, 3600),
+    "MODEL.feature_dim": (True, 1, 65536),
+    "MODEL.n_head": (True, 1, 1024),
+    "MODEL.num_layers": (True, 1, 256),
+    "MODEL.ff_dim": (True, 1, 1_048_576),
+    "MODEL.dropout": (False, 0, 0.99),
+    "MODEL.period": (True, 1, 1_000_000),
+    "FLAME.n_shape": (True, 0, 300),
+    "TRAIN.lr": (False, 1e-12, 10),
+    "TRAIN.epochs": (True, 0, 1_000_000),
+    "TRAIN.batch_size": (True, 1, 4096),
+    "TRAIN.grad_accum": (True, 1, 4096),
+    "TRAIN.seed": (True, 0, 2**31 - 1 - 100_000),  # + rank and epoch must stay a valid numpy seed
+    "TRAIN.sampling_max": (False, 0, 1),
+    "TRAIN.sampling_start_epoch": (False, 0, 1_000_000),
+    "TRAIN.sampling_warmup_epochs": (False, 0, 1_000_000),
+    "TRAIN.sampling_passes": (True, 1, 64),
+    "TRAIN.rollout_steps": (True, 1, 64),
+    "TRAIN.input_noise": (False, 0, 100),
+    "TRAIN.val_every": (True, 1, 1_000_000),
+    "TRAIN.velocity_weight": (False, 0, 1e6),
+    "TRAIN.max_steps_per_epoch": (True, 0, None),
+    "TRAIN.log_every": (True, 1, None),
+    "INFER.window_seconds": (False, 0.04, 600),
+    "INFER.overlap_seconds": (False, 0, 300),
+    "INFER.attention_window": (True, 0, 1_000_000),
+    "INFER.stream_chunk_ms": (False, 10, 60_000),
+    "INFER.stream_lookahead_ms": (False, 0, 1e10),  # beyond any input: everything at flush
+    "INFER.stream_left_context_ms": (False, None, 3_600_000),  # < 0: all past audio
+    "INFER.stream_warmup_ms": (False, 0, 3_600_000),
+    "INFER.batch_size": (True, 1, 4096),
+}
+
+
+def check_number(value, key: str, whole: bool, low, high, where: str = "config"):
+    """``value`` as a finite number of ``key``'s range (an int when ``whole``), else ConfigError naming
+    the key, the value and the range."""
+    import math
+
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (low is None or value >= low) and (high is None or value <= high) \
+        and (not whole or float(value).is_integer())
+    if ok:
+        return int(value) if whole else value
+    kind = "a whole number" if whole else "a number"
+    bounds = (f"in [{low:g}, {high:g}]" if low is not None and high is not None else
+              f">= {low:g}" if low is not None else f"<= {high:g}" if high is not None else "finite")
+    raise ConfigError(f"{where}: {key} is {value!r}; expected {kind} {bounds}")
+
+
+def _check_ranges(cfg, where: str):
+    for path, (whole, low, high) in NUMERIC_RANGES.items():
+        section, key = path.split(".")
+        if cfg[section][key] is not None:
+            cfg[section][key] = check_number(cfg[section][key], path, whole, low, high, where)
+    for name, ds in cfg.DATA.datasets.items():
+        check_number(ds.fps, f"DATA.datasets.{name}.fps", False, 1e-3, 10_000, where)
+    if cfg.INFER.output_fps != "native":
+        check_number(cfg.INFER.output_fps, "INFER.output_fps", False, 1e-3, 10_000, where)
+    if cfg.MODEL.feature_dim % cfg.MODEL.n_head:
+        raise ConfigError(f"{where}: MODEL.feature_dim ({cfg.MODEL.feature_dim}) must be a multiple of "
+                          f"MODEL.n_head ({cfg.MODEL.n_head})")
+
+
 def check_config(cfg, where: str):
     """Every value of a merged config (a Config) is of its key's type and in its range; the subject
     lists are normalised in place. ConfigError naming ``where`` and the key otherwise."""
@@ -222,6 +292,7 @@ def check_config(cfg, where: str):
     if not (fps == "native" or (isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0)):
         raise ConfigError(f"{where}: INFER.output_fps is {fps!r}; expected 'native' or a positive number")
     framing_from_config(cfg, where)  # DATA.sample_rate / target_fps / MODEL.motion_dim the model can honour
+    _check_ranges(cfg, where)
     _check_train_mode(cfg.TRAIN, where)
 
 

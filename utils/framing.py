@@ -67,9 +67,9 @@ def framing_from_config(cfg, where: str = "config") -> Framing:
     data, model = cfg["DATA"], cfg["MODEL"]
     sr, fps = data.get("sample_rate", WAV2VEC2_SAMPLE_RATE), data.get("target_fps", DEFAULT_FPS)
     motion_dim = model.get("motion_dim", MOTION_DIM)
-    for key, value in (("DATA.sample_rate", sr), ("DATA.target_fps", fps)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{where}: {key} is {value!r}; expected a positive number")
+    for key, value, high in (("DATA.sample_rate", sr, 1e6), ("DATA.target_fps", fps, 1000)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= high:
+            raise ConfigError(f"{where}: {key} is {value!r}; expected a positive number (at most {high:g})")
     if sr != WAV2VEC2_SAMPLE_RATE:
         raise ConfigError(f"{where}: DATA.sample_rate is {sr}; the wav2vec2 audio encoder needs "
                           f"{WAV2VEC2_SAMPLE_RATE} Hz. Leave it at {WAV2VEC2_SAMPLE_RATE}: audio files of any "
