@@ -21,6 +21,7 @@ from collections import Counter
 from dataset.data_item import SampleRef
 from utils.config import resolve_data_path
 from utils.errors import DataError
+from utils.names import folder_name_problem, shown_name
 
 SPLITS = ("train", "val", "test")
 AUDIO_KEYS = ("audio_path", "audio")
@@ -47,7 +48,7 @@ def _is_positive_int(v) -> bool:
 
 
 def _is_folder_name(v) -> bool:
-    return _is_text(v) and "/" not in v and "\\" not in v and v not in (".", "..")
+    return folder_name_problem(v) is None
 
 
 def _absent_or(check):
@@ -57,7 +58,7 @@ def _absent_or(check):
 # The scalar fields of an entry, checked after they are resolved: (field, valid?, what is expected).
 _FIELD_CHECKS = (
     ("emotion", _absent_or(_is_text), "a string"),
-    ("style_id", _is_folder_name, "a non-empty folder name without '/'"),
+    ("style_id", _is_folder_name, "a folder name"),
     ("fps", _is_positive_number, "a positive number"),
     ("valid_frames_num", _absent_or(_is_positive_int), "a positive integer"),
     ("template_save_path", _absent_or(_is_text), "a path string"),
@@ -101,7 +102,8 @@ def _parse_entry(sid: str, entry, json_path: str, dataset_name: str, ds_cfg, cfg
               "template_save_path": entry.get("template_save_path")}
     for key, valid, expected in _FIELD_CHECKS:
         if not valid(fields[key]):
-            raise DataError(f"{where}: {key} is {fields[key]!r}; expected {expected}")
+            why = f" ({folder_name_problem(fields[key])})" if valid is _is_folder_name else ""
+            raise DataError(f"{where}: {key} is {shown_name(fields[key])}; expected {expected}{why}")
 
     vfn, tpl = fields["valid_frames_num"], fields["template_save_path"]
     return SampleRef(sample_id=sid, dataset=dataset_name, json_path=json_path,

@@ -217,3 +217,64 @@ def test_stdin_is_read_in_bounded_pieces():
     pipe = Pipe()
     assert len(_read_upto(pipe, 10**12)) == 300_000  # a huge chunk asks for what arrives, piece by piece
     assert max(pipe.asked) <= 1 << 16
+
+
+# ----------------------------------------------------------------------------------------------
+# Names that pass the data check and fail mid-run
+# ----------------------------------------------------------------------------------------------
+
+BAD_STYLE_IDS = {"nul": ("a\0b", "NUL byte"), "slash": ("a/b", "'/'"), "long": ("x" * 300, "300 bytes long"),
+                 "surrogate": ("a\ud800", "not valid Unicode"), "newline": ("a\nb", "control character"),
+                 "tmp": (".tmp-x", "temporary folders")}
+
+
+@pytest.fixture
+def bad_name_root(setup, tmp_path):
+    """A test split of one good sample and one per unusable style_id (stand-in FLAME files)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(os.path.join(setup[0], "FLAME"), root / "FLAME")
+    rng, index = np.random.default_rng(0), {}
+    for sid in ["good", *BAD_STYLE_IDS]:
+        sf.write(root / f"{sid}.wav", speechlike(0.6, seed=len(index)), 16000)
+        np.savez(root / f"{sid}.npz", expr=(0.3 * rng.normal(size=(1, 15, 100))).astype(np.float32),
+                 jaw_pose=(0.05 * rng.normal(size=(1, 15, 3))).astype(np.float32))
+        index[sid] = {"audio_path": f"{sid}.wav", "flame_coeff_save_path": f"{sid}.npz", "speaker_id": "S",
+                      "style_id": BAD_STYLE_IDS.get(sid, ("good_style",))[0]}
+    (root / "test.json").write_text(json.dumps(index))  # ensure_ascii: NUL and the surrogate as \u escapes
+    return str(root)
+
+
+def name_overrides(root):
+    return [f"DATA.data_root={root}", "DATA.datasets.MEAD_VHAP.test=test.json", "DATA.datasets.MEAD_VHAP.train=",
+            "DATA.datasets.MEAD_VHAP.val=", "DATA.datasets.MultiModal200.test=", "DATA.datasets.MultiModal200.train=",
+            "DATA.datasets.MultiModal200.val=", "DATA.datasets.digital_human.train=",
+            "FLAME.model_path=FLAME/standin_generic_model.pkl", "FLAME.masks_path=FLAME/standin_FLAME_masks.pkl"]
+
+
+def test_style_ids_that_cannot_be_folder_names_fail_the_data_check(bad_name_root):
+    r = subprocess.run([sys.executable, "-m", "main.check_data", "--quiet", "--config", DEMO_CFG,
+                        *name_overrides(bad_name_root)], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                       timeout=300)
+    text = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in text, text
+    json_path = os.path.join(bad_name_root, "test.json")
+    for sid, (_, why) in BAD_STYLE_IDS.items():
+        line = next((ln for ln in text.splitlines() if f"sample '{sid}'" in ln), "")
+        assert json_path in line and "style_id is" in line and why in line, (sid, text)
+    assert "sample 'good'" not in text
+
+
+def test_inference_refuses_unusable_style_ids_before_writing(setup, bad_name_root, tmp_path):
+    from main import inference as I
+    from utils.errors import DataError
+
+    out = tmp_path / "out"
+    args = ["--config", DEMO_CFG, "--checkpoint", setup[1], *name_overrides(bad_name_root), "INFER.device=cpu",
+            f"INFER.output_root={out}/metrics", f"INFER.coeff_root={out}/coeffs", "INFER.exp_name=e"]
+    with pytest.raises(DataError, match="style_id is .*NUL byte"):
+        I.cli(args)
+    assert not os.path.exists(out / "metrics") and not os.path.exists(out / "coeffs")
+    rows = I.cli(args + ["DATA.bad_samples=skip"])  # the good sample alone
+    assert rows[0]["samples"] == 1 and os.listdir(out / "metrics" / "e" / "MEAD_VHAP") == ["good_style"]

@@ -270,6 +270,19 @@ def _check_ranges(cfg, where: str):
                           f"MODEL.n_head ({cfg.MODEL.n_head})")
 
 
+def _check_names(cfg, where: str):
+    """Dataset names and INFER.exp_name become folders of the results tree (exp_name may nest: a/b)."""
+    from utils.names import folder_name_problem, shown_name
+
+    named = [(f"DATA.datasets key {shown_name(n)}", n) for n in cfg.DATA.datasets]
+    named += [(f"INFER.exp_name {shown_name(cfg.INFER.exp_name)}", part)
+              for part in str(cfg.INFER.exp_name).strip("/").split("/")]
+    for what, name in named:
+        why = folder_name_problem(name)
+        if why:
+            raise ConfigError(f"{where}: {what} cannot be a folder name: {why}")
+
+
 def check_config(cfg, where: str):
     """Every value of a merged config (a Config) is of its key's type and in its range; the subject
     lists are normalised in place. ConfigError naming ``where`` and the key otherwise."""
@@ -293,6 +306,7 @@ def check_config(cfg, where: str):
         raise ConfigError(f"{where}: INFER.output_fps is {fps!r}; expected 'native' or a positive number")
     framing_from_config(cfg, where)  # DATA.sample_rate / target_fps / MODEL.motion_dim the model can honour
     _check_ranges(cfg, where)
+    _check_names(cfg, where)
     _check_train_mode(cfg.TRAIN, where)
 
 
