@@ -97,20 +97,28 @@ log = logging.getLogger("inference")
 def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                     logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
     """Evaluation inference over every dataset's ``INFER.split`` JSONs. Returns the summary rows
-    (dataset, samples, frames, audio_s, wall_s, rtf)."""
-    from tqdm import tqdm
-
-    from dataset.dataset import FaceDataset
-    from dataset.index import split_refs
-    from models.flame import load_flame_for
-
+    (dataset, samples, frames, audio_s, wall_s, rtf). The output folders are locked for the run
+    (main/results.py ``output_lock``): a second run on them fails at once, naming this one."""
     logger = logger or log
     inf = cfg.INFER
     mode = results_mode(bool(overwrite or inf.overwrite), bool(resume or inf.resume))
     split = inf.split or "test"
     check_roots(cfg)
     check_infer_config(cfg)
+    with RT.output_lock([os.path.join(inf.output_root, inf.exp_name), os.path.join(inf.coeff_root, inf.exp_name)],
+                        "wait for it to finish, or set another INFER.exp_name"):
+        return _generate_test_splits(cfg, checkpoint, mode, split, logger)
 
+
+def _generate_test_splits(cfg, checkpoint, mode: str, split: str, logger: logging.Logger) -> list[dict]:
+    """run_test_splits once its output folders are locked."""
+    from tqdm import tqdm
+
+    from dataset.dataset import FaceDataset
+    from dataset.index import split_refs
+    from models.flame import load_flame_for
+
+    inf = cfg.INFER
     ckpt_path = os.path.abspath(resolve_checkpoint(cfg, checkpoint))
     device = pick_device(inf.device, logger)
 
@@ -187,12 +195,18 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     generated and the written frames. ``resume``: a complete DIR is kept as it is.
 
     ``loaded``: a ``(model, styles)`` pair from ``load_model`` to reuse (several files, benchmarks);
-    by default the checkpoint is loaded here."""
-    from models.flame import load_flame_for
-
+    by default the checkpoint is loaded here. DIR is locked for the run (main/results.py ``output_lock``)."""
     logger = logger or log
     mode = results_mode(bool(overwrite or cfg.INFER.overwrite), bool(resume or cfg.INFER.resume))
     out_dir = out_dir or os.path.join("results", "single", os.path.splitext(os.path.basename(audio_path))[0])
+    with RT.output_lock([out_dir], "wait for it to finish, or choose another --out"):
+        return _generate_single(cfg, audio_path, style, checkpoint, out_dir, mode, render, logger, loaded)
+
+
+def _generate_single(cfg, audio_path, style, checkpoint, out_dir, mode, render, logger, loaded) -> dict:
+    """run_single once its output folder is locked."""
+    from models.flame import load_flame_for
+
     vert_dir = os.path.join(out_dir, "vertices")
     RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
     video = os.path.join(out_dir, "video.mp4")

@@ -278,3 +278,89 @@ def test_inference_refuses_unusable_style_ids_before_writing(setup, bad_name_roo
     assert not os.path.exists(out / "metrics") and not os.path.exists(out / "coeffs")
     rows = I.cli(args + ["DATA.bad_samples=skip"])  # the good sample alone
     assert rows[0]["samples"] == 1 and os.listdir(out / "metrics" / "e" / "MEAD_VHAP") == ["good_style"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Resume: what counts as complete, and one writer per output folder
+# ----------------------------------------------------------------------------------------------
+
+def test_corrupt_meta_json_neither_blocks_overwrite_nor_passes_for_complete(setup, tmp_path):
+    from main import inference as I
+    from main import results as RT
+
+    out = tmp_path / "o"
+    args = cli_args(setup, "--audio", setup[2], "--out", str(out))
+    I.cli(args)
+    good = (out / "meta.json").read_text()
+    (out / "meta.json").write_text('{"n_frames": 5')  # torn: a copy cut short, a disk error
+    assert not RT.is_complete(str(out / "vertices"), str(out))
+    assert I.cli(args + ["--resume"])["n_frames"] == 50  # redone, not an error
+    assert (out / "meta.json").read_text() == good
+    (out / "meta.json").write_text("[]")
+    assert I.cli(args + ["--overwrite"])["n_frames"] == 50
+    assert (out / "meta.json").read_text() == good
+
+
+@pytest.mark.parametrize("damage", ["empty", "torn", "header"])
+def test_torn_or_empty_frame_is_not_complete(setup, tmp_path, damage):
+    from main import inference as I
+    from main import results as RT
+
+    out = tmp_path / "o"
+    args = cli_args(setup, "--audio", setup[2], "--out", str(out))
+    I.cli(args)
+    ref = RT.load_frames(str(out / "vertices"))
+    frame = out / "vertices" / ("0.npy" if damage == "header" else "17.npy")
+    data = frame.read_bytes()
+    frame.write_bytes({"empty": b"", "torn": data[:len(data) // 2], "header": data[:40]}[damage])
+    assert not RT.is_complete(str(out / "vertices"), str(out))  # the frame count is still right
+    I.cli(args + ["--resume"])
+    np.testing.assert_array_equal(RT.load_frames(str(out / "vertices")), ref)
+    assert RT.is_complete(str(out / "vertices"), str(out))
+
+
+def test_a_second_run_on_a_locked_output_fails_at_once_naming_the_first(setup, tmp_path):
+    from main import inference as I
+    from main import results as RT
+    from utils.errors import ResultsError
+
+    out = tmp_path / "o"
+    args = cli_args(setup, "--audio", setup[2], "--out", str(out))
+    with RT.output_lock([str(out)]):  # as a running inference holds it
+        with pytest.raises(ResultsError, match=rf"another inference run \(pid {os.getpid()}\) is writing {out}"):
+            I.cli(args)
+    assert sorted(os.listdir(out)) == ["inference.log"]  # the lock file went with its holder
+    I.cli(args)  # free again
+
+    # two processes: the second fails at once while the first writes; the first completes
+    long_out = tmp_path / "long"
+    first = popen(cli_args(setup, "--audio", setup[3], "--out", str(long_out)))
+    wait_for_files(str(long_out), ".tmp-vertices-", 1, first)
+    second = subprocess.run([sys.executable, "inference.py", *cli_args(setup, "--audio", setup[2], "--out",
+                                                                      str(long_out))],
+                            cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert f"another inference run (pid {first.pid}) is writing {long_out}" in second.stdout + second.stderr
+    text = first.communicate(timeout=300)[0].decode(errors="replace")
+    assert first.returncode == 0, text[-2000:]
+    assert RT.is_complete(str(long_out / "vertices"), str(long_out)) and RT.LOCK_FILE not in os.listdir(long_out)
+
+
+def test_evaluation_mode_locks_its_trees_and_a_killed_runs_lock_file_is_cleaned(setup, bad_name_root, tmp_path):
+    from main import inference as I
+    from main import results as RT
+    from utils.errors import ResultsError
+
+    out = tmp_path / "out"
+    args = ["--config", DEMO_CFG, "--checkpoint", setup[1], *name_overrides(bad_name_root), "INFER.device=cpu",
+            f"INFER.output_root={out}/metrics", f"INFER.coeff_root={out}/coeffs", "INFER.exp_name=e",
+            "DATA.bad_samples=skip"]
+    with RT.output_lock([str(out / "coeffs" / "e")]):
+        with pytest.raises(ResultsError, match=rf"another inference run \(pid {os.getpid()}\) is writing "
+                                               rf"{out}/coeffs/e .*INFER.exp_name"):
+            I.cli(args)
+    assert sorted(os.listdir(out)) == ["inference.log"]  # the folders made for the locks went again
+    (out / "metrics" / "e").mkdir(parents=True)
+    (out / "metrics" / "e" / RT.LOCK_FILE).touch()  # left by a run killed with SIGKILL: not locked
+    I.cli(args)
+    assert RT.LOCK_FILE not in os.listdir(out / "metrics" / "e") and RT.LOCK_FILE not in os.listdir(out / "coeffs" / "e")
