@@ -29,6 +29,12 @@ tree's ``motion.npy`` exists, else a vertex proxy (vertical extent of the lip ve
 Usage::
 
     python main/evaluate.py --config config/demo.yaml [--results DIR] [--out FILE] [--allow_missing] [SECTION.key=value ...]
+
+Without ground truth (speech in other languages, TTS, in-the-wild clips): ``--lipsync`` scores any
+results tree against each clip's own audio instead (audio-motion lag and correlation, mouth at rest in
+silence, lips closed on p/b/m, jitter; main/lipsync.py)::
+
+    python main/evaluate.py --lipsync --results results/single/speech [--phones auto|recognise|none]
 """
 from __future__ import annotations
 
@@ -45,6 +51,7 @@ import numpy as np  # noqa: E402
 
 from dataset.flame_params import resample_motion  # noqa: E402
 from main.listening import format_listening, listening_check  # noqa: E402
+from main.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
 from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
 from main.results import TMP_PREFIX, ResultsError, check_clashes, frame_files, load_frames, read_meta  # noqa: E402
 from utils.errors import DataError, UserError  # noqa: E402
@@ -314,11 +321,19 @@ def main(argv=None):
     p.add_argument("--listening", action="store_true",
                    help="also generate the split with each clip's own audio and with another clip's, from "
                         "INFER.checkpoint, and report LVE(other) / LVE(own): about 1.0 = the model ignores the audio")
+    p.add_argument("--lipsync", action="store_true",
+                   help="instead: the lip-sync checks of --results against each clip's own audio, no ground "
+                        "truth (any results tree whose meta.json names the audio; see main/lipsync.py)")
+    lipsync_arguments(p)
     p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
     args = p.parse_intermixed_args(argv)
 
     setup_logger("evaluate")
     cfg = load_config(args.config, args.overrides)  # a repo-relative config path works from anywhere
+    if args.lipsync:
+        lipsync_run(cfg, args.results or default_results_dir(cfg), args.out, args.coeffs, args.phones,
+                    plot=not args.no_plots)
+        return
     listening = listening_check(cfg) if args.listening else None
     evaluate(cfg, args.results, args.out, args.coeffs, plot=not args.no_plots, allow_missing=args.allow_missing,
              listening=listening)

@@ -1,0 +1,426 @@
+"""Lip-sync checks without ground truth: does the mouth follow the speech it was made from?
+
+Scores any results tree made from audio (test-split inference, single-audio ``results/single/<name>/``,
+streaming output): every folder of ``{i}.npy`` (V,3) frames whose meta.json names its audio. Signals,
+per motion frame (frame i at time i / fps):
+
+- speech envelope: RMS of the audio in a one-frame window centred on the frame, in dB; the clip's loud
+  level is the 95th percentile of it. For the correlation the envelope is floored ``ENV_FLOOR_DB`` under
+  the loud level, so noise in pauses does not count.
+- lip aperture: mean height of the upper-lip vertices minus that of the lower-lip vertices. Both are
+  taken from the FLAME 'lips' mask (models/flame_regions.py) on the clip's mean frame: the lip vertices
+  of the central half of the mouth's width, split at the mouth centre (midpoint of the lips' height).
+  Mouth opening = aperture minus the clip's most closed level (its 5th percentile).
+
+Checks (per clip, and pooled over the tree):
+- ``lag_ms``, ``corr``: the delay maximising the Pearson correlation between envelope and aperture,
+  searched over +-``MAX_LAG_S`` (parabolic refinement between frames). **Positive: the mouth moves
+  after the sound**; 0 is in sync. The pooled value maximises the frame-weighted mean of the clips'
+  correlation curves.
+- ``rest_ratio``: mean opening in silence / mean opening in speech. Silence: runs of at least
+  ``MIN_SILENCE_S`` whose envelope is ``SILENCE_DB`` under the loud level, less ``EDGE_S`` at each end
+  (the mouth closes into a pause and opens out of it); speech: frames within ``SPEECH_DB`` of it.
+  About 0 = the mouth rests in pauses; 1 = it moves the same in silence as in speech.
+- ``closure``: the fraction of bilabial phones (P, B, M; main/phones.py says where phones come from)
+  during which the lips reach near-closed: an opening at most ``CLOSED_SHARE`` of the clip's range
+  (95th minus 5th percentile of the aperture) in a frame within the phone, widened by one frame on each
+  side. ``closed_share`` (JSON) is the fraction of speech frames that are near-closed: what closure
+  fraction a mouth gets by chance.
+- ``jitter``: the share of the lip vertices' motion energy (about their mean position) above
+  ``JITTER_HZ``, from the spectrum of each vertex coordinate. Speech articulation is mostly slower;
+  frame-to-frame noise is spread evenly up to fps/2 (white noise: (fps/2 - 8) / (fps/2), 0.36 at 25 fps).
+
+A clip whose aperture range is under ``STATIC_M`` (the mean-motion baseline, a frozen face) is
+``static``: lag, correlation, rest ratio and closure are undefined for it (null, "static" in the table).
+
+    python -m main.lipsync --results DIR [--coeffs DIR] [--config CFG] [--phones auto|recognise|none]
+    python main/evaluate.py --lipsync --results DIR ...        (the same)
+
+Writes a table, a JSON (``--out``; default ``lipsync_{name}.json`` beside DIR) and a PNG
+(``{json stem}.png``): envelope and mouth opening over time for one clip, and the pooled correlation
+against lag.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+if __name__ == "__main__":  # run as a script: make the repo importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from main.phones import BILABIALS, MODES, PhoneSource, dataset_entries, load_audio_16k  # noqa: E402
+from main.results import find_leaves, frame_files, leaf_fps, leaf_meta, read_meta  # noqa: E402
+from utils.errors import ResultsError, UserError  # noqa: E402
+
+log = logging.getLogger("lipsync")
+
+MAX_LAG_S = 0.4
+ENV_FLOOR_DB = 40.0
+SILENCE_DB, SPEECH_DB = 30.0, 20.0
+MIN_SILENCE_S, EDGE_S = 0.25, 0.08
+CLOSED_SHARE = 0.2
+JITTER_HZ = 8.0
+STATIC_M = 5e-4
+SR = 16000
+
+
+class LipSyncError(UserError, RuntimeError):
+    """Nothing to score, or a clip that cannot be scored; the message names the folder."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Signals
+# ----------------------------------------------------------------------------------------------
+
+def envelope_db(audio: np.ndarray, fps: float, n_frames: int, sr: int = SR) -> np.ndarray:
+    """RMS (dB) of the audio in a window of one frame centred on each frame's time: (N,) -> (n_frames,)."""
+    hop = sr / fps
+    centres = np.arange(n_frames) * hop
+    a = np.clip(np.round(centres - hop / 2), 0, len(audio)).astype(np.int64)
+    b = np.clip(np.round(centres + hop / 2), 0, len(audio)).astype(np.int64)
+    c = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
+    ms = (c[b] - c[a]) / np.maximum(b - a, 1)
+    return 10 * np.log10(ms + 1e-12)
+
+
+def lip_split(mean_frame: np.ndarray, lip_idx) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower) lip vertex ids: the lips of the central half of the mouth's width, above and below
+    the midpoint of the lips' height, on a (V,3) frame (y up)."""
+    lip_idx = np.asarray(lip_idx, dtype=np.int64)
+    x, y = mean_frame[lip_idx, 0], mean_frame[lip_idx, 1]
+    cx, half = 0.5 * (x.max() + x.min()), 0.5 * (x.max() - x.min())
+    cy = 0.5 * (y.max() + y.min())
+    central = np.abs(x - cx) <= 0.5 * half
+    upper, lower = lip_idx[central & (y > cy)], lip_idx[central & (y < cy)]
+    if len(upper) == 0 or len(lower) == 0:
+        raise ValueError("the lip vertices do not lie above and below a mouth centre")
+    return upper, lower
+
+
+def aperture(lips: np.ndarray, upper_sel: np.ndarray, lower_sel: np.ndarray) -> np.ndarray:
+    """(T,L,3) lip vertices, boolean selections over L -> (T,) upper minus lower mean height."""
+    return lips[:, upper_sel, 1].mean(1) - lips[:, lower_sel, 1].mean(1)
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, end) of each run of True."""
+    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]))
+
+
+def silence_core(env: np.ndarray, loud: float, fps: float) -> np.ndarray:
+    """Frames inside silent stretches (>= MIN_SILENCE_S under loud - SILENCE_DB), less EDGE_S each end."""
+    out = np.zeros(len(env), bool)
+    edge = int(round(EDGE_S * fps))
+    for a, b in runs(env < loud - SILENCE_DB):
+        if (b - a) / fps >= MIN_SILENCE_S and b - a > 2 * edge:
+            out[a + edge:b - edge] = True
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks on one clip
+# ----------------------------------------------------------------------------------------------
+
+def lag_curve(env: np.ndarray, opening: np.ndarray, max_lag: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation of env[t] and opening[t + L] for L = -max_lag..max_lag -> (corr, overlap)."""
+    n = len(env)
+    corr, count = np.full(2 * max_lag + 1, np.nan), np.zeros(2 * max_lag + 1, np.int64)
+    for k, lag in enumerate(range(-max_lag, max_lag + 1)):
+        x = env[max(0, -lag):n - max(0, lag)]
+        y = opening[max(0, lag):n - max(0, -lag)]
+        if len(x) >= 3 and x.std() > 0 and y.std() > 0:
+            corr[k], count[k] = np.corrcoef(x, y)[0, 1], len(x)
+    return corr, count
+
+
+def peak(curve: np.ndarray, max_lag: int, fps: float) -> tuple[float | None, float | None]:
+    """(lag ms at the maximum, refined by a parabola through its neighbours; the maximum)."""
+    if not np.isfinite(curve).any():
+        return None, None
+    k = int(np.nanargmax(curve))
+    shift = 0.0
+    if 0 < k < len(curve) - 1 and np.isfinite(curve[k - 1:k + 2]).all():
+        a, b, c = curve[k - 1:k + 2]
+        den = a - 2 * b + c
+        shift = 0.5 * (a - c) / den if den < 0 else 0.0
+    return 1000.0 * (k - max_lag + shift) / fps, float(curve[k])
+
+
+def jitter(lips: np.ndarray, fps: float) -> float | None:
+    """Share of the lip motion energy (about the mean position) above JITTER_HZ; None without motion."""
+    x = lips.reshape(len(lips), -1).astype(np.float64)
+    x = x - x.mean(0)
+    power = (np.abs(np.fft.rfft(x, axis=0)) ** 2).sum(1)
+    freqs = np.fft.rfftfreq(len(x), 1.0 / fps)
+    total = power[1:].sum()
+    return float(power[freqs >= JITTER_HZ].sum() / total) if total > 1e-20 else None
+
+
+def closure_counts(opening: np.ndarray, threshold: float, phones, fps: float) -> tuple[int, int]:
+    """(bilabial phones whose widened window reaches opening <= threshold, bilabial phones scored)."""
+    t = np.arange(len(opening)) / fps
+    reached = total = 0
+    for label, t0, t1 in phones:
+        if label not in BILABIALS:
+            continue
+        win = (t >= t0 - 1.0 / fps) & (t <= t1 + 1.0 / fps)
+        if win.any():
+            total += 1
+            reached += int(opening[win].min() <= threshold)
+    return reached, total
+
+
+def score_clip(lips: np.ndarray, upper_sel, lower_sel, audio: np.ndarray, fps: float, phones=None) -> dict:
+    """All checks on one clip: lips (T,L,3) with upper/lower selections, its 16 kHz audio, optional phones.
+    Returns a dict of the clip's numbers and the sums the pooled numbers need (keys starting with _)."""
+    T = len(lips)
+    ap = aperture(lips, upper_sel, lower_sel)
+    env = envelope_db(audio, fps, T)
+    loud = float(np.percentile(env, 95))
+    lo, hi = np.percentile(ap, [5, 95])
+    opening = ap - lo
+    static = bool(hi - lo < STATIC_M)
+    sil, speech = silence_core(env, loud, fps), env >= loud - SPEECH_DB
+    r = {"n_frames": T, "fps": fps, "static": static, "aperture_range_m": float(hi - lo),
+         "silence_frames": int(sil.sum()), "speech_frames": int(speech.sum()), "jitter": jitter(lips, fps),
+         "lag_ms": None, "corr": None, "rest_ratio": None, "closure": None, "closed_share": None,
+         "bilabials": 0}
+    max_lag = int(round(MAX_LAG_S * fps))
+    r["_curve"], r["_count"] = np.full(2 * max_lag + 1, np.nan), np.zeros(2 * max_lag + 1, np.int64)
+    if static:
+        return r
+    r["_curve"], r["_count"] = lag_curve(np.maximum(env, loud - ENV_FLOOR_DB), ap, max_lag)
+    r["lag_ms"], r["corr"] = peak(r["_curve"], max_lag, fps)
+    r["_sil_sum"], r["_speech_sum"] = float(opening[sil].sum()), float(opening[speech].sum())
+    if sil.any() and speech.any():
+        r["rest_ratio"] = (r["_sil_sum"] / sil.sum()) / max(r["_speech_sum"] / speech.sum(), 1e-12)
+    threshold = CLOSED_SHARE * (hi - lo)
+    r["closed_share"] = float((opening[speech] <= threshold).mean()) if speech.any() else None
+    if phones is not None:
+        r["_closed"], r["bilabials"] = closure_counts(opening, threshold, phones, fps)
+        r["closure"] = r["_closed"] / r["bilabials"] if r["bilabials"] else None
+    r["_plot"] = {"env": env, "opening": opening, "silence": sil, "threshold": threshold,
+                  "bilabials": [(a, b) for p, a, b in phones or [] if p in BILABIALS]}
+    return r
+
+
+def pool(clips: list[dict]) -> dict:
+    """Pooled numbers over the clips that are not static (see the module docstring)."""
+    moving = [c for c in clips if not c["static"]]
+    out = {"n_clips": len(clips), "n_static": len(clips) - len(moving), "n_frames": sum(c["n_frames"] for c in clips),
+           "lag_ms": None, "corr": None, "rest_ratio": None, "closure": None, "bilabials": 0, "jitter": None}
+    jit = [(c["jitter"], c["n_frames"]) for c in clips if c["jitter"] is not None]
+    if jit:
+        out["jitter"] = float(np.average([j for j, _ in jit], weights=[n for _, n in jit]))
+    if not moving:
+        return out
+    by_len = {}
+    for c in moving:  # clips at different fps have curves of different lengths: pool each rate
+        by_len.setdefault((len(c["_curve"]), c["fps"]), []).append(c)
+    (n, fps), group = max(by_len.items(), key=lambda kv: sum(c["n_frames"] for c in kv[1]))
+    w = np.stack([c["_count"] for c in group]).astype(np.float64)
+    curves = np.nan_to_num(np.stack([c["_curve"] for c in group]))
+    with np.errstate(invalid="ignore"):
+        curve = np.where(w.sum(0) > 0, (w * curves).sum(0) / np.maximum(w.sum(0), 1), np.nan)
+    out["lag_ms"], out["corr"] = peak(curve, n // 2, fps)
+    out["lag_curve"] = {"fps": fps, "lag_ms": (1000.0 * (np.arange(n) - n // 2) / fps).tolist(),
+                        "corr": [None if not np.isfinite(v) else float(v) for v in curve]}
+    sil, speech = sum(c["silence_frames"] for c in moving), sum(c["speech_frames"] for c in moving)
+    if sil and speech:
+        out["rest_ratio"] = (sum(c["_sil_sum"] for c in moving) / sil) / max(
+            sum(c["_speech_sum"] for c in moving) / speech, 1e-12)
+    out["bilabials"] = sum(c["bilabials"] for c in moving)
+    if out["bilabials"]:
+        out["closure"] = sum(c.get("_closed", 0) for c in moving) / out["bilabials"]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# A results tree
+# ----------------------------------------------------------------------------------------------
+
+def load_lips(leaf: str, lip_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """-> (T,L,3) lip vertices of a leaf folder, its (V,3) mean frame; reads one frame at a time."""
+    files = frame_files(leaf)
+    lips, total = None, None
+    for i, f in enumerate(files):
+        try:
+            v = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise ResultsError(f"{f}: unreadable frame file ({e})") from None
+        if v.ndim != 2 or v.shape[1] != 3 or v.shape[0] <= lip_idx.max():
+            raise ResultsError(f"{f}: expected (V,3) vertices with the lip ids of the FLAME masks, got {v.shape}")
+        if lips is None:
+            lips, total = np.empty((len(files), len(lip_idx), 3), np.float32), np.zeros(v.shape, np.float64)
+        lips[i] = v[lip_idx]
+        total += v
+    return lips, (total / len(files)).astype(np.float32)
+
+
+def score_tree(results: str, lip_idx, cfg=None, coeffs: str | None = None, phones: str = "auto",
+               entries: dict | None = None) -> dict:
+    """Every leaf under ``results`` -> {"clips": [...], "overall": pooled, "skipped": [...]}, with the
+    private per-clip arrays kept for plotting (write_report drops them)."""
+    lip_idx = np.asarray(lip_idx, dtype=np.int64)
+    leaves = find_leaves(results) if os.path.isdir(results) else []
+    if not leaves:
+        raise LipSyncError(f"no frame folders ({{i}}.npy) under {results}")
+    source = PhoneSource(phones, entries)
+    clips, skipped = [], []
+    for leaf in leaves:
+        rel = os.path.relpath(leaf, results)
+        meta = read_meta(os.path.join(coeffs, rel)) if coeffs else leaf_meta(leaf, cfg)
+        if not meta or not meta.get("audio_path"):
+            skipped.append({"folder": leaf, "reason": "no meta.json with an audio_path"})
+            log.warning("%s: no meta.json with an audio_path (pass --coeffs for a test-split tree): skipped", leaf)
+            continue
+        fps, _ = leaf_fps(meta, meta.get("dataset"), cfg, None)
+        lips, mean_frame = load_lips(leaf, lip_idx)
+        audio = load_audio_16k(meta["audio_path"])
+        upper, lower = lip_split(mean_frame, lip_idx)
+        ph, ph_source = source.phones(meta["audio_path"], audio, meta)
+        c = score_clip(lips, np.isin(lip_idx, upper), np.isin(lip_idx, lower), audio, fps, ph)
+        c.update(clip=rel, audio_path=meta["audio_path"], phones=ph_source)
+        clips.append(c)
+    if not clips:
+        raise LipSyncError(f"no clip under {results} has a meta.json naming its audio: {skipped[0]['reason']}")
+    return {"results_dir": os.path.abspath(results), "clips": clips, "overall": pool(clips), "skipped": skipped}
+
+
+DEFINITIONS = {
+    "lag_ms": "delay maximising corr(envelope[t], lip aperture[t+lag]); > 0: the mouth moves after the sound",
+    "corr": "that maximum Pearson correlation (pooled: frame-weighted mean of the clips' curves)",
+    "rest_ratio": "mean mouth opening in silence / in speech (0: rests in pauses, 1: no difference)",
+    "closure": "fraction of P/B/M phones during which the lips reach near-closed "
+               f"(opening <= {CLOSED_SHARE} x the clip's 5-95% aperture range, phone +- one frame)",
+    "closed_share": "fraction of speech frames that are near-closed (the closure fraction of chance)",
+    "jitter": f"share of the lip vertices' motion energy above {JITTER_HZ:g} Hz",
+    "static": f"aperture range under {STATIC_M * 1000:g} mm: timing checks undefined",
+}
+
+
+def write_report(rep: dict, out: str, plot: bool = True) -> dict:
+    """Print the table, write the JSON (and the PNG); returns the JSON-able report."""
+    clean = {k: v for k, v in rep.items() if k != "clips"}
+    clean["clips"] = [{k: v for k, v in c.items() if not k.startswith("_")} for c in rep["clips"]]
+    clean["definitions"] = DEFINITIONS
+    print(format_table(clean))
+    if plot:
+        clean["plot"] = plot_clip(rep, os.path.splitext(out)[0] + ".png")
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(clean, f, indent=2)
+    except OSError as e:
+        raise LipSyncError(f"cannot write {out}: {e.strerror or e}") from None
+    log.info("wrote %s", out)
+    return clean
+
+
+def format_table(rep: dict) -> str:
+    def f(x, fmt):
+        return "static" if x == "static" else ("-" if x is None else format(x, fmt))
+
+    rows = [f"{'clip':<44} {'frames':>6} {'lag ms':>7} {'corr':>6} {'rest':>6} {'closure':>9} {'jitter':>7}"]
+    for c in rep["clips"] + [dict(rep["overall"], clip="overall", static=rep["overall"]["n_static"] ==
+                                  rep["overall"]["n_clips"])]:
+        s = c["static"]
+        clo = "static" if s else (f"{c['closure']:.2f}/{c['bilabials']}" if c["closure"] is not None else None)
+        name = c["clip"] if len(c["clip"]) <= 44 else "..." + c["clip"][-41:]
+        rows.append(f"{name:<44} {c['n_frames']:>6} {f('static' if s else c['lag_ms'], '7.0f'):>7} "
+                    f"{f('static' if s else c['corr'], '6.3f'):>6} {f('static' if s else c['rest_ratio'], '6.3f'):>6} "
+                    f"{f(clo, 's'):>9} {f(c['jitter'], '7.4f'):>7}")
+    rows.append("(lag > 0: mouth after sound; rest: opening in silence / in speech; closure: P/B/M phones "
+                "reaching near-closed / count; jitter: lip motion energy share above "
+                f"{JITTER_HZ:g} Hz; static: the mouth does not move)")
+    return "\n".join(rows)
+
+
+def plot_clip(rep: dict, path: str) -> str | None:
+    """Envelope and mouth opening over time for the longest moving clip, and the pooled lag curve."""
+    moving = [c for c in rep["clips"] if "_plot" in c]
+    if not moving:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    c = max(moving, key=lambda c: c["n_frames"])
+    p, t = c["_plot"], np.arange(c["n_frames"]) / c["fps"]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6), gridspec_kw={"height_ratios": [2, 1]})
+    ax.plot(t, p["env"], color="tab:blue", lw=1, label="speech envelope (dB)")
+    ax.set_ylabel("envelope (dB)")
+    for a, b in runs(p["silence"]):
+        ax.axvspan(a / c["fps"], b / c["fps"], color="0.85", lw=0)
+    for a, b in p["bilabials"]:
+        ax.axvspan(a, b, color="tab:green", alpha=0.3, lw=0)
+    tw = ax.twinx()
+    tw.plot(t, 1000 * p["opening"], color="tab:red", lw=1.2, label="mouth opening (mm)")
+    tw.axhline(1000 * p["threshold"], color="tab:red", ls=":", lw=0.8)
+    tw.set_ylabel("mouth opening (mm)")
+    ax.set_title(f"{c['clip']}: lag {c['lag_ms']:.0f} ms, corr {c['corr']:.2f} (grey: silence scored; green: "
+                 f"P/B/M; dotted: near-closed)", fontsize=9)
+    ax.set_xlabel("time (s)")
+    curve = rep["overall"].get("lag_curve")
+    if curve:
+        ax2.plot(curve["lag_ms"], [np.nan if v is None else v for v in curve["corr"]], color="black")
+        ax2.axvline(0, color="0.6", lw=0.8)
+        ax2.set_xlabel("lag (ms; > 0: mouth after sound)")
+        ax2.set_ylabel("pooled corr")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def default_out(results: str) -> str:
+    results = os.path.abspath(results)
+    return os.path.join(os.path.dirname(results), f"lipsync_{os.path.basename(results)}.json")
+
+
+def run(cfg, results: str, out: str | None = None, coeffs: str | None = None, phones: str = "auto",
+        plot: bool = True) -> dict:
+    """Score ``results`` with the config's lip mask; print, write JSON and PNG -> the written report."""
+    from models.flame_regions import region_indices
+
+    lip_idx = region_indices(cfg)[0]
+    entries = dataset_entries(cfg) if phones != "none" else {}
+    rep = score_tree(results, lip_idx, cfg, coeffs, phones, entries)
+    return write_report(rep, out or default_out(results), plot)
+
+
+def add_arguments(p: argparse.ArgumentParser):
+    p.add_argument("--phones", choices=MODES, default="auto",
+                   help="phones for the P/B/M check: auto (an alignment or transcript beside the audio, "
+                        "meta.json or the dataset JSON; without one, no closure check), recognise (pocketsphinx phone "
+                        "recognition from the audio alone, alignment-free), none")
+
+
+def main(argv=None):
+    from utils.config import load_config
+    from utils.runtime import setup_logger
+
+    p = argparse.ArgumentParser(description="Lip-sync checks of a results tree against its own audio (no ground truth).")
+    p.add_argument("--config", default="config/faceformer.yaml", help="for the FLAME lip mask and fps defaults")
+    p.add_argument("--results", required=True, help="results folder: any tree of {i}.npy frame folders")
+    p.add_argument("--coeffs", help="parallel tree with each clip's meta.json (test-split output outside "
+                                    "INFER.output_root); single-audio folders hold their meta.json")
+    p.add_argument("--out", help="JSON path (default lipsync_{name}.json beside the results folder)")
+    p.add_argument("--no_plots", action="store_true")
+    add_arguments(p)
+    p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
+    args = p.parse_intermixed_args(argv)
+    setup_logger("lipsync")
+    cfg = load_config(args.config, args.overrides)
+    run(cfg, args.results, args.out, args.coeffs, args.phones, plot=not args.no_plots)
+
+
+if __name__ == "__main__":
+    from utils.errors import run_reporting_user_errors
+    run_reporting_user_errors("lipsync", main)
