@@ -98,7 +98,10 @@ def load_checkpoint(path: str, what: str = "checkpoint", mmap: bool = False) -> 
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
-        name = m.group(1) if m else "an object"
+        if m is None:  # not a pickle at all (a text file, random bytes): nothing was refused
+            raise CheckpointError(f"{what} {path} is not a checkpoint, or is truncated or corrupt "
+                                  f"({_first_line(e, path)}); use another copy or retrain") from None
+        name = m.group(1)
         if name.startswith("numpy."):
             raise CheckpointError(
                 f"{what} {path} was written in the old format (a numpy RNG state inside, {name}); convert it "
@@ -108,8 +111,7 @@ def load_checkpoint(path: str, what: str = "checkpoint", mmap: bool = False) -> 
             f"(tensors and plain values), here {name}; nothing in it was run. A checkpoint written by "
             f"python train.py never does: do not use this file") from None
     except Exception as e:  # torn zip, 0 bytes, not a torch file at all
-        detail = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"{what} {path} is truncated or corrupt ({detail[:160]}); use another copy or "
+        raise CheckpointError(f"{what} {path} is truncated or corrupt ({_first_line(e, path)}); use another copy or "
                               f"retrain") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{what} {path}: expected a dict written by python train.py, got "
@@ -198,19 +200,66 @@ def _allow_for_this_load(extra: list):
         torch.serialization.add_safe_globals(before)
 
 
-def convert_old_checkpoint(src: str, dst: str | None = None) -> str:
-    """Rewrite a checkpoint of the old format (numpy RNG state) without it; returns the path."""
+def convert_old_checkpoint(src: str, dst: str | None = None, also=None) -> str:
+    """Rewrite a checkpoint of the old format (numpy RNG state) without it; returns the path.
+
+    Everything is checked before ``dst`` is touched: the file must be a checkpoint of ours (a dict with
+    the keys and kinds ``load_checkpoint`` checks), the rewritten file must load with the default
+    allow-list, and ``also(path)`` (e.g. recording the wav2vec2 config) must succeed on it; it is
+    written beside ``dst`` under a temporary name and renamed over ``dst`` last. Anything else ->
+    CheckpointError naming ``src``, and no output."""
+    if not os.path.isfile(src):
+        raise CheckpointError(f"checkpoint not found: {src}")
     try:
         with _allow_for_this_load(_numpy_rng_globals()):
             ckpt = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "GLOBAL" not in str(e):  # not a pickle at all, e.g. a text file
+            raise CheckpointError(f"{src} is not a checkpoint ({_first_line(e, src)})") from None
         raise CheckpointError(f"{src} refused: it contains objects outside the allow-list even for the old "
                               f"format ({str(e).splitlines()[-3:]})") from None
+    except Exception as e:  # torn zip, 0 bytes, a text file read as a legacy pickle
+        raise CheckpointError(f"{src} is not a checkpoint, or is truncated or corrupt ({_first_line(e, src)})") \
+            from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{src} is not a checkpoint of this project: it holds a {type(ckpt).__name__}, "
+                              f"expected a dict written by python train.py; nothing was written")
     ckpt.pop("rng", None)  # training reseeds every epoch now: the old RNG state is not needed
+    _check_layout(ckpt, src, "checkpoint")
     dst = dst or src
-    save_checkpoint(ckpt, dst)
-    load_checkpoint(dst)  # proves the result loads with the default allow-list
+    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".tmp-convert-{os.getpid()}-{os.path.basename(dst)}")
+    try:
+        save_checkpoint(ckpt, tmp)
+        load_checkpoint(tmp)  # proves the result loads with the default allow-list
+        if also is not None:
+            also(tmp)
+        os.replace(tmp, dst)
+    except CheckpointError as e:  # name the user's file, not the temporary one
+        raise CheckpointError(str(e).replace(tmp, src) + ("" if "nothing was written" in str(e)
+                                                          else "; nothing was written")) from None
+    except OSError as e:
+        raise CheckpointError(f"cannot write checkpoint {dst}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return dst
+
+
+def _first_line(e: Exception, path: str | None = None) -> str:
+    """The reason torch.load gave, short; for a file that is not a torch file at all (a zip archive or
+    a pickle), what it starts with instead, which says more than the unpickler's KeyError."""
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                head = f.read(8)
+        except OSError:
+            head = b"PK"
+        if not head:
+            return "the file is empty"
+        if not head.startswith((b"PK", b"\x80")):
+            return f"not a torch file: it starts with {head!r}"
+    text = str(e).splitlines()[0].split(". ")[0] if str(e) else type(e).__name__
+    return text[:160]
 
 
 def main(argv=None):
@@ -232,9 +281,9 @@ def main(argv=None):
         from main.model_io import record_encoder_config
         from utils.config import load_config
 
-        path = convert_old_checkpoint(args.src, args.dst)
-        added = record_encoder_config(path, load_config(args.config))
-        print(f"wrote {path}" + (" (with the wav2vec2 config)" if added else ""))
+        cfg, added = load_config(args.config), []
+        path = convert_old_checkpoint(args.src, args.dst, also=lambda p: added.append(record_encoder_config(p, cfg)))
+        print(f"wrote {path}" + (" (with the wav2vec2 config)" if added[0] else ""))
     run_reporting_user_errors("checkpoint", lambda a: run(p.parse_args(a)), argv)
 
 

@@ -28,6 +28,7 @@ from utils.config import load_config, save_config  # noqa: E402
 from utils.framing import framing_from_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
 from utils.runtime import pick_device, seed_everything, setup_logger  # noqa: E402
+from utils.scalar_log import ScalarLog  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -156,17 +157,16 @@ def main(argv=None):
     # load_flame_for caches per (file, device), so datasets sharing a FLAME model share one module
     flame_of = {name: load_flame_for(cfg, name, device=device) for name in cfg.DATA.datasets}
 
-    writer = None
-    if rank == 0:
-        from tensorboardX import SummaryWriter
-        writer = SummaryWriter(os.path.join(cfg.TRAIN.save_path, "tensorboard"))
-    trainer = Trainer(cfg, model, train_loader, val_loader, flame_of, styles, device, log, rank, world_size,
-                      writer)
-    if cfg.TRAIN.resume:
-        trainer.resume(last)
-    trainer.fit()
-    if writer is not None:
-        writer.close()
+    writer = ScalarLog(os.path.join(cfg.TRAIN.save_path, "tensorboard"), log) if rank == 0 else None
+    try:
+        trainer = Trainer(cfg, model, train_loader, val_loader, flame_of, styles, device, log, rank, world_size,
+                          writer)
+        if cfg.TRAIN.resume:
+            trainer.resume(last)
+        trainer.fit()
+    finally:
+        if writer is not None:
+            writer.close()
     log.info("done: %s", os.path.abspath(cfg.TRAIN.save_path))
     if world_size > 1:
         dist.destroy_process_group()

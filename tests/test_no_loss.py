@@ -364,3 +364,52 @@ def test_evaluation_mode_locks_its_trees_and_a_killed_runs_lock_file_is_cleaned(
     (out / "metrics" / "e" / RT.LOCK_FILE).touch()  # left by a run killed with SIGKILL: not locked
     I.cli(args)
     assert RT.LOCK_FILE not in os.listdir(out / "metrics" / "e") and RT.LOCK_FILE not in os.listdir(out / "coeffs" / "e")
+
+
+# ----------------------------------------------------------------------------------------------
+# Side doors: checkpoint conversion, training on a full disk
+# ----------------------------------------------------------------------------------------------
+
+def test_checkpoint_convert_refuses_what_is_not_a_checkpoint_without_writing(tmp_path):
+    import torch
+
+    (tmp_path / "text.pth").write_text("hello, this is not a checkpoint\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pth")
+    whole = (tmp_path / "tensor.pth").read_bytes()
+    (tmp_path / "torn.pth").write_bytes(whole[:len(whole) // 2])
+    torch.save({"weights": torch.zeros(2), "rng": 1}, tmp_path / "foreign.pth")
+    torch.save({"model": {"w": torch.zeros(2)}, "styles": ["a"]}, tmp_path / "unfit.pth")  # not a FaceFormer
+    expect = {"text": "not a torch file: it starts with b'hello, t'", "empty": "the file is empty",
+              "tensor": "it holds a Tensor, expected a dict", "torn": "truncated or corrupt",
+              "foreign": "not a checkpoint of this project: expected keys 'model' and 'styles'",
+              "unfit": "weights do not fit the model", "missing": "checkpoint not found"}
+    for name, needle in expect.items():
+        src, dst = tmp_path / f"{name}.pth", tmp_path / f"out_{name}.pth"
+        r = subprocess.run([sys.executable, "main/checkpoint.py", "convert", str(src), str(dst), "--config", DEMO_CFG],
+                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+        text = r.stdout + r.stderr
+        assert r.returncode == 1 and "Traceback" not in text and needle in text, (name, text)
+        assert len(text.strip().splitlines()) == 1 and str(src) in text, text
+        assert not dst.exists() and not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")], name
+
+
+def test_full_disk_during_training_is_one_clean_message(demo_root, tmp_path):
+    code = ("import errno, os, sys, torch\n"
+            "import tensorboardX.record_writer as rw\n"
+            "def full(*a, **k): raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
+            "rw.RecordWriter.write = rw.RecordWriter.flush = full\n"
+            "torch.save = full\n"
+            "sys.argv = ['train.py'] + sys.argv[1:]\n"
+            "from main.train import cli\n"
+            "cli()\n")
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-c", code, "--config", DEMO_CFG, f"DATA.data_root={demo_root}",
+                        f"TRAIN.save_path={run}", "TRAIN.batch_size=2", "TRAIN.max_steps_per_epoch=1",
+                        "DATA.max_frames=20", "TRAIN.device=cpu", "TRAIN.epochs=1"],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    text = r.stdout + r.stderr
+    assert r.returncode == 1, text[-3000:]
+    assert "Traceback" not in text and "Exception ignored" not in text and "Exception in thread" not in text, text
+    assert f"cannot write checkpoint {run}" in text and "No space left on device" in text
+    assert text.count("tensorboard events in") == 1  # one warning, then training went on
