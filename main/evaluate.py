@@ -97,9 +97,10 @@ def default_results_dir(cfg) -> str:
     return os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name)
 
 
-def default_out_path(results_dir: str) -> str:
+def default_out_path(results_dir: str, prefix: str = "metrics") -> str:
+    """``{prefix}_{name}.json`` beside the results folder (outside it: vertex folders hold only frames)."""
     results_dir = os.path.abspath(results_dir)
-    return os.path.join(os.path.dirname(results_dir), f"metrics_{os.path.basename(results_dir)}.json")
+    return os.path.join(os.path.dirname(results_dir), f"{prefix}_{os.path.basename(results_dir)}.json")
 
 
 def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_dir: str | None = None,

@@ -16,16 +16,20 @@ Checks (per clip, and pooled over the tree):
 - ``lag_ms``, ``corr``: the delay maximising the Pearson correlation between envelope and aperture,
   searched over +-``MAX_LAG_S`` (parabolic refinement between frames). **Positive: the mouth moves
   after the sound**; 0 is in sync. The pooled value maximises the frame-weighted mean of the clips'
-  correlation curves.
-- ``rest_ratio``: mean opening in silence / mean opening in speech. Silence: runs of at least
-  ``MIN_SILENCE_S`` whose envelope is ``SILENCE_DB`` under the loud level, less ``EDGE_S`` at each end
-  (the mouth closes into a pause and opens out of it); speech: frames within ``SPEECH_DB`` of it.
-  About 0 = the mouth rests in pauses; 1 = it moves the same in silence as in speech.
+  correlation curves (of the frame rate with the most frames, when clips differ: lags are whole frames).
+- mouth at rest in silence. Silence: runs of at least ``MIN_SILENCE_S`` whose envelope is ``SILENCE_DB``
+  under the loud level, less ``EDGE_S`` at each end next to speech (the mouth closes into a pause and
+  opens out of it); speech: frames within ``SPEECH_DB`` of the loud level.
+  ``rest_open``: mean opening in silence / mean opening in speech. Its zero is the clip's most closed
+  level, which in real speech is the lip press of p/b/m, below the rest position: a mouth that presses
+  its lips gets a few tenths here while resting perfectly, one that never presses gets about 0.
+  ``rest_move``: mean frame-to-frame change of the aperture in silence / in speech; needs no zero, so it
+  is the one that says whether the mouth is still in pauses: about 0 = at rest, 1 = it keeps talking.
 - ``closure``: the fraction of bilabial phones (P, B, M; main/phones.py says where phones come from)
   during which the lips reach near-closed: an opening at most ``CLOSED_SHARE`` of the clip's range
   (95th minus 5th percentile of the aperture) in a frame within the phone, widened by one frame on each
-  side. ``closed_share`` (JSON) is the fraction of speech frames that are near-closed: what closure
-  fraction a mouth gets by chance.
+  side. ``closure_chance``: the same with each phone's window slid over all speech frames of its clip,
+  what a mouth gets whose closures are not timed to the phones.
 - ``jitter``: the share of the lip vertices' motion energy (about their mean position) above
   ``JITTER_HZ``, from the spectrum of each vertex coordinate. Speech articulation is mostly slower;
   frame-to-frame noise is spread evenly up to fps/2 (white noise: (fps/2 - 8) / (fps/2), 0.36 at 25 fps).
@@ -37,13 +41,12 @@ A clip whose aperture range is under ``STATIC_M`` (the mean-motion baseline, a f
     python main/evaluate.py --lipsync --results DIR ...        (the same)
 
 Writes a table, a JSON (``--out``; default ``lipsync_{name}.json`` beside DIR) and a PNG
-(``{json stem}.png``): envelope and mouth opening over time for one clip, and the pooled correlation
-against lag.
+(``{json stem}.png``; main/lipsync_report.py). scripts/lipsync_validation.py shows on data with ground
+truth what each number separates (README, "Judging lip sync without ground truth").
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -118,8 +121,9 @@ def silence_core(env: np.ndarray, loud: float, fps: float) -> np.ndarray:
     out = np.zeros(len(env), bool)
     edge = int(round(EDGE_S * fps))
     for a, b in runs(env < loud - SILENCE_DB):
-        if (b - a) / fps >= MIN_SILENCE_S and b - a > 2 * edge:
-            out[a + edge:b - edge] = True
+        a2, b2 = a + (edge if a > 0 else 0), b - (edge if b < len(env) else 0)  # clip ends are not speech
+        if (b - a) / fps >= MIN_SILENCE_S and b2 > a2:
+            out[a2:b2] = True
     return out
 
 
@@ -162,18 +166,25 @@ def jitter(lips: np.ndarray, fps: float) -> float | None:
     return float(power[freqs >= JITTER_HZ].sum() / total) if total > 1e-20 else None
 
 
-def closure_counts(opening: np.ndarray, threshold: float, phones, fps: float) -> tuple[int, int]:
-    """(bilabial phones whose widened window reaches opening <= threshold, bilabial phones scored)."""
+def closure_counts(opening: np.ndarray, threshold: float, phones, fps: float, speech: np.ndarray) -> tuple:
+    """(bilabial phones whose widened window reaches opening <= threshold, bilabial phones scored, sum over
+    them of the share of speech positions where a window of the same length reaches it)."""
     t = np.arange(len(opening)) / fps
+    closed = opening <= threshold
     reached = total = 0
+    chance = 0.0
     for label, t0, t1 in phones:
         if label not in BILABIALS:
             continue
         win = (t >= t0 - 1.0 / fps) & (t <= t1 + 1.0 / fps)
         if win.any():
             total += 1
-            reached += int(opening[win].min() <= threshold)
-    return reached, total
+            reached += int(closed[win].any())
+            w = min(int(win.sum()), len(opening))
+            hit = np.convolve(closed, np.ones(w), "valid") > 0     # window starting at each frame
+            starts = speech[:len(hit)]
+            chance += float(hit[starts].mean()) if starts.any() else 0.0
+    return reached, total, chance
 
 
 def score_clip(lips: np.ndarray, upper_sel, lower_sel, audio: np.ndarray, fps: float, phones=None) -> dict:
@@ -189,7 +200,7 @@ def score_clip(lips: np.ndarray, upper_sel, lower_sel, audio: np.ndarray, fps: f
     sil, speech = silence_core(env, loud, fps), env >= loud - SPEECH_DB
     r = {"n_frames": T, "fps": fps, "static": static, "aperture_range_m": float(hi - lo),
          "silence_frames": int(sil.sum()), "speech_frames": int(speech.sum()), "jitter": jitter(lips, fps),
-         "lag_ms": None, "corr": None, "rest_ratio": None, "closure": None, "closed_share": None,
+         "lag_ms": None, "corr": None, "rest_open": None, "rest_move": None, "closure": None, "closure_chance": None,
          "bilabials": 0}
     max_lag = int(round(MAX_LAG_S * fps))
     r["_curve"], r["_count"] = np.full(2 * max_lag + 1, np.nan), np.zeros(2 * max_lag + 1, np.int64)
@@ -197,24 +208,34 @@ def score_clip(lips: np.ndarray, upper_sel, lower_sel, audio: np.ndarray, fps: f
         return r
     r["_curve"], r["_count"] = lag_curve(np.maximum(env, loud - ENV_FLOOR_DB), ap, max_lag)
     r["lag_ms"], r["corr"] = peak(r["_curve"], max_lag, fps)
-    r["_sil_sum"], r["_speech_sum"] = float(opening[sil].sum()), float(opening[speech].sum())
-    if sil.any() and speech.any():
-        r["rest_ratio"] = (r["_sil_sum"] / sil.sum()) / max(r["_speech_sum"] / speech.sum(), 1e-12)
+    step = np.abs(np.diff(ap, prepend=ap[0]))
+    r["_open"] = (float(opening[sil].sum()), float(opening[speech].sum()))
+    r["_move"] = (float(step[sil].sum()), float(step[speech].sum()))
+    r["rest_open"], r["rest_move"] = rest_ratios([r], sil.sum(), speech.sum())
     threshold = CLOSED_SHARE * (hi - lo)
-    r["closed_share"] = float((opening[speech] <= threshold).mean()) if speech.any() else None
     if phones is not None:
-        r["_closed"], r["bilabials"] = closure_counts(opening, threshold, phones, fps)
-        r["closure"] = r["_closed"] / r["bilabials"] if r["bilabials"] else None
+        r["_closed"], r["bilabials"], r["_chance"] = closure_counts(opening, threshold, phones, fps, speech)
+        if r["bilabials"]:
+            r["closure"], r["closure_chance"] = r["_closed"] / r["bilabials"], r["_chance"] / r["bilabials"]
     r["_plot"] = {"env": env, "opening": opening, "silence": sil, "threshold": threshold,
                   "bilabials": [(a, b) for p, a, b in phones or [] if p in BILABIALS]}
     return r
+
+
+def rest_ratios(clips: list[dict], n_silence: int, n_speech: int) -> tuple:
+    """(rest_open, rest_move) from the clips' silence / speech sums; None without both."""
+    if not (n_silence and n_speech):
+        return None, None
+    return tuple((sum(c[key][0] for c in clips) / n_silence) / max(sum(c[key][1] for c in clips) / n_speech, 1e-12)
+                 for key in ("_open", "_move"))
 
 
 def pool(clips: list[dict]) -> dict:
     """Pooled numbers over the clips that are not static (see the module docstring)."""
     moving = [c for c in clips if not c["static"]]
     out = {"n_clips": len(clips), "n_static": len(clips) - len(moving), "n_frames": sum(c["n_frames"] for c in clips),
-           "lag_ms": None, "corr": None, "rest_ratio": None, "closure": None, "bilabials": 0, "jitter": None}
+           "lag_ms": None, "corr": None, "rest_open": None, "rest_move": None, "closure": None, "closure_chance": None,
+           "bilabials": 0, "jitter": None}
     jit = [(c["jitter"], c["n_frames"]) for c in clips if c["jitter"] is not None]
     if jit:
         out["jitter"] = float(np.average([j for j, _ in jit], weights=[n for _, n in jit]))
@@ -231,13 +252,12 @@ def pool(clips: list[dict]) -> dict:
     out["lag_ms"], out["corr"] = peak(curve, n // 2, fps)
     out["lag_curve"] = {"fps": fps, "lag_ms": (1000.0 * (np.arange(n) - n // 2) / fps).tolist(),
                         "corr": [None if not np.isfinite(v) else float(v) for v in curve]}
-    sil, speech = sum(c["silence_frames"] for c in moving), sum(c["speech_frames"] for c in moving)
-    if sil and speech:
-        out["rest_ratio"] = (sum(c["_sil_sum"] for c in moving) / sil) / max(
-            sum(c["_speech_sum"] for c in moving) / speech, 1e-12)
+    out["rest_open"], out["rest_move"] = rest_ratios(moving, sum(c["silence_frames"] for c in moving),
+                                                     sum(c["speech_frames"] for c in moving))
     out["bilabials"] = sum(c["bilabials"] for c in moving)
     if out["bilabials"]:
         out["closure"] = sum(c.get("_closed", 0) for c in moving) / out["bilabials"]
+        out["closure_chance"] = sum(c.get("_chance", 0.0) for c in moving) / out["bilabials"]
     return out
 
 
@@ -293,101 +313,12 @@ def score_tree(results: str, lip_idx, cfg=None, coeffs: str | None = None, phone
     return {"results_dir": os.path.abspath(results), "clips": clips, "overall": pool(clips), "skipped": skipped}
 
 
-DEFINITIONS = {
-    "lag_ms": "delay maximising corr(envelope[t], lip aperture[t+lag]); > 0: the mouth moves after the sound",
-    "corr": "that maximum Pearson correlation (pooled: frame-weighted mean of the clips' curves)",
-    "rest_ratio": "mean mouth opening in silence / in speech (0: rests in pauses, 1: no difference)",
-    "closure": "fraction of P/B/M phones during which the lips reach near-closed "
-               f"(opening <= {CLOSED_SHARE} x the clip's 5-95% aperture range, phone +- one frame)",
-    "closed_share": "fraction of speech frames that are near-closed (the closure fraction of chance)",
-    "jitter": f"share of the lip vertices' motion energy above {JITTER_HZ:g} Hz",
-    "static": f"aperture range under {STATIC_M * 1000:g} mm: timing checks undefined",
-}
-
-
-def write_report(rep: dict, out: str, plot: bool = True) -> dict:
-    """Print the table, write the JSON (and the PNG); returns the JSON-able report."""
-    clean = {k: v for k, v in rep.items() if k != "clips"}
-    clean["clips"] = [{k: v for k, v in c.items() if not k.startswith("_")} for c in rep["clips"]]
-    clean["definitions"] = DEFINITIONS
-    print(format_table(clean))
-    if plot:
-        clean["plot"] = plot_clip(rep, os.path.splitext(out)[0] + ".png")
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(clean, f, indent=2)
-    except OSError as e:
-        raise LipSyncError(f"cannot write {out}: {e.strerror or e}") from None
-    log.info("wrote %s", out)
-    return clean
-
-
-def format_table(rep: dict) -> str:
-    def f(x, fmt):
-        return "static" if x == "static" else ("-" if x is None else format(x, fmt))
-
-    rows = [f"{'clip':<44} {'frames':>6} {'lag ms':>7} {'corr':>6} {'rest':>6} {'closure':>9} {'jitter':>7}"]
-    for c in rep["clips"] + [dict(rep["overall"], clip="overall", static=rep["overall"]["n_static"] ==
-                                  rep["overall"]["n_clips"])]:
-        s = c["static"]
-        clo = "static" if s else (f"{c['closure']:.2f}/{c['bilabials']}" if c["closure"] is not None else None)
-        name = c["clip"] if len(c["clip"]) <= 44 else "..." + c["clip"][-41:]
-        rows.append(f"{name:<44} {c['n_frames']:>6} {f('static' if s else c['lag_ms'], '7.0f'):>7} "
-                    f"{f('static' if s else c['corr'], '6.3f'):>6} {f('static' if s else c['rest_ratio'], '6.3f'):>6} "
-                    f"{f(clo, 's'):>9} {f(c['jitter'], '7.4f'):>7}")
-    rows.append("(lag > 0: mouth after sound; rest: opening in silence / in speech; closure: P/B/M phones "
-                "reaching near-closed / count; jitter: lip motion energy share above "
-                f"{JITTER_HZ:g} Hz; static: the mouth does not move)")
-    return "\n".join(rows)
-
-
-def plot_clip(rep: dict, path: str) -> str | None:
-    """Envelope and mouth opening over time for the longest moving clip, and the pooled lag curve."""
-    moving = [c for c in rep["clips"] if "_plot" in c]
-    if not moving:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    c = max(moving, key=lambda c: c["n_frames"])
-    p, t = c["_plot"], np.arange(c["n_frames"]) / c["fps"]
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6), gridspec_kw={"height_ratios": [2, 1]})
-    ax.plot(t, p["env"], color="tab:blue", lw=1, label="speech envelope (dB)")
-    ax.set_ylabel("envelope (dB)")
-    for a, b in runs(p["silence"]):
-        ax.axvspan(a / c["fps"], b / c["fps"], color="0.85", lw=0)
-    for a, b in p["bilabials"]:
-        ax.axvspan(a, b, color="tab:green", alpha=0.3, lw=0)
-    tw = ax.twinx()
-    tw.plot(t, 1000 * p["opening"], color="tab:red", lw=1.2, label="mouth opening (mm)")
-    tw.axhline(1000 * p["threshold"], color="tab:red", ls=":", lw=0.8)
-    tw.set_ylabel("mouth opening (mm)")
-    ax.set_title(f"{c['clip']}: lag {c['lag_ms']:.0f} ms, corr {c['corr']:.2f} (grey: silence scored; green: "
-                 f"P/B/M; dotted: near-closed)", fontsize=9)
-    ax.set_xlabel("time (s)")
-    curve = rep["overall"].get("lag_curve")
-    if curve:
-        ax2.plot(curve["lag_ms"], [np.nan if v is None else v for v in curve["corr"]], color="black")
-        ax2.axvline(0, color="0.6", lw=0.8)
-        ax2.set_xlabel("lag (ms; > 0: mouth after sound)")
-        ax2.set_ylabel("pooled corr")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def default_out(results: str) -> str:
-    results = os.path.abspath(results)
-    return os.path.join(os.path.dirname(results), f"lipsync_{os.path.basename(results)}.json")
-
-
 def run(cfg, results: str, out: str | None = None, coeffs: str | None = None, phones: str = "auto",
         plot: bool = True) -> dict:
     """Score ``results`` with the config's lip mask; print, write JSON and PNG -> the written report."""
     from models.flame_regions import region_indices
+
+    from main.lipsync_report import default_out, write_report
 
     lip_idx = region_indices(cfg)[0]
     entries = dataset_entries(cfg) if phones != "none" else {}

@@ -8,6 +8,7 @@ scored without looking at the ground truth:
   model          inference of a trained checkpoint
   mean_baseline  the training set's mean motion on every frame (scripts/mean_baseline.py)
   shifted        the model's frames delayed by --shift_ms (frame k shows frame k - n; the first repeated)
+  gt_shifted     the ground truth delayed alike (what the timing checks lose on perfect motion)
 
 each with the alignment files (``--phones auto``) and with phone recognition from the audio alone
 (``--phones recognise``), and a table of the pooled numbers is printed and written as JSON/markdown.
@@ -29,7 +30,7 @@ import numpy as np  # noqa: E402
 from main import results as RT  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TREES = ("ground_truth", "model", "mean_baseline", "shifted")
+TREES = ("ground_truth", "model", "mean_baseline", "shifted", "gt_shifted")
 
 
 def write_ground_truth(cfg, exp: str):
@@ -91,8 +92,9 @@ def main(argv=None):
                        env=env, check=True)
     if not have("ground_truth"):
         write_ground_truth(cfg, "ground_truth")
-    if not have("shifted"):
-        write_shifted(cfg, "model", "shifted", args.shift_ms)
+    for src, exp in (("model", "shifted"), ("ground_truth", "gt_shifted")):
+        if not have(exp):
+            write_shifted(cfg, src, exp, args.shift_ms)
 
     table = {}
     for mode in ("auto",) + (() if args.no_recognise else ("recognise",)):
@@ -111,14 +113,16 @@ def main(argv=None):
 def markdown(table: dict, shift_ms: float) -> str:
     def f(x, fmt):
         return "static" if x is None else format(x, fmt)
-    rows = ["| results | lag (ms) | corr | rest ratio | closure (alignment) | closure (recognised phones) | jitter |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| results | lag (ms) | corr | rest open | rest move | closure, alignment (chance) | "
+            "closure, recognised phones (chance) | jitter |", "|---|---|---|---|---|---|---|---|"]
+    names = {"shifted": f"model shifted +{shift_ms:g} ms", "gt_shifted": f"ground truth shifted +{shift_ms:g} ms"}
     for exp, r in table.items():
         a, rec = r["auto"], r.get("recognise", {})
-        name = f"model shifted +{shift_ms:g} ms" if exp == "shifted" else exp.replace("_", " ")
-        clo = lambda x: "-" if not x else f(x["closure"], ".2f") + f" ({x['bilabials']})"  # noqa: E731
-        rows.append(f"| {name} | {f(a['lag_ms'], '.0f')} | {f(a['corr'], '.3f')} | {f(a['rest_ratio'], '.3f')} | "
-                    f"{clo(a)} | {clo(rec)} | {f(a['jitter'], '.4f')} |")
+        name = names.get(exp, exp.replace("_", " "))
+        clo = lambda x: "-" if not x else f(x["closure"], ".2f") + (  # noqa: E731
+            f" ({x['closure_chance']:.2f})" if x.get("closure_chance") is not None else "")
+        rows.append(f"| {name} | {f(a['lag_ms'], '.0f')} | {f(a['corr'], '.2f')} | {f(a['rest_open'], '.2f')} | "
+                    f"{f(a['rest_move'], '.2f')} | {clo(a)} | {clo(rec)} | {f(a['jitter'], '.3f')} |")
     return "\n".join(rows)
 
 
