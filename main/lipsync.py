@@ -306,6 +306,8 @@ def score_tree(results: str, lip_idx, cfg=None, coeffs: str | None = None, phone
         upper, lower = lip_split(mean_frame, lip_idx)
         ph, ph_source = source.phones(meta["audio_path"], audio, meta)
         c = score_clip(lips, np.isin(lip_idx, upper), np.isin(lip_idx, lower), audio, fps, ph)
+        if os.path.basename(leaf) == "vertices":  # single-audio layout: name the clip by its folder
+            rel = os.path.dirname(rel) or os.path.basename(os.path.abspath(results))
         c.update(clip=rel, audio_path=meta["audio_path"], phones=ph_source)
         clips.append(c)
     if not clips:

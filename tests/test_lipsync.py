@@ -190,20 +190,44 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
             f"DATA.data_root={root}"]
     L.main(argv)
     table = capsys.readouterr().out
-    assert "sync/vertices" in table and "late/vertices" in table and "overall" in table
+    rows = [line.split()[0] for line in table.splitlines()[1:4]]
+    assert rows == ["late", "sync", "overall"]
     with open(tmp_path / "lipsync_single.json") as f:
         rep = json.load(f)
     clips = {c["clip"]: c for c in rep["clips"]}
-    assert clips["sync/vertices"]["lag_ms"] == pytest.approx(0, abs=40)
-    assert clips["late/vertices"]["lag_ms"] == pytest.approx(200, abs=40)
-    assert clips["sync/vertices"]["closure"] == 1.0 and clips["sync/vertices"]["bilabials"] == 2
-    assert clips["sync/vertices"]["phones"] == "sync.phones.json"
-    assert clips["late/vertices"]["closure"] is None and "no alignment" in clips["late/vertices"]["phones"]
+    assert clips["sync"]["lag_ms"] == pytest.approx(0, abs=40)
+    assert clips["late"]["lag_ms"] == pytest.approx(200, abs=40)
+    assert clips["sync"]["closure"] == 1.0 and clips["sync"]["bilabials"] == 2
+    assert clips["sync"]["phones"] == "sync.phones.json"
+    assert clips["late"]["closure"] is None and "no alignment" in clips["late"]["phones"]
     assert os.path.isfile(rep["plot"]) and "lag_ms" in rep["definitions"]
 
     evaluate_main(argv + ["--lipsync", "--no_plots", "--out", str(tmp_path / "via_evaluate.json")])
     with open(tmp_path / "via_evaluate.json") as f:
         assert json.load(f)["overall"]["lag_ms"] == pytest.approx(rep["overall"]["lag_ms"])
+
+
+def test_test_split_tree_with_a_parallel_coeff_tree(face, tmp_path):
+    """{DATASET}/{STYLE}/{i}.npy with meta.json in --coeffs; a folder without meta.json is skipped."""
+    import soundfile as sf
+    from main.results import build_meta, write_sample
+
+    flame, lip_idx, _ = face
+    env = syllables(100)
+    sf.write(tmp_path / "a.wav", audio_of(env), SR)
+    motion = np.zeros((100, 51), np.float32)
+    motion[:, 50] = 0.2 * delayed(env, -1)
+    verts = flame.motion_to_vertices(motion)
+    for style in ("s1", "s2"):
+        write_sample(str(tmp_path / "res" / "DS" / style), str(tmp_path / "co" / "DS" / style), verts, {},
+                     build_meta("id", "DS", style, "spk", str(tmp_path / "a.wav"), FPS, 100, "test", None))
+    os.remove(tmp_path / "co" / "DS" / "s2" / "meta.json")
+    rep = L.score_tree(str(tmp_path / "res"), lip_idx, coeffs=str(tmp_path / "co"), phones="none")
+    assert [c["clip"] for c in rep["clips"]] == [os.path.join("DS", "s1")]
+    assert rep["clips"][0]["lag_ms"] == pytest.approx(-40, abs=40)
+    assert [s["folder"] for s in rep["skipped"]] == [str(tmp_path / "res" / "DS" / "s2")]
+    with pytest.raises(L.LipSyncError, match="meta.json"):
+        L.score_tree(str(tmp_path / "res"), lip_idx, phones="none")  # without --coeffs no clip has its audio
 
 
 def test_transcript_and_alignment_sources(tmp_path):
