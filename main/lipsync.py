@@ -35,7 +35,7 @@ Checks (per clip, and pooled over the tree):
   frame-to-frame noise is spread evenly up to fps/2 (white noise: (fps/2 - 8) / (fps/2), 0.36 at 25 fps).
 
 A clip whose aperture range is under ``STATIC_M`` (the mean-motion baseline, a frozen face) is
-``static``: lag, correlation, rest ratio and closure are undefined for it (null, "static" in the table).
+``static``: lag, correlation, rest_open, rest_move and closure are undefined for it (null, "static" in the table).
 
     python -m main.lipsync --results DIR [--coeffs DIR] [--config CFG] [--phones auto|recognise|none]
     python main/evaluate.py --lipsync --results DIR ...        (the same)
@@ -303,7 +303,10 @@ def score_tree(results: str, lip_idx, cfg=None, coeffs: str | None = None, phone
         fps, _ = leaf_fps(meta, meta.get("dataset"), cfg, None)
         lips, mean_frame = load_lips(leaf, lip_idx)
         audio = load_audio_16k(meta["audio_path"])
-        upper, lower = lip_split(mean_frame, lip_idx)
+        try:
+            upper, lower = lip_split(mean_frame, lip_idx)
+        except ValueError as e:
+            raise LipSyncError(f"{leaf}: {e} (FLAME.masks_path / FLAME.lip_indices of another face?)") from None
         ph, ph_source = source.phones(meta["audio_path"], audio, meta)
         c = score_clip(lips, np.isin(lip_idx, upper), np.isin(lip_idx, lower), audio, fps, ph)
         if os.path.basename(leaf) == "vertices":  # single-audio layout: name the clip by its folder

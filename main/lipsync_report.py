@@ -86,8 +86,8 @@ def plot_clip(rep: dict, path: str) -> str | None:
     tw.plot(t, 1000 * p["opening"], color="tab:red", lw=1.2, label="mouth opening (mm)")
     tw.axhline(1000 * p["threshold"], color="tab:red", ls=":", lw=0.8)
     tw.set_ylabel("mouth opening (mm)")
-    ax.set_title(f"{c['clip']}: lag {c['lag_ms']:.0f} ms, corr {c['corr']:.2f} (grey: silence scored; green: "
-                 f"P/B/M; dotted: near-closed)", fontsize=9)
+    timing = f"lag {c['lag_ms']:.0f} ms, corr {c['corr']:.2f}" if c["lag_ms"] is not None else "no lag found"
+    ax.set_title(f"{c['clip']}: {timing} (grey: silence scored; green: P/B/M; dotted: near-closed)", fontsize=9)
     ax.set_xlabel("time (s)")
     curve = rep["overall"].get("lag_curve")
     if curve:
