@@ -21,7 +21,65 @@ from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
 SILENT_RMS = 1e-4
 SILENT_NORMALISED_STD = 0.3
 
+# Input that will not animate well, warned about (not refused: it may be what the user means):
+# a share of samples at full scale above CLIPPED_SHARE is heavily clipped (distorted, often a gain set
+# too high); an average power spectrum as flat as noise (spectral flatness above NOISE_FLATNESS; white
+# noise is near 1, speech well below 0.1, its energy sits in harmonics and formants) is not speech.
+FULL_SCALE = 0.99
+CLIPPED_SHARE = 0.01
+NOISE_FLATNESS = 0.5
+
 log = logging.getLogger("inference")
+
+
+class AudioCheck:
+    """Running statistics of raw audio (as read or as it streams in; memory does not grow): RMS, the
+    share of clipped samples and the average power spectrum. ``warnings()``: what offline and streaming
+    mode warn about, one rule for both."""
+
+    FRAME = 512
+
+    def __init__(self):
+        self.n, self.sum_sq, self.clipped = 0, 0.0, 0
+        self.power, self.frames = np.zeros(self.FRAME // 2 + 1), 0
+        self._rest = np.zeros(0, np.float32)
+        self._window = np.hanning(self.FRAME)
+
+    def add(self, x: np.ndarray):
+        x = np.asarray(x, dtype=np.float32).reshape(-1)
+        self.n += x.size
+        self.sum_sq += float(np.square(x, dtype=np.float64).sum())
+        self.clipped += int(np.count_nonzero(np.abs(x) >= FULL_SCALE))
+        x = np.concatenate([self._rest, x])
+        k = x.size // self.FRAME
+        if k:
+            frames = x[:k * self.FRAME].reshape(k, self.FRAME) * self._window
+            self.power += (np.abs(np.fft.rfft(frames, axis=1)) ** 2).sum(0)
+            self.frames += k
+        self._rest = x[k * self.FRAME:]
+
+    @property
+    def rms(self) -> float:
+        return float(np.sqrt(self.sum_sq / max(self.n, 1)))
+
+    def warnings(self) -> list[str]:
+        """Each as the end of a sentence about the input ("... is silent (...)")."""
+        if self.n == 0:
+            return []
+        if self.rms < SILENT_RMS:
+            return [f"is silent (RMS {self.rms:.2g} < {SILENT_RMS:.0e}): the face will barely move"]
+        out = []
+        share = self.clipped / self.n
+        if share > CLIPPED_SHARE:
+            out.append(f"is heavily clipped ({100 * share:.1f}% of samples at full scale): distorted speech "
+                       f"animates poorly; lower the input gain")
+        if self.frames >= 8:
+            p = self.power[1:] + 1e-20  # without DC
+            flatness = float(np.exp(np.mean(np.log(p))) / np.mean(p))
+            if flatness > NOISE_FLATNESS:
+                out.append(f"sounds like noise, not speech (spectral flatness {flatness:.2f} > {NOISE_FLATNESS}; "
+                           f"speech is below 0.1): check the input device and format")
+        return out
 
 
 def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logger | None = None,
@@ -46,10 +104,11 @@ def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logge
     if seconds < 1.0 / fps:
         raise AudioError(f"audio file {path} is {seconds * 1000:.1f} ms long; expected at least "
                          f"{1000 / fps:.0f} ms (one motion frame at {fps} fps)")
-    rms = float(np.sqrt(np.mean(np.square(raw, dtype=np.float64))))
-    if rms < SILENT_RMS:
-        logger.warning("audio file %s is silent (RMS %.2g < %.0e): the face will barely move", path, rms,
-                       SILENT_RMS)
+    check = AudioCheck()
+    check.add(raw)
+    for warning in check.warnings():
+        logger.warning("audio file %s %s", path, warning)
+    rms = check.rms
     if not normalise:
         return raw.astype(np.float32)
     audio = normalize_audio(raw)

@@ -353,12 +353,71 @@ def write_sample(vert_dir: str, coeff_dir: str, frames: np.ndarray, arrays: dict
             current = os.path.join(coeff_dir, META)
             _save_via_tmp(current, lambda p: _write_json(p, meta), True)
     except OSError as e:
-        raise ResultsError(f"cannot write {current}: {e.strerror or e}; the incomplete result was removed "
-                           f"(free some space or pick another output folder, then rerun with --resume)") from None
+        raise _write_error(current, e) from None
     finally:
         for d in (tmp_vert, tmp_coeff):
             if d and os.path.lexists(d):
                 shutil.rmtree(d, ignore_errors=True)
+
+
+class FrameWriter:
+    """One sample written as its frames are made (streaming), with write_sample's guarantees.
+
+    ``add(frame)`` writes ``{i}.npy`` into a temporary sibling of ``vert_dir`` through a temporary name
+    and a rename, so no frame file is ever torn; ``commit(coeff_dir, arrays, meta, json_files)`` then
+    puts the result in place as write_sample(coeff_in_place=True) does (the old marker first, the
+    arrays and JSON files through temporary names, the vertex folder renamed over the old one, the new
+    meta.json last), so an older complete result stays whole until the new one is; ``discard()``
+    (always call it, e.g. in ``finally``) removes what was not committed. A failed write ->
+    ResultsError naming the path."""
+
+    def __init__(self, vert_dir: str):
+        self.vert_dir, self.tmp, self.n = vert_dir, _tmp_sibling(vert_dir), 0
+        try:
+            _remove(self.tmp)
+            os.makedirs(self.tmp)
+        except OSError as e:
+            raise _write_error(self.tmp, e) from None
+
+    def add(self, frame: np.ndarray):
+        path = os.path.join(self.tmp, f"{self.n}.npy")
+        try:
+            _save_via_tmp(path, lambda p: _save_npy(p, frame), True)
+        except OSError as e:
+            raise _write_error(path, e) from None
+        self.n += 1
+
+    def commit(self, coeff_dir: str, arrays: dict[str, np.ndarray], meta: dict, json_files: dict | None = None,
+               stale: tuple[str, ...] = ()):
+        """``stale``: names in coeff_dir of the old result that the new one does not replace (a video)."""
+        current = coeff_dir
+        try:
+            os.makedirs(coeff_dir, exist_ok=True)
+            for name in (META, *stale):
+                current = os.path.join(coeff_dir, name)
+                _remove(current)
+            for name, arr in arrays.items():
+                current = os.path.join(coeff_dir, f"{name}.npy")
+                _save_via_tmp(current, lambda p, a=arr: _save_npy(p, a), True)
+            for name, obj in (json_files or {}).items():
+                current = os.path.join(coeff_dir, name)
+                _save_via_tmp(current, lambda p, o=obj: _write_json(p, o), True)
+            current = self.vert_dir
+            _remove(self.vert_dir)
+            os.rename(self.tmp, self.vert_dir)
+            current = os.path.join(coeff_dir, META)
+            _save_via_tmp(current, lambda p: _write_json(p, meta), True)
+        except OSError as e:
+            raise _write_error(current, e) from None
+
+    def discard(self):
+        if os.path.lexists(self.tmp):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _write_error(path: str, e: OSError) -> ResultsError:
+    return ResultsError(f"cannot write {path}: {e.strerror or e}; the incomplete result was removed "
+                        f"(free some space or pick another output folder, then rerun with --resume)")
 
 
 def _save_npy(path: str, arr: np.ndarray):
