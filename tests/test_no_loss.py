@@ -332,18 +332,23 @@ def test_a_second_run_on_a_locked_output_fails_at_once_naming_the_first(setup, t
     assert sorted(os.listdir(out)) == ["inference.log"]  # the lock file went with its holder
     I.cli(args)  # free again
 
-    # two processes: the second fails at once while the first writes; the first completes
-    long_out = tmp_path / "long"
-    first = popen(cli_args(setup, "--audio", setup[3], "--out", str(long_out)))
-    wait_for_files(str(long_out), ".tmp-vertices-", 1, first)
-    second = subprocess.run([sys.executable, "inference.py", *cli_args(setup, "--audio", setup[2], "--out",
-                                                                      str(long_out))],
+    # across processes: a run holding the lock (here a stand-in that holds it and waits) blocks the next
+    # at once, named by its pid; killed with SIGKILL, it leaves a lock file that blocks nothing
+    held = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom main import results as RT\n"
+                               "with RT.output_lock([sys.argv[1]]):\n    print('locked', flush=True)\n"
+                               "    time.sleep(300)\n", str(held)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE)
+    assert holder.stdout.readline().strip() == b"locked"
+    t0 = time.time()
+    second = subprocess.run([sys.executable, "inference.py", *cli_args(setup, "--audio", setup[2], "--out", str(held))],
                             cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 1
-    assert f"another inference run (pid {first.pid}) is writing {long_out}" in second.stdout + second.stderr
-    text = first.communicate(timeout=300)[0].decode(errors="replace")
-    assert first.returncode == 0, text[-2000:]
-    assert RT.is_complete(str(long_out / "vertices"), str(long_out)) and RT.LOCK_FILE not in os.listdir(long_out)
+    assert second.returncode == 1 and time.time() - t0 < 60
+    assert f"another inference run (pid {holder.pid}) is writing {held}" in second.stdout + second.stderr
+    holder.kill()
+    holder.wait()
+    assert RT.LOCK_FILE in os.listdir(held)
+    I.cli(cli_args(setup, "--audio", setup[2], "--out", str(held)))
+    assert RT.is_complete(str(held / "vertices"), str(held)) and RT.LOCK_FILE not in os.listdir(held)
 
 
 def test_evaluation_mode_locks_its_trees_and_a_killed_runs_lock_file_is_cleaned(setup, bad_name_root, tmp_path):
