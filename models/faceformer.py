@@ -260,7 +260,7 @@ class FaceFormer(nn.Module):
         - rollout: the model's own autoregressive rollout (the original FaceFormer's training), with
           gradients through every step; batched and KV-cached, so T decoder steps, not T passes.
         input_noise: std of Gaussian noise added to the ground-truth previous frames the decoder is fed
-        (teacher_forcing and parallel_sampling), another way to make it not trust its inputs blindly."""
+        (the parallel modes), another way to make it not trust its inputs blindly."""
         mode = mode or ("teacher_forcing" if teacher_forcing else "rollout")
         if mode not in self.TRAIN_MODES:
             raise ValueError(f"unknown training mode {mode!r}; expected one of {', '.join(self.TRAIN_MODES)}")

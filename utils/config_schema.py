@@ -69,13 +69,13 @@ DEFAULTS = {
         "save_path": "outputs/faceformer_multi_dataset",
         "resume": False,              # continue from save_path/last.pth
         "overwrite": False,           # allow starting afresh in a folder that holds a previous run
-        "mode": "parallel_sampling",  # teacher_forcing | parallel_sampling | parallel_rollout | scheduled_rollout | rollout
+        "mode": "parallel_rollout",   # teacher_forcing | parallel_sampling | parallel_rollout | scheduled_rollout | rollout
         "sampling_max": 1.0,          # final probability of feeding the model's own previous frame ...
         "sampling_start_epoch": 0,    # ... ramped linearly from 0 after this many epochs ...
         "sampling_warmup_epochs": 20, # ... over this many epochs (0: at sampling_max from the start)
         "sampling_passes": 1,         # parallel_sampling: no-grad passes that make the fed predictions
-        "rollout_steps": 3,           # parallel_rollout: passes fed with the previous pass's predictions
-        "input_noise": 0.0,           # std of noise on ground-truth previous frames (teacher_forcing, parallel_sampling)
+        "rollout_steps": 6,           # parallel_rollout: passes fed with the previous pass's predictions
+        "input_noise": 0.0,           # std of noise on ground-truth previous frames (the parallel modes)
         "teacher_forcing": None,      # old key: false = mode rollout, true = mode teacher_forcing
         "val_every": 1,
         "velocity_weight": 0.0,

@@ -26,6 +26,7 @@ TRAIN_MODE_RUNS = {
     "parallel_sampling": ["TRAIN.mode=parallel_sampling"],
     "parallel_sampling_2pass": ["TRAIN.mode=parallel_sampling", "TRAIN.sampling_passes=2"],
     "parallel_rollout": ["TRAIN.mode=parallel_rollout"],
+    "parallel_rollout_6": ["TRAIN.mode=parallel_rollout", "TRAIN.rollout_steps=6"],
     "scheduled_rollout": ["TRAIN.mode=scheduled_rollout"],
     "rollout": ["TRAIN.mode=rollout"],
 }
