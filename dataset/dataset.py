@@ -1,7 +1,8 @@
 """The torch Dataset of one split (audio, motion) pairs with training crops, and the padded batches.
 
 The samples come from the JSON indices (dataset/index.py), checked once at construction
-(dataset/split_check.py); one sample is loaded by ``load_item`` (dataset/data_item.py).
+(dataset/split_check.py); one sample is loaded by ``load_item`` (dataset/data_item.py), or read from
+the prepared-data store (dataset/store.py), which holds what ``load_item`` gives.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from dataset.data_item import load_item
 from dataset.flame_params import DETAIL_DIM, fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split
+from dataset.store import prepare, store_root, write_report
 from utils.framing import framing_from_config
 
 _log = logging.getLogger(__name__)
@@ -26,7 +28,10 @@ class FaceDataset(torch.utils.data.Dataset):
     random crops of ``DATA.max_frames`` frames (0 = whole clip), audio cut to the same window.
     ``check=True`` checks every sample at construction (``check_split``; ``DATA.bad_samples`` decides
     between raising and leaving bad samples out, the report is ``self.report``). ``cache=True`` keeps
-    loaded samples in memory (per DataLoader worker), for small datasets.
+    loaded samples in memory (per DataLoader worker), for small datasets. ``prepared=True`` reads the
+    samples from the prepared-data store under ``DATA.store_root`` (unless that is ``off``), preparing
+    the samples that are missing there or whose files changed first, and validates from its records;
+    a training crop then reads only its window. Items are the same, bit for bit, either way.
 
     ``dataset[i]``, or ``dataset[(i, crop_seed)]`` as a ``CropSeeds`` sampler asks (the crop is then a
     function of that seed alone, whichever process loads it) -> dict(audio (N,) float32, motion (T,51)
@@ -37,14 +42,19 @@ class FaceDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, cfg, split: str, styles: list[str], train: bool | None = None, check: bool = True,
-                 log: logging.Logger | None = None, cache: bool = False, progress: bool = True):
+                 log: logging.Logger | None = None, cache: bool = False, progress: bool = True,
+                 prepared: bool = False):
         self.cfg, self.split = cfg, split
         self.train = split == "train" if train is None else bool(train)
         self.styles = list(styles)
         self._style_index = {s: i for i, s in enumerate(self.styles)}
         self.log = log or _log
         self.report = None
-        if check:
+        self.stores = None
+        root = store_root(cfg) if prepared else None
+        if root is not None:
+            self._open_stores(root, progress)
+        elif check:
             self.report = check_split(cfg, split, self.log, progress=progress)
             self.refs = self.report["refs"]
         else:
@@ -55,6 +65,25 @@ class FaceDataset(torch.utils.data.Dataset):
         self.hop = self.framing.samples_per_frame
         self.max_frames = int(cfg.DATA.max_frames or 0)
         self.n_shape = int(cfg.FLAME.n_shape)
+
+    def _open_stores(self, root: str, progress: bool):
+        """Validate the split from its prepared stores (one per dataset), preparing them first."""
+        stores = {}
+
+        def outcomes(name, refs):
+            stores[name] = prepare(self.cfg, name, self.split, refs, root, self.log, progress)
+            return [stores[name].outcome(r) for r in refs]
+
+        self.report = check_split(self.cfg, self.split, self.log, progress=progress, outcomes=outcomes)
+        for name, store in stores.items():
+            write_report(store, self.report["datasets"][name])
+        self.refs = self.report["refs"]
+        names = list(stores)
+        self.stores = [stores[n] for n in names]
+        # per sample: store, row, first audio sample, first motion frame, frames
+        self._slots = np.array([(names.index(r.dataset), *stores[r.dataset].slots(r),
+                                 stores[r.dataset].outcome(r)["n_frames"]) for r in self.refs],
+                               dtype=np.int64).reshape(-1, 5)
 
     def __len__(self):
         return len(self.refs)
@@ -77,20 +106,20 @@ class FaceDataset(torch.utils.data.Dataset):
     def __getitem__(self, key) -> dict:
         i, seed = key if isinstance(key, tuple) else (key, None)
         ref = self.refs[i]
-        item = self._load(i)
-        audio, motion = item["audio"], item["motion"]
-        t = motion.shape[0]
-        if self.train and self.max_frames > 0 and t > self.max_frames:
-            starts = t - self.max_frames + 1
-            if seed is None:  # indexed directly: torch's global RNG
-                s = int(torch.randint(0, starts, (1,)).item())
-            else:
-                s = int(np.random.default_rng(seed).integers(starts))
-            t = self.max_frames
-            motion = motion[s:s + t]
-            audio = audio[s * self.hop:(s + t) * self.hop]
-        shape = fit_shape(item["shape"], self.n_shape)
-        detail = item["detail"] if item["detail"] is not None else np.zeros(DETAIL_DIM, np.float32)
+        if self.stores is None:
+            item = self._load(i)
+            s, t = self._window(item["motion"].shape[0], seed)
+            audio, motion = item["audio"][s * self.hop:(s + t) * self.hop], item["motion"][s:s + t]
+            shape = fit_shape(item["shape"], self.n_shape)
+            detail = item["detail"] if item["detail"] is not None else np.zeros(DETAIL_DIM, np.float32)
+        else:
+            store, row, a0, m0, frames = (int(x) for x in self._slots[i])
+            s, t = self._window(frames, seed)
+            arrays = self.stores[store].arrays
+            # copies of the window alone: the maps stay read-only and untouched outside it
+            audio = np.array(arrays["audio"][a0 + s * self.hop:a0 + (s + t) * self.hop])
+            motion = np.array(arrays["motion"][m0 + s:m0 + s + t])
+            shape, detail = np.array(arrays["shape"][row]), np.array(arrays["detail"][row])
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(audio)),
             "motion": torch.from_numpy(np.ascontiguousarray(motion)),
@@ -104,6 +133,17 @@ class FaceDataset(torch.utils.data.Dataset):
             "speaker": ref.speaker,
             "native_fps": ref.fps,
         }
+
+
+    def _window(self, frames: int, seed) -> tuple[int, int]:
+        """(first frame, frames) of the item: the whole sample, or in training a random crop of
+        DATA.max_frames, drawn from ``seed`` or, when indexed without one, torch's global RNG."""
+        if not (self.train and self.max_frames > 0 and frames > self.max_frames):
+            return 0, frames
+        starts = frames - self.max_frames + 1
+        if seed is None:
+            return int(torch.randint(0, starts, (1,)).item()), self.max_frames
+        return int(np.random.default_rng(seed).integers(starts)), self.max_frames
 
 
 def crop_seed(seed: int, epoch: int, index: int) -> int:

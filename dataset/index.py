@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections import Counter
 
 from dataset.data_item import SampleRef
@@ -26,6 +27,8 @@ from utils.names import folder_name_problem, shown_name
 SPLITS = ("train", "val", "test")
 AUDIO_KEYS = ("audio_path", "audio")
 FLAME_KEYS = ("flame_coeff_save_path", "flame_path", "flame_coeff_path", "motion_feature_path")
+RECENT_SECONDS = 2.0
+_PARSED: dict = {}  # (path, size, mtime, dataset, format, fps, data root) -> (refs, problems)
 
 
 def _first_key(entry: dict, keys) -> str | None:
@@ -139,10 +142,32 @@ def read_index(json_path: str, dataset_name: str, ds_cfg, cfg, problems: list | 
     A file that is missing, not JSON or not an object raises DataError naming the file. An entry
     with a problem raises DataError naming the file and the sample id, or, if ``problems`` is a list,
     is appended to it as a message and skipped.
+
+    A file is parsed once per process while its size and mtime stay the same (start-up reads each
+    split's JSONs several times: validation, split overlaps, style classes).
     """
     json_path = _resolve_once(cfg, json_path)
     if not os.path.isfile(json_path):
         raise DataError(f"JSON index not found: {json_path} (dataset {dataset_name})")
+    st = os.stat(json_path)
+    key = (json_path, st.st_size, st.st_mtime_ns, dataset_name, ds_cfg.format, ds_cfg.fps, str(cfg.DATA.data_root))
+    parsed = _PARSED.get(key) or _parse_index(json_path, dataset_name, ds_cfg, cfg)
+    # a file changed just now may change again within the timestamps' granularity: parse it again then
+    if time.time() - st.st_mtime_ns / 1e9 >= RECENT_SECONDS:
+        if len(_PARSED) >= 64:
+            _PARSED.clear()
+        _PARSED[key] = parsed
+    refs, found = parsed
+    if found and problems is None:
+        raise DataError(found[0])
+    if problems is not None:
+        problems += found
+    return list(refs)
+
+
+def _parse_index(json_path: str, dataset_name: str, ds_cfg, cfg) -> tuple[list[SampleRef], list[str]]:
+    """read_index of one file: (good SampleRefs, problem messages); file-level problems raise."""
+    problems = []
     dup_keys = []
 
     def pairs_hook(pairs):
@@ -161,20 +186,15 @@ def read_index(json_path: str, dataset_name: str, ds_cfg, cfg, problems: list | 
                         f"by sample id ({{\"<sample_id>\": {{\"audio_path\": ..., ...}}, ...}})")
     refs = []
     for sid in sorted(set(dup_keys[-1])):  # the top-level object is the last one parsed
-        msg = f"{json_path}: sample '{sid}': sample id appears more than once in the file"
-        if problems is None:
-            raise DataError(msg)
-        problems.append(msg)
+        problems.append(f"{json_path}: sample '{sid}': sample id appears more than once in the file")
     for sid, entry in index.items():
         if sid in dup_keys[-1]:
             continue
         try:
             refs.append(_parse_entry(sid, entry, json_path, dataset_name, ds_cfg, cfg))
         except DataError as e:
-            if problems is None:
-                raise
             problems.append(str(e))
-    return refs
+    return refs, problems
 
 
 def split_jsons(ds_cfg, split: str) -> list[str]:

@@ -52,8 +52,24 @@ def split_overlaps(cfg, name: str, split: str, refs: list[SampleRef]) -> dict:
     return out
 
 
+def decode_outcomes(cfg, refs: list[SampleRef], progress: bool = True, desc: str = "") -> list:
+    """Load every sample: its item (dict with n_frames and notes) or the DataError it raised, in order."""
+    framing = framing_from_config(cfg)
+
+    def load(ref):
+        try:
+            return load_item(ref, framing, cfg.DATA.max_av_diff)
+        except DataError as e:
+            return e
+
+    # Reading and resampling release the GIL for most of the time: a few threads help.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        return list(tqdm(pool.map(load, refs), total=len(refs), disable=not progress or not refs,
+                         desc=f"checking {desc}", leave=False))
+
+
 def check_split(cfg, split: str, log: logging.Logger | None = None, raise_errors: bool | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, outcomes=None) -> dict:
     """Load every sample of ``split`` once and report per dataset.
 
     Returns ``{"split", "datasets": {name: {"format", "entries", "left_out", "samples", "seconds",
@@ -70,6 +86,8 @@ def check_split(cfg, split: str, log: logging.Logger | None = None, raise_errors
 
     ``raise_errors`` (default: ``DATA.bad_samples == "error"``): raise one DataError listing every
     problem. Otherwise the problems are logged and the bad samples are left out of ``refs``.
+    ``outcomes(name, refs)`` gives what loading each sample of a dataset found (as
+    ``decode_outcomes``, the default, by decoding them; the prepared-data store from its records).
     """
     log = log or _log
     if raise_errors is None:
@@ -84,16 +102,10 @@ def check_split(cfg, split: str, log: logging.Logger | None = None, raise_errors
         problems, left_out = [], []
         refs = dataset_refs(cfg, name, split, problems, left_out)
 
-        def load(ref):
-            try:
-                return load_item(ref, framing, d.max_av_diff)
-            except DataError as e:
-                return e
-
-        # Reading and resampling release the GIL for most of the time: a few threads help.
-        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-            results = list(tqdm(pool.map(load, refs), total=len(refs), disable=not progress or not refs,
-                                desc=f"checking {split}/{name}", leave=False))
+        if outcomes is None:
+            results = decode_outcomes(cfg, refs, progress, f"{split}/{name}")
+        else:
+            results = outcomes(name, refs)
         good, warnings, seconds = [], [], 0.0
         for ref, item in zip(refs, results):
             if isinstance(item, DataError):

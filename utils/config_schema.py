@@ -37,6 +37,7 @@ DEFAULTS = {
         "bad_samples": "error",  # "error": fail at start-up validation; "skip": drop them with a report
         "max_av_diff": 0.5,      # seconds of audio/motion length mismatch reported before trimming
         "num_workers": "auto",   # loader processes per loader; auto: 0 on CPU, else a share of the cores (main/train.py)
+        "store_root": None,      # prepared-data store folder; null: <data_root>/.prepared; off: read the source files
     },
     "MODEL": {
         "audio_encoder_repo": "facebook/wav2vec2-base-960h",
@@ -125,6 +126,8 @@ _OPTIONAL_TYPES = {
     "FLAME.lip_indices": (_is_str, "a path to a .npy/.txt file of vertex ids"),
     "FLAME.upper_face_indices": (_is_str, "a path to a .npy/.txt file of vertex ids"),
     "INFER.checkpoint": (_is_str, "a checkpoint path"),
+    "DATA.store_root": (lambda v: v is False or _is_str(v),
+                        "a folder path for the prepared-data store, or off (read the source files)"),
     "TRAIN.teacher_forcing": (lambda v: isinstance(v, bool), "true or false"),
     "INFER.condition_style": (_is_str, "a trained style (speaker id) as a string"),
 }
