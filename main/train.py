@@ -26,7 +26,7 @@ from models.flame import load_flame_for  # noqa: E402
 from main.train_eval_loop import Trainer  # noqa: E402
 from utils.config import load_config, save_config  # noqa: E402
 from utils.framing import framing_from_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
+from utils.errors import UserError, run_reporting_user_errors  # noqa: E402
 from utils.runtime import pick_device, seed_everything, setup_logger  # noqa: E402
 from utils.scalar_log import ScalarLog  # noqa: E402
 
@@ -173,10 +173,45 @@ def main(argv=None):
         dist.destroy_process_group()
 
 
+class PeerLost(UserError):
+    """Another process of a multi-process (torchrun) job died; the message says how to resume."""
+
+
+# how gloo and NCCL say that the other end of a collective is gone
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe", "remote worker",
+              "socket timeout", "timed out")
+
+
+def lost_a_peer(e: BaseException) -> bool:
+    """True for the error a collective raises when another rank of the job stopped: a
+    DistBackendError (NCCL, torch >= 2.1), or gloo's RuntimeError about the closed connection."""
+    backend_error = getattr(dist, "DistBackendError", ())
+    return isinstance(e, backend_error) or (isinstance(e, RuntimeError)
+                                            and any(k in str(e).lower() for k in _PEER_GONE))
+
+
+def main_or_peer_lost(argv=None):
+    """main(), with a collective failing because another rank died turned into one line that says so
+    and how to continue, instead of this rank's gloo/NCCL traceback (the dead rank's own output, above
+    torchrun's summary, says why it died)."""
+    try:
+        return main(argv)
+    except RuntimeError as e:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        if world_size < 2 or not lost_a_peer(e):
+            raise
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerLost(f"rank {os.environ.get('RANK', '?')} of {world_size}: another process of this job "
+                       f"stopped, or cannot be reached ({first_line[:160]}); its own lines above say why. Epochs up to the last "
+                       f"saved one are kept in TRAIN.save_path/last.pth: run the same torchrun command "
+                       f"with TRAIN.resume=true to continue") from None
+
+
 def cli(argv=None):
     """main() with a user's mistakes (config, data, FLAME, wav2vec2 or checkpoint files, a full disk)
-    reported as one message and exit 1; SIGINT/SIGTERM as the line saying how to resume, exit 130/143."""
-    run_reporting_user_errors("train", main, argv, logger=logging.getLogger("train"))
+    reported as one message and exit 1; SIGINT/SIGTERM as the line saying how to resume, exit 130/143;
+    another rank's death as the line saying how to resume, exit 1."""
+    run_reporting_user_errors("train", main_or_peer_lost, argv, logger=logging.getLogger("train"))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Training: the demo config end to end, exact resume, and a 2-process DDP run through torchrun."""
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -65,11 +67,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _torchrun_cmd(demo_root, run, *extra, launcher=()):
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(_free_port()), *launcher, "train.py", *_args(demo_root, run, *extra)]
+
+
 def _torchrun(demo_root, run, *extra):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "train.py", *_args(demo_root, run, *extra)]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
+    res = subprocess.run(_torchrun_cmd(demo_root, run, *extra), cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, env=TORCHRUN_ENV)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
 
 
@@ -88,3 +96,49 @@ def test_torchrun_two_processes_gloo_resume_is_exact(demo_root, tmp_path):
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
     assert a["model"]["output_map.weight"].abs().sum() > 0
+
+
+def _pid_of_rank(rank: int, marker: str):
+    """pid of the torchrun worker with RANK=rank whose command line holds marker, else None."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if marker.encode() not in f.read():
+                    continue
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"RANK={rank}".encode() in f.read().split(b"\0"):
+                    return int(pid)
+        except OSError:
+            continue
+    return None
+
+
+def test_torchrun_rank_death_ends_in_a_resume_hint_not_a_gloo_traceback(demo_root, tmp_path):
+    run = tmp_path / "run"
+    # the launcher looks at its workers every 20 s only, so the survivor meets the closed connection
+    # before torchrun would stop it with SIGTERM (whose own line also says how to resume)
+    cmd = _torchrun_cmd(demo_root, run, "TRAIN.epochs=1000", launcher=("--monitor-interval", "20"))
+    proc = subprocess.Popen(cmd, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=TORCHRUN_ENV)
+    try:
+        deadline = time.time() + 300
+        while not ((run / "last.pth").exists() and "epoch 2/" in _read(run / "train.log")):
+            assert proc.poll() is None and time.time() < deadline, "training did not get to epoch 2"
+            time.sleep(0.2)
+        victim = _pid_of_rank(1, str(run))
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    survivor = [line for line in out.splitlines() if line.startswith("[rank0]")]
+    assert not any("Traceback" in line for line in survivor), out[-3000:]
+    assert "rank 0 of 2: another process of this job stopped, or cannot be reached" in out, out[-3000:]
+    assert "TRAIN.resume=true" in _read(run / "train.log")
+    assert torch.load(run / "last.pth", map_location="cpu", weights_only=True)["epoch"] >= 1
+
+
+def _read(path) -> str:
+    return path.read_text() if path.exists() else ""
