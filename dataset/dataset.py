@@ -115,11 +115,9 @@ class FaceDataset(torch.utils.data.Dataset):
         else:
             store, row, a0, m0, frames = (int(x) for x in self._slots[i])
             s, t = self._window(frames, seed)
-            arrays = self.stores[store].arrays
-            # copies of the window alone: the maps stay read-only and untouched outside it
-            audio = np.array(arrays["audio"][a0 + s * self.hop:a0 + (s + t) * self.hop])
-            motion = np.array(arrays["motion"][m0 + s:m0 + s + t])
-            shape, detail = np.array(arrays["shape"][row]), np.array(arrays["detail"][row])
+            read = self.stores[store].read  # the window alone
+            audio, motion = read("audio", a0 + s * self.hop, t * self.hop), read("motion", m0 + s, t)
+            shape, detail = read("shape", row, 1)[0], read("detail", row, 1)[0]
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(audio)),
             "motion": torch.from_numpy(np.ascontiguousarray(motion)),

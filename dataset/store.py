@@ -1,7 +1,7 @@
 """The prepared-data store: every sample of a dataset's split decoded once, as ``load_item`` gives it
-(normalised 16 kHz mono audio, 25 fps motion, shape, detail), into flat float32 files that the loader
-maps into memory, so that a training crop reads only its window and start-up validation does not
-decode the samples again.
+(normalised 16 kHz mono audio, 25 fps motion, shape, detail), into flat float32 files from which the
+loader reads a training crop's window alone, and from whose records start-up validation runs without
+decoding the samples again.
 
 One store per dataset and split, in ``<root>/<dataset>/<split>-<hash>/`` (the hash names what the
 decoded arrays depend on in the config: sample rate, frame rate, FLAME.n_shape, DATA.max_av_diff):
@@ -188,36 +188,57 @@ def _ordered_map(fn, items, workers: int):
 
 
 class SplitStore:
-    """One dataset's split as prepared: ``outcome(ref)`` and ``item(ref)`` for each of its samples."""
+    """One dataset's split as prepared: ``outcome(ref)``, ``slots(ref)`` and ``read`` for its samples.
 
-    def __init__(self, folder: str, index: dict, keys: dict):
+    Windows are read with ``preadv`` into fresh arrays rather than through a memory map: a map keeps
+    every page it touched (and the pages around them) in the process's resident memory, which would
+    grow with the number of samples read; a read costs only its window."""
+
+    def __init__(self, folder: str, index: dict, records: dict):
         self.folder = folder
         self.files = {k: os.path.join(folder, index["files"][k]) for k in ARRAYS}
-        self.shapes = index["shapes"]
-        self.arrays = index["arrays"]
-        self._row = keys  # (json_path, sample_id) -> record
-        self.n_shape = int(self.shapes["shape"][1])
+        self.shapes = {k: tuple(int(n) for n in index["shapes"][k]) for k in ARRAYS}
+        self._records = records  # (json_path, sample_id) -> record
+        self._open()
 
-    def __getstate__(self):  # a spawned loader process maps the files itself
-        state = dict(self.__dict__)
-        state["arrays"] = None
-        return state
+    def _open(self):
+        # opened now: a later preparation by another run replaces the files, never these inodes
+        self._fds = {k: os.open(self.files[k], os.O_RDONLY) for k in ARRAYS}
+
+    def __getstate__(self):  # a spawned loader process opens the files itself
+        return {k: v for k, v in self.__dict__.items() if k != "_fds"}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self.arrays = {k: _map(self.files[k], self.shapes[k]) for k in ARRAYS}
+        self._open()
+
+    def __del__(self):
+        for fd in getattr(self, "_fds", {}).values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def outcome(self, ref: SampleRef):
         """What validating the sample found: dict(n_frames, notes) or the DataError it raised."""
-        rec = self._row[(ref.json_path, ref.sample_id)]
+        rec = self._records[(ref.json_path, ref.sample_id)]
         if "error" in rec:
             return DataError(rec["error"])
         return {"n_frames": rec["frames"][1], "notes": rec["notes"]}
 
     def slots(self, ref: SampleRef) -> tuple[int, int, int]:
         """(row, first audio sample, first motion frame) of a good sample; its length is outcome's."""
-        rec = self._row[(ref.json_path, ref.sample_id)]
+        rec = self._records[(ref.json_path, ref.sample_id)]
         return rec["row"], rec["audio"][0], rec["frames"][0]
+
+    def read(self, name: str, first: int, rows: int) -> np.ndarray:
+        """Rows ``first`` .. ``first + rows`` of array ``name`` -> (rows, ...) float32, e.g. audio (N,),
+        motion (T, 51), shape (1, S), detail (1, 128)."""
+        tail = self.shapes[name][1:]
+        out = np.empty((rows, *tail), np.float32)
+        got = os.preadv(self._fds[name], [out], first * int(np.prod(tail, dtype=np.int64)) * 4)
+        if got != out.nbytes:
+            raise DataError(f"prepared-data store {self.files[name]} is shorter than its index says (changed while "
+                            f"this run used it?); run again, or delete {self.folder} to prepare it afresh")
+        return out
 
 
 def prepare(cfg, name: str, split: str, refs: list[SampleRef], root: str, log: logging.Logger | None = None,
@@ -235,17 +256,19 @@ def prepare(cfg, name: str, split: str, refs: list[SampleRef], root: str, log: l
         todo = [r for r, (k, _) in zip(refs, keyed) if k not in old_recs]
         same_rows = old is not None and [k for k, _ in keyed] == [rec["key"] for rec in old["records"]] \
             and all(racy == bool(rec.get("racy")) for (_, racy), rec in zip(keyed, old["records"]))
+        index = old
         if not same_rows or todo:
             if todo:
                 log.info("preparing %d of %d %s/%s sample(s) into %s", len(todo), len(refs), name, split, folder)
-            old = _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, f"{split}/{name}")
-        keys = {(r.json_path, r.sample_id): rec for r, rec in zip(refs, old["records"])}
-        return SplitStore(folder, old, keys)
+            index = _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, f"{split}/{name}")
+        records = {(r.json_path, r.sample_id): rec for r, rec in zip(refs, index["records"])}
+        return SplitStore(folder, index, records)
 
 
 def _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, desc) -> dict:
-    """Write the arrays of ``refs`` in order (decoding ``todo``, copying the rest from ``old``) under a
-    new generation name, then the index; remove the previous generation's files. Returns the new index."""
+    """Write the arrays of ``refs`` in order (decoding ``todo``, copying the rest from ``old``'s maps)
+    under a new generation name, then the index; remove the previous generation's files. Returns the
+    new index (without maps)."""
     n_shape = int(cfg.FLAME.n_shape)
     todo_ids = {id(r) for r in todo}
 
@@ -307,7 +330,6 @@ def _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, des
         if f.endswith(".f32") and not f.startswith(gen):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, f))
-    index["arrays"] = {k: _map(os.path.join(folder, files[k]), shapes[k]) for k in ARRAYS}
     return index
 
 

@@ -29,6 +29,9 @@ Sections (each prints a table; all results go to one JSON):
 - render: (not in the default set) frames/s of each render backend (the numpy CPU rasteriser, pyrender
           on EGL) at 512x512 on one core and on all, render_sequence end to end with H.264, and the CPU
           rasteriser's silhouette IoU against pyrender (scripts/bench/render.py).
+- loader: (not in the default set) frames/s of the training data loader in one process from the source
+          files and from the prepared-data store on MEAD/VHAP-shaped files, start-up of a 20,000-sample
+          index on the first and the second run, loader memory vs samples (scripts/bench/loader.py).
 - train_modes: (not in the default set) every TRAIN.mode trained with the demo config on the held-out
           real-speech set (``--mode_data speech``, the default; or ``demo`` or a built folder), same
           epochs, seeds 0 and 1: teacher-forced and generated validation loss, LVE of generated test
@@ -55,8 +58,9 @@ import torch  # noqa: E402
 
 from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import FLAME  # noqa: E402
-from models.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
+from scripts.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
 from scripts.bench.common import ROOT, model_config, table  # noqa: E402
+from scripts.bench.loader import bench_loader, print_loader  # noqa: E402
 from scripts.bench.render import bench_render, print_render  # noqa: E402
 from scripts.bench.speed import bench_amp, bench_decode, bench_infer, bench_memory, bench_train  # noqa: E402
 from scripts.bench.startup import bench_startup  # noqa: E402
@@ -164,6 +168,9 @@ def main(argv=None):
                   f"inference.py --audio (2 s, demo config, {r['encoder']} wav2vec2); target: clip <= "
                   f"{r['target_clip_over_torch']:g}x import torch")
             print(table(r["rows"], ["command", "transformers", "median_s", "min_s", "x_import_torch"]))
+        if "loader" in args.only:
+            results["loader"] = bench_loader(tmp, repeat=max(args.repeat, 3))
+            print_loader(results["loader"])
         if "render" in args.only:
             results["render"] = bench_render(tmp, max(args.repeat, 3))
             print_render(results["render"])
@@ -172,7 +179,8 @@ def main(argv=None):
             results["amp"] = r
             print(f"\n[amp] CUDA AMP training smoke test: loss {r['first_loss']:.3e} -> {r['last_loss']:.3e} in "
                   f"{r['steps']} steps, ok={r['ok']}, peak GPU memory {r['peak_gpu_mem_gb']:.2f} GB")
-    section = f"_{args.only[0]}" if args.only in (["train_modes"], ["stream"], ["startup"], ["render"]) else ""
+    section = f"_{args.only[0]}" if args.only in (["train_modes"], ["stream"], ["startup"], ["render"],
+                                                  ["loader"]) else ""
     out = args.json or os.path.join(ROOT, "docs", f"benchmarks{section}_{device.type}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
