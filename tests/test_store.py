@@ -5,6 +5,7 @@ import fcntl
 import json
 import logging
 import os
+import pickle
 import re
 import threading
 import time
@@ -12,10 +13,13 @@ import time
 import numpy as np
 import pytest
 import torch
+import yaml
+from torch.utils.data import DataLoader, SequentialSampler
 
 import dataset.store as store_mod
-from dataset.dataset import FaceDataset, crop_seed
+from dataset.dataset import CropSeeds, FaceDataset, collate, crop_seed
 from dataset.store import store_dir
+from main.prepare_data import main as prepare_main
 from main.train import main as train_main
 from utils.config import ConfigError, load_config
 from utils.errors import DataError
@@ -83,6 +87,37 @@ def test_store_items_equal_raw_and_are_decoded_once(tmp_path, monkeypatch):
     report = json.loads(open(os.path.join(store_dir(cfg, str(tmp_path / "store"), "B", "train"),
                                           "report.json")).read())
     assert report["samples"] == 2 and report["speakers"] == ["b1"]
+
+
+def test_loader_processes_read_the_store(tmp_path):
+    # forked workers share the store's open files; a spawned process (pickled dataset) opens its own
+    cfg = setup(tmp_path, max_frames=16)
+    ds = FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
+    raw = FaceDataset(cfg, "train", STYLES, progress=False)
+    assert_same_items(raw, pickle.loads(pickle.dumps(ds)), [crop_seed(0, 0, 1)])
+
+    def batches(data):
+        loader = DataLoader(data, batch_size=2, sampler=CropSeeds(SequentialSampler(data), seed=1),
+                            collate_fn=collate, num_workers=2, generator=torch.Generator().manual_seed(0))
+        return [(b["sample_id"], b["audio"], b["motion"]) for b in loader]
+
+    for (ids, audio, motion), (ids2, audio2, motion2) in zip(batches(raw), batches(ds), strict=True):
+        assert ids == ids2 and torch.equal(audio, audio2) and torch.equal(motion, motion2)
+
+
+def test_prepare_data_command(tmp_path, capsys):
+    cfg_path = tmp_path / "cfg.yaml"
+    datasets, _ = two_dataset_root(tmp_path / "data")
+    age(tmp_path / "data")
+    cfg_path.write_text(yaml.safe_dump({"DATA": {"data_root": str(tmp_path / "data"), "datasets": datasets}}))
+    prepare_main(["--config", str(cfg_path), "--quiet", "--splits", "train", "test"])
+    out = capsys.readouterr().out
+    assert "train/A: 3 sample(s)" in out and "test/B: 1 sample(s)" in out
+    cfg = load_config(str(cfg_path))
+    folder = store_dir(cfg, str(tmp_path / "data" / ".prepared"), "B", "test")  # the default place
+    assert json.loads(open(os.path.join(folder, "report.json")).read())["speakers"] == ["b9"]
+    with pytest.raises(ConfigError, match="DATA.store_root is off"):
+        prepare_main(["--config", str(cfg_path), "DATA.store_root=off"])
 
 
 def test_changed_and_added_files_are_prepared_again(tmp_path, monkeypatch):
