@@ -1,4 +1,4 @@
-"""Checkpoints are data, not code (DESIGN.md 6): atomic save, safe and validated load.
+"""Checkpoints are data, not code: atomic save, safe and validated load.
 
 Format: a dict saved by ``torch.save`` that holds only tensors and plain Python values (dict, list,
 tuple, str, int, float, bool, None), so ``torch.load(weights_only=True)`` reads it with torch's
@@ -27,7 +27,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 
 if __name__ == "__main__":  # `python main/checkpoint.py convert ...`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from utils.errors import CheckpointError  # noqa: E402
-from utils.fileperm import give_umask_mode  # noqa: E402
+from utils.atomic import atomic_write, tmp_sibling  # noqa: E402
 
 CONVERT_HINT = "python main/checkpoint.py convert {path}"
 
@@ -46,27 +45,18 @@ CONVERT_HINT = "python main/checkpoint.py convert {path}"
 # ----------------------------------------------------------------------------------------------
 
 def save_checkpoint(state: dict, path: str):
-    """torch.save to a temporary file beside ``path``, then rename: a kill or a full disk never leaves
-    a torn checkpoint, and the previous one stays intact until the new one is whole. The file gets the
-    user's umask (mkstemp alone would make it 0600). A failed write -> CheckpointError naming the file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
+    """torch.save through a temporary file beside ``path`` and a rename (utils/atomic.py): a kill or a
+    full disk never leaves a torn checkpoint, and the previous one stays intact until the new one is
+    whole. The file gets the user's umask. A failed write -> CheckpointError naming the file."""
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{os.path.basename(path)}-", dir=folder)
-        os.close(fd)
-        torch.save(state, tmp)
-        give_umask_mode(tmp)
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write(path, lambda tmp: torch.save(state, tmp), umask_mode=True)
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {path}: {e.strerror or e} (the previous checkpoint, "
                               f"if any, is unchanged)") from None
     except RuntimeError as e:  # torch.save reports a failed write of its zip archive as RuntimeError
         raise CheckpointError(f"cannot write checkpoint {path}: {str(e).splitlines()[0]} (disk full?); the "
                               f"previous checkpoint, if any, is unchanged") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def plain_values(config: dict) -> dict:
@@ -227,21 +217,20 @@ def convert_old_checkpoint(src: str, dst: str | None = None, also=None) -> str:
     ckpt.pop("rng", None)  # training reseeds every epoch now: the old RNG state is not needed
     _check_layout(ckpt, src, "checkpoint")
     dst = dst or src
-    tmp = os.path.join(os.path.dirname(os.path.abspath(dst)), f".tmp-convert-{os.getpid()}-{os.path.basename(dst)}")
-    try:
-        save_checkpoint(ckpt, tmp)
-        load_checkpoint(tmp)  # proves the result loads with the default allow-list
+    tmp = tmp_sibling(dst)
+
+    def write(path):
+        save_checkpoint(ckpt, path)
+        load_checkpoint(path)  # proves the result loads with the default allow-list
         if also is not None:
-            also(tmp)
-        os.replace(tmp, dst)
+            also(path)
+    try:
+        atomic_write(dst, write)
     except CheckpointError as e:  # name the user's file, not the temporary one
         raise CheckpointError(str(e).replace(tmp, src) + ("" if "nothing was written" in str(e)
                                                           else "; nothing was written")) from None
     except OSError as e:
         raise CheckpointError(f"cannot write checkpoint {dst}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return dst
 
 
@@ -262,30 +251,8 @@ def _first_line(e: Exception, path: str | None = None) -> str:
     return text[:160]
 
 
-def main(argv=None):
-    import argparse
-
-    from utils.errors import run_reporting_user_errors
-
-    p = argparse.ArgumentParser(description="Checkpoint tools.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="rewrite an older checkpoint in the current format: without the numpy "
-                                       "RNG state, with the wav2vec2 config (inference then needs no transformers)")
-    c.add_argument("src")
-    c.add_argument("dst", nargs="?", help="output path (default: replace SRC)")
-    c.add_argument("--config", default=None, help="YAML config for checkpoints without a saved config (default: "
-                                                  "the built-in defaults, i.e. wav2vec2-base)")
-
-    def run(args):
-        # the entry point orchestrates: recording the encoder config needs the model (main/model_io.py)
-        from main.model_io import record_encoder_config
-        from utils.config import load_config
-
-        cfg, added = load_config(args.config), []
-        path = convert_old_checkpoint(args.src, args.dst, also=lambda p: added.append(record_encoder_config(p, cfg)))
-        print(f"wrote {path}" + (" (with the wav2vec2 config)" if added[0] else ""))
-    run_reporting_user_errors("checkpoint", lambda a: run(p.parse_args(a)), argv)
-
-
 if __name__ == "__main__":
-    main()
+    # The command line needs the model (recording the encoder config builds it): it lives with the
+    # model loader, which imports this module, not the other way round.
+    from main.model_io import convert_main
+    convert_main()

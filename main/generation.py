@@ -1,120 +1,20 @@
-"""Generation for inference: speech file -> normalised audio, a batch of clips -> motion at the model's
-fps, output-fps resampling, and a sample's coefficient arrays (used by main/inference.py, main/stream.py,
-scripts/mean_baseline.py and scripts/benchmark.py)."""
+"""Offline generation: a batch of clips -> motion at the model's fps, one long clip decoded in the
+background while its frames are written, output-fps resampling, a result's vertices and coefficient
+arrays. (Streaming generation is main/stream.py's Streamer.)"""
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from dataset.audio import load_audio, normalize_audio
 from dataset.flame_params import resample_motion
-from main.model_io import AudioError, attention_window, window_frames
-from utils.errors import DataError
-from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
-
-# Raw RMS below this (-80 dBFS) counts as silence. normalize_audio maps a raw RMS s to
-# s / sqrt(s^2 + 1e-7), so in normalised audio the same threshold is a std of about 0.3.
-SILENT_RMS = 1e-4
-SILENT_NORMALISED_STD = 0.3
-
-# Input that will not animate well, warned about (not refused: it may be what the user means):
-# a share of samples at full scale above CLIPPED_SHARE is heavily clipped (distorted, often a gain set
-# too high); an average power spectrum as flat as noise (spectral flatness above NOISE_FLATNESS; white
-# noise is near 1, speech well below 0.1, its energy sits in harmonics and formants) is not speech.
-FULL_SCALE = 0.99
-CLIPPED_SHARE = 0.01
-NOISE_FLATNESS = 0.5
-
-log = logging.getLogger("inference")
-
-
-class AudioCheck:
-    """Running statistics of raw audio (as read or as it streams in; memory does not grow): RMS, the
-    share of clipped samples and the average power spectrum. ``warnings()``: what offline and streaming
-    mode warn about, one rule for both."""
-
-    FRAME = 512
-
-    def __init__(self):
-        self.n, self.sum_sq, self.clipped = 0, 0.0, 0
-        self.power, self.frames = np.zeros(self.FRAME // 2 + 1), 0
-        self._rest = np.zeros(0, np.float32)
-        self._window = np.hanning(self.FRAME)
-
-    def add(self, x: np.ndarray):
-        x = np.asarray(x, dtype=np.float32).reshape(-1)
-        self.n += x.size
-        self.sum_sq += float(np.square(x, dtype=np.float64).sum())
-        self.clipped += int(np.count_nonzero(np.abs(x) >= FULL_SCALE))
-        x = np.concatenate([self._rest, x])
-        k = x.size // self.FRAME
-        if k:
-            frames = x[:k * self.FRAME].reshape(k, self.FRAME) * self._window
-            self.power += (np.abs(np.fft.rfft(frames, axis=1)) ** 2).sum(0)
-            self.frames += k
-        self._rest = x[k * self.FRAME:]
-
-    @property
-    def rms(self) -> float:
-        return float(np.sqrt(self.sum_sq / max(self.n, 1)))
-
-    def warnings(self) -> list[str]:
-        """Each as the end of a sentence about the input ("... is silent (...)")."""
-        if self.n == 0:
-            return []
-        if self.rms < SILENT_RMS:
-            return [f"is silent (RMS {self.rms:.2g} < {SILENT_RMS:.0e}): the face will barely move"]
-        out = []
-        share = self.clipped / self.n
-        if share > CLIPPED_SHARE:
-            out.append(f"is heavily clipped ({100 * share:.1f}% of samples at full scale): distorted speech "
-                       f"animates poorly; lower the input gain")
-        if self.frames >= 8:
-            p = self.power[1:] + 1e-20  # without DC
-            flatness = float(np.exp(np.mean(np.log(p))) / np.mean(p))
-            if flatness > NOISE_FLATNESS:
-                out.append(f"sounds like noise, not speech (spectral flatness {flatness:.2f} > {NOISE_FLATNESS}; "
-                           f"speech is below 0.1): check the input device and format")
-        return out
-
-
-def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logger | None = None,
-                fps: float = DEFAULT_FPS, normalise: bool = True) -> np.ndarray:
-    """Audio file of any rate / channel count -> (N,) float32 mono at ``sr``, normalised (raw with
-    ``normalise=False``: streaming normalises as the audio arrives).
-
-    Defined behaviour for bad input: missing, empty (0 bytes or 0 samples), corrupt, truncated, or
-    shorter than one motion frame at ``fps`` (40 ms at 25 fps) -> AudioError naming the file (and
-    its duration); all-silent audio works (normalisation gives zeros, not NaN) with a warning.
-    """
-    logger = logger or log
-    if not os.path.isfile(path):
-        raise AudioError(f"audio file not found: {path}")
-    if os.path.getsize(path) == 0:
-        raise AudioError(f"audio file {path} is empty (0 bytes); expected a wav/flac/ogg/mp3 with speech")
-    try:
-        raw = load_audio(path, sr)
-    except DataError as e:
-        raise AudioError(str(e)) from None
-    seconds = raw.shape[0] / sr
-    if seconds < 1.0 / fps:
-        raise AudioError(f"audio file {path} is {seconds * 1000:.1f} ms long; expected at least "
-                         f"{1000 / fps:.0f} ms (one motion frame at {fps} fps)")
-    check = AudioCheck()
-    check.add(raw)
-    for warning in check.warnings():
-        logger.warning("audio file %s %s", path, warning)
-    rms = check.rms
-    if not normalise:
-        return raw.astype(np.float32)
-    audio = normalize_audio(raw)
-    if not np.isfinite(audio).all():  # normalize_audio's eps should make this impossible; never pass NaN on
-        raise AudioError(f"audio file {path}: normalisation produced NaN/inf (RMS {rms:.3g})")
-    return audio
+from main.session import attention_window, window_frames
+from models.flame import motion_to_coeffs287
+from utils.framing import DEFAULT_FPS
 
 @contextlib.contextmanager
 def full_fp32():
@@ -139,8 +39,6 @@ def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_f
     not depend on the padding. Long audio (> INFER.window_seconds) is encoded in overlapping windows.
     ``progress``: a tqdm bar over generated frames (one decoder step = one call of the output map).
     """
-    from tqdm import tqdm
-
     B, n_max = len(audios), max(int(a.shape[0]) for a in audios)
     audio = torch.zeros(B, n_max)
     mask = torch.zeros(B, n_max, dtype=torch.bool)
@@ -187,8 +85,6 @@ class BackgroundDecode:
 
     def __init__(self, model, feats: torch.Tensor, style: int, attention_window: int | None, block: int = 50,
                  progress: bool = False):
-        import threading
-
         self.T = int(feats.shape[1])
         self.motion = np.zeros((self.T, model.motion_dim), np.float32)
         self.done, self.error = 0, None
@@ -200,8 +96,6 @@ class BackgroundDecode:
 
     @torch.no_grad()
     def _run(self, model, feats, style, attention_window, block, progress):
-        from tqdm import tqdm
-
         bar = tqdm(total=self.T, desc="generate", unit="frame", disable=not progress, leave=False)
         try:
             with full_fp32():
@@ -264,7 +158,7 @@ def encode_one(model, audio: torch.Tensor, n_frames: int, cfg, device: torch.dev
 
 def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_FPS) -> np.ndarray:
     """(T,51) at the model's ``model_fps`` (DATA.target_fps, 25 by default) -> (round(T * fps / model_fps), 51)
-    float32, linear rule of DESIGN.md 3."""
+    float32, by the linear rule of dataset/flame_params.py ``resample_motion``."""
     if float(fps) == model_fps:
         return motion25.astype(np.float32)
     return resample_motion(motion25, model_fps, float(fps)).astype(np.float32)
@@ -274,7 +168,6 @@ def sample_arrays(motion: np.ndarray, shape: np.ndarray | None,
                   detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The coefficient-tree arrays of a sample: motion (T,51) and coeffs287 (T,287), float32; the
     287's detail block is ``detail`` (128,) (the sample's EMOCA detail code) or zeros."""
-    from models.flame import motion_to_coeffs287
     return {"motion": motion.astype(np.float32),
             "coeffs287": np.asarray(motion_to_coeffs287(motion, shape=shape, detail=detail),
                                     dtype=np.float32)}
@@ -312,7 +205,6 @@ class VertexFrames:
             self._start = start
             if start + self.chunk < len(self):
                 if self._pool is None:
-                    from concurrent.futures import ThreadPoolExecutor
                     self._pool = ThreadPoolExecutor(1, thread_name_prefix="flame")
                 self._next = (start + self.chunk, self._pool.submit(self._convert, start + self.chunk))
             elif self._pool is not None:  # the last chunk: no thread left behind

@@ -1,15 +1,19 @@
-"""Output planning. Evaluation mode: the test samples -> jobs (output folders, conditioning style,
-output fps), the clash check, what to (re)write and whether it fits, and the per-dataset summary
-table (main/inference.py, scripts/mean_baseline.py). Single-audio and streaming mode: what an output
-folder already holds (``single_out_todo``)."""
+"""Test-split requests: the samples -> jobs (output folders, conditioning style, output fps), the
+clash check, which jobs to (re)make and whether they fit, the log file, and the per-dataset summary
+table (main/pipeline.py, scripts/mean_baseline.py)."""
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
 
+import soundfile as sf
+
 from main import results as RT
-from main.model_io import InferenceError, pick_condition_style
+from main.session import pick_condition_style, style_for
+from utils.disk import check_can_write
+from utils.errors import InferenceError
+from utils.framing import output_fps
 
 log = logging.getLogger("inference")
 
@@ -59,22 +63,20 @@ def plan_jobs(cfg, refs, styles: list[str], logger: logging.Logger | None = None
     fallback = pick_condition_style(cfg, styles)
     jobs, untrained = [], {}
     for ref in refs:
-        if ref.speaker in styles:
-            style = ref.speaker
-        else:
-            style = fallback
+        if ref.speaker not in styles:
             untrained.setdefault(ref.speaker, []).append(ref.sample_id)
-        out_fps = ref.fps if cfg.INFER.output_fps == "native" else float(cfg.INFER.output_fps)
-        jobs.append(Job(ref, *RT.sample_dirs(cfg, ref.dataset, ref.style_id), style, out_fps))
+        jobs.append(Job(ref, *RT.sample_dirs(cfg, ref.dataset, ref.style_id), style_for(cfg, styles, ref.speaker),
+                        output_fps(cfg, ref.fps)))
     for speaker, ids in untrained.items():
         logger.info("speaker '%s' (%d test sample(s)) is not a training style: conditioned on '%s' "
                     "(INFER.condition_style)", speaker, len(ids), fallback)
     return jobs
 
 
-def jobs_to_write(cfg, jobs: list[Job], mode: str, flames: dict, logger: logging.Logger) -> list[Job]:
+def jobs_to_write(cfg, jobs: list[Job], mode: str, flame_of, logger: logging.Logger) -> list[Job]:
     """Clean a crashed run's temporary folders, pick the jobs ``mode`` asks for (select_todo), and check
-    that their results fit: writable folders, free space for the planned frames."""
+    that their results fit: writable folders, free space for the planned frames. ``flame_of(dataset)``:
+the dataset's FLAME model (its vertex count sizes the frames)."""
     dirs = [(j.vert_dir, j.coeff_dir) for j in jobs]
     RT.clean_stale_temps([d for pair in dirs for d in pair], logger)
     todo = [j for j, t in zip(jobs, RT.select_todo(dirs, mode, RERUN_HOW)) if t]
@@ -85,16 +87,16 @@ def jobs_to_write(cfg, jobs: list[Job], mode: str, flames: dict, logger: logging
     vert_root, coeff_root = need
     for j in todo:
         frames = int(round(audio_seconds(j.ref.audio_path) * j.out_fps)) + 1
-        n_vertices = int(flames[j.ref.dataset].v_template.shape[0])
+        n_vertices = int(flame_of(j.ref.dataset).v_template.shape[0])
         need[vert_root] += RT.sample_bytes(frames, n_vertices) - RT.sample_bytes(frames, 0)
         need[coeff_root] += RT.sample_bytes(frames, 0)
-    RT.check_can_write(need, "inference results")
+    check_can_write(need, "inference results")
     return todo
+
 
 def audio_seconds(path: str) -> float:
     """Duration from the file header (cheap); 0 if unreadable (the load reports the real error)."""
     try:
-        import soundfile as sf
         return float(sf.info(path).duration)
     except Exception:
         return 0.0
@@ -115,19 +117,3 @@ def format_summary(rows: list[dict]) -> str:
                      f"{r['wall_s']:>8.1f} {r['rtf']:>7.3f}")
     lines.append("RTF = wall seconds / audio seconds (< 1: faster than real time)")
     return "\n".join(lines)
-
-
-def single_out_todo(out_dir: str, mode: str, files: list[str], logger: logging.Logger | None = None,
-                    can_resume: bool = True) -> bool:
-    """Single-audio / streaming output folder DIR (DIR/vertices + ``files`` in DIR): False when
-    ``--resume`` finds complete results (nothing to do); an InferenceError when ``mode`` is "new" and DIR
-    already holds results; else True."""
-    vert_dir = os.path.join(out_dir, "vertices")
-    if mode == "resume" and can_resume and RT.is_complete(vert_dir, out_dir):
-        (logger or log).info("--resume: %s already holds complete results: nothing to do", out_dir)
-        return False
-    paths = [os.path.join(out_dir, n) for n in [RT.META] + files]
-    if mode == "new" and ((os.path.isdir(vert_dir) and os.listdir(vert_dir)) or any(map(os.path.exists, paths))):
-        raise InferenceError(f"{out_dir} already holds results; rerun with --overwrite to replace them, "
-                             f"--resume to keep them if complete, or choose another --out")
-    return True

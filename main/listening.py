@@ -24,7 +24,8 @@ from dataset.flame_params import fit_shape
 from dataset.index import dataset_refs, split_jsons
 from main.metrics import lve
 from main.generation import generate_motion
-from main.model_io import load_model, pick_condition_style, resolve_checkpoint
+from main.model_io import load_model
+from main.session import resolve_checkpoint, style_for
 from models.flame import load_flame_for
 from models.flame_regions import region_indices
 from utils.framing import framing_from_config
@@ -52,7 +53,6 @@ def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
     path = resolve_checkpoint(cfg, checkpoint)
     model, styles = load_model(path, cfg, dev, log)
     framing = framing_from_config(cfg)
-    fallback = pick_condition_style(cfg, styles)
     lip_idx = np.asarray(region_indices(cfg)[0], dtype=np.int64)
     split = cfg.INFER.split or "test"
     items, flames = [], []
@@ -62,7 +62,7 @@ def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
         flame = load_flame_for(cfg, name)
         for ref in dataset_refs(cfg, name, split, [] if cfg.DATA.bad_samples == "skip" else None):
             item = load_item(ref, framing)
-            item["style"] = styles.index(ref.speaker if ref.speaker in styles else fallback)
+            item["style"] = styles.index(style_for(cfg, styles, ref.speaker))
             item["shape"] = fit_shape(item["shape"], cfg.FLAME.n_shape)
             items.append(item)
             flames.append(flame)

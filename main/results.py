@@ -1,52 +1,67 @@
-"""The results tree (DESIGN.md 6): where a sample's outputs go, how they are written, how they are read.
+"""The results tree: where a result goes, which results a run (re)makes, how one is written and read.
 
-Layout of one sample (evaluation mode; single-audio mode uses ``DIR/vertices/`` and ``DIR``)::
+Layout of one result (evaluation mode; single-audio and streaming mode use ``DIR/vertices/`` and ``DIR``)::
 
     {INFER.output_root}/{exp_name}/{DATASET}/{STYLE_ID}/{i}.npy   (V,3) float32, i = 0..T-1, nothing else
     {INFER.coeff_root}/{exp_name}/{DATASET}/{STYLE_ID}/motion.npy (T,51), coeffs287.npy (T,287), meta.json
 
-Written whole or not at all: the vertex folder and the coefficient folder are filled under temporary
-sibling names (``.tmp-<name>-<pid>``) and renamed into place, vertices first, coefficients (with
-``meta.json``, written last) second. So a sample is complete exactly when its ``meta.json`` exists and
-its vertex folder holds ``meta["n_frames"]`` frames; nothing inside the vertex folder marks it (the
-evaluation reads that folder and nothing else may be in it). A kill or a full disk leaves at most a
-``.tmp-*`` folder, which the next run removes and reports, or a vertex folder without its meta.json,
-which is never taken as complete.
-
-Used by main/inference.py, scripts/mean_baseline.py (writers), main/evaluate.py and main/render.py
-(readers; neither needs the other).
+Written whole or not at all (main/result_writer.py): a result is complete exactly when its
+``meta.json`` is readable and its vertex folder holds ``meta["n_frames"]`` whole frames; nothing
+inside the vertex folder marks it (the evaluation reads that folder and nothing else may be in it).
+A kill or a full disk leaves at most ``.tmp-*`` entries, which the next run removes and reports.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 import shutil
-import tempfile
 
 import numpy as np
 
-from utils.errors import ResultsError
+from utils.atomic import TMP_PREFIX
+from utils.errors import InferenceError, ResultsError
 
 FRAME_FILE = re.compile(r"^(\d+)\.npy$")
-TMP_PREFIX = ".tmp-"
 TMP_NAME = re.compile(r"^\.tmp-(.+)-(\d+)$")
 NPY_HEADER_BYTES = 128
 META = "meta.json"
+ARRAYS = ("motion.npy", "coeffs287.npy")
+SINGLE_FILES = (*ARRAYS, "video.mp4", "stream_stats.json")  # what a single-audio DIR may hold of a result
 
 log = logging.getLogger("results")
 
 
+class ExistingResults(ResultsError, InferenceError):
+    """Results are in the way and neither --overwrite nor --resume was given."""
+
+
 # ----------------------------------------------------------------------------------------------
-# Planning
+# Where results go
 # ----------------------------------------------------------------------------------------------
 
 def sample_dirs(cfg, dataset: str, style_id: str) -> tuple[str, str]:
     """(vertex folder, coefficient folder) of one test sample."""
     return (os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name, dataset, style_id),
             os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name, dataset, style_id))
+
+
+def audio_stem(audio: str) -> str:
+    """The name of a single-audio result (its meta.json's sample_id): the file's stem, ``stdin`` for ``-``."""
+    return "stdin" if audio == "-" else os.path.splitext(os.path.basename(audio))[0]
+
+
+def single_dir(audio: str, out: str | None = None) -> str:
+    """The output folder of single-audio and streaming mode: ``--out``, else results/single/<audio stem>."""
+    return out or os.path.join("results", "single", audio_stem(audio))
+
+
+def build_meta(sample_id, dataset, style_id, speaker, audio_path, fps, n_frames, checkpoint, condition_style) -> dict:
+    """The meta.json of a result (one definition for every mode and the mean baseline)."""
+    return {"sample_id": sample_id, "dataset": dataset, "style_id": style_id, "speaker": speaker,
+            "audio_path": os.path.abspath(audio_path) if audio_path else None, "fps": float(fps),
+            "n_frames": int(n_frames), "checkpoint": checkpoint, "condition_style": condition_style}
 
 
 def check_clashes(owners: list[tuple[str, str]], hint: str):
@@ -62,10 +77,22 @@ def check_clashes(owners: list[tuple[str, str]], hint: str):
                            + "\n  ".join(clashes))
 
 
+# ----------------------------------------------------------------------------------------------
+# Which results a run makes: new / resume / overwrite
+# ----------------------------------------------------------------------------------------------
+
+def results_mode(overwrite: bool, resume: bool) -> str:
+    """--overwrite / --resume (or INFER.overwrite / INFER.resume) -> ``select_todo``'s mode."""
+    if overwrite and resume:
+        raise InferenceError("--overwrite (INFER.overwrite) and --resume (INFER.resume) exclude each other: "
+                             "redo all results, or keep the complete ones")
+    return "overwrite" if overwrite else "resume" if resume else "new"
+
+
 def is_complete(vert_dir: str, meta_dir: str) -> bool:
-    """A sample whose meta.json is readable and whose vertex folder holds its n_frames frames, each a
+    """A result whose meta.json is readable and whose vertex folder holds its n_frames frames, each a
     whole file (the size its .npy header says). An unreadable meta.json or a torn frame (0 bytes,
-    cut short, left by an old writer or a copy) is incomplete: --resume redoes the sample."""
+    cut short, left by an old writer or a copy) is incomplete: --resume redoes the result."""
     try:
         meta = read_meta(meta_dir)
         if meta is None or not os.path.isdir(vert_dir):
@@ -96,30 +123,34 @@ def _exists(path: str) -> bool:
     return os.path.isdir(path) and bool(os.listdir(path)) or os.path.isfile(path)
 
 
-def select_todo(samples: list[tuple[str, str]], mode: str, how: str) -> list[bool]:
-    """Which samples (vert_dir, meta_dir) to (re)generate. mode: ``new`` (any existing result, complete or
-    left incomplete by a killed run, is an error listing them), ``resume`` (keep complete ones), or
-    ``overwrite`` (all). ``how`` names the flags in the error message."""
-    complete = [is_complete(v, m) for v, m in samples]
+def select_todo(samples: list[tuple[str, str]], mode: str, how: str, files: tuple[str, ...] = ()) -> list[bool]:
+    """Which results (vert_dir, meta_dir) to (re)make. mode: ``new`` (any existing result, complete or
+    left incomplete by a killed run, is an ExistingResults error listing them), ``resume`` (keep
+    complete ones) or ``overwrite`` (all). ``files``: more names in meta_dir that belong to a result
+    (single-audio DIR); ``how`` names the ways out in the error message."""
     if mode == "overwrite":
         return [True] * len(samples)
+    complete = [is_complete(v, m) for v, m in samples]
     if mode == "resume":
         return [not c for c in complete]
     done = [v for (v, m), c in zip(samples, complete) if c]
-    torn = [v for (v, m), c in zip(samples, complete) if not c and (_exists(v) or _exists(os.path.join(m, META)))]
+    torn = [v for (v, m), c in zip(samples, complete)
+            if not c and (_exists(v) or any(_exists(os.path.join(m, n)) for n in (META, *files)))]
+    if len(done) + len(torn) == 1 and len(samples) == 1:
+        raise ExistingResults(f"{(done + torn)[0]} already holds results; {how}")
     if done or torn:
-        lines = [f"{v}" for v in done[:10]] + [f"{v} (incomplete: no {META} or frames missing)" for v in torn[:10]]
+        lines = done[:10] + [f"{v} (incomplete: no {META} or frames missing)" for v in torn[:10]]
         more = len(done) + len(torn) - len(lines)
-        raise ResultsError(f"{len(done)} output folder(s) already hold results"
-                           + (f", and {len(torn)} incomplete result(s) of an interrupted run are in the way" if torn else "")
-                           + f"; {how}:\n  " + "\n  ".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
+        raise ExistingResults(f"{len(done)} output folder(s) already hold results"
+                              + (f", and {len(torn)} incomplete result(s) of an interrupted run are in the way"
+                                 if torn else "")
+                              + f"; {how}:\n  " + "\n  ".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
     return [True] * len(samples)
 
 
 def clean_stale_temps(folders: list[str], logger: logging.Logger | None = None) -> list[str]:
     """Remove ``.tmp-*-<pid>`` leftovers of crashed runs beside ``folders`` (a live process's own are kept);
     each removal is logged. Returns the removed paths."""
-    logger = logger or log
     removed = []
     for parent in sorted({os.path.dirname(os.path.abspath(f)) for f in folders}):
         if not os.path.isdir(parent):
@@ -128,12 +159,19 @@ def clean_stale_temps(folders: list[str], logger: logging.Logger | None = None) 
             m = TMP_NAME.match(name)
             if m and not _alive(int(m.group(2))):
                 path = os.path.join(parent, name)
-                shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.remove(path)
+                remove_path(path)
                 removed.append(path)
     if removed:
-        logger.warning("removed %d incomplete temporary result folder(s) left by an interrupted run: %s",
-                       len(removed), ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
+        (logger or log).warning("removed %d incomplete temporary result folder(s) left by an interrupted run: %s",
+                                len(removed), ", ".join(removed[:5]) + (" ..." if len(removed) > 5 else ""))
     return removed
+
+
+def remove_path(path: str):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def _alive(pid: int) -> bool:
@@ -149,299 +187,12 @@ def _alive(pid: int) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# One writer per output folder
-# ----------------------------------------------------------------------------------------------
-
-LOCK_FILE = ".inference.lock"
-
-
-@contextlib.contextmanager
-def output_lock(folders: list[str], how: str = "wait for it to finish or write elsewhere"):
-    """Hold an exclusive lock (fcntl.flock on the empty file ``folder/.inference.lock``) on each output
-    folder for the block, so a second run writing the same results fails at once, naming the pid that
-    holds it, instead of both runs overwriting each other's samples. The lock goes with the process
-    (also on SIGKILL), so a crashed run never blocks the next one.
-
-    The trees hold nothing but results: a lock file this run made goes at the end, and so does a
-    killed run's leftover once this run has finished (a run that fails leaves the folder as it found
-    it); folders made only to hold the lock are removed when they stay empty."""
-    import fcntl
-
-    held, made, ok = [], [], False
-    try:
-        for folder in sorted({os.path.abspath(f) for f in folders}):
-            d = folder
-            while not os.path.exists(d):
-                made.append(d)
-                d = os.path.dirname(d)
-            try:
-                os.makedirs(folder, exist_ok=True)
-            except OSError as e:
-                raise ResultsError(f"cannot write results in {folder}: {e.strerror or e}") from None
-            held.append(_lock_one(os.path.join(folder, LOCK_FILE), fcntl, how))
-        yield
-        ok = True
-    finally:
-        for path, fd, created in reversed(held):
-            if created or ok:
-                with contextlib.suppress(OSError):
-                    os.remove(path)  # while still locked: a run that opened it sees the inode gone and retries
-            os.close(fd)
-        for d in sorted(made, key=lambda d: -d.count(os.sep)):  # deepest first, only if empty
-            with contextlib.suppress(OSError):
-                os.rmdir(d)
-
-
-def _lock_one(path: str, fcntl, how: str) -> tuple[str, int, bool]:
-    """(path, open fd holding the lock, whether this call created the file)."""
-    while True:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-            created = True
-        except FileExistsError:
-            try:
-                fd, created = os.open(path, os.O_RDWR), False
-            except FileNotFoundError:  # removed by its holder meanwhile
-                continue
-            except OSError as e:
-                raise ResultsError(f"cannot open the lock file {path}: {e.strerror or e}") from None
-        except OSError as e:
-            raise ResultsError(f"cannot create the lock file {path}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _flock_holder(os.fstat(fd).st_ino)
-            os.close(fd)
-            raise ResultsError(f"another inference run ({holder}) is writing {os.path.dirname(path)} (it holds "
-                               f"{path}); {how}") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return path, fd, created
-        os.close(fd)  # its holder removed it as we opened it: lock the file that is there now
-
-
-def _flock_holder(inode: int) -> str:
-    """'pid N' of the process holding a flock on ``inode`` (from /proc/locks, Linux), or a vaguer word."""
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                parts = line.split()
-                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
-                    return f"pid {parts[4]}"
-    except OSError:
-        pass
-    return "pid unknown"
-
-
-# ----------------------------------------------------------------------------------------------
 # Up-front checks
 # ----------------------------------------------------------------------------------------------
 
 def sample_bytes(n_frames: int, n_vertices: int) -> int:
-    """Disk estimate of one sample: its vertex frames plus motion (T,51) and coeffs (T,287)."""
+    """Disk estimate of one result: its vertex frames plus motion (T,51) and coeffs (T,287)."""
     return n_frames * (NPY_HEADER_BYTES + n_vertices * 3 * 4) + 2 * NPY_HEADER_BYTES + n_frames * (51 + 287) * 4 + 4096
-
-
-def _existing_ancestor(path: str) -> str:
-    path = os.path.abspath(path)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    return path
-
-
-def check_can_write(need: dict[str, int], what: str = "results"):
-    """need: {folder: bytes to be written under it}. Every folder must be creatable and writable (probed
-    with a temporary file in its nearest existing ancestor) and each filesystem must have the bytes
-    planned on it free, else ResultsError with the folder and the estimate in MB."""
-    per_device: dict[int, list] = {}
-    for folder, n in need.items():
-        anc = _existing_ancestor(folder)
-        if not os.path.isdir(anc):
-            raise ResultsError(f"cannot write {what} in {folder}: {anc} is a file, not a folder")
-        try:
-            with tempfile.TemporaryFile(dir=anc):
-                pass
-        except OSError as e:
-            raise ResultsError(f"cannot write {what} in {folder}: {anc} is not writable ({e.strerror or e})") from None
-        entry = per_device.setdefault(os.stat(anc).st_dev, [anc, 0, []])
-        entry[1] += n
-        entry[2].append(folder)
-    for anc, n, folders in per_device.values():
-        free = shutil.disk_usage(anc).free
-        if n > free:
-            raise ResultsError(f"not enough free space for {what}: about {n / 2**20:.1f} MB needed under "
-                               f"{folders[0]}{' (and others on the same disk)' if len(folders) > 1 else ''}, "
-                               f"{free / 2**20:.1f} MB free on {anc}'s filesystem")
-
-
-# ----------------------------------------------------------------------------------------------
-# Writing one sample
-# ----------------------------------------------------------------------------------------------
-
-def build_meta(sample_id, dataset, style_id, speaker, audio_path, fps, n_frames, checkpoint, condition_style) -> dict:
-    """The meta.json of a sample (one definition for inference, single audio and the mean baseline)."""
-    return {"sample_id": sample_id, "dataset": dataset, "style_id": style_id, "speaker": speaker,
-            "audio_path": os.path.abspath(audio_path) if audio_path else None, "fps": float(fps),
-            "n_frames": int(n_frames), "checkpoint": checkpoint, "condition_style": condition_style}
-
-
-def _tmp_sibling(final: str) -> str:
-    final = os.path.abspath(final)
-    return os.path.join(os.path.dirname(final), f"{TMP_PREFIX}{os.path.basename(final)}-{os.getpid()}")
-
-
-def _remove(path: str):
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.remove(path)
-
-
-def write_sample(vert_dir: str, coeff_dir: str, frames: np.ndarray, arrays: dict[str, np.ndarray], meta: dict,
-                 coeff_in_place: bool = False, progress: bool = False):
-    """Write one sample whole or not at all.
-
-    frames (T,V,3) -> ``vert_dir/{i}.npy``; arrays {name: array} (or a function returning them, called
-    once the frames are written) -> ``coeff_dir/{name}.npy``; meta ->
-    ``coeff_dir/meta.json`` (last). Both folders are built as ``.tmp-`` siblings and renamed over any
-    previous result (whose meta.json goes first, so an interruption never pairs old and new).
-    ``coeff_in_place``: coeff_dir is shared with other files (single-audio mode: the log, video.mp4), so
-    its files are written one by one through temporary names instead. ``progress``: tqdm over frames.
-    A failed write -> ResultsError with the path and the OS reason; no temporary file is left.
-    """
-    from tqdm import tqdm
-
-    tmp_vert = _tmp_sibling(vert_dir)
-    tmp_coeff = None if coeff_in_place else _tmp_sibling(coeff_dir)
-    current = tmp_vert
-    try:
-        for d in (tmp_vert, tmp_coeff):
-            if d:
-                _remove(d)
-                os.makedirs(d)
-        for i in tqdm(range(frames.shape[0]), desc=f"write {os.path.basename(vert_dir)}", unit="frame",
-                      disable=not progress, leave=False):
-            current = os.path.join(tmp_vert, f"{i}.npy")
-            np.save(current, np.ascontiguousarray(frames[i], dtype=np.float32))
-        if tmp_coeff is None:  # the old result's marker goes before anything of it is replaced
-            os.makedirs(coeff_dir, exist_ok=True)
-            _remove(os.path.join(coeff_dir, META))
-        out = tmp_coeff or coeff_dir
-        for name, arr in (arrays() if callable(arrays) else arrays).items():
-            current = os.path.join(out, f"{name}.npy")
-            _save_via_tmp(current, lambda p, a=arr: _save_npy(p, a), tmp_coeff is None)
-        if tmp_coeff:
-            current = os.path.join(tmp_coeff, META)
-            _write_json(current, meta)
-            current = coeff_dir
-            _remove(os.path.join(coeff_dir, META))
-        # Into place: vertices, then the coefficients with the marker (meta.json) last.
-        current = vert_dir
-        _remove(vert_dir)
-        os.makedirs(os.path.dirname(os.path.abspath(vert_dir)), exist_ok=True)
-        os.rename(tmp_vert, vert_dir)
-        current = coeff_dir
-        if tmp_coeff:
-            _remove(coeff_dir)
-            os.makedirs(os.path.dirname(os.path.abspath(coeff_dir)), exist_ok=True)
-            os.rename(tmp_coeff, coeff_dir)
-        else:
-            current = os.path.join(coeff_dir, META)
-            _save_via_tmp(current, lambda p: _write_json(p, meta), True)
-    except OSError as e:
-        raise _write_error(current, e) from None
-    finally:
-        for d in (tmp_vert, tmp_coeff):
-            if d and os.path.lexists(d):
-                shutil.rmtree(d, ignore_errors=True)
-
-
-class FrameWriter:
-    """One sample written as its frames are made (streaming), with write_sample's guarantees.
-
-    ``add(frame)`` writes ``{i}.npy`` into a temporary sibling of ``vert_dir`` through a temporary name
-    and a rename, so no frame file is ever torn; ``commit(coeff_dir, arrays, meta, json_files)`` then
-    puts the result in place as write_sample(coeff_in_place=True) does (the old marker first, the
-    arrays and JSON files through temporary names, the vertex folder renamed over the old one, the new
-    meta.json last), so an older complete result stays whole until the new one is; ``discard()``
-    (always call it, e.g. in ``finally``) removes what was not committed. A failed write ->
-    ResultsError naming the path."""
-
-    def __init__(self, vert_dir: str):
-        self.vert_dir, self.tmp, self.n = vert_dir, _tmp_sibling(vert_dir), 0
-        try:
-            _remove(self.tmp)
-            os.makedirs(self.tmp)
-        except OSError as e:
-            raise _write_error(self.tmp, e) from None
-
-    def add(self, frame: np.ndarray):
-        path = os.path.join(self.tmp, f"{self.n}.npy")
-        try:
-            _save_via_tmp(path, lambda p: _save_npy(p, frame), True)
-        except OSError as e:
-            raise _write_error(path, e) from None
-        self.n += 1
-
-    def commit(self, coeff_dir: str, arrays: dict[str, np.ndarray], meta: dict, json_files: dict | None = None,
-               stale: tuple[str, ...] = ()):
-        """``stale``: names in coeff_dir of the old result that the new one does not replace (a video)."""
-        current = coeff_dir
-        try:
-            os.makedirs(coeff_dir, exist_ok=True)
-            for name in (META, *stale):
-                current = os.path.join(coeff_dir, name)
-                _remove(current)
-            for name, arr in arrays.items():
-                current = os.path.join(coeff_dir, f"{name}.npy")
-                _save_via_tmp(current, lambda p, a=arr: _save_npy(p, a), True)
-            for name, obj in (json_files or {}).items():
-                current = os.path.join(coeff_dir, name)
-                _save_via_tmp(current, lambda p, o=obj: _write_json(p, o), True)
-            current = self.vert_dir
-            _remove(self.vert_dir)
-            os.rename(self.tmp, self.vert_dir)
-            current = os.path.join(coeff_dir, META)
-            _save_via_tmp(current, lambda p: _write_json(p, meta), True)
-        except OSError as e:
-            raise _write_error(current, e) from None
-
-    def discard(self):
-        if os.path.lexists(self.tmp):
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _write_error(path: str, e: OSError) -> ResultsError:
-    return ResultsError(f"cannot write {path}: {e.strerror or e}; the incomplete result was removed "
-                        f"(free some space or pick another output folder, then rerun with --resume)")
-
-
-def _save_npy(path: str, arr: np.ndarray):
-    with open(path, "wb") as f:  # a file object: np.save would append .npy to a temporary name
-        np.save(f, np.asarray(arr, dtype=np.float32))
-
-
-def _write_json(path: str, obj: dict):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
-def _save_via_tmp(path: str, save, via_tmp: bool):
-    """save(path), through a temporary name + rename when ``via_tmp`` (a file in a shared folder)."""
-    if not via_tmp:
-        save(path)
-        return
-    tmp = os.path.join(os.path.dirname(path), f"{TMP_PREFIX}{os.path.basename(path)}-{os.getpid()}")
-    try:
-        save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ----------------------------------------------------------------------------------------------

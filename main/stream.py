@@ -33,33 +33,26 @@ lookahead. With a lookahead longer than the input, nothing is emitted before ``f
 equals offline generation (``FaceFormer.generate`` on the normalised audio) when the left context and
 the attention window are unbounded (None).
 
-The CLI (``python inference.py --audio FILE --stream`` / ``--audio -``) is main/stream_cli.py.
+The command line (``python inference.py --audio FILE --stream`` / ``--audio -``) is main/pipeline.py's
+``run_stream``.
 """
 from __future__ import annotations
 
+import copy
 import logging
-import math
 import os
 import time
 
 import numpy as np
 import torch
 
+from main.model_io import load_model
+from main.session import check_stream_value
+from main.speech import NORM_EPS, as_float_pcm
 from models.wav2vec import Conv0Moments
-
-NORM_EPS = 1e-7                      # as dataset.audio.normalize_audio
+from utils.config import load_config
 
 log = logging.getLogger("inference")
-
-
-def as_float_pcm(pcm) -> np.ndarray:
-    """int16 (scaled by 1/32768, as soundfile reads 16-bit files) or float samples -> (N,) float32."""
-    x = np.asarray(pcm)
-    if x.dtype == np.int16:
-        return x.astype(np.float32) / 32768.0
-    if x.ndim != 1:
-        raise ValueError(f"pcm must be mono samples (N,), got shape {x.shape}")
-    return x.astype(np.float32)
 
 
 class _RunningStats:
@@ -96,19 +89,14 @@ class Streamer:
                  left_context_ms: float | None = 1000, attention_window: int | None = 600, styles=None,
                  device=None, cfg=None, warmup_ms: float = 0):
         if isinstance(model, (str, os.PathLike)):
-            from main.model_io import load_model
-            from utils.config import load_config
             model, styles = load_model(str(model), cfg or load_config(None), torch.device(device or "cpu"))
         if isinstance(style, str):
             if not styles or style not in styles:
                 raise ValueError(f"style '{style}' is not one of the trained styles {styles}")
             style = list(styles).index(style)
-        finite = all(isinstance(v, (int, float)) and math.isfinite(v)
-                     for v in (chunk_ms, lookahead_ms, warmup_ms, 0 if left_context_ms is None else left_context_ms))
-        if not finite or chunk_ms <= 0 or lookahead_ms < 0 or warmup_ms < 0 or \
-                (left_context_ms is not None and left_context_ms < 0):
-            raise ValueError(f"chunk_ms ({chunk_ms}) must be a finite number > 0, lookahead_ms ({lookahead_ms}), "
-                             f"warmup_ms ({warmup_ms}) and left_context_ms ({left_context_ms}) finite and >= 0")
+        chunk_ms, lookahead_ms, left_context_ms, warmup_ms = (
+            check_stream_value(k, v) for k, v in (("chunk_ms", chunk_ms), ("lookahead_ms", lookahead_ms),
+                                                  ("left_context_ms", left_context_ms), ("warmup_ms", warmup_ms)))
         self.model = model.eval()
         self.device = next(model.parameters()).device
         enc = model.audio_encoder
@@ -179,8 +167,6 @@ class Streamer:
         decoder), whose normalisation statistics continue from everything this one received: the
         same speaker on the same microphone then starts warm instead of cold (docs/BENCHMARKS.md,
         "Streaming"). ``style``: a class index (default: this one's)."""
-        import copy
-
         nxt = Streamer(self.model, self.style if style is None else style, self.chunk_ms, self.lookahead_ms,
                        self.left_context_ms, self.attention_window, warmup_ms=0)
         nxt.audio_stats, nxt.conv0_stats = copy.deepcopy(self.audio_stats), copy.deepcopy(self.conv0_stats)

@@ -25,6 +25,7 @@ from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
 from main.train_eval_loop import Trainer  # noqa: E402
 from utils.config import load_config, save_config  # noqa: E402
+from utils.disk import check_can_write  # noqa: E402
 from utils.framing import framing_from_config  # noqa: E402
 from utils.errors import UserError, run_reporting_user_errors  # noqa: E402
 from utils.runtime import pick_device, seed_everything, setup_logger  # noqa: E402
@@ -61,7 +62,6 @@ def prepare_run_dir(cfg, rank):
     if cfg.TRAIN.resume and not os.path.exists(last):
         raise SystemExit(f"TRAIN.resume=true but {last} does not exist")
     if rank == 0:
-        from main.results import check_can_write
         check_can_write({run_dir: 0}, "the training run (TRAIN.save_path)")  # a named error, not a traceback
         if cfg.TRAIN.overwrite and not cfg.TRAIN.resume:
             # starting over: a stale best_model.pth or old events must not pass for this run's
@@ -79,8 +79,6 @@ def prepare_run_dir(cfg, rank):
 def check_checkpoint_space(model, run_dir: str):
     """Before the first epoch: the run folder is writable and has room for best_model.pth, last.pth and
     the temporary copy written while one of them is replaced (weights + two Adam moments each)."""
-    from main.results import check_can_write
-
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     adam = sum(2 * p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     check_can_write({run_dir: 3 * (weights + adam)}, "training checkpoints")

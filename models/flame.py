@@ -13,7 +13,7 @@ Conventions (DESIGN.md section 4):
 - 287-dim DECA/EMOCA coefficients: shape100 | exp50 | pose6 = [0,0,0, jaw,0,0] | cam3 = 0 | detail128.
 
 A procedural STAND-IN model with the real array shapes (the licensed model cannot ship) is in
-models/flame_standin.py.
+scripts/flame_standin.py.
 """
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ def run_variant(variant: str, B: int = 4, T: int = 300, steps: int = 4) -> dict:
     from loss.loss import motion_vertex_loss
     from models import lbs
     from models.flame import FLAME
-    from models.flame_standin import make_standin_flame
+    from scripts.flame_standin import make_standin_flame
 
     def chunked(ckpt):
         def apply(fn, step, *x):

@@ -58,7 +58,7 @@ import torch  # noqa: E402
 
 from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import FLAME  # noqa: E402
-from models.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
+from scripts.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
 from scripts.bench.common import ROOT, model_config, table  # noqa: E402
 from scripts.bench.loader import bench_loader, print_loader  # noqa: E402
 from scripts.bench.render import bench_render, print_render  # noqa: E402

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from main import results as RT  # noqa: E402
+from main.result_writer import write_sample  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TREES = ("ground_truth", "model", "mean_baseline", "shifted", "gt_shifted")
@@ -50,7 +51,7 @@ def write_ground_truth(cfg, exp: str):
             verts = flame.motion_to_vertices(motion, fit_shape(sample_shape(ref), cfg.FLAME.n_shape))
             meta = RT.build_meta(ref.sample_id, name, ref.style_id, ref.speaker, ref.audio_path, ref.fps,
                                  len(verts), "ground truth", None)
-            RT.write_sample(os.path.join(cfg.INFER.output_root, exp, name, ref.style_id),
+            write_sample(os.path.join(cfg.INFER.output_root, exp, name, ref.style_id),
                             os.path.join(cfg.INFER.coeff_root, exp, name, ref.style_id), verts, {"motion": motion}, meta)
 
 
@@ -63,7 +64,7 @@ def write_shifted(cfg, src: str, exp: str, shift_ms: float):
         frames = RT.load_frames(leaf)
         n = int(round(shift_ms / 1000 * meta["fps"]))
         shifted = frames[np.clip(np.arange(len(frames)) - n, 0, None)]
-        RT.write_sample(os.path.join(cfg.INFER.output_root, exp, rel), os.path.join(cfg.INFER.coeff_root, exp, rel),
+        write_sample(os.path.join(cfg.INFER.output_root, exp, rel), os.path.join(cfg.INFER.coeff_root, exp, rel),
                         shifted, {}, dict(meta, checkpoint=f"{meta.get('checkpoint')} delayed {n} frames"))
 
 

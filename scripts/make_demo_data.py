@@ -41,7 +41,7 @@ from scipy.ndimage import gaussian_filter1d
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.flame_standin import write_standin_files  # noqa: E402
+from scripts.flame_standin import write_standin_files  # noqa: E402
 
 SR = 16000
 SMOOTH_S = 0.07      # motion is the activation smoothed by a Gaussian of this std (seconds) ...

@@ -50,7 +50,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.flame_standin import write_standin_files  # noqa: E402
+from scripts.flame_standin import write_standin_files  # noqa: E402
 from scripts.make_demo_data import FPS, _rng, sample_motion, speaker_style, write_index, write_sample  # noqa: E402
 from scripts.speech_set import clips as C  # noqa: E402
 from scripts.speech_set.align import check_alignment, normalise  # noqa: E402

@@ -22,9 +22,9 @@ import numpy as np  # noqa: E402
 from dataset.dataset import FaceDataset  # noqa: E402
 from dataset.index import style_classes  # noqa: E402
 from main import results as RT  # noqa: E402
+from main.result_writer import write_sample  # noqa: E402
 from main.generation import sample_arrays, to_output_fps  # noqa: E402
 from main.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
-from main.model_io import results_mode  # noqa: E402
 from models.flame import load_flame_for  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
@@ -51,7 +51,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     cfg = load_config(args.config, ["INFER.exp_name=mean_baseline", *args.overrides])
     log = setup_logger("mean_baseline")
-    mode = results_mode(bool(args.overwrite or cfg.INFER.overwrite), bool(args.resume or cfg.INFER.resume))
+    mode = RT.results_mode(bool(args.overwrite or cfg.INFER.overwrite), bool(args.resume or cfg.INFER.resume))
     styles = style_classes(cfg)
     mean = training_mean_motion(cfg, styles, log)
     log.info("training mean motion: jaw %.4f, |expr| %.4f", mean[50], float(np.abs(mean[:50]).mean()))
@@ -60,14 +60,14 @@ def main(argv=None):
     check_clashes(cfg, test.refs)
     flames = {name: load_flame_for(cfg, name) for name in {r.dataset for r in test.refs}}
     index_of = {(r.json_path, r.sample_id): i for i, r in enumerate(test.refs)}
-    jobs = jobs_to_write(cfg, plan_jobs(cfg, test.refs, styles, log), mode, flames, log)
+    jobs = jobs_to_write(cfg, plan_jobs(cfg, test.refs, styles, log), mode, flames.__getitem__, log)
     for job in jobs:
         item = test[index_of[(job.ref.json_path, job.ref.sample_id)]]
         motion = to_output_fps(np.repeat(mean[None], int(item["n_frames"]), axis=0), job.out_fps, test.framing.fps)
         flame, shape = flames[job.ref.dataset], item["shape"].numpy()
         meta = RT.build_meta(job.ref.sample_id, job.ref.dataset, job.ref.style_id, job.ref.speaker,
                              job.ref.audio_path, job.out_fps, motion.shape[0], "mean_baseline", None)
-        RT.write_sample(job.vert_dir, job.coeff_dir, flame.motion_to_vertices(motion, shape),
+        write_sample(job.vert_dir, job.coeff_dir, flame.motion_to_vertices(motion, shape),
                         sample_arrays(motion, shape, item["detail"].numpy()), meta)
     log.info("wrote %d baseline sample(s) to %s", len(jobs),
              os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name))

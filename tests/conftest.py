@@ -36,3 +36,15 @@ def write_tiny_checkpoint(cfg, styles, path, seed=0, edit=None):
     torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 1, "styles": list(styles),
                 "config": cfg.to_dict()}, path)
     return path
+
+
+def standin_setup(tmp_path_factory, name: str, styles=("A", "B", "C")):
+    """A data root holding the stand-in FLAME files, and a tiny checkpoint of the demo config with the
+    style classes ``styles`` in it -> (root, checkpoint path, the demo config on that root)."""
+    from scripts.flame_standin import write_standin_files
+    from utils.config import load_config
+
+    root = str(tmp_path_factory.mktemp(name))
+    write_standin_files(os.path.join(root, "FLAME"))
+    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"), [f"DATA.data_root={root}"])
+    return root, write_tiny_checkpoint(cfg, list(styles), os.path.join(root, "ckpt", "best_model.pth")), cfg

@@ -417,7 +417,7 @@ def run_check(args, cwd=REPO):
 
 def write_check_cfg(tmp_path, datasets, **data):
     """A config for main.check_data with the stand-in FLAME files (check loads every FLAME file named)."""
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
 
     write_standin_files(str(tmp_path / "FLAME"))
     cfg_path = str(tmp_path / "check.yaml")

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from models.flame import FLAME, FlameLoadError, load_flame_for, load_flame_pickle, motion_to_coeffs287
 from models.flame_regions import load_region_masks, region_indices
 from utils.safe_pickle import UnsafePickleError
-from models.flame_standin import write_standin_files
+from scripts.flame_standin import write_standin_files
 from utils.config import load_config
 
 

@@ -14,11 +14,14 @@ import soundfile as sf
 import torch
 
 from main import inference as I
+from main.generation import generate_motion
+from main.model_io import load_model
+from main.speech import read_speech
 from models.faceformer import FaceFormer
 from models.flame import FLAME
-from models.flame_standin import write_standin_files
+from scripts.flame_standin import write_standin_files
 from utils.config import load_config
-from utils.errors import ResultsError
+from utils.errors import AudioError, InferenceError, ResultsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(REPO, "config", "demo.yaml")
@@ -287,12 +290,12 @@ def test_refuses_existing_results_unless_overwrite(data_root, checkpoint, tmp_pa
 
 
 def test_eval_user_errors(data_root, checkpoint, tmp_path):
-    with pytest.raises(I.InferenceError, match="INFER.condition_style is 'nobody'.*M003, M005, dh01, mm01"):
+    with pytest.raises(InferenceError, match="INFER.condition_style is 'nobody'.*M003, M005, dh01, mm01"):
         run_eval(data_root, checkpoint, tmp_path, "INFER.condition_style=nobody")
-    with pytest.raises(I.InferenceError, match="INFER.overlap_seconds .* less than half of INFER.window_seconds"):
+    with pytest.raises(InferenceError, match="INFER.overlap_seconds .* less than half of INFER.window_seconds"):
         run_eval(data_root, checkpoint, tmp_path, "INFER.window_seconds=1.0", "INFER.overlap_seconds=0.6")
     missing = os.path.join(tmp_path, "nope.pth")
-    with pytest.raises(I.InferenceError, match="checkpoint not found: .*nope.pth"):
+    with pytest.raises(InferenceError, match="checkpoint not found: .*nope.pth"):
         run_eval(data_root, missing, tmp_path)
     assert not os.path.exists(os.path.join(tmp_path, "results", "metrics"))
 
@@ -369,7 +372,7 @@ def test_single_audio_stereo_44k_and_8k(data_root, checkpoint, tmp_path):
     np.testing.assert_allclose(m20[0], m_low[0], atol=1e-6)  # frame 0 sits at t = 0 in both
 
     # refuses to overwrite, then overwrites when asked
-    with pytest.raises(I.InferenceError, match="already holds results"):
+    with pytest.raises(InferenceError, match="already holds results"):
         run_single(data_root, checkpoint, tmp_path / "low.wav", tmp_path / "low")
     run_single(data_root, checkpoint, tmp_path / "stereo.wav", tmp_path / "low", "--overwrite")
     assert_single_outputs(tmp_path / "low", 33)
@@ -384,9 +387,9 @@ def test_single_audio_pipeline_equals_batch_generation(data_root, checkpoint, tm
     run_single(data_root, checkpoint, tmp_path / "a.wav", tmp_path / "o")
     motion, _ = assert_single_outputs(tmp_path / "o", 30)
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={data_root}", "INFER.device=cpu"])
-    model, _ = I.load_model(str(checkpoint), cfg, torch.device("cpu"))
-    audio = torch.from_numpy(I.read_speech(str(tmp_path / "a.wav")))
-    ref = I.generate_motion(model, [audio], [0], [30], cfg, torch.device("cpu"))[0]
+    model, _ = load_model(str(checkpoint), cfg, torch.device("cpu"))
+    audio = torch.from_numpy(read_speech(str(tmp_path / "a.wav")))
+    ref = generate_motion(model, [audio], [0], [30], cfg, torch.device("cpu"))[0]
     np.testing.assert_allclose(motion, ref, atol=1e-6)
     verts = load_flame_for(cfg).motion_to_vertices(ref)
     for i in (0, 17, 29):
@@ -395,7 +398,7 @@ def test_single_audio_pipeline_equals_batch_generation(data_root, checkpoint, tm
 
 def test_single_audio_unknown_style(data_root, checkpoint, tmp_path):
     sf.write(tmp_path / "a.wav", speechy(0.5), SR)
-    with pytest.raises(I.InferenceError, match="--style 'Z999' is not a trained style; trained styles: "
+    with pytest.raises(InferenceError, match="--style 'Z999' is not a trained style; trained styles: "
                                                "M003, M005, dh01, mm01"):
         run_single(data_root, checkpoint, tmp_path / "a.wav", tmp_path / "o", "--style", "Z999")
     assert not os.path.exists(tmp_path / "o" / "vertices")
@@ -414,7 +417,7 @@ def test_bad_audio_is_an_error_naming_the_file(data_root, checkpoint, tmp_path, 
         sf.write(path, np.zeros(0, np.float32), SR)
     elif case == "short":
         sf.write(path, speechy(0.03), SR)  # 480 samples: less than one 40 ms frame
-    with pytest.raises(I.AudioError) as e:
+    with pytest.raises(AudioError) as e:
         run_single(data_root, checkpoint, path, tmp_path / "o")
     assert str(path) in str(e.value) and expect in str(e.value)
     assert not os.path.exists(tmp_path / "o" / "vertices")

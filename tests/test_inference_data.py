@@ -22,7 +22,7 @@ def root(tmp_path_factory):
     """Dataset E (emoca, speaker p, with a per-frame detailcode) and V (vhap, speaker q, none), one
     test clip each; the stand-in FLAME files; a checkpoint of a tiny random model."""
     from models.faceformer import FaceFormer
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
 
     tmp = tmp_path_factory.mktemp("infer_data")
     write_standin_files(str(tmp / "FLAME"))

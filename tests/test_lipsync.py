@@ -17,7 +17,7 @@ def face(tmp_path_factory):
     """(FLAME stand-in, lip ids, data root holding FLAME/standin_*.pkl)."""
     from models.flame import FLAME
     from models.flame_regions import load_region_masks
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
 
     root = tmp_path_factory.mktemp("lipsync_data")
     model, masks = write_standin_files(str(root / "FLAME"))
@@ -171,7 +171,8 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
     beside one wav: table, JSON, PNG; main/evaluate.py --lipsync runs the same."""
     import soundfile as sf
     from main.evaluate import main as evaluate_main
-    from main.results import build_meta, write_sample
+    from main.result_writer import write_sample
+    from main.results import build_meta
 
     flame, _, root = face
     env = syllables(150, silences=[(2.5, 3.3)])
@@ -182,7 +183,7 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
         motion[:, 50] = 0.2 * delayed(env, lag)
         out = tmp_path / "single" / name
         write_sample(str(out / "vertices"), str(out), flame.motion_to_vertices(motion), {"motion": motion},
-                     build_meta(name, None, None, None, str(wav), FPS, 150, "test", None), coeff_in_place=True)
+                     build_meta(name, None, None, None, str(wav), FPS, 150, "test", None), in_place=True)
     with open(tmp_path / "sync.phones.json", "w") as f:
         json.dump([["M", 0.53, 0.62], ["AA1", 0.62, 0.8], ["P", 0.85, 0.93]], f)
 
@@ -210,7 +211,8 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
 def test_test_split_tree_with_a_parallel_coeff_tree(face, tmp_path):
     """{DATASET}/{STYLE}/{i}.npy with meta.json in --coeffs; a folder without meta.json is skipped."""
     import soundfile as sf
-    from main.results import build_meta, write_sample
+    from main.result_writer import write_sample
+    from main.results import build_meta
 
     flame, lip_idx, _ = face
     env = syllables(100)

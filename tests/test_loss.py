@@ -5,7 +5,7 @@ import torch.nn as nn
 
 from loss.loss import motion_vertex_loss
 from models.flame import FLAME
-from models.flame_standin import make_standin_flame
+from scripts.flame_standin import make_standin_flame
 
 
 class TinyFlame(nn.Module):

@@ -134,7 +134,7 @@ def demo_like(tmp_path_factory):
     """A tiny copy of the demo layout: stand-in FLAME + masks, vhap npz test samples of MEAD_VHAP
     (25 fps) and MultiModal200 (20 fps), their test JSONs; a config pointing at it."""
     import soundfile as sf
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
     from utils.config import load_config
 
     root = tmp_path_factory.mktemp("data")

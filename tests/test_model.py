@@ -9,7 +9,7 @@ from loss.loss import motion_vertex_loss
 from models.faceformer import (DecoderLayer, FaceFormer, alibi_slopes, biased_mask, periodic_positional_encoding,
                                shift_motion)
 from models.flame import FLAME
-from models.flame_standin import make_standin_flame
+from scripts.flame_standin import make_standin_flame
 from models.wav2vec import AudioEncoderLoadError, build_audio_encoder
 from scripts.reference_decoding import generate_naive
 from utils.config import load_config

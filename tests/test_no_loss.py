@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from main.output_lock import LOCK_FILE, output_lock
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,13 +44,9 @@ def speechlike(seconds, seed=0, sr=16000):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(data root with the stand-in FLAME files, tiny checkpoint, 2 s wav, 200 s wav)."""
-    from models.flame_standin import write_standin_files
-    from tests.conftest import write_tiny_checkpoint
+    from tests.conftest import standin_setup
 
-    root = str(tmp_path_factory.mktemp("noloss"))
-    write_standin_files(os.path.join(root, "FLAME"))
-    cfg = load_config(DEMO_CFG, [f"DATA.data_root={root}"])
-    ckpt = write_tiny_checkpoint(cfg, ["A", "B", "C"], os.path.join(root, "ckpt", "best_model.pth"))
+    root, ckpt, _ = standin_setup(tmp_path_factory, "noloss")
     short, long_ = os.path.join(root, "short.wav"), os.path.join(root, "long.wav")
     sf.write(short, speechlike(2.0), 16000)
     sf.write(long_, speechlike(200.0, seed=1), 16000)
@@ -203,7 +200,7 @@ def test_stream_flags_are_range_checked_before_anything_is_written(setup, tmp_pa
 
 
 def test_stdin_is_read_in_bounded_pieces():
-    from main.stream_cli import _read_upto
+    from main.speech import _read_upto
 
     class Pipe:
         def __init__(self):
@@ -326,7 +323,7 @@ def test_a_second_run_on_a_locked_output_fails_at_once_naming_the_first(setup, t
 
     out = tmp_path / "o"
     args = cli_args(setup, "--audio", setup[2], "--out", str(out))
-    with RT.output_lock([str(out)]):  # as a running inference holds it
+    with output_lock([str(out)]):  # as a running inference holds it
         with pytest.raises(ResultsError, match=rf"another inference run \(pid {os.getpid()}\) is writing {out}"):
             I.cli(args)
     assert sorted(os.listdir(out)) == ["inference.log"]  # the lock file went with its holder
@@ -335,8 +332,8 @@ def test_a_second_run_on_a_locked_output_fails_at_once_naming_the_first(setup, t
     # across processes: a run holding the lock (here a stand-in that holds it and waits) blocks the next
     # at once, named by its pid; killed with SIGKILL, it leaves a lock file that blocks nothing
     held = tmp_path / "held"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom main import results as RT\n"
-                               "with RT.output_lock([sys.argv[1]]):\n    print('locked', flush=True)\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom main.output_lock import output_lock\n"
+                               "with output_lock([sys.argv[1]]):\n    print('locked', flush=True)\n"
                                "    time.sleep(300)\n", str(held)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE)
     assert holder.stdout.readline().strip() == b"locked"
     t0 = time.time()
@@ -346,29 +343,28 @@ def test_a_second_run_on_a_locked_output_fails_at_once_naming_the_first(setup, t
     assert f"another inference run (pid {holder.pid}) is writing {held}" in second.stdout + second.stderr
     holder.kill()
     holder.wait()
-    assert RT.LOCK_FILE in os.listdir(held)
+    assert LOCK_FILE in os.listdir(held)
     I.cli(cli_args(setup, "--audio", setup[2], "--out", str(held)))
-    assert RT.is_complete(str(held / "vertices"), str(held)) and RT.LOCK_FILE not in os.listdir(held)
+    assert RT.is_complete(str(held / "vertices"), str(held)) and LOCK_FILE not in os.listdir(held)
 
 
 def test_evaluation_mode_locks_its_trees_and_a_killed_runs_lock_file_is_cleaned(setup, bad_name_root, tmp_path):
     from main import inference as I
-    from main import results as RT
     from utils.errors import ResultsError
 
     out = tmp_path / "out"
     args = ["--config", DEMO_CFG, "--checkpoint", setup[1], *name_overrides(bad_name_root), "INFER.device=cpu",
             f"INFER.output_root={out}/metrics", f"INFER.coeff_root={out}/coeffs", "INFER.exp_name=e",
             "DATA.bad_samples=skip"]
-    with RT.output_lock([str(out / "coeffs" / "e")]):
+    with output_lock([str(out / "coeffs" / "e")]):
         with pytest.raises(ResultsError, match=rf"another inference run \(pid {os.getpid()}\) is writing "
                                                rf"{out}/coeffs/e .*INFER.exp_name"):
             I.cli(args)
     assert sorted(os.listdir(out)) == ["inference.log"]  # the folders made for the locks went again
     (out / "metrics" / "e").mkdir(parents=True)
-    (out / "metrics" / "e" / RT.LOCK_FILE).touch()  # left by a run killed with SIGKILL: not locked
+    (out / "metrics" / "e" / LOCK_FILE).touch()  # left by a run killed with SIGKILL: not locked
     I.cli(args)
-    assert RT.LOCK_FILE not in os.listdir(out / "metrics" / "e") and RT.LOCK_FILE not in os.listdir(out / "coeffs" / "e")
+    assert LOCK_FILE not in os.listdir(out / "metrics" / "e") and LOCK_FILE not in os.listdir(out / "coeffs" / "e")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def gl():
 def standin(tmp_path_factory):
     """The procedural stand-in FLAME (5023 vertices) written as a pkl: (model path, FLAME)."""
     from models.flame import FLAME
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
     model_path, _ = write_standin_files(str(tmp_path_factory.mktemp("flame")))
     return model_path, FLAME.from_file(model_path)
 

@@ -26,8 +26,9 @@ import torch
 from main import inference as I
 from main import results as RT
 from main.checkpoint import convert_old_checkpoint, load_checkpoint, save_checkpoint
+from main.model_io import load_model
 from utils.config import load_config
-from utils.errors import CheckpointError, ResultsError
+from utils.errors import CheckpointError, InferenceError, ResultsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(ROOT, "config", "demo.yaml")
@@ -65,7 +66,7 @@ def ckpt(demo_root, tmp_path_factory):
 @pytest.fixture(scope="module")
 def short_root(tmp_path_factory):
     """Four 0.6-second MEAD_VHAP test samples (stand-in FLAME, vhap npz, speech-like wav): quick inference."""
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
 
     root = tmp_path_factory.mktemp("short")
     write_standin_files(str(root / "FLAME"))
@@ -152,7 +153,7 @@ def test_truncated_misshapen_and_old_checkpoints(ckpt, tmp_path):
     del bad["model"]["output_map.bias"]
     save_checkpoint(bad, str(tmp_path / "bad.pth"))
     with pytest.raises(CheckpointError) as e:
-        I.load_model(str(tmp_path / "bad.pth"), load_config(DEMO_CFG), torch.device("cpu"))
+        load_model(str(tmp_path / "bad.pth"), load_config(DEMO_CFG), torch.device("cpu"))
     msg = str(e.value)
     assert "missing (1): output_map.bias" in msg and "output_map.weight: checkpoint (3, 3), model (51, 64)" in msg
 
@@ -336,7 +337,7 @@ def test_single_audio_resume_and_incomplete_folder(short_root, ckpt, tmp_path):
     assert frames.shape == (15, 5023, 3) and meta["n_frames"] == 15
 
     (out / "meta.json").unlink()  # as if killed before the marker was written
-    with pytest.raises(I.InferenceError, match="already holds results.*--resume"):
+    with pytest.raises(InferenceError, match="already holds results.*--resume"):
         I.cli(args)
     I.cli(args + ["--resume"])
     np.testing.assert_array_equal(RT.load_frames(str(out / "vertices")), frames)

@@ -243,7 +243,7 @@ def cli_setup(tmp_path_factory):
     """A tiny checkpoint in the training format, the stand-in FLAME files and a 16-bit 16 kHz wav."""
     import soundfile as sf
 
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
 
     root = str(tmp_path_factory.mktemp("stream_cli"))
     write_standin_files(os.path.join(root, "FLAME"))
@@ -317,7 +317,7 @@ def test_cli_stdin_equals_stream_file(cli_setup, tmp_path, monkeypatch):
 
 
 def test_cli_stream_refuses_existing_results_and_bad_flags(cli_setup, tmp_path):
-    from main.model_io import InferenceError
+    from utils.errors import InferenceError
 
     root, ckpt, wav, _ = cli_setup
     run_cli(root, ckpt, "--audio", wav, "--stream", "--out", str(tmp_path / "o"))
@@ -357,7 +357,7 @@ def test_vertex_frames_convert_chunk_by_chunk():
     """run_single writes VertexFrames: the same vertices as the whole conversion, one chunk held."""
     from main.generation import VertexFrames
     from models.flame import FLAME
-    from models.flame_standin import make_standin_flame
+    from scripts.flame_standin import make_standin_flame
 
     flame = FLAME(make_standin_flame())
     motion = (0.3 * np.random.default_rng(0).normal(size=(23, 51))).astype(np.float32)
@@ -381,7 +381,7 @@ def test_background_decode_equals_generation_and_reports_errors(model):
     the reader."""
     from main.generation import BackgroundDecode, VertexFrames
     from models.flame import FLAME
-    from models.flame_standin import make_standin_flame
+    from scripts.flame_standin import make_standin_flame
 
     feats = torch.randn(1, 23, model.d, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():

@@ -11,7 +11,7 @@ from dataset.index import style_classes
 from main.train_eval_loop import Trainer, batch_loss
 from models.faceformer import FaceFormer
 from models.flame import FLAME, load_flame_for
-from models.flame_standin import make_standin_flame
+from scripts.flame_standin import make_standin_flame
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ from loss.loss import motion_vertex_loss
 from main.train import main as train_main
 from models.faceformer import FaceFormer, shift_motion
 from models.flame import FLAME
-from models.flame_standin import make_standin_flame
+from scripts.flame_standin import make_standin_flame
 from utils.config import ConfigError, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,7 +20,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 from main.checkpoint import load_checkpoint, plain_values, save_checkpoint
 from main.model_io import load_model
 from models.faceformer import FaceFormer
-from models.flame_standin import write_standin_files
+from scripts.flame_standin import write_standin_files
 from models.wav2vec import AudioEncoder
 from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
 from utils.config import load_config
@@ -150,7 +150,7 @@ def test_convert_records_the_encoder_config_of_an_old_checkpoint(files, tmp_path
     """python main/checkpoint.py convert OLD NEW: the old checkpoint gains audio_encoder_config (built once
     through transformers), then loads without transformers, with the same encoder outputs; converting
     again changes nothing."""
-    from main.checkpoint import main as checkpoint_cli
+    from main.model_io import convert_main as checkpoint_cli
 
     root, cfg = files
     dst = str(tmp_path / "converted.pth")

@@ -2,10 +2,11 @@
 
 A user error is a mistake or a fault the user can fix (bad config key, missing or corrupt file, wrong
 shape, full disk, unsafe checkpoint); its message names the file/key and what was expected, so a
-traceback would only hide it. Module-specific errors (``ConfigError`` in utils/config.py,
+traceback would only hide it. Module-specific errors (``ConfigError`` in utils/config_schema.py,
 ``FlameLoadError`` in utils/safe_pickle.py, ``AudioEncoderLoadError`` in models/wav2vec.py,
-``InferenceError``, ``EvalError``, ``RenderError``) stay where they are raised and subclass
-``UserError``; the ones shared by several modules live here (``DataError``: every dataset/ module).
+``EvalError``, ``RenderError``) stay where they are raised and subclass ``UserError``; the ones shared
+by several modules live here (``DataError``: every dataset/ module; ``InferenceError``: every stage
+of the inference pipeline).
 
 An interrupt (Ctrl-C, SIGTERM) is not an error: ``Interrupted`` carries the one line that says how
 to continue, and the entry point exits 128 + signal number (130 for SIGINT, 143 for SIGTERM).
@@ -34,6 +35,15 @@ class CheckpointError(UserError, ValueError):
 class ResultsError(UserError, RuntimeError):
     """The results tree cannot be written or read as asked: existing or incomplete results, a folder
     that is not writable, not enough free space, a failed write, a missing/torn/wrong-shaped frame file."""
+
+
+class InferenceError(UserError, RuntimeError):
+    """Inference cannot run as asked (bad audio, unknown style, existing results, ...); the message
+    names the file, key or folder and what was expected."""
+
+
+class AudioError(InferenceError):
+    """An audio file that cannot be used: missing, empty, corrupt or shorter than one frame."""
 
 
 class Interrupted(KeyboardInterrupt):

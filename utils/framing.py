@@ -83,3 +83,10 @@ def framing_from_config(cfg, where: str = "config") -> Framing:
         raise ConfigError(f"{where}: MODEL.motion_dim must be {MOTION_DIM} ({N_EXPR} expression + 1 jaw), "
                           f"got {motion_dim}")
     return Framing(int(sr), int(fps) if float(fps).is_integer() else float(fps), int(motion_dim), N_EXPR)
+
+
+def output_fps(cfg, native_fps: float) -> float:
+    """The frame rate results are written at: ``INFER.output_fps``, where ``native`` is the sample's own
+    rate (its dataset's fps; single-audio and streaming mode have no dataset: the model's fps)."""
+    out = cfg["INFER"]["output_fps"]
+    return float(native_fps) if out == "native" else float(out)

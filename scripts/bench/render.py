@@ -29,7 +29,7 @@ from scripts.bench.common import ROOT
 def clip_files(tmp: str, n_frames: int) -> tuple[str, str]:
     """Stand-in FLAME vertices (n_frames, 5023, 3) with the jaw opening and closing twice, and faces."""
     from models.flame import FLAME
-    from models.flame_standin import make_standin_flame
+    from scripts.flame_standin import make_standin_flame
     flame = FLAME(make_standin_flame(0))
     motion = np.zeros((n_frames, 51), np.float32)
     motion[:, 50] = 0.175 * (1 - np.cos(np.linspace(0, 4 * np.pi, n_frames)))

@@ -114,7 +114,8 @@ def bench_infer(cfg, ckpt, device, seconds_list, tmp, repeat: int):
 
 
 def _bench_infer(cfg, ckpt, device, seconds_list, tmp, out_root, repeat: int):
-    from main.inference import load_model, run_single
+    from main.inference import run_single
+    from main.model_io import load_model
     from utils.runtime import setup_logger
 
     logger = setup_logger("bench_infer")

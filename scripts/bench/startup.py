@@ -41,7 +41,7 @@ def demo_run_files(tmp: str, encoder: str = "tiny") -> tuple[str, dict, list[str
     config ({"runtime": path, "transformers": path}) and the run's overrides."""
     from main.checkpoint import plain_values
     from models.faceformer import FaceFormer
-    from models.flame_standin import write_standin_files
+    from scripts.flame_standin import write_standin_files
     from utils.config import load_config
 
     root = os.path.join(tmp, "startup")

@@ -1,0 +1,91 @@
+"""One writer per output folder: an exclusive lock held on each output folder for a run.
+
+A second run writing the same results fails at once, naming the pid that holds the lock, instead of
+both runs overwriting each other's samples. The lock (``fcntl.flock``) goes with the process, also on
+SIGKILL, so a crashed run never blocks the next one.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+
+from utils.errors import ResultsError
+
+LOCK_FILE = ".inference.lock"
+
+
+@contextlib.contextmanager
+def output_lock(folders: list[str], how: str = "wait for it to finish or write elsewhere"):
+    """Hold the lock (on the empty file ``folder/.inference.lock``) of each output folder for the block.
+    The trees hold nothing but results: a lock file this run made goes at the end, and so does a
+    killed run's leftover once this run has finished (a run that fails leaves the folder as it found
+    it); folders made only to hold the lock are removed when they stay empty."""
+    held, made, ok = [], [], False
+    try:
+        for folder in sorted({os.path.abspath(f) for f in folders}):
+            d = folder
+            while not os.path.exists(d):
+                made.append(d)
+                d = os.path.dirname(d)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as e:
+                raise ResultsError(f"cannot write results in {folder}: {e.strerror or e}") from None
+            held.append(_lock_one(os.path.join(folder, LOCK_FILE), how))
+        yield
+        ok = True
+    finally:
+        for path, fd, created in reversed(held):
+            if created or ok:
+                with contextlib.suppress(OSError):
+                    os.remove(path)  # while still locked: a run that opened it sees the inode gone and retries
+            os.close(fd)
+        for d in sorted(made, key=lambda d: -d.count(os.sep)):  # deepest first, only if empty
+            with contextlib.suppress(OSError):
+                os.rmdir(d)
+
+
+def _lock_one(path: str, how: str) -> tuple[str, int, bool]:
+    """(path, open fd holding the lock, whether this call created the file)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            created = True
+        except FileExistsError:
+            try:
+                fd, created = os.open(path, os.O_RDWR), False
+            except FileNotFoundError:  # removed by its holder meanwhile
+                continue
+            except OSError as e:
+                raise ResultsError(f"cannot open the lock file {path}: {e.strerror or e}") from None
+        except OSError as e:
+            raise ResultsError(f"cannot create the lock file {path}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = _flock_holder(os.fstat(fd).st_ino)
+            os.close(fd)
+            raise ResultsError(f"another inference run ({holder}) is writing {os.path.dirname(path)} (it holds "
+                               f"{path}); {how}") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return path, fd, created
+        os.close(fd)  # its holder removed it as we opened it: lock the file that is there now
+
+
+def _flock_holder(inode: int) -> str:
+    """'pid N' of the process holding a flock on ``inode`` (from /proc/locks, Linux), or a vaguer word."""
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
+                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
+                    return f"pid {parts[4]}"
+    except OSError:
+        pass
+    return "pid unknown"

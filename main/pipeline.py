@@ -1,0 +1,320 @@
+"""Inference as one pipeline. Every request goes through the same stages; the three kinds differ only
+in their source and in how the frames arrive:
+
+    request     a test split of the config (``run_test_splits``), one audio file (``run_single``) or a
+                stream, a file fed as if live or raw PCM on stdin (``run_stream``)
+    outputs     where each result goes (main/results.py), each output folder locked for the run
+                (main/output_lock.py), stale temporaries removed, new / resume / overwrite decided
+    session     checkpoint -> model, styles, framing, FLAME per dataset, device (main/session.py)
+    generation  offline batches, one clip decoded in the background (main/generation.py), or the
+                Streamer (main/stream.py); frames arrive in order
+    writing     each frame's vertices through the one writer (main/result_writer.py), motion and
+                coefficients at the end, ``meta.json`` last
+    summary     frames, seconds of audio, wall time and real-time factor in the log
+
+Every check that can fail (config, audio, style, free space) runs before anything is written, so a
+failed rerun leaves an older result whole. Ctrl-C / SIGTERM end a run with one line saying what was
+kept and how to continue.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dataset.audio import fit_audio_to_frames
+from dataset.dataset import FaceDataset
+from dataset.index import split_refs
+from main import results as RT
+from main.generation import BackgroundDecode, VertexFrames, encode_one, generate_motion, sample_arrays, to_output_fps
+from main.jobs import audio_seconds, check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs
+from main.output_lock import output_lock
+from main.result_writer import FrameWriter, write_sample
+from main.session import attention_window, check_infer_config, choose_style, open_session, stream_settings
+from main.speech import AudioCheck, as_float_pcm, is_silent, pcm_chunks_from_stdin, read_speech
+from main.stream import Streamer
+from main.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
+from utils.disk import check_can_write
+from utils.errors import InferenceError, Interrupted
+from utils.framing import DEFAULT_FRAMING, framing_from_config, output_fps
+
+log = logging.getLogger("inference")
+
+SINGLE_HOW = "rerun with --overwrite to replace them, --resume to keep them if complete, or choose another --out"
+
+
+def results_mode(cfg, overwrite: bool, resume: bool) -> str:
+    return RT.results_mode(bool(overwrite or cfg.INFER.overwrite), bool(resume or cfg.INFER.resume))
+
+
+@contextlib.contextmanager
+def interrupts_say(what):
+    """Ctrl-C / SIGTERM in the block -> Interrupted whose line is ``interrupted (SIG...) <what()>``."""
+    try:
+        yield
+    except (Interrupted, KeyboardInterrupt) as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) {what()}") from None
+
+
+def single_todo(out_dir: str, mode: str, logger: logging.Logger) -> bool:
+    """Whether DIR (single-audio and streaming mode) is to be (re)made; False: --resume finds it complete."""
+    vert_dir = os.path.join(out_dir, "vertices")
+    RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
+    if RT.select_todo([(vert_dir, out_dir)], mode, SINGLE_HOW, RT.SINGLE_FILES)[0]:
+        return True
+    logger.info("--resume: %s already holds complete results: nothing to do", out_dir)
+    return False
+
+
+def single_meta(session, audio_path: str | None, stem: str, style: str, fps: float, n_frames: int) -> dict:
+    """meta.json of a single-audio or streamed result: no dataset, the audio's stem as sample id."""
+    return RT.build_meta(stem, None, style, None, audio_path, fps, n_frames, session.checkpoint, style)
+
+
+def stale_files(written: tuple[str, ...]) -> tuple[str, ...]:
+    """What an older result in DIR may hold that this one does not replace (its video, its stream stats)."""
+    return tuple(n for n in RT.SINGLE_FILES if n not in written)
+
+
+# ---- test split -----------------------------------------------------------------------------------
+
+def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
+                    logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
+    """Every dataset's ``INFER.split`` JSONs -> the results tree. Returns the summary rows (dataset,
+    samples, frames, audio_s, wall_s, rtf)."""
+    logger = logger or log
+    inf = cfg.INFER
+    mode, split = results_mode(cfg, overwrite, resume), inf.split or "test"
+    check_roots(cfg)
+    check_infer_config(cfg)
+    roots = [os.path.join(inf.output_root, inf.exp_name), os.path.join(inf.coeff_root, inf.exp_name)]
+    with output_lock(roots, "wait for it to finish, or set another INFER.exp_name"):
+        refs = split_refs(cfg, split, problems=[])  # bad entries are reported by the validation below
+        if not refs and not any(ds.get(split) for ds in cfg.DATA.datasets.values()):
+            raise InferenceError(f"no dataset of the config has a '{split}' split (DATA.datasets.*.{split})")
+        check_clashes(cfg, refs)
+        session = open_session(cfg, checkpoint, logger)
+        jobs = jobs_to_write(cfg, plan_jobs(cfg, refs, session.styles, logger), mode, session.flame, logger)
+        # Every sample is loaded once here (DATA.bad_samples: error raises, skip leaves them out).
+        data = FaceDataset(cfg, split, session.styles, train=False, check=True, log=logger)
+        index_of = {(r.json_path, r.sample_id): i for i, r in enumerate(data.refs)}
+        jobs = [j for j in jobs if (j.ref.json_path, j.ref.sample_id) in index_of]
+        logger.info("%s split: %d sample(s) to generate, output %s, coefficients %s, output fps %s", split,
+                    len(jobs), *roots, inf.output_fps)
+        rows, written = [], [0]
+        with interrupts_say(lambda: f"after {written[0]} of {len(jobs)} sample(s); complete samples are kept, the "
+                                    f"one in progress was discarded; continue with --resume (INFER.resume=true)"):
+            for name in cfg.DATA.datasets:
+                ds_jobs = [j for j in jobs if j.ref.dataset == name]
+                if ds_jobs:
+                    rows.append(_generate_dataset(session, name, ds_jobs, data, index_of, written, split, logger))
+    logger.info("summary (%s, checkpoint %s):\n%s", split, session.checkpoint, format_summary(rows))
+    return rows
+
+
+def _generate_dataset(session, name, jobs, data, index_of, written, split, logger) -> dict:
+    """One dataset's jobs in batches of INFER.batch_size, longest first (little padding) -> summary row."""
+    t0, fps = time.perf_counter(), session.framing.fps
+    style_index = {s: i for i, s in enumerate(session.styles)}
+    order = sorted(jobs, key=lambda j: -audio_seconds(j.ref.audio_path))
+    n_out, audio_s, batch_size = 0, 0.0, int(session.cfg.INFER.batch_size)
+    flame = session.flame(name)
+    for s in tqdm(range(0, len(order), batch_size), desc=f"{split}/{name}", unit="batch"):
+        batch = order[s:s + batch_size]
+        items = [data[index_of[(j.ref.json_path, j.ref.sample_id)]] for j in batch]
+        for j, it in zip(batch, items):
+            if is_silent(it["audio"].numpy()):
+                logger.warning("%s: audio %s is silent", j.ref.where, j.ref.audio_path)
+        motions = generate_motion(session.model, [it["audio"] for it in items], [style_index[j.style] for j in batch],
+                                  [int(it["n_frames"]) for it in items], session.cfg, session.device)
+        for j, it, m in zip(batch, items, motions):
+            motion, shape = to_output_fps(m, j.out_fps, fps), it["shape"].numpy()
+            meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
+                                 j.out_fps, motion.shape[0], session.checkpoint, j.style)
+            write_sample(j.vert_dir, j.coeff_dir, flame.motion_to_vertices(motion, shape),
+                         sample_arrays(motion, shape, it["detail"].numpy()), meta)
+            written[0] += 1
+            n_out += motion.shape[0]
+            audio_s += int(it["n_frames"]) / fps
+    wall = time.perf_counter() - t0
+    return {"dataset": name, "samples": len(jobs), "frames": n_out, "audio_s": audio_s, "wall_s": wall,
+            "rtf": wall / audio_s if audio_s else float("nan")}
+
+
+# ---- one audio file -------------------------------------------------------------------------------
+
+def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str | None = None,
+               out_dir: str | None = None, overwrite: bool = False, render: bool = False,
+               logger: logging.Logger | None = None, loaded: tuple | None = None, resume: bool = False) -> dict:
+    """One audio file -> DIR/vertices/{i}.npy, DIR/motion.npy, DIR/coeffs287.npy, DIR/meta.json (+
+    DIR/video.mp4 with ``render``). Returns the meta dict plus ``out_dir``. ``loaded``: a ``(model,
+    styles)`` pair from ``load_model`` to reuse. Frames are converted and written while later ones are
+    still decoded."""
+    logger = logger or log
+    mode, out_dir = results_mode(cfg, overwrite, resume), RT.single_dir(audio_path, out_dir)
+    with output_lock([out_dir], "wait for it to finish, or choose another --out"):
+        if not single_todo(out_dir, mode, logger):
+            return dict(RT.read_meta(out_dir), out_dir=out_dir)
+        check_infer_config(cfg)
+        fr = framing_from_config(cfg)
+        out_fps = output_fps(cfg, fr.fps)
+        audio = read_speech(audio_path, fr.sample_rate, logger, fr.fps)  # before the (slow) model load
+        session = open_session(cfg, checkpoint, logger, loaded)
+        style = choose_style(cfg, session.styles, style, logger)
+        t0, n, flame = time.perf_counter(), fr.frames_in(audio.shape[0]), session.flame()
+        check_can_write({out_dir: RT.sample_bytes(int(round(n * out_fps / fr.fps)), int(flame.v_template.shape[0]))})
+        feats = encode_one(session.model, torch.from_numpy(fit_audio_to_frames(audio, n, fr.samples_per_frame)),
+                           n, cfg, session.device)
+        verts = None
+        with interrupts_say(lambda: f"before {out_dir} was complete; the partial result was discarded; run the "
+                                    f"same command with --resume to make it"):
+            try:
+                with BackgroundDecode(session.model, feats, session.styles.index(style), attention_window(cfg),
+                                      progress=True) as decoding:
+                    if out_fps == fr.fps:  # frames are written while later ones are still decoded
+                        motion, arrays = decoding, lambda: sample_arrays(decoding.result(), None)
+                    else:  # resampling to the output fps needs the whole motion first
+                        motion = to_output_fps(decoding.result(), out_fps, fr.fps)
+                        arrays = sample_arrays(motion, None)
+                    verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as written
+                    meta = single_meta(session, audio_path, RT.audio_stem(audio_path), style, out_fps, len(verts))
+                    write_sample(os.path.join(out_dir, "vertices"), out_dir, verts, arrays, meta, in_place=True,
+                                 progress=True, stale=stale_files(RT.ARRAYS))
+            finally:
+                if verts is not None:  # the decoder (closed above) no longer holds up the converter it feeds
+                    verts.close()
+    wall = time.perf_counter() - t0
+    logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path, n / fr.fps,
+                len(verts), out_fps, out_dir, wall, wall / (n / fr.fps))
+    if render:
+        _render(verts, flame.faces, out_dir, out_fps, audio_path, logger)
+    return dict(meta, out_dir=out_dir)
+
+
+def _render(verts, faces, out_dir: str, fps: float, audio_path: str, logger):
+    try:
+        from main.render import render_sequence  # optional dependencies: pyrender, trimesh, imageio-ffmpeg
+    except ImportError as e:
+        raise InferenceError(f"--render needs main/render.py and its dependencies (pyrender, trimesh, "
+                             f"imageio-ffmpeg): {e}") from None
+    mp4 = os.path.join(out_dir, "video.mp4")
+    render_sequence(verts, faces, mp4, fps, audio=os.path.abspath(audio_path))
+    logger.info("video: %s", mp4)
+
+
+# ---- a stream -------------------------------------------------------------------------------------
+
+def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
+    """``--stream`` (args.audio a file, fed chunk by chunk as if live) or ``--audio -`` (raw 16-bit mono
+    16 kHz PCM on stdin). Each frame's vertices are written as soon as the frame is final (and with
+    --stdout_vertices sent to stdout); at the end motion, coefficients, ``stream_stats.json`` and
+    ``meta.json``. Returns the meta dict plus ``out_dir`` and ``stats``. Ctrl-C / SIGTERM (how a live
+    stream is stopped) and a reader closing --stdout_vertices end the stream with a complete result
+    of the frames emitted; the interrupt then raises Interrupted saying so (exit 130 / 143)."""
+    logger = logger or log
+    live, out = args.audio == "-", StdoutVertices(logger) if args.stdout_vertices else None
+    fr, std = framing_from_config(cfg), DEFAULT_FRAMING  # the Streamer's CNN caching assumes this framing
+    if (fr.sample_rate, fr.fps) != (std.sample_rate, std.fps):
+        raise InferenceError(f"streaming runs at {std.sample_rate} Hz / {std.fps} fps; the config has "
+                             f"DATA.sample_rate={fr.sample_rate}, DATA.target_fps={fr.fps}")
+    if output_fps(cfg, fr.fps) != fr.fps:
+        raise InferenceError(f"streaming emits {fr.fps} fps frames as they are made; INFER.output_fps is "
+                             f"{cfg.INFER.output_fps} (use native or {fr.fps}, or run without --stream)")
+    check_infer_config(cfg)
+    settings = stream_settings(cfg, args)
+    out_dir, mode = RT.single_dir(args.audio, args.out), results_mode(cfg, args.overwrite, args.resume)
+    stem = RT.audio_stem(args.audio)
+    with output_lock([out_dir], "wait for it to finish, or choose another --out"):
+        if not single_todo(out_dir, "overwrite" if live and mode == "resume" else mode, logger):
+            return dict(RT.read_meta(out_dir), out_dir=out_dir)
+        audio = None if live else read_speech(args.audio, fr.sample_rate, logger, fr.fps, normalise=False)
+        prime = read_speech(args.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
+            if args.prime_audio else None
+        session = open_session(cfg, args.checkpoint, logger)
+        style = choose_style(cfg, session.styles, args.style, logger)
+        flame = session.flame()
+        # a file's length is known: its frames must fit (a live stream's is not: a full disk is reported then)
+        check_can_write({out_dir: RT.sample_bytes(fr.frames_in(1 if live else len(audio)),
+                                                  int(flame.v_template.shape[0]))})
+        streamer = Streamer(session.model, session.styles.index(style), **settings)
+        if prime is not None:
+            streamer.prime(prime)
+            logger.info("normalisation statistics primed with %.2f s of %s", len(prime) / fr.sample_rate,
+                        args.prime_audio)
+        logger.info("streaming %s (style %s): chunk %g ms, lookahead %g ms, left context %s ms, attention window "
+                    "%s frames; algorithmic latency %.3f s", "stdin (16-bit 16 kHz mono PCM)" if live else args.audio,
+                    style, settings["chunk_ms"], settings["lookahead_ms"], settings["left_context_ms"],
+                    settings["attention_window"], streamer.latency_s)
+        chunk = streamer.chunk
+        pieces = pcm_chunks_from_stdin(chunk) if live else (audio[i:i + chunk] for i in range(0, len(audio), chunk))
+        with FrameWriter(os.path.join(out_dir, "vertices"), out_dir, in_place=True) as writer:
+            motion, chunks, n_in, stopped = _stream_frames(streamer, pieces, flame, writer, out, live, logger)
+            if writer.n == 0:
+                if stopped is not None:
+                    raise Interrupted(stopped, f"interrupted ({signal.Signals(stopped).name}) before the first frame "
+                                               f"was emitted: nothing written, {out_dir} is as it was")
+                raise InferenceError(f"the stream ended before its first frame: nothing written to {out_dir}")
+            motion = np.concatenate(motion)[:writer.n]
+            stats = stream_stats(settings, streamer, chunks, n_in / fr.sample_rate, motion.shape[0], session.device,
+                                 len(prime) / fr.sample_rate if prime is not None else 0.0, stopped)
+            meta = single_meta(session, None if live else args.audio, stem, style, fr.fps, motion.shape[0])
+            with signals_held():  # the result goes in place whole, even if Ctrl-C is pressed again
+                writer.commit(sample_arrays(motion, None), meta, {STATS: stats}, stale_files((*RT.ARRAYS, STATS)))
+    logger.info("%s: %.2f s of audio -> %d frames in %s; compute %.2f s (real-time factor %.3f), per chunk "
+                "mean %.1f ms / max %.1f ms for %g ms chunks", stem, stats["audio_s"], meta["n_frames"], out_dir,
+                stats["compute_s"], stats["real_time_factor"], 1000 * stats["mean_chunk_compute_s"],
+                1000 * stats["max_chunk_compute_s"], settings["chunk_ms"])
+    if stopped is not None:
+        raise Interrupted(stopped, f"stream stopped by {signal.Signals(stopped).name} after {meta['n_frames']} "
+                                   f"frame(s) ({stats['audio_s']:.2f} s of audio): {out_dir} holds them as a complete "
+                                   f"result (meta.json, motion.npy, coeffs287.npy, {STATS}); to stream again into "
+                                   f"it run the same command with --overwrite, or give another --out")
+    return dict(meta, out_dir=out_dir, stats=stats)
+
+
+def _stream_frames(streamer, pieces, flame, writer, out, live: bool, logger):
+    """Push the pieces, write each frame as it becomes final -> (motion blocks, per-chunk timings,
+    samples in, the signal that stopped the stream or None)."""
+    motion, chunks, n_in, stopped = [], [], 0, None
+    check = AudioCheck() if live else None  # a file was checked when it was read
+    sr, hop = streamer.sr, streamer.hop
+
+    def emit(frames: np.ndarray, t0: float):
+        model_s = time.perf_counter() - t0
+        if frames.shape[0]:
+            motion.append(frames)  # first: the result keeps as many rows as frames written
+            for v in np.asarray(flame.motion_to_vertices(frames, None), dtype=np.float32):  # (n,V,3)
+                writer.add(v)
+                if out is not None:
+                    out.send(v)
+            if out is not None:
+                out.flush()
+        chunks.append({"audio_end_s": round(n_in / sr, 6), "frames": int(frames.shape[0]),
+                       "model_s": model_s, "compute_s": time.perf_counter() - t0})
+    try:
+        for pcm in pieces:
+            t0 = time.perf_counter()
+            n_in += len(pcm)
+            if check is not None:
+                check.add(as_float_pcm(pcm))
+            emit(streamer.push(pcm), t0)
+        if live and n_in < hop:
+            raise InferenceError(f"stdin gave {n_in} samples ({n_in / sr * 1000:.1f} ms); expected 16-bit "
+                                 f"mono PCM at {sr} Hz, at least one frame ({hop} samples)")
+        t0 = time.perf_counter()
+        emit(streamer.flush(), t0)
+    except (Interrupted, KeyboardInterrupt) as e:
+        stopped = getattr(e, "signum", signal.SIGINT)
+    except ReaderGone:
+        out.close()
+        logger.info("the reader of --stdout_vertices closed the pipe after %d frame(s): stream ended", writer.n)
+    for warning in check.warnings() if check is not None else ():
+        logger.warning("stdin audio %s", warning)
+    return motion, chunks, n_in, stopped

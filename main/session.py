@@ -1,0 +1,162 @@
+"""An inference session: what every mode needs before it generates, and the INFER settings' rules.
+
+``open_session`` resolves the checkpoint, picks the device, loads the model (main/model_io.py) and its
+style classes, and refuses a run config whose framing differs from the checkpoint's; the session then
+hands out the FLAME model of each dataset on its device. The settings read here (conditioning style,
+long-audio windows, attention window, streaming chunking) are checked where they are read, so a bad
+value fails before anything is written.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from main.model_io import check_framing, load_model
+from models.flame import load_flame_for
+from utils.config_schema import NUMERIC_RANGES, ConfigError, check_number
+from utils.errors import InferenceError
+from utils.framing import framing_from_config
+from utils.runtime import pick_device
+
+log = logging.getLogger("inference")
+
+
+@dataclass
+class Session:
+    """A loaded checkpoint ready to generate: ``model`` (FaceFormer, eval mode, on ``device``), its
+    style class names, and the checkpoint's absolute path (recorded in every meta.json)."""
+    cfg: object
+    checkpoint: str
+    model: torch.nn.Module
+    styles: list[str]
+    device: torch.device
+    _flames: dict = field(default_factory=dict)
+
+    @property
+    def framing(self):
+        return self.model.framing
+
+    def flame(self, dataset: str | None = None):
+        """The FLAME model of ``dataset`` (its ``flame_model`` or FLAME.model_path; None: the latter)."""
+        if dataset not in self._flames:
+            self._flames[dataset] = load_flame_for(self.cfg, dataset, device=self.device)
+        return self._flames[dataset]
+
+
+def open_session(cfg, checkpoint: str | None = None, logger: logging.Logger | None = None,
+                 loaded: tuple | None = None) -> Session:
+    """--checkpoint / INFER.checkpoint / TRAIN.save_path's best model -> Session on INFER.device.
+    ``loaded``: a ``(model, styles)`` pair from ``load_model`` to reuse (several files, benchmarks)."""
+    logger = logger or log
+    path = os.path.abspath(resolve_checkpoint(cfg, checkpoint))
+    device = pick_device(cfg.INFER.device, logger)
+    model, styles = loaded or load_model(path, cfg, device, logger)
+    check_framing(model.framing, cfg, path)  # also for a model loaded by the caller
+    if loaded:
+        device = next(model.parameters()).device
+    return Session(cfg, path, model, list(styles), device)
+
+
+def resolve_checkpoint(cfg, checkpoint: str | None) -> str:
+    path = checkpoint or cfg.INFER.checkpoint or os.path.join(cfg.TRAIN.save_path, "best_model.pth")
+    if not os.path.isfile(path):
+        how = ("--checkpoint" if checkpoint else "INFER.checkpoint" if cfg.INFER.checkpoint
+               else "TRAIN.save_path (best_model.pth in it)")
+        raise InferenceError(f"checkpoint not found: {path} (from {how}); train first (python train.py "
+                             f"--config ...) or pass --checkpoint PATH")
+    return path
+
+
+# ---- conditioning style -------------------------------------------------------------------------
+
+def pick_condition_style(cfg, styles: list[str]) -> str:
+    """The style of a speaker the model was not trained on: INFER.condition_style (checked) or the
+    first training style."""
+    name = cfg.INFER.condition_style
+    if name is None:
+        return styles[0]
+    if str(name) not in styles:
+        raise InferenceError(f"INFER.condition_style is '{name}', which is not a trained style; trained "
+                             f"styles: {', '.join(styles)}")
+    return str(name)
+
+
+def style_for(cfg, styles: list[str], speaker: str) -> str:
+    """A test speaker's own style when it was trained, else ``pick_condition_style``."""
+    return speaker if speaker in styles else pick_condition_style(cfg, styles)
+
+
+def choose_style(cfg, styles: list[str], style: str | None, logger: logging.Logger | None = None) -> str:
+    """Single-audio and streaming mode's ``--style``: checked, or ``pick_condition_style``."""
+    if style is None:
+        style = pick_condition_style(cfg, styles)
+        (logger or log).info("no --style given: conditioning on '%s' (trained styles: %s)", style, ", ".join(styles))
+    elif style not in styles:
+        raise InferenceError(f"--style '{style}' is not a trained style; trained styles: {', '.join(styles)}")
+    return style
+
+
+# ---- INFER settings ------------------------------------------------------------------------------
+
+def window_frames(cfg) -> tuple[int, int]:
+    """(window, overlap) in frames from INFER.window_seconds / overlap_seconds, checked."""
+    w, o = cfg.INFER.window_seconds, cfg.INFER.overlap_seconds
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (w, o)) or w <= 0:
+        raise InferenceError(f"INFER.window_seconds ({w!r}) must be a positive number of seconds and "
+                             f"INFER.overlap_seconds ({o!r}) a number")
+    fps = framing_from_config(cfg).fps
+    window, overlap = max(1, int(round(w * fps))), int(round(o * fps))
+    if not 0 <= 2 * overlap < window:
+        raise InferenceError(f"INFER.overlap_seconds ({o}) must be >= 0 and less than half of "
+                             f"INFER.window_seconds ({w})")
+    return window, overlap
+
+
+def attention_window(cfg) -> int | None:
+    """INFER.attention_window checked: frames the decoder attends (None = unbounded, from 0)."""
+    w = cfg.INFER.attention_window
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 or w != int(w):
+        raise InferenceError(f"INFER.attention_window is {w!r}; expected a whole number of frames (0 = unbounded)")
+    return int(w) or None
+
+
+def check_infer_config(cfg):
+    """INFER values that would otherwise fail late, after some results were written."""
+    window_frames(cfg)
+    attention_window(cfg)
+    b = cfg.INFER.batch_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+        raise InferenceError(f"INFER.batch_size is {b!r}; expected a positive integer")
+    framing_from_config(cfg)  # DATA.sample_rate / DATA.target_fps the model can honour (ConfigError)
+
+
+STREAM_FLAGS = {"chunk_ms": "stream_chunk_ms", "lookahead_ms": "stream_lookahead_ms",
+                "left_context_ms": "stream_left_context_ms", "warmup_ms": "stream_warmup_ms"}
+
+
+def stream_settings(cfg, args=None) -> dict:
+    """Streamer keyword arguments from INFER.stream_* / INFER.attention_window and the CLI flags
+    (--chunk_ms, --lookahead_ms, --left_context_ms, --warmup_ms override the config), each checked
+    against its config key's range (``check_stream_value``). A user error names the flag or key."""
+    values = {}
+    for flag, key in STREAM_FLAGS.items():
+        given = getattr(args, flag, None)
+        try:
+            if given is None:
+                values[flag] = check_stream_value(flag, cfg.INFER[key], f"INFER.{key}", "config")
+            else:
+                values[flag] = check_stream_value(flag, given, f"--{flag} (INFER.{key})", "command line")
+        except ConfigError as e:
+            raise InferenceError(str(e)) from None
+    return dict(values, attention_window=attention_window(cfg))
+
+
+def check_stream_value(flag: str, value, name: str | None = None, where: str = "Streamer") -> float | None:
+    """One streaming setting (a Streamer argument) in its INFER.stream_* key's range, else ConfigError
+    (a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
+    if flag == "left_context_ms" and (value is None or check_number(value, name or flag, False, None, None, where) < 0):
+        return None
+    return float(check_number(value, name or flag, *NUMERIC_RANGES[f"INFER.{STREAM_FLAGS[flag]}"], where=where))
