@@ -260,7 +260,16 @@ def prepare(cfg, name: str, split: str, refs: list[SampleRef], root: str, log: l
         if not same_rows or todo:
             if todo:
                 log.info("preparing %d of %d %s/%s sample(s) into %s", len(todo), len(refs), name, split, folder)
-            index = _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, f"{split}/{name}")
+            try:
+                index = _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, f"{split}/{name}")
+            except OSError as e:  # a full disk, a quota: the old store (if any) is still whole
+                for f in os.listdir(folder):
+                    if f.startswith(".tmp-"):
+                        with contextlib.suppress(OSError):
+                            os.remove(os.path.join(folder, f))
+                raise DataError(f"cannot write the prepared-data store {folder}: {e.strerror or e}; free space there, "
+                                f"set DATA.store_root to another folder, or DATA.store_root=off to read the source "
+                                f"files") from None
         records = {(r.json_path, r.sample_id): rec for r, rec in zip(refs, index["records"])}
         return SplitStore(folder, index, records)
 
@@ -284,8 +293,10 @@ def _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, des
     files = {k: f"{gen}.{k}.f32" for k in ARRAYS}
     tmp = {k: os.path.join(folder, f".tmp-{files[k]}") for k in ARRAYS}
     records, n_audio, n_motion, row = [], 0, 0, 0
-    outs = {k: open(tmp[k], "wb") for k in ARRAYS}
+    outs = {}
     try:
+        for k in ARRAYS:
+            outs[k] = open(tmp[k], "wb")
         workers = max(1, min(8, os.cpu_count() or 1))
         bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"preparing {desc}", leave=False)
         for ref, (key, racy), item in zip(refs, keyed, _ordered_map(decode, refs, workers)):

@@ -206,6 +206,28 @@ def test_deleted_or_damaged_store_is_prepared_again(tmp_path, monkeypatch, caplo
         assert_same_items(raw, ds)
 
 
+def test_a_full_disk_is_one_message_and_leaves_the_old_store(tmp_path, monkeypatch):
+    cfg = setup(tmp_path, max_frames=0)
+    FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
+    folder = store_dir(cfg, str(tmp_path / "store"), "A", "train")
+    before = sorted(os.listdir(folder))
+    write_sample(str(tmp_path / "data"), "A/2", 20, seed=3)
+    age(tmp_path / "data", 50, ["A/2.wav", "A/2.npz"])
+    real_open = open
+
+    def full_disk(path, mode="r", *a, **k):
+        if "wb" in mode and ".tmp-" in str(path):
+            raise OSError(28, "No space left on device")
+        return real_open(path, mode, *a, **k)
+
+    monkeypatch.setattr("builtins.open", full_disk)
+    with pytest.raises(DataError, match=f"cannot write the prepared-data store {folder}: No space left on device"):
+        FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
+    monkeypatch.undo()
+    assert sorted(os.listdir(folder)) == before
+    assert FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)[2]["n_frames"] == 20
+
+
 def test_one_preparer_at_a_time(tmp_path, caplog):
     cfg = setup(tmp_path, max_frames=0)
     folder = store_dir(cfg, str(tmp_path / "store"), "A", "train")
