@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from utils.errors import DataError
-from utils.framing import WAV2VEC2_SAMPLE_RATE
+from utils.framing import AUDIO_NORM_EPS, WAV2VEC2_SAMPLE_RATE
 
 
 def wav_header_frames(path: str) -> int | None:
@@ -86,7 +86,7 @@ def load_audio(path: str, sr: int = WAV2VEC2_SAMPLE_RATE) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def normalize_audio(x: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+def normalize_audio(x: np.ndarray, eps: float = AUDIO_NORM_EPS) -> np.ndarray:
     """(x - mean) / sqrt(var + eps), as Wav2Vec2FeatureExtractor(do_normalize=True); silence -> zeros."""
     x = np.asarray(x, dtype=np.float32)
     return ((x - x.mean()) / np.sqrt(x.var() + eps)).astype(np.float32)

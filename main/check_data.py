@@ -19,7 +19,7 @@ import sys
 from dataset.index import SPLITS
 from dataset.split_check import check_split
 from utils.errors import DataError
-from utils.config import ConfigError, load_config, resolve_data_path
+from utils.config import ConfigError, flame_path_for, load_config, resolve_data_path
 
 
 def _fps(values) -> str:
@@ -29,7 +29,7 @@ def _fps(values) -> str:
 def check_flame_files(cfg) -> tuple[list[str], list[str]]:
     """Load every FLAME model (FLAME.model_path and each dataset's flame_model), the masks file and the
     index overrides the config names. -> (lines describing what loaded, problems)."""
-    from models.flame import FLAME, FlameLoadError, flame_path_for
+    from models.flame import FLAME, FlameLoadError
     from models.flame_regions import region_indices
 
     lines, problems = [], []

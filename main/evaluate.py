@@ -3,7 +3,7 @@
 Predictions are read from ``{results}/{DATASET}/{STYLE_ID}/{i}.npy`` ((V,3) vertices per frame; default
 results = ``{INFER.output_root}/{INFER.exp_name}``). Ground truth is built for every sample of the
 config's ``INFER.split`` JSONs (default test) from its FLAME file, through the same FLAME model
-(``load_flame_for``) and the sample's shape, at the predictions' frame rate (meta.json's ``fps`` from
+(``flame_path_for``) and the sample's shape, at the predictions' frame rate (meta.json's ``fps`` from
 the coeff tree if present, else ``INFER.output_fps``, where ``native`` = the dataset's fps); the gt
 motion is resampled to that rate *before* FLAME. Prediction and gt are trimmed to the shorter length
 (differences of more than one frame are reported).
@@ -118,7 +118,8 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     from dataset.data_item import sample_shape
     from dataset.flame_params import fit_shape, load_motion
     from dataset.index import dataset_refs, split_jsons
-    from models.flame import load_flame_for
+    from models.flame import load_flame
+    from utils.config import flame_path_for
     from models.flame_regions import region_indices
 
     if results_dir is None:
@@ -148,7 +149,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
         check_clashes([(os.path.join(results_dir, name, r.style_id), f"sample '{r.sample_id}' ({r.json_path})")
                        for r in refs], "give each test sample its own style_id in the JSON")
 
-        flame = load_flame_for(cfg, name)
+        flame = load_flame(flame_path_for(cfg, name))
         samples, missing, plot_data = [], [], []
         for ref in refs:
             pred_dir = os.path.join(results_dir, name, ref.style_id)

@@ -26,8 +26,9 @@ from main.metrics import lve
 from main.generation import generate_motion
 from main.model_io import load_model
 from main.session import resolve_checkpoint, style_for
-from models.flame import load_flame_for
+from models.flame import load_flame
 from models.flame_regions import region_indices
+from utils.config import flame_path_for
 from utils.framing import framing_from_config
 from utils.runtime import pick_device
 
@@ -59,7 +60,7 @@ def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
     for name, ds_cfg in cfg.DATA.datasets.items():
         if not split_jsons(ds_cfg, split):
             continue
-        flame = load_flame_for(cfg, name)
+        flame = load_flame(flame_path_for(cfg, name))
         for ref in dataset_refs(cfg, name, split, [] if cfg.DATA.bad_samples == "skip" else None):
             item = load_item(ref, framing)
             item["style"] = styles.index(style_for(cfg, styles, ref.speaker))

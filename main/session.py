@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import torch
 
 from main.model_io import check_framing, load_model
-from models.flame import load_flame_for
+from models.flame import load_flame
+from utils.config import flame_path_for
 from utils.config_schema import NUMERIC_RANGES, ConfigError, check_number
 from utils.errors import InferenceError
 from utils.framing import framing_from_config
@@ -42,7 +43,7 @@ class Session:
     def flame(self, dataset: str | None = None):
         """The FLAME model of ``dataset`` (its ``flame_model`` or FLAME.model_path; None: the latter)."""
         if dataset not in self._flames:
-            self._flames[dataset] = load_flame_for(self.cfg, dataset, device=self.device)
+            self._flames[dataset] = load_flame(flame_path_for(self.cfg, dataset), device=self.device)
         return self._flames[dataset]
 
 

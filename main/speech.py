@@ -10,13 +10,12 @@ import numpy as np
 
 from dataset.audio import load_audio, normalize_audio
 from utils.errors import AudioError, DataError
-from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
+from utils.framing import AUDIO_NORM_EPS, DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
 
 # Raw RMS below this (-80 dBFS) counts as silence. normalize_audio maps a raw RMS s to
 # s / sqrt(s^2 + eps), so audio that arrives normalised is judged by the image of the same threshold.
 SILENT_RMS = 1e-4
-NORM_EPS = 1e-7  # normalize_audio's
-SILENT_NORMALISED_STD = SILENT_RMS / np.sqrt(SILENT_RMS ** 2 + NORM_EPS)
+SILENT_NORMALISED_STD = SILENT_RMS / np.sqrt(SILENT_RMS ** 2 + AUDIO_NORM_EPS)
 
 # Input that will not animate well, warned about (not refused: it may be what the user means):
 # a share of samples at full scale above CLIPPED_SHARE is heavily clipped (distorted, often a gain set

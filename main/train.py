@@ -22,9 +22,9 @@ from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 from dataset.dataset import CropSeeds, FaceDataset, collate  # noqa: E402
 from dataset.index import style_classes  # noqa: E402
 from models.faceformer import FaceFormer  # noqa: E402
-from models.flame import load_flame_for  # noqa: E402
+from models.flame import load_flame  # noqa: E402
 from main.train_eval_loop import Trainer  # noqa: E402
-from utils.config import load_config, save_config  # noqa: E402
+from utils.config import flame_path_for, load_config, save_config  # noqa: E402
 from utils.disk import check_can_write  # noqa: E402
 from utils.framing import framing_from_config  # noqa: E402
 from utils.errors import UserError, run_reporting_user_errors  # noqa: E402
@@ -153,8 +153,8 @@ def main(argv=None):
     if world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
-    # load_flame_for caches per (file, device), so datasets sharing a FLAME model share one module
-    flame_of = {name: load_flame_for(cfg, name, device=device) for name in cfg.DATA.datasets}
+    # load_flame caches per (file, device), so datasets sharing a FLAME model share one module
+    flame_of = {name: load_flame(flame_path_for(cfg, name), device=device) for name in cfg.DATA.datasets}
 
     writer = ScalarLog(os.path.join(cfg.TRAIN.save_path, "tensorboard"), log) if rank == 0 else None
     try:

@@ -174,15 +174,15 @@ class FLAME(nn.Module):
                              .contiguous(), persistent=False)
         self.register_buffer("weight_sums", self.lbs_weights.sum(1), persistent=False)
 
-    _shared = False  # set on the instances load_flame_for hands out
+    _shared = False  # set on the instances load_flame hands out
 
     def _apply(self, fn, *args, **kwargs):
         # Module.to/cuda/cpu/double/half all come here. A shared instance may only be "converted"
         # to what it already is (t.to(same device, same dtype) returns t itself).
         if self._shared and fn(self.v_template) is not self.v_template:
-            raise RuntimeError(f"FLAME ({self.source}) is the shared instance of load_flame_for; moving or "
+            raise RuntimeError(f"FLAME ({self.source}) is the shared instance of load_flame; moving or "
                                f"casting it in place would change it for every user. Use "
-                               f"load_flame_for(cfg, dataset, device=...) for a copy on another device.")
+                               f"load_flame(path, device=...) for a copy on another device.")
         return self if self._shared else super()._apply(fn, *args, **kwargs)
 
     @classmethod
@@ -315,7 +315,7 @@ def motion_to_coeffs287(motion, shape=None, detail=None):
 
 
 # --------------------------------------------------------------------------------------------------
-# Loading per config (one shared instance per file and device)
+# Loading (one shared instance per file and device)
 # --------------------------------------------------------------------------------------------------
 
 _FLAME_CACHE: dict = {}
@@ -329,26 +329,14 @@ def _device_key(device) -> torch.device:
     return dev
 
 
-def flame_path_for(cfg, dataset_name: str | None = None) -> str:
-    """The resolved FLAME model path of a dataset (``DATA.datasets.<name>.flame_model``, else
-    ``FLAME.model_path``)."""
-    from utils.config import ConfigError, resolve_data_path
-
-    path = cfg.FLAME.model_path
-    if dataset_name is not None:
-        if dataset_name not in cfg.DATA.datasets:
-            raise ConfigError(f"unknown dataset '{dataset_name}'; configured: {', '.join(cfg.DATA.datasets)}")
-        path = cfg.DATA.datasets[dataset_name].get("flame_model") or path
-    return resolve_data_path(cfg, path)
-
-
-def load_flame_for(cfg, dataset_name: str | None = None, device=None) -> FLAME:
-    """FLAME model of a dataset on ``device`` (default CPU), loaded once per (file, device) and shared.
+def load_flame(path: str, device=None) -> FLAME:
+    """The FLAME model file ``path`` on ``device`` (default CPU), loaded once per (file, device) and shared
+    (a config's file per dataset: utils/config.py ``flame_path_for``).
 
     The shared instance is frozen where it lives: ``.to()`` / ``.cuda()`` / ``.double()`` on it raise
     instead of moving it in place under the other users (a training loop on GPU would otherwise pull
     the CPU copy that evaluation holds); ask for the device here instead."""
-    path = os.path.abspath(flame_path_for(cfg, dataset_name))
+    path = os.path.abspath(path)
     dev = _device_key(device)
     key = (path, str(dev))
     if key not in _FLAME_CACHE:

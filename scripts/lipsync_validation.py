@@ -39,12 +39,13 @@ def write_ground_truth(cfg, exp: str):
     from dataset.data_item import sample_shape
     from dataset.flame_params import fit_shape, load_motion
     from dataset.index import dataset_refs, split_jsons
-    from models.flame import load_flame_for
+    from models.flame import load_flame
+    from utils.config import flame_path_for
 
     for name, ds_cfg in cfg.DATA.datasets.items():
         if not split_jsons(ds_cfg, "test"):
             continue
-        flame = load_flame_for(cfg, name)
+        flame = load_flame(flame_path_for(cfg, name))
         for ref in dataset_refs(cfg, name, "test"):
             motion = load_motion(ref.flame_path, ref.fmt, ref.fps, target_fps=ref.fps,
                                  valid_frames_num=ref.valid_frames_num)

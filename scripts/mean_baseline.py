@@ -25,8 +25,8 @@ from main import results as RT  # noqa: E402
 from main.result_writer import write_sample  # noqa: E402
 from main.generation import sample_arrays, to_output_fps  # noqa: E402
 from main.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
-from models.flame import load_flame_for  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from models.flame import load_flame  # noqa: E402
+from utils.config import flame_path_for, load_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
 from utils.runtime import setup_logger  # noqa: E402
 
@@ -58,7 +58,7 @@ def main(argv=None):
 
     test = FaceDataset(cfg, cfg.INFER.split, styles, train=False, check=True, log=log, progress=False)
     check_clashes(cfg, test.refs)
-    flames = {name: load_flame_for(cfg, name) for name in {r.dataset for r in test.refs}}
+    flames = {name: load_flame(flame_path_for(cfg, name)) for name in {r.dataset for r in test.refs}}
     index_of = {(r.json_path, r.sample_id): i for i, r in enumerate(test.refs)}
     jobs = jobs_to_write(cfg, plan_jobs(cfg, test.refs, styles, log), mode, flames.__getitem__, log)
     for job in jobs:

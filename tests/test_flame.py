@@ -10,11 +10,11 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial.transform import Rotation
 
-from models.flame import FLAME, FlameLoadError, load_flame_for, load_flame_pickle, motion_to_coeffs287
+from models.flame import FLAME, FlameLoadError, load_flame, load_flame_pickle, motion_to_coeffs287
 from models.flame_regions import load_region_masks, region_indices
 from utils.safe_pickle import UnsafePickleError
 from scripts.flame_standin import write_standin_files
-from utils.config import load_config
+from utils.config import flame_path_for, load_config
 
 
 @pytest.fixture(scope="module")
@@ -355,28 +355,28 @@ def test_region_indices_and_overrides(tmp_path, standin):
         region_indices(cfg)
 
 
-def test_load_flame_for_per_dataset_and_cached(tmp_path, standin):
+def test_flame_per_dataset_and_cached(tmp_path, standin):
     model_path = standin[0]
     root = os.path.dirname(model_path)
     other = tmp_path / "other.npz"
     np.savez(other, **{k: v for k, v in standin[2].items() if isinstance(v, np.ndarray)})
     cfg = load_config(None, [f"DATA.data_root={root}", "FLAME.model_path=standin_generic_model.pkl",
                              "DATA.datasets.A.fps=25", f"DATA.datasets.B.flame_model={other}"])
-    a, b = load_flame_for(cfg), load_flame_for(cfg, "A")
+    a, b = load_flame(flame_path_for(cfg)), load_flame(flame_path_for(cfg, "A"))
     assert a is b and a.source.endswith("standin_generic_model.pkl")
-    c = load_flame_for(cfg, "B")
+    c = load_flame(flame_path_for(cfg, "B"))
     assert c is not a and c.source == str(other)
 
 
 def test_shared_flame_is_one_instance_per_device_and_never_moved_in_place(tmp_path, standin):
     root = os.path.dirname(standin[0])
     cfg = load_config(None, [f"DATA.data_root={root}", "FLAME.model_path=standin_generic_model.pkl"])
-    cpu = load_flame_for(cfg)
+    cpu = load_flame(flame_path_for(cfg))
     before = cpu.v_template.clone()
     # "meta" is a real second device on any machine: tensors with shapes and no storage
-    meta = load_flame_for(cfg, device="meta")
+    meta = load_flame(flame_path_for(cfg), device="meta")
     assert meta is not cpu and meta.v_template.is_meta
-    assert load_flame_for(cfg, device="meta") is meta and load_flame_for(cfg, device="cpu") is cpu
+    assert load_flame(flame_path_for(cfg), device="meta") is meta and load_flame(flame_path_for(cfg), device="cpu") is cpu
     assert cpu.v_template.device.type == "cpu" and torch.equal(cpu.v_template, before)
     # moving or casting the shared instance (what train.py once did with .to(device)) is refused
     for move in (lambda m: m.to("meta"), lambda m: m.double(), lambda m: m.to(torch.float16)):

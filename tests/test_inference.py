@@ -381,7 +381,8 @@ def test_single_audio_stereo_44k_and_8k(data_root, checkpoint, tmp_path):
 def test_single_audio_pipeline_equals_batch_generation(data_root, checkpoint, tmp_path):
     """Single-audio mode decodes in a background thread while earlier frames are written: its motion
     and vertex files equal generate_motion's (the batch path) on the same audio."""
-    from models.flame import load_flame_for
+    from models.flame import load_flame
+    from utils.config import flame_path_for
 
     sf.write(tmp_path / "a.wav", speechy(1.2), SR)                       # 30 frames exactly
     run_single(data_root, checkpoint, tmp_path / "a.wav", tmp_path / "o")
@@ -391,7 +392,7 @@ def test_single_audio_pipeline_equals_batch_generation(data_root, checkpoint, tm
     audio = torch.from_numpy(read_speech(str(tmp_path / "a.wav")))
     ref = generate_motion(model, [audio], [0], [30], cfg, torch.device("cpu"))[0]
     np.testing.assert_allclose(motion, ref, atol=1e-6)
-    verts = load_flame_for(cfg).motion_to_vertices(ref)
+    verts = load_flame(flame_path_for(cfg)).motion_to_vertices(ref)
     for i in (0, 17, 29):
         np.testing.assert_allclose(np.load(tmp_path / "o" / "vertices" / f"{i}.npy"), verts[i], atol=1e-6)
 

@@ -173,13 +173,14 @@ def _write_tree(cfg, exp, fps=None, jaw_scale=1.0, expr_offset=0.0, coeffs=False
     Returns {(dataset, style_id): (T,V,3) ground truth written unperturbed}."""
     from dataset.flame_params import load_motion, load_shape
     from dataset.index import read_index
-    from models.flame import load_flame_for
+    from models.flame import load_flame
+    from utils.config import flame_path_for
 
     gts = {}
     for ds, ds_cfg in cfg.DATA.datasets.items():
         if not ds_cfg.test:
             continue
-        flame = load_flame_for(cfg, ds)
+        flame = load_flame(flame_path_for(cfg, ds))
         for ref in read_index(ds_cfg.test, ds, ds_cfg, cfg):
             motion = load_motion(ref.flame_path, ref.fmt, ref.fps, target_fps=fps or ref.fps)
             shape = load_shape(ref.flame_path, ref.fmt)[: cfg.FLAME.n_shape]
@@ -204,7 +205,8 @@ def _write_tree(cfg, exp, fps=None, jaw_scale=1.0, expr_offset=0.0, coeffs=False
 
 def test_evaluate_ground_truth_tree_is_zero_and_perturbed_is_not(demo_like, tmp_path):
     from main.evaluate import evaluate
-    from models.flame import load_flame_for
+    from models.flame import load_flame
+    from utils.config import flame_path_for
     from models.flame_regions import region_indices
 
     _, config = demo_like
@@ -249,7 +251,7 @@ def test_evaluate_ground_truth_tree_is_zero_and_perturbed_is_not(demo_like, tmp_
     _write_tree(cfg_c, "closed", jaw_scale=0.0)
     rep_c = evaluate(cfg_c, plot=False)
     assert rep_c["overall"]["LVE"] > rep_p["overall"]["LVE"] > 0
-    assert load_flame_for(cfg_c, "MEAD_VHAP") is load_flame_for(cfg_p, "MEAD_VHAP")  # one model, cached
+    assert load_flame(flame_path_for(cfg_c, "MEAD_VHAP")) is load_flame(flame_path_for(cfg_p, "MEAD_VHAP"))  # one model, cached
 
 
 def test_evaluate_resampled_output_fps_and_missing(demo_like, tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 
 from dataset.dataset import FaceDataset
 from dataset.index import split_refs, style_classes
-from models.flame import load_flame_for
+from models.flame import load_flame
 from scripts.compare_metrics import main as compare_main
-from utils.config import load_config
+from utils.config import flame_path_for, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -41,7 +41,7 @@ def test_mean_baseline_writes_the_training_mean_in_the_inference_layout(demo_roo
         assert abs(n - test[i]["n_frames"] * ref.fps / cfg.DATA.target_fps) <= 1
         assert sorted(os.listdir(vdir)) == sorted(f"{k}.npy" for k in range(n))
         np.testing.assert_allclose(motion, np.repeat(mean[None], n, 0), atol=1e-6)
-        flame = load_flame_for(cfg, ref.dataset)
+        flame = load_flame(flame_path_for(cfg, ref.dataset))
         expected = flame.motion_to_vertices(motion[:1], test[i]["shape"].numpy())[0]
         for k in (0, n - 1):
             frame = np.load(os.path.join(vdir, f"{k}.npy"))

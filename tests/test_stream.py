@@ -172,8 +172,8 @@ def test_stream_memory_is_bounded(model):
     x = speech(150, seed=3)   # 6 s
     _, rest, s = stream(model, x, chunk_ms=200, lookahead_ms=300, left_context_ms=400, attention_window=16)
     assert s.n_emitted == 150 and rest.shape[0] > 0
-    assert s.proj.shape[0] <= 10 + 5 + 8 + 1                     # left context + chunk + lookahead frames
-    assert s.raw.shape[0] < 3200 + 300 * 16 + 2 * HOP
+    assert s.audio.proj.shape[0] <= 10 + 5 + 8 + 1                     # left context + chunk + lookahead frames
+    assert s.audio.raw.shape[0] < 3200 + 300 * 16 + 2 * HOP
     assert all(c["k"].shape[2] == 15 for c in s.state["caches"])
     assert len(s.stats) == len(x) // 3200 + 1 and all(st["compute_s"] >= 0 for st in s.stats)
 

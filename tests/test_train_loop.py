@@ -10,9 +10,9 @@ from dataset.dataset import FaceDataset, collate
 from dataset.index import style_classes
 from main.train_eval_loop import Trainer, batch_loss
 from models.faceformer import FaceFormer
-from models.flame import FLAME, load_flame_for
+from models.flame import FLAME, load_flame
 from scripts.flame_standin import make_standin_flame
-from utils.config import load_config
+from utils.config import flame_path_for, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG = logging.getLogger("test_train_loop")
@@ -54,7 +54,7 @@ def test_grad_accum_2_equals_a_doubled_batch(demo_root, tmp_path):
     cfg = demo_cfg(demo_root, tmp_path)
     styles = style_classes(cfg)
     items = clips(cfg, styles, 4, 40)
-    flame_of = {name: load_flame_for(cfg, name) for name in cfg.DATA.datasets}
+    flame_of = {name: load_flame(flame_path_for(cfg, name)) for name in cfg.DATA.datasets}
     torch.manual_seed(0)
     model = FaceFormer(cfg.MODEL, len(styles))
     with torch.no_grad():  # a non-zero output map so every decoder weight gets a gradient
@@ -126,7 +126,7 @@ def test_non_finite_loss_is_a_user_error_naming_the_samples(demo_root, tmp_path)
     items[1]["motion"][3, 0] = float("nan")  # as if a sample went bad after start-up validation
     model = FaceFormer(cfg.MODEL, len(styles))
     before = copy.deepcopy(model.state_dict())
-    flame_of = {name: load_flame_for(cfg, name) for name in cfg.DATA.datasets}
+    flame_of = {name: load_flame(flame_path_for(cfg, name)) for name in cfg.DATA.datasets}
     trainer = Trainer(cfg, model, ListLoader([collate(items)]), None, flame_of, styles, torch.device("cpu"), LOG)
     with pytest.raises(UserError) as e:
         trainer.train_epoch()

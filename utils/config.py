@@ -276,7 +276,8 @@ def load_config(path: str | None = None, overrides=()) -> Config:
 
 
 def resolve_data_path(cfg: Config, path: str | None) -> str | None:
-    """A relative DATA/FLAME path is joined to DATA.data_root; an absolute one is kept (DESIGN.md 9)."""
+    """A relative DATA/FLAME path is joined to DATA.data_root; an absolute one is kept, so
+    ``DATA.data_root=/elsewhere`` moves a whole dataset copy, FLAME files included."""
     if path is None:
         return None
     path = os.path.expanduser(str(path))
@@ -287,6 +288,17 @@ def resolve_data_path(cfg: Config, path: str | None) -> str | None:
         raise ConfigError(f"DATA.data_root is '{root}': set the environment variable "
                           f"(e.g. export DATA_ROOT=/path/to/data) or pass DATA.data_root=/path")
     return os.path.join(root, path)
+
+
+def flame_path_for(cfg: Config, dataset_name: str | None = None) -> str:
+    """The FLAME model file of a dataset (``DATA.datasets.<name>.flame_model``, else ``FLAME.model_path``),
+    resolved against DATA.data_root."""
+    path = cfg.FLAME.model_path
+    if dataset_name is not None:
+        if dataset_name not in cfg.DATA.datasets:
+            raise ConfigError(f"unknown dataset '{dataset_name}'; configured: {', '.join(cfg.DATA.datasets)}")
+        path = cfg.DATA.datasets[dataset_name].get("flame_model") or path
+    return resolve_data_path(cfg, path)
 
 
 def save_config(cfg: Config, path: str):

@@ -22,6 +22,7 @@ WAV2VEC2_SAMPLE_RATE = 16000   # the rate wav2vec2 was pretrained on
 DEFAULT_FPS = 25               # motion frames per second inside the model
 MOTION_DIM = 51                # motion vector: 50 expression coefficients + jaw opening
 N_EXPR = 50
+AUDIO_NORM_EPS = 1e-7          # per-utterance audio normalisation: (x - mean) / sqrt(var + eps)
 
 
 @dataclass(frozen=True)
