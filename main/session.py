@@ -17,8 +17,8 @@ import torch
 from main.model_io import check_framing, load_model
 from models.flame import load_flame
 from utils.config import flame_path_for
-from utils.config_schema import NUMERIC_RANGES, ConfigError, check_number
-from utils.errors import InferenceError
+from utils.config_schema import NUMERIC_RANGES, check_number
+from utils.errors import ConfigError, InferenceError
 from utils.framing import framing_from_config
 from utils.runtime import pick_device
 

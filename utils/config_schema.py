@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import re
 
-from utils.errors import UserError
-from utils.framing import DEFAULT_FPS, MOTION_DIM, WAV2VEC2_SAMPLE_RATE
+import math
 
-
-class ConfigError(UserError, ValueError):
-    """A problem in a config file or an override, with the file/key named in the message."""
+from utils.errors import ConfigError
+from utils.framing import DEFAULT_FPS, MOTION_DIM, WAV2VEC2_SAMPLE_RATE, framing_from_config
+from utils.names import folder_name_problem, shown_name
 
 
 DATASET_DEFAULTS = {
@@ -246,8 +245,6 @@ NUMERIC_RANGES = {
 def check_number(value, key: str, whole: bool, low, high, where: str = "config"):
     """``value`` as a finite number of ``key``'s range (an int when ``whole``), else ConfigError naming
     the key, the value and the range."""
-    import math
-
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
         and (low is None or value >= low) and (high is None or value <= high) \
         and (not whole or float(value).is_integer())
@@ -275,8 +272,6 @@ def _check_ranges(cfg, where: str):
 
 def _check_names(cfg, where: str):
     """Dataset names and INFER.exp_name become folders of the results tree (exp_name may nest: a/b)."""
-    from utils.names import folder_name_problem, shown_name
-
     named = [(f"DATA.datasets key {shown_name(n)}", n) for n in cfg.DATA.datasets]
     named += [(f"INFER.exp_name {shown_name(cfg.INFER.exp_name)}", part)
               for part in str(cfg.INFER.exp_name).strip("/").split("/")]
@@ -289,8 +284,6 @@ def _check_names(cfg, where: str):
 def check_config(cfg, where: str):
     """Every value of a merged config (a Config) is of its key's type and in its range; the subject
     lists are normalised in place. ConfigError naming ``where`` and the key otherwise."""
-    from utils.framing import framing_from_config
-
     _check_types(cfg, where)
     for key in SUBJECT_KEYS:
         cfg.DATA[key] = parse_subjects(cfg.DATA[key], f"DATA.{key}", where)

@@ -2,11 +2,10 @@
 
 A user error is a mistake or a fault the user can fix (bad config key, missing or corrupt file, wrong
 shape, full disk, unsafe checkpoint); its message names the file/key and what was expected, so a
-traceback would only hide it. Module-specific errors (``ConfigError`` in utils/config_schema.py,
-``FlameLoadError`` in utils/safe_pickle.py, ``AudioEncoderLoadError`` in models/wav2vec.py,
-``EvalError``, ``RenderError``) stay where they are raised and subclass ``UserError``; the ones shared
-by several modules live here (``DataError``: every dataset/ module; ``InferenceError``: every stage
-of the inference pipeline).
+traceback would only hide it. Module-specific errors (``FlameLoadError`` in utils/safe_pickle.py,
+``AudioEncoderLoadError`` in models/wav2vec.py, ``EvalError``, ``RenderError``) stay where they are raised and subclass ``UserError``; the ones shared
+by several modules live here (``DataError``: every dataset/ module; ``ConfigError``: the config and
+everything that reads it; ``InferenceError``: every stage of the inference pipeline).
 
 An interrupt (Ctrl-C, SIGTERM) is not an error: ``Interrupted`` carries the one line that says how
 to continue, and the entry point exits 128 + signal number (130 for SIGINT, 143 for SIGTERM).
@@ -25,6 +24,10 @@ class UserError(Exception):
 
 class DataError(UserError, ValueError):
     """A bad data file or index entry. The message names the JSON file, sample id and data file."""
+
+
+class ConfigError(UserError, ValueError):
+    """A problem in a config file or an override, with the file/key named in the message."""
 
 
 class CheckpointError(UserError, ValueError):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from utils.errors import ConfigError
+
 WAV2VEC2_SAMPLE_RATE = 16000   # the rate wav2vec2 was pretrained on
 DEFAULT_FPS = 25               # motion frames per second inside the model
 MOTION_DIM = 51                # motion vector: 50 expression coefficients + jaw opening
@@ -44,7 +46,7 @@ class Framing:
         return int(self.sample_rate // self.fps)
 
     def frames_in(self, n_samples: int) -> int:
-        """Motion frames covered by n audio samples: round(seconds * fps), halves up (DESIGN.md 3)."""
+        """Motion frames covered by n audio samples: round(seconds * fps), halves up."""
         return (2 * int(n_samples) + self.samples_per_frame) // (2 * self.samples_per_frame)
 
     def samples_in(self, n_frames: int) -> int:
@@ -63,8 +65,6 @@ def framing_from_config(cfg, where: str = "config") -> Framing:
     """The framing of a config (a Config or the plain dict saved in a checkpoint).
 
     Raises ConfigError naming the key when the model cannot honour a value (see the module doc)."""
-    from utils.config import ConfigError
-
     data, model = cfg["DATA"], cfg["MODEL"]
     sr, fps = data.get("sample_rate", WAV2VEC2_SAMPLE_RATE), data.get("target_fps", DEFAULT_FPS)
     motion_dim = model.get("motion_dim", MOTION_DIM)
