@@ -16,8 +16,10 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, SequentialSampler
 
+import dataset.index as index_mod
 import dataset.store as store_mod
 from dataset.dataset import CropSeeds, FaceDataset, collate, crop_seed
+from dataset.index import style_classes
 from dataset.store import store_dir
 from main.prepare_data import main as prepare_main
 from main.train import main as train_main
@@ -118,6 +120,22 @@ def test_prepare_data_command(tmp_path, capsys):
     assert json.loads(open(os.path.join(folder, "report.json")).read())["speakers"] == ["b9"]
     with pytest.raises(ConfigError, match="DATA.store_root is off"):
         prepare_main(["--config", str(cfg_path), "DATA.store_root=off"])
+
+
+def test_each_json_is_parsed_once_per_process(tmp_path, monkeypatch):
+    cfg = setup(tmp_path, max_frames=0)
+    parsed = []
+    real = index_mod._parse_index
+    monkeypatch.setattr(index_mod, "_parse_index", lambda path, *a: parsed.append(path) or real(path, *a))
+    monkeypatch.setattr(index_mod, "_PARSED", {})
+    styles = style_classes(cfg)
+    for split in ("train", "test", "train"):  # validation of train reads the test JSON too (split overlaps)
+        FaceDataset(cfg, split, styles, progress=False, prepared=True)
+    assert sorted(os.path.basename(p) for p in parsed) == ["A_train.json", "B_test.json", "B_train.json"]
+    write_json(str(tmp_path / "data/json/B_test.json"), {})  # changed: parsed again
+    age(tmp_path / "data", 50, ["json/B_test.json"])
+    assert len(FaceDataset(cfg, "test", styles, progress=False, prepared=True)) == 0
+    assert len(parsed) == 4
 
 
 def test_changed_and_added_files_are_prepared_again(tmp_path, monkeypatch):
@@ -259,7 +277,8 @@ def test_training_from_the_store_equals_training_from_the_files(demo_root, tmp_p
     def run(name, *extra):
         train_main(["--config", os.path.join(ROOT, "config", "demo.yaml"), f"DATA.data_root={demo_root}",
                     f"TRAIN.save_path={tmp_path / name}", "TRAIN.batch_size=2", "TRAIN.max_steps_per_epoch=3",
-                    "TRAIN.epochs=2", "TRAIN.val_every=1", "TRAIN.device=cpu", *extra])
+                    "TRAIN.epochs=2", "TRAIN.val_every=2", "TRAIN.mode=teacher_forcing", "TRAIN.device=cpu",
+                    *extra])
         log = (tmp_path / name / "train.log").read_text()
         losses = re.findall(r"(?:train loss|teacher_forced|generated) ([-+.e\d]+)", log)
         return torch.load(tmp_path / name / "last.pth", map_location="cpu", weights_only=True), losses
@@ -268,6 +287,6 @@ def test_training_from_the_store_equals_training_from_the_files(demo_root, tmp_p
     raw, raw_losses = run("raw", "DATA.store_root=off")
     prepared, prepared_losses = run("prepared", f"DATA.store_root={store}")
     assert os.path.isdir(store / "MEAD_VHAP")
-    assert len(raw_losses) == 6 and raw_losses == prepared_losses
+    assert len(raw_losses) == 4 and raw_losses == prepared_losses  # 2 training, teacher-forced and generated val
     for k, v in raw["model"].items():
         assert torch.equal(v, prepared["model"][k]), k
