@@ -175,6 +175,18 @@ class CropSeeds(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
+def pad_batch(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences (L_b, ...) right-padded with zeros to the longest -> (B,Lmax,...) and a (B,Lmax) bool mask,
+    True on real entries (the one padding rule of training batches and batched inference)."""
+    l_max = max(int(x.shape[0]) for x in seqs)
+    out = seqs[0].new_zeros((len(seqs), l_max, *seqs[0].shape[1:]))
+    mask = torch.zeros(len(seqs), l_max, dtype=torch.bool)
+    for i, x in enumerate(seqs):
+        out[i, :x.shape[0]] = x
+        mask[i, :x.shape[0]] = True
+    return out, mask
+
+
 def collate(batch: list[dict]) -> dict:
     """Pad a list of items to the longest one.
 
@@ -182,20 +194,8 @@ def collate(batch: list[dict]) -> dict:
     motion_mask (B,Tmax) bool, shape (B,S), style (B,) long, n_frames (B,) long, and lists sample_id,
     dataset, style_id, speaker, native_fps). Masks are True on real samples/frames; padding is zero.
     """
-    b = len(batch)
-    n_max = max(x["audio"].shape[0] for x in batch)
-    t_max = max(x["motion"].shape[0] for x in batch)
-    d = batch[0]["motion"].shape[1]
-    audio = torch.zeros(b, n_max)
-    audio_mask = torch.zeros(b, n_max, dtype=torch.bool)
-    motion = torch.zeros(b, t_max, d)
-    motion_mask = torch.zeros(b, t_max, dtype=torch.bool)
-    for i, x in enumerate(batch):
-        n, t = x["audio"].shape[0], x["motion"].shape[0]
-        audio[i, :n] = x["audio"]
-        audio_mask[i, :n] = True
-        motion[i, :t] = x["motion"]
-        motion_mask[i, :t] = True
+    audio, audio_mask = pad_batch([x["audio"].float() for x in batch])
+    motion, motion_mask = pad_batch([x["motion"].float() for x in batch])
     out = {
         "audio": audio, "audio_mask": audio_mask, "motion": motion, "motion_mask": motion_mask,
         "shape": torch.stack([x["shape"] for x in batch]),

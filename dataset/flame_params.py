@@ -1,6 +1,6 @@
 """FLAME parameter files -> the 51-dim motion, the identity shape and the detail code.
 
-The motion vector (DESIGN.md 3) is ``[expr[:, :50], jaw[:, 0:1]]``:
+The motion vector is ``[expr[:, :50], jaw[:, 0:1]]``:
 
 - ``emoca`` files (old FLAME, DECA/EMOCA tracking): ``expcode`` or ``exp`` (T,50), jaw =
   ``posecode[:, 3:4]`` or ``pose[:, 3:4]`` (global rotation (3) + jaw (3)) or ``jaw[:, 0:1]`` (the
@@ -30,7 +30,7 @@ from utils.framing import DEFAULT_FPS, N_EXPR
 from utils.safe_pickle import safe_pickle_load
 
 
-# The key names each tracker writes, in order of preference (DESIGN.md 3): expression, jaw as
+# The key names each tracker writes, in order of preference: expression, jaw as
 # (key, column of the jaw opening) and identity shape. emoca covers DECA and EMOCA: their code dict in
 # memory (``expcode``, ``posecode`` = global rotation 3 + jaw 3, ``shapecode``), EMOCA's save_codes
 # files and DECA's dict without the ``code`` suffix (``exp``, ``pose``, ``shape``), and the inferno
@@ -113,7 +113,7 @@ def _load_npy_dict(path: str) -> dict:
         if not dtype.hasobject:
             raise DataError(f"{path}: holds a plain {dtype} array; expected a dict of FLAME parameters "
                             f"(np.save(path, {{'expr': ..., 'jaw_pose': ...}}))")
-        # the object payload goes through the restricted unpickler (DESIGN.md 4)
+        # the object payload goes through the restricted unpickler (utils/safe_pickle.py)
         obj = safe_pickle_load(f, source=path)
     if isinstance(obj, np.ndarray) and obj.shape == ():
         obj = obj.item()
@@ -234,7 +234,7 @@ def _open_file(path: str) -> FlameParams:
         if ext == ".npy":
             return _open_dict(path, _load_npy_dict(path))
         if ext == ".pkl":
-            # The restricted unpickler (DESIGN.md 4); load_flame_pickle itself insists on FLAME
+            # The restricted unpickler (utils/safe_pickle.py); load_flame_pickle itself insists on FLAME
             # *model* keys, so the parameter file goes through safe_pickle_load.
             return _open_dict(path, safe_pickle_load(path))
         raise DataError(f"{path}: not an HDF5 file (its first bytes are not the HDF5 signature)")

@@ -1,6 +1,6 @@
 """JSON indices -> SampleRefs, per dataset and split, restricted to the split's speakers.
 
-A JSON index (DESIGN.md 3) is an object keyed by sample id::
+A JSON index is an object keyed by sample id::
 
     {"M003_angry_001": {"audio_path": "MEAD/M003/angry/001.wav",
                         "flame_coeff_save_path": "MEAD_VHAP/M003/angry/001/tracked_flame_params_30.npz",

@@ -8,7 +8,8 @@ a file's frames, a sample id / audio file / FLAME file in two splits of one data
 sharing an output folder, and every FLAME model, mask and index file the config names that is missing
 or refused. Samples of speakers outside DATA.<split>_subjects are counted as "left out". Exit status 1
 if any problem was found, 0 otherwise; audio/motion length mismatches above DATA.max_av_diff are
-listed as warnings (they are trimmed, not errors).
+listed as warnings (they are trimmed, not errors). A config that cannot be read is one line and exit
+status 1, as for every entry point (utils/errors.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import sys
 
 from dataset.index import SPLITS
 from dataset.split_check import check_split
-from utils.errors import DataError
+from utils.errors import run_reporting_user_errors
 from utils.config import ConfigError, flame_path_for, load_config, resolve_data_path
 
 
@@ -68,26 +69,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="SECTION.key=value overrides")
     args = ap.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
     if not cfg.DATA.datasets:
-        print(f"{args.config}: DATA.datasets is empty: nothing to check", file=sys.stderr)
-        return 1
+        raise ConfigError(f"{args.config}: DATA.datasets is empty: nothing to check")
 
     quiet = logging.getLogger("main.check_data")
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False  # the tables below list every problem and warning
-    reports = {}
-    try:
-        for split in SPLITS:
-            reports[split] = check_split(cfg, split, log=quiet, raise_errors=False, progress=not args.quiet)
-        flame_lines, flame_problems = check_flame_files(cfg)
-    except (ConfigError, DataError) as e:  # e.g. DATA_ROOT unset
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    reports = {split: check_split(cfg, split, log=quiet, raise_errors=False, progress=not args.quiet)
+               for split in SPLITS}
+    flame_lines, flame_problems = check_flame_files(cfg)
 
     print(f"data root: {cfg.DATA.data_root}")
     print("\n== FLAME files ==")
@@ -129,4 +120,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_user_errors("check_data", main))

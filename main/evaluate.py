@@ -1,4 +1,4 @@
-"""Metrics of a results tree against ground truth: LVE, FDD, MVE (CodeTalker's definitions, DESIGN.md 7).
+"""Metrics of a results tree against ground truth: LVE, FDD, MVE (CodeTalker's definitions).
 
 Predictions are read from ``{results}/{DATASET}/{STYLE_ID}/{i}.npy`` ((V,3) vertices per frame; default
 results = ``{INFER.output_root}/{INFER.exp_name}``). Ground truth is built for every sample of the
@@ -53,8 +53,10 @@ from dataset.flame_params import resample_motion  # noqa: E402
 from main.listening import format_listening, listening_check  # noqa: E402
 from main.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
 from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
-from main.results import TMP_PREFIX, ResultsError, check_clashes, frame_files, load_frames, read_meta  # noqa: E402
-from utils.errors import DataError, UserError  # noqa: E402
+from main.result_reader import frame_files, load_frames, read_meta  # noqa: E402
+from main.results import check_clashes  # noqa: E402
+from utils.atomic import TMP_PREFIX  # noqa: E402
+from utils.errors import DataError, ResultsError, UserError  # noqa: E402
 
 log = logging.getLogger("evaluate")
 

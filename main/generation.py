@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dataset.dataset import pad_batch
 from dataset.flame_params import resample_motion
 from main.session import attention_window, window_frames
 from models.flame import motion_to_coeffs287
@@ -32,34 +33,18 @@ def full_fp32():
 
 @torch.no_grad()
 def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_frames: list[int], cfg,
-                    device: torch.device, progress: bool = False) -> list[np.ndarray]:
-    """Generate one batch of clips. audios: (N_b,) normalised 16 kHz tensors; returns (T_b,51) arrays.
+                    device: torch.device) -> list[np.ndarray]:
+    """Generate one batch of clips. audios: (N_b,) normalised tensors; returns (T_b,51) arrays.
 
     Clips are right-padded to the longest; generation is causal, so each clip's first T_b frames do
     not depend on the padding. Long audio (> INFER.window_seconds) is encoded in overlapping windows.
-    ``progress``: a tqdm bar over generated frames (one decoder step = one call of the output map).
     """
-    B, n_max = len(audios), max(int(a.shape[0]) for a in audios)
-    audio = torch.zeros(B, n_max)
-    mask = torch.zeros(B, n_max, dtype=torch.bool)
-    for b, a in enumerate(audios):
-        audio[b, :a.shape[0]] = a
-        mask[b, :a.shape[0]] = True
+    audio, mask = pad_batch(audios)
     window, overlap = window_frames(cfg)
-    bar = tqdm(total=max(n_frames), desc="generate", unit="frame", disable=not progress, leave=False)
-
-    def one_frame(*_):  # a forward hook's return value would replace the output: return None
-        bar.update(1)
-    hook = model.output_map.register_forward_hook(one_frame) if progress else None
-    try:
-        with full_fp32():
-            out = model.generate(audio.to(device), torch.tensor(style_idx, dtype=torch.long, device=device),
-                                 max(n_frames), audio_mask=mask.to(device), window_frames=window,
-                                 overlap_frames=overlap, attention_window=attention_window(cfg))
-    finally:
-        if hook is not None:
-            hook.remove()
-        bar.close()
+    with full_fp32():
+        out = model.generate(audio.to(device), torch.tensor(style_idx, dtype=torch.long, device=device),
+                             max(n_frames), audio_mask=mask.to(device), window_frames=window,
+                             overlap_frames=overlap, attention_window=attention_window(cfg))
     out = out.float().cpu().numpy()
     return [np.ascontiguousarray(out[b, :t]) for b, t in enumerate(n_frames)]
 

@@ -1,57 +1,27 @@
-"""Inference: test splits or one audio file -> per-frame FLAME vertices, motion and 287-dim coefficients.
+"""Inference: test splits, one audio file or a stream -> per-frame FLAME vertices, motion and 287-dim
+coefficients. The three modes run through one pipeline (main/pipeline.py)::
 
-Evaluation mode (every sample of the ``INFER.split`` JSONs of every dataset of the config)::
-
-    python inference.py --config config/faceformer.yaml [--checkpoint P] [--overwrite] [SECTION.key=value ...]
-
-writes, for each sample::
-
-    {INFER.output_root}/{INFER.exp_name}/{DATASET}/{STYLE_ID}/{i}.npy   (5023,3) float32, i = 0..N-1, nothing else
-    {INFER.coeff_root}/{INFER.exp_name}/{DATASET}/{STYLE_ID}/motion.npy      (N,51) float32
-                                                            /coeffs287.npy   (N,287) float32
-                                                            /meta.json       sample_id, dataset, style_id, speaker,
-                                                                             audio_path, fps, n_frames, checkpoint,
-                                                                             condition_style
-
-The model predicts motion at the checkpoint's DATA.target_fps (25 by default; a run config with
-another framing is refused). ``INFER.output_fps: native`` (default) resamples it to the sample's
-own fps (linear interpolation in time), so N = round(T * fps / target_fps) equals the ground-truth
-frame count (MultiModal200: 20 fps); a number resamples to that rate instead. Vertices are FLAME of
-the motion with the sample's shape (its first ``FLAME.n_shape`` dims, as in training) or zeros.
-
-Single-audio mode (any sample rate, channel count and length)::
-
+    python inference.py --config config/faceformer.yaml [--checkpoint P] [--overwrite | --resume] [KEY=value ...]
     python inference.py [--config CFG] --audio speech.wav [--style STYLE] [--out DIR] [--render]
-
-writes ``DIR/vertices/{i}.npy``, ``DIR/motion.npy``, ``DIR/coeffs287.npy``, ``DIR/meta.json`` and with
-``--render`` ``DIR/video.mp4`` (main/render.py). Default DIR: ``results/single/<wav stem>``; output fps
-DATA.target_fps unless ``INFER.output_fps`` is a number; vertices use zero shape and ``FLAME.model_path``.
-Frames are converted and written while later ones are still decoded (main/generation.py).
-
-Streaming (main/stream.py, README "Live / streaming")::
-
-    python inference.py --audio speech.wav --stream [--chunk_ms 200] [--lookahead_ms 300] [--left_context_ms 1000]
-                        [--warmup_ms 0] [--prime_audio EARLIER.wav]
+    python inference.py --audio speech.wav --stream [--chunk_ms 200] [--lookahead_ms 300]
+                        [--left_context_ms 1000] [--warmup_ms 0] [--prime_audio EARLIER.wav]
     ... | python inference.py --audio - [--stdout_vertices]     (raw 16-bit mono 16 kHz PCM on stdin)
 
-feeds the audio chunk by chunk as if live and writes the single-audio files, each frame's vertices as
-soon as the frame is final, plus ``DIR/stream_stats.json``. ``INFER.attention_window`` (default 600
-frames) bounds the decoder's attention in every mode.
+Evaluation mode writes every sample of the ``INFER.split`` JSONs of every dataset into the results
+tree (main/results.py: ``{INFER.output_root}/{exp_name}/{DATASET}/{STYLE_ID}/{i}.npy`` and a parallel
+coefficient tree with ``motion.npy``, ``coeffs287.npy``, ``meta.json``), at each dataset's own fps
+(``INFER.output_fps: native``, so frame counts match the ground truth) or at a given rate. A speaker
+that is not a training style is conditioned on ``INFER.condition_style`` (default: the first style).
 
-Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``. The
-model is built from the MODEL section saved in the checkpoint (the weights must fit it) and its style
-classes are the checkpoint's ``styles``. A test speaker that is not a training style is conditioned on
-``INFER.condition_style`` (default: the first training style), which the log says.
+Single-audio mode (any rate, channel count and length) writes ``DIR/vertices/{i}.npy``, ``DIR/motion.npy``,
+``DIR/coeffs287.npy``, ``DIR/meta.json`` (+ ``DIR/video.mp4`` with ``--render``); DIR defaults to
+``results/single/<audio stem>``. Streaming (main/stream.py) feeds the audio chunk by chunk as if live
+and writes the same files, each frame as soon as it is final, plus ``DIR/stream_stats.json``.
 
-All three modes run through one pipeline (main/pipeline.py). Results are written whole or not at all
-(main/result_writer.py): frames are written into a temporary folder and renamed into place,
-``meta.json`` last. Existing results are never overwritten
-silently: a sample that already has results (complete, or left incomplete by a killed run) is an error
-unless ``--overwrite`` (``INFER.overwrite=true``: redo all) or ``--resume`` (``INFER.resume=true``: keep
-complete samples, make the missing ones). Temporary folders of a crashed run are removed and reported.
-Before generating, the output folders are checked for writability and free space for the planned
-frames. Two test samples mapping to one folder are an error before anything is written. Ctrl-C /
-SIGTERM stop at once (the sample in progress is discarded) with a line saying how to continue.
+Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``; the
+model is built from the MODEL section and styles saved in it. Existing results are an error unless
+``--overwrite`` (redo all) or ``--resume`` (keep complete results). Ctrl-C / SIGTERM stop with a line
+saying what was kept and how to continue.
 
 Log file (console + file, appended): ``--log FILE``, else ``DIR/inference.log`` in single-audio mode, and
 in evaluation mode one derived from ``INFER.output_root``: for a relative root,

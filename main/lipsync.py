@@ -57,7 +57,7 @@ if __name__ == "__main__":  # run as a script: make the repo importable
 import numpy as np  # noqa: E402
 
 from main.phones import BILABIALS, MODES, PhoneSource, dataset_entries, load_audio_16k  # noqa: E402
-from main.results import find_leaves, frame_files, leaf_fps, leaf_meta, read_meta  # noqa: E402
+from main.result_reader import find_leaves, frame_files, leaf_fps, leaf_meta, read_meta  # noqa: E402
 from utils.errors import ResultsError, UserError  # noqa: E402
 
 log = logging.getLogger("lipsync")

@@ -35,6 +35,7 @@ from main import results as RT
 from main.generation import BackgroundDecode, VertexFrames, encode_one, generate_motion, sample_arrays, to_output_fps
 from main.jobs import audio_seconds, check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs
 from main.output_lock import output_lock
+from main.result_reader import read_meta
 from main.result_writer import FrameWriter, write_sample
 from main.session import attention_window, check_infer_config, choose_style, open_session, stream_settings
 from main.speech import AudioCheck, as_float_pcm, is_silent, pcm_chunks_from_stdin, read_speech
@@ -161,7 +162,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     mode, out_dir = results_mode(cfg, overwrite, resume), RT.single_dir(audio_path, out_dir)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, mode, logger):
-            return dict(RT.read_meta(out_dir), out_dir=out_dir)
+            return dict(read_meta(out_dir), out_dir=out_dir)
         check_infer_config(cfg)
         fr = framing_from_config(cfg)
         out_fps = output_fps(cfg, fr.fps)
@@ -233,7 +234,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
     stem = RT.audio_stem(args.audio)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, "overwrite" if live and mode == "resume" else mode, logger):
-            return dict(RT.read_meta(out_dir), out_dir=out_dir)
+            return dict(read_meta(out_dir), out_dir=out_dir)
         audio = None if live else read_speech(args.audio, fr.sample_rate, logger, fr.fps, normalise=False)
         prime = read_speech(args.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
             if args.prime_audio else None

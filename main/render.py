@@ -1,6 +1,6 @@
 """Render per-frame vertex files (+ audio) to mp4: a fixed frontal camera, OpenGL or CPU, ffmpeg mux.
 
-Input layout (written by main/inference.py, DESIGN.md 6)::
+Input layout (written by main/inference.py, main/results.py)::
 
     {INFER.output_root}/{exp_name}/{DATASET}/{STYLE_ID}/{i}.npy      each (V,3), i = 0..T-1
     {INFER.coeff_root}/{exp_name}/{DATASET}/{STYLE_ID}/meta.json     audio_path, fps, ... (optional)
@@ -45,8 +45,9 @@ import numpy as np  # noqa: E402
 from main.raster_cpu import CpuMeshRenderer  # noqa: E402
 from main.render_gl import MeshRenderer, gl_help, missing_libraries, use_platform  # noqa: E402,F401
 from main.render_scene import Camera, RenderError, frame_camera  # noqa: E402,F401
-from main.results import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames  # noqa: E402
-from utils.fileperm import give_umask_mode  # noqa: E402
+from main.result_reader import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames  # noqa: E402
+from utils.errors import ResultsError  # noqa: E402
+from utils.atomic import atomic_write  # noqa: E402
 
 log = logging.getLogger("render")
 
@@ -167,55 +168,51 @@ def render_sequence(frames, faces, out_mp4: str, fps: float, audio: str | None =
     # One camera for prediction and ground truth so both panels share scale and position.
     camera = frame_camera(frames if gt is None else np.concatenate([frames, gt]))
     out_mp4 = os.path.abspath(out_mp4)
-    out_dir = os.path.dirname(out_mp4)
-    os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(out_mp4), exist_ok=True)
     renderer, used = open_renderer(backend, faces, camera, size, probe=frames[0])
     log.info("%s: %d frames, %s backend", out_mp4, len(frames), used)
     width = size * (2 if gt is not None else 1)
-    tmp_video = tempfile.NamedTemporaryFile(prefix=".render_", suffix=".mp4", dir=out_dir, delete=False).name
-    tmp_final = tmp_video[:-4] + "_av.mp4"
-    try:
+    def encode(path: str):  # the whole mp4 at ``path``, a temporary name (so ffmpeg is told the format)
+        video = path if audio is None else path + "-video"  # muxing copies the video stream into ``path``
         import imageio_ffmpeg
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{size}", "-framerate", f"{fps:g}",
                "-i", "-", "-an", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-crf", "18",
-               "-movflags", "+faststart", tmp_video]
-        # stderr to a file, not a pipe: a full pipe would block ffmpeg while we block on stdin.
-        with tempfile.TemporaryFile() as err:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
-            try:
-                for t in tqdm(range(len(frames)), desc=f"render {os.path.basename(out_mp4)} ({used})",
-                              disable=not progress, leave=False):
-                    img = renderer.render(frames[t], t)
-                    if gt is not None:
-                        img = np.concatenate([img, renderer.render(gt[t], t)], axis=1)
-                    proc.stdin.write(img.tobytes())
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass  # ffmpeg died: its stderr is reported below
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            rc = proc.wait()
-            if rc != 0:
-                err.seek(0)
-                raise RenderError(f"ffmpeg failed while encoding {out_mp4} (exit {rc}):\n"
-                                  f"{err.read().decode(errors='replace')[-2000:]}")
-        if audio is not None:
-            _ffmpeg(["-i", tmp_video, "-i", os.path.abspath(audio), "-map", "0:v:0", "-map", "1:a:0",
-                     "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-movflags", "+faststart", tmp_final],
-                    f"muxing {audio} into {out_mp4}")
-            final = tmp_final
-        else:
-            final = tmp_video
-        give_umask_mode(final)
-        os.replace(final, out_mp4)
+               "-movflags", "+faststart", "-f", "mp4", video]
+        try:
+            # stderr to a file, not a pipe: a full pipe would block ffmpeg while we block on stdin.
+            with tempfile.TemporaryFile() as err:
+                proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=err)
+                try:
+                    for t in tqdm(range(len(frames)), desc=f"render {os.path.basename(out_mp4)} ({used})",
+                                  disable=not progress, leave=False):
+                        img = renderer.render(frames[t], t)
+                        if gt is not None:
+                            img = np.concatenate([img, renderer.render(gt[t], t)], axis=1)
+                        proc.stdin.write(img.tobytes())
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass  # ffmpeg died: its stderr is reported below
+                except BaseException:
+                    proc.kill()
+                    proc.wait()
+                    raise
+                rc = proc.wait()
+                if rc != 0:
+                    err.seek(0)
+                    raise RenderError(f"ffmpeg failed while encoding {out_mp4} (exit {rc}):\n"
+                                      f"{err.read().decode(errors='replace')[-2000:]}")
+            if audio is not None:
+                _ffmpeg(["-i", video, "-i", os.path.abspath(audio), "-map", "0:v:0", "-map", "1:a:0",
+                         "-c:v", "copy", "-c:a", "aac", "-b:a", "160k", "-movflags", "+faststart", "-f", "mp4",
+                         path], f"muxing {audio} into {out_mp4}")
+        finally:
+            if video != path and os.path.exists(video):
+                os.remove(video)
+    try:
+        atomic_write(out_mp4, encode, umask_mode=True)
     finally:
         renderer.close()
-        for p in (tmp_video, tmp_final):
-            if os.path.exists(p):
-                os.remove(p)
     return out_mp4
 
 
@@ -275,13 +272,13 @@ def main(argv=None):
 
     root = args.results or os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name)
     if not os.path.exists(root):
-        raise SystemExit(f"render: results not found: {root}")
+        raise ResultsError(f"results not found: {root}")
     leaves = [root] if os.path.isfile(root) else find_leaves(root)
     if not leaves:
-        raise SystemExit(f"render: no folder with 0.npy, 1.npy, ... frame files under {root}")
+        raise ResultsError(f"no folder with 0.npy, 1.npy, ... frame files under {root}")
     single_out = args.out is not None and args.out.lower().endswith(".mp4")
     if single_out and len(leaves) > 1:
-        raise SystemExit(f"render: --out {args.out} is one file but {root} holds {len(leaves)} sequences")
+        raise RenderError(f"--out {args.out} is one file but {root} holds {len(leaves)} sequences")
 
     # Videos mirror the results tree: relative to INFER.output_root when inside it, else to the
     # folder that holds --results (so its own name is kept).

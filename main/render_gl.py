@@ -42,7 +42,7 @@ def use_platform(platform: str):
 
 def gl_help(platform: str | None = None) -> str:
     """A message naming the GL libraries the current PYOPENGL_PLATFORM needs, which are missing,
-    and how to install them (DESIGN.md 10)."""
+    and how to install them."""
     platform = platform or os.environ.get("PYOPENGL_PLATFORM", "egl")
     needed = PLATFORM_LIBRARIES.get(platform, ["GL"])
     missing = missing_libraries(platform)

@@ -5,7 +5,7 @@ pickles holding chumpy ``Ch`` objects and ``scipy.sparse`` matrices; they are re
 unpickler of utils/safe_pickle.py (anything outside its allow-list raises ``UnsafePickleError``
 instead of running). The skinning itself is models/lbs.py; face regions are models/flame_regions.py.
 
-Conventions (DESIGN.md section 4):
+Conventions:
 - 5 joints: global, neck, jaw, left eye, right eye; parents [-1, 0, 1, 1, 1].
 - pose (N, 15) = axis-angle [global(3), neck(3), jaw(3), eye_l(3), eye_r(3)].
 - motion51 = [expr[:50], jaw_x]; as FLAME input: expr zero-padded to the model's expression count,

@@ -1,4 +1,4 @@
-"""A transformers-free wav2vec2 for inference from a checkpoint (issue 12, item 5: start-up).
+"""A transformers-free wav2vec2 for inference from a checkpoint (fast start-up).
 
 Importing ``Wav2Vec2Model`` from transformers costs about twice a bare ``import torch`` (it pulls in
 torch.distributed.tensor, torch._dynamo, scipy.optimize, ...), yet a checkpoint of ours holds every

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from main import results as RT  # noqa: E402
+from main.result_reader import find_leaves, load_frames, read_meta  # noqa: E402
 from main.result_writer import write_sample  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,10 +60,10 @@ def write_ground_truth(cfg, exp: str):
 def write_shifted(cfg, src: str, exp: str, shift_ms: float):
     """The ``src`` tree with every clip's frames delayed by shift_ms (the length kept)."""
     root = os.path.join(cfg.INFER.output_root, src)
-    for leaf in RT.find_leaves(root):
+    for leaf in find_leaves(root):
         rel = os.path.relpath(leaf, root)
-        meta = RT.read_meta(os.path.join(cfg.INFER.coeff_root, src, rel))
-        frames = RT.load_frames(leaf)
+        meta = read_meta(os.path.join(cfg.INFER.coeff_root, src, rel))
+        frames = load_frames(leaf)
         n = int(round(shift_ms / 1000 * meta["fps"]))
         shifted = frames[np.clip(np.arange(len(frames)) - n, 0, None)]
         write_sample(os.path.join(cfg.INFER.output_root, exp, rel), os.path.join(cfg.INFER.coeff_root, exp, rel),

@@ -1,4 +1,4 @@
-"""Write the embedded demo's synthetic datasets (DESIGN.md section 9) under --out (default demo_data/).
+"""Write the embedded demo's synthetic datasets under --out (default demo_data/).
 
 Three small datasets in their real formats, the JSON indices/splits that config/demo.yaml names, and
 the procedural STAND-IN FLAME files (not the licensed model):

@@ -1,6 +1,6 @@
 """Mean-motion baseline: the training set's mean 51-dim motion, repeated for every test frame.
 
-Writes the same layout as inference (DESIGN.md 6) under INFER.exp_name=mean_baseline (override it
+Writes the same layout as inference (main/results.py) under INFER.exp_name=mean_baseline (override it
 with INFER.exp_name=...), so main/evaluate.py scores it exactly like a model. A model that learned
 anything from the audio must beat it on LVE.
 

@@ -17,20 +17,36 @@ def demo_root(tmp_path_factory):
     return str(out)
 
 
-def write_tiny_checkpoint(cfg, styles, path, seed=0, edit=None):
-    """A randomly initialised demo-config model saved in the training loop's checkpoint format at
-    ``path``; the output map gets non-zero weights (zero would predict the neutral face everywhere).
-    ``edit(model)`` may change it before saving. Returns the path."""
+def tiny_model(model_cfg=None, n_styles=3, seed=0, weight_std=0.3, bias_std=0.1, norm=None):
+    """A randomly initialised FaceFormer of the demo config (its tiny wav2vec2; ``norm``: another
+    ``feat_extract_norm``) whose output map is non-zero: the zero-initialised map would predict the
+    neutral face everywhere and make every comparison trivial. ``bias_std`` None: the bias stays zero."""
     import torch
 
     from models.faceformer import FaceFormer
+    from utils.config import load_config
 
+    if model_cfg is None:
+        model_cfg = load_config(os.path.join(ROOT, "config", "demo.yaml")).MODEL
+    if norm is not None:
+        model_cfg.audio_encoder_config = dict(model_cfg.audio_encoder_config, feat_extract_norm=norm)
     torch.manual_seed(seed)
-    model = FaceFormer(cfg.MODEL, n_styles=len(styles))
+    model = FaceFormer(model_cfg, n_styles=n_styles)
     with torch.no_grad():
-        torch.nn.init.normal_(model.output_map.weight, std=0.3)
-        torch.nn.init.normal_(model.output_map.bias, std=0.1)
-        if edit is not None:
+        torch.nn.init.normal_(model.output_map.weight, std=weight_std)
+        if bias_std is not None:
+            torch.nn.init.normal_(model.output_map.bias, std=bias_std)
+    return model
+
+
+def write_tiny_checkpoint(cfg, styles, path, seed=0, edit=None):
+    """``tiny_model`` saved in the training loop's checkpoint format at ``path``. ``edit(model)`` may
+    change it before saving. Returns the path."""
+    import torch
+
+    model = tiny_model(cfg.MODEL, len(styles), seed)
+    if edit is not None:
+        with torch.no_grad():
             edit(model)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 1, "styles": list(styles),

@@ -45,7 +45,7 @@ def _flame_rel(entry):
 
 
 def _motion(cfg, name, entry):
-    """(T,51) [expr50, jaw] as DESIGN.md section 3 defines it, straight from the file."""
+    """(T,51) [expr50, jaw] as dataset/flame_params.py defines it, straight from the file."""
     z = np.load(resolve_data_path(cfg, _flame_rel(entry)))
     if cfg.DATA.datasets[name].format == "emoca":
         return np.concatenate([z["expcode"][:, :50], z["posecode"][:, 3:4]], 1)

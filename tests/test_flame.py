@@ -378,7 +378,7 @@ def test_shared_flame_is_one_instance_per_device_and_never_moved_in_place(tmp_pa
     assert meta is not cpu and meta.v_template.is_meta
     assert load_flame(flame_path_for(cfg), device="meta") is meta and load_flame(flame_path_for(cfg), device="cpu") is cpu
     assert cpu.v_template.device.type == "cpu" and torch.equal(cpu.v_template, before)
-    # moving or casting the shared instance (what train.py once did with .to(device)) is refused
+    # moving or casting the shared instance in place is refused
     for move in (lambda m: m.to("meta"), lambda m: m.double(), lambda m: m.to(torch.float16)):
         with pytest.raises(RuntimeError, match="shared instance"):
             move(cpu)

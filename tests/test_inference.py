@@ -17,9 +17,9 @@ from main import inference as I
 from main.generation import generate_motion
 from main.model_io import load_model
 from main.speech import read_speech
-from models.faceformer import FaceFormer
 from models.flame import FLAME
 from scripts.flame_standin import write_standin_files
+from tests.conftest import tiny_model
 from utils.config import load_config
 from utils.errors import AudioError, InferenceError, ResultsError
 
@@ -105,11 +105,7 @@ def data_root(tmp_path_factory):
 def checkpoint(data_root):
     """A tiny model in the training loop's checkpoint format, with a non-zero output map."""
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={data_root}"])
-    torch.manual_seed(0)
-    model = FaceFormer(cfg.MODEL, n_styles=len(STYLES))
-    with torch.no_grad():  # zero-initialised output map would predict the neutral face everywhere
-        torch.nn.init.normal_(model.output_map.weight, std=0.3)
-        torch.nn.init.normal_(model.output_map.bias, std=0.1)
+    model = tiny_model(cfg.MODEL, len(STYLES))
     path = os.path.join(data_root, "ckpt", "best_model.pth")
     os.makedirs(os.path.dirname(path))
     torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 3, "styles": list(STYLES),
@@ -236,9 +232,7 @@ def test_demo_data_frame_counts_match_ground_truth(demo_root, tmp_path):
 
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={demo_root}"])
     styles = style_classes(cfg)
-    torch.manual_seed(1)
-    model = FaceFormer(cfg.MODEL, n_styles=len(styles))
-    torch.nn.init.normal_(model.output_map.weight, std=0.3)
+    model = tiny_model(cfg.MODEL, len(styles), seed=1, bias_std=None)
     torch.save({"model": model.state_dict(), "styles": styles, "epoch": 0, "config": cfg.to_dict()},
                tmp_path / "demo.pth")
     rows = I.cli(["--config", DEMO_CFG, f"DATA.data_root={demo_root}", f"INFER.checkpoint={tmp_path / 'demo.pth'}",

@@ -27,6 +27,7 @@ import pytest
 import soundfile as sf
 
 from main.output_lock import LOCK_FILE, output_lock
+from main.result_reader import load_frames
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -306,13 +307,13 @@ def test_torn_or_empty_frame_is_not_complete(setup, tmp_path, damage):
     out = tmp_path / "o"
     args = cli_args(setup, "--audio", setup[2], "--out", str(out))
     I.cli(args)
-    ref = RT.load_frames(str(out / "vertices"))
+    ref = load_frames(str(out / "vertices"))
     frame = out / "vertices" / ("0.npy" if damage == "header" else "17.npy")
     data = frame.read_bytes()
     frame.write_bytes({"empty": b"", "torn": data[:len(data) // 2], "header": data[:40]}[damage])
     assert not RT.is_complete(str(out / "vertices"), str(out))  # the frame count is still right
     I.cli(args + ["--resume"])
-    np.testing.assert_array_equal(RT.load_frames(str(out / "vertices")), ref)
+    np.testing.assert_array_equal(load_frames(str(out / "vertices")), ref)
     assert RT.is_complete(str(out / "vertices"), str(out))
 
 

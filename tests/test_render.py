@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 import main.render as R  # sets PYOPENGL_PLATFORM (default egl) before pyrender is imported
-import main.results as RT
+import main.result_reader as RT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Nothing executed, nothing torn, nothing lost (issue 9).
+"""Nothing executed, nothing torn, nothing lost.
 
 - a checkpoint whose pickle would create a file is refused on all four ways in (--checkpoint,
   INFER.checkpoint, TRAIN.save_path/best_model.pth, TRAIN.resume) and the file is never created;
@@ -27,6 +27,8 @@ from main import inference as I
 from main import results as RT
 from main.checkpoint import convert_old_checkpoint, load_checkpoint, save_checkpoint
 from main.model_io import load_model
+from main.result_reader import load_frames
+from utils.atomic import TMP_PREFIX
 from utils.config import load_config
 from utils.errors import CheckpointError, InferenceError, ResultsError
 
@@ -49,14 +51,11 @@ class CreatesFile:
 def ckpt(demo_root, tmp_path_factory):
     """A tiny demo model (non-zero output map) saved by save_checkpoint in the training format."""
     from dataset.index import style_classes
-    from models.faceformer import FaceFormer
+    from tests.conftest import tiny_model
 
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={demo_root}"])
     styles = style_classes(cfg)
-    torch.manual_seed(0)
-    model = FaceFormer(cfg.MODEL, n_styles=len(styles))
-    with torch.no_grad():
-        torch.nn.init.normal_(model.output_map.weight, std=0.3)
+    model = tiny_model(cfg.MODEL, len(styles), bias_std=None)
     path = str(tmp_path_factory.mktemp("ckpt") / "best_model.pth")
     save_checkpoint({"model": model.state_dict(), "optimizer": {}, "epoch": 1, "step": 2, "best_val": 0.5,
                      "styles": styles, "config": cfg.to_dict()}, path)
@@ -267,7 +266,7 @@ def test_kill_then_resume_equals_an_uninterrupted_run(short_root, ckpt, tmp_path
     assert tree_contents(run) == expected  # identical, nothing more (no stale temporary folder)
     for sub in ("metrics", "coeffs"):
         for folder, dirs, _ in os.walk(os.path.join(run, sub)):
-            assert not [d for d in dirs if d.startswith(RT.TMP_PREFIX)], folder
+            assert not [d for d in dirs if d.startswith(TMP_PREFIX)], folder
 
 
 def test_sigterm_during_inference_says_how_to_continue(short_root, ckpt, tmp_path):
@@ -280,10 +279,10 @@ def test_sigterm_during_inference_says_how_to_continue(short_root, ckpt, tmp_pat
     assert proc.returncode == 143, text
     assert "interrupted (SIGTERM) after" in text and "continue with --resume" in text and "Traceback" not in text
     leftovers = [d for sub in ("metrics", "coeffs") for f, ds, _ in os.walk(os.path.join(out, sub))
-                 for d in ds if d.startswith(RT.TMP_PREFIX)]
+                 for d in ds if d.startswith(TMP_PREFIX)]
     assert leftovers == []
     # a crashed run's temporary folder is removed and reported by the next run
-    stale = os.path.join(os.path.dirname(samples[-1][0]), f"{RT.TMP_PREFIX}x-999999999")
+    stale = os.path.join(os.path.dirname(samples[-1][0]), f"{TMP_PREFIX}x-999999999")
     os.makedirs(stale)
     np.save(os.path.join(stale, "0.npy"), np.zeros((3, 3), np.float32))
     removed = RT.clean_stale_temps([samples[-1][0]])
@@ -322,7 +321,7 @@ def test_full_disk_is_a_named_error_and_leaves_no_partial_folder(short_root, ckp
     for v, c in samples:
         assert RT.is_complete(v, c) or not (os.path.exists(v) or os.path.exists(c))
     parents = {os.path.dirname(d) for pair in samples for d in pair if os.path.isdir(os.path.dirname(d))}
-    assert not [d for p in parents for d in os.listdir(p) if d.startswith(RT.TMP_PREFIX)]
+    assert not [d for p in parents for d in os.listdir(p) if d.startswith(TMP_PREFIX)]
 
 
 def test_single_audio_resume_and_incomplete_folder(short_root, ckpt, tmp_path):
@@ -332,7 +331,7 @@ def test_single_audio_resume_and_incomplete_folder(short_root, ckpt, tmp_path):
     args = ["--config", DEMO_CFG, "--audio", os.path.join(short_root, "clips", "0.wav"), "--out", str(out),
             "--checkpoint", ckpt, f"DATA.data_root={short_root}", "INFER.device=cpu"]
     I.cli(args)
-    frames = RT.load_frames(str(out / "vertices"))
+    frames = load_frames(str(out / "vertices"))
     meta = json.loads((out / "meta.json").read_text())
     assert frames.shape == (15, 5023, 3) and meta["n_frames"] == 15
 
@@ -340,7 +339,7 @@ def test_single_audio_resume_and_incomplete_folder(short_root, ckpt, tmp_path):
     with pytest.raises(InferenceError, match="already holds results.*--resume"):
         I.cli(args)
     I.cli(args + ["--resume"])
-    np.testing.assert_array_equal(RT.load_frames(str(out / "vertices")), frames)
+    np.testing.assert_array_equal(load_frames(str(out / "vertices")), frames)
     assert json.loads((out / "meta.json").read_text()) == meta
 
     before = os.stat(out / "vertices" / "0.npy").st_mtime_ns

@@ -7,7 +7,8 @@ import torch
 
 from dataset.audio import normalize_audio
 from main.stream import Streamer
-from models.faceformer import FaceFormer, alibi_bias, periodic_positional_encoding
+from models.faceformer import alibi_bias, periodic_positional_encoding
+from tests.conftest import tiny_model as conftest_tiny_model
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -15,14 +16,7 @@ HOP = 640
 
 
 def tiny_model(norm="group", seed=0):
-    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml")).MODEL
-    cfg.audio_encoder_config = dict(cfg.audio_encoder_config, feat_extract_norm=norm)
-    torch.manual_seed(seed)
-    m = FaceFormer(cfg, n_styles=3).eval()
-    with torch.no_grad():  # the zero-initialised output map would make every comparison trivial
-        torch.nn.init.normal_(m.output_map.weight, std=0.2)
-        torch.nn.init.normal_(m.output_map.bias, std=0.1)
-    return m
+    return conftest_tiny_model(norm=norm, seed=seed, weight_std=0.2).eval()
 
 
 @pytest.fixture(scope="module")

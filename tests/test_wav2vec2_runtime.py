@@ -19,10 +19,10 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model
 
 from main.checkpoint import load_checkpoint, plain_values, save_checkpoint
 from main.model_io import load_model
-from models.faceformer import FaceFormer
-from scripts.flame_standin import write_standin_files
 from models.wav2vec import AudioEncoder
 from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
+from scripts.flame_standin import write_standin_files
+from tests.conftest import tiny_model
 from utils.config import load_config
 from utils.errors import CheckpointError
 
@@ -118,10 +118,7 @@ def files(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("w2v_runtime"))
     write_standin_files(os.path.join(root, "FLAME"))
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={root}", f"TRAIN.save_path={root}/run"])
-    torch.manual_seed(0)
-    model = FaceFormer(cfg.MODEL, n_styles=2)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.output_map.weight, std=0.3)
+    model = tiny_model(cfg.MODEL, 2, bias_std=None)
     state = Trainer(cfg, model, [], None, {}, ["S0", "S1"], torch.device("cpu"), LOG).state()
     save_checkpoint(state, os.path.join(root, "new.pth"))
     state.pop("audio_encoder_config")

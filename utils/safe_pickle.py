@@ -1,7 +1,7 @@
 """Restricted unpickling of FLAME-era pickles (FLAME 2020 / 2023 models, ``FLAME_masks.pkl``, parameter
 files): an allow-list of numpy / scipy.sparse / chumpy names, chumpy ``Ch`` objects and sparse matrices
 become numpy arrays, so neither chumpy nor trust in the file is needed. Anything outside the
-allow-list raises ``UnsafePickleError`` instead of running (DESIGN.md 4).
+allow-list raises ``UnsafePickleError`` instead of running.
 
 Lives in utils/ because both the FLAME loader (models/) and the parameter-file reader (dataset/) use it.
 """

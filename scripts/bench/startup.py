@@ -1,4 +1,4 @@
-"""Section startup: command-line start-up cost (issue 12 item 5). Fresh interpreters, run in turn
+"""Section startup: command-line start-up cost. Fresh interpreters, run in turn
 ``repeat`` times so load from other jobs hits every command alike; medians of wall seconds:
 
 - a bare ``import torch`` (the floor every run pays);
