@@ -244,6 +244,17 @@ def split_refs(cfg, split: str, problems: list | None = None) -> list[SampleRef]
     return refs
 
 
+def folder_clashes(refs: list[SampleRef]) -> list[tuple[SampleRef, SampleRef]]:
+    """(sample, the earlier sample it shares an output folder with): a result goes to <dataset>/<style_id>,
+    so two samples of one dataset with one style id would write over each other."""
+    first, clashes = {}, []
+    for ref in refs:
+        owner = first.setdefault((ref.dataset, ref.style_id), ref)
+        if owner is not ref:
+            clashes.append((ref, owner))
+    return clashes
+
+
 def style_classes(cfg) -> list[str]:
     """Style embedding classes: ``DATA.train_subjects`` if set, else the sorted training speakers."""
     if cfg.DATA.train_subjects:

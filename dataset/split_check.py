@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from dataset.data_item import SampleRef, load_item
-from dataset.index import dataset_refs, split_jsons, subjects_of
+from dataset.index import dataset_refs, folder_clashes, split_jsons, subjects_of
 from utils.errors import DataError
 from utils.framing import framing_from_config
 
@@ -118,15 +118,11 @@ def check_split(cfg, split: str, log: logging.Logger | None = None, raise_errors
         for key, msg in split_overlaps(cfg, name, split, refs).items():
             problems.append(msg)
             report["bad"].add(key)
-        if split == "test":
-            owner = {}
-            for ref in good:
-                first = owner.setdefault(ref.style_id, ref)
-                if first is not ref:
-                    problems.append(f"{ref.where}: maps to the same output folder {name}/{ref.style_id} as "
-                                    f"sample '{first.sample_id}' of {first.json_path}; give each test "
-                                    f"sample its own style_id")
-                    report["bad"].add((ref.json_path, ref.sample_id))
+        for ref, first in folder_clashes(good) if split == "test" else ():
+            problems.append(f"{ref.where}: maps to the same output folder {name}/{ref.style_id} as "
+                            f"sample '{first.sample_id}' of {first.json_path}; give each test "
+                            f"sample its own style_id")
+            report["bad"].add((ref.json_path, ref.sample_id))
         good = [r for r in good if (r.json_path, r.sample_id) not in report["bad"]]
         report["datasets"][name] = {
             "format": ds.format, "entries": len(refs), "left_out": len(left_out), "samples": len(good),

@@ -148,8 +148,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
         for msg in problems or []:
             log.warning("skipped (DATA.bad_samples=skip): %s", msg)
             report["skipped"].append(msg)
-        check_clashes([(os.path.join(results_dir, name, r.style_id), f"sample '{r.sample_id}' ({r.json_path})")
-                       for r in refs], "give each test sample its own style_id in the JSON")
+        check_clashes(refs, lambda r: os.path.join(results_dir, r.dataset, r.style_id))
 
         flame = load_flame(flame_path_for(cfg, name))
         samples, missing, plot_data = [], [], []

@@ -53,8 +53,7 @@ RERUN_HOW = ("rerun with --resume (INFER.resume=true) to keep complete samples a
 
 def check_clashes(cfg, refs):
     """Two samples with the same output folder (dataset + style id) -> ResultsError listing them all."""
-    RT.check_clashes([(RT.sample_dirs(cfg, r.dataset, r.style_id)[0], f"sample '{r.sample_id}' ({r.json_path})")
-                      for r in refs], "give each test sample its own style_id in the JSON")
+    RT.check_clashes(refs, lambda r: RT.sample_dirs(cfg, r.dataset, r.style_id)[0])
 
 
 def plan_jobs(cfg, refs, styles: list[str], logger: logging.Logger | None = None) -> list[Job]:

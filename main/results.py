@@ -19,6 +19,7 @@ import shutil
 
 import numpy as np
 
+from dataset.index import folder_clashes
 from main.result_reader import META, frame_files, read_meta
 from utils.errors import InferenceError, ResultsError
 
@@ -61,16 +62,14 @@ def build_meta(sample_id, dataset, style_id, speaker, audio_path, fps, n_frames,
             "n_frames": int(n_frames), "checkpoint": checkpoint, "condition_style": condition_style}
 
 
-def check_clashes(owners: list[tuple[str, str]], hint: str):
-    """owners: (output folder, "sample 'x' (file)") per sample. Two samples with one folder ->
-    ResultsError listing every clash, before anything is written."""
-    first, clashes = {}, []
-    for folder, who in owners:
-        if folder in first:
-            clashes.append(f"{first[folder]} and {who} both map to {folder}")
-        first.setdefault(folder, who)
+def check_clashes(refs, folder_of) -> None:
+    """Two samples with one output folder (dataset.index ``folder_clashes``; ``folder_of(ref)``: the
+    folder, for the message) -> ResultsError listing every clash, before anything is written."""
+    clashes = [f"sample '{r.sample_id}' ({r.json_path}) and sample '{f.sample_id}' ({f.json_path}) both map to "
+               f"{folder_of(r)}" for r, f in folder_clashes(refs)]
     if clashes:
-        raise ResultsError(f"{len(clashes)} output folder clash(es), nothing written ({hint}):\n  "
+        raise ResultsError(f"{len(clashes)} output folder clash(es), nothing written (give each test sample "
+                           f"its own style_id in the JSON):\n  "
                            + "\n  ".join(clashes))
 
 

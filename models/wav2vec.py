@@ -191,11 +191,12 @@ class AudioEncoder(nn.Module):
         return n
 
     def frame_lengths(self, audio_mask: torch.Tensor | None, n_frames: int, batch: int, device) -> torch.Tensor:
-        """Real motion frames per clip (B,): round(samples / 640) clamped to [1, n_frames]."""
+        """Real motion frames per clip (B,): the frames in its samples as utils/framing.py ``frames_in``
+        counts them (round(samples / 640), halves up), clamped to [1, n_frames]."""
         if audio_mask is None:
             return torch.full((batch,), n_frames, dtype=torch.long, device=device)
-        n = audio_mask.long().sum(1).double()
-        return torch.round(n / self.samples_per_frame).long().clamp(1, n_frames)
+        spf = int(self.samples_per_frame)
+        return torch.div(2 * audio_mask.long().sum(1) + spf, 2 * spf, rounding_mode="floor").clamp(1, n_frames)
 
     def resample(self, feats: torch.Tensor, n_frames: int, n_valid: torch.Tensor) -> torch.Tensor:
         """Linear interpolation of CNN features at the motion frame centres.
