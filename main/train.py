@@ -27,7 +27,7 @@ from main.train_eval_loop import Trainer  # noqa: E402
 from utils.config import flame_path_for, load_config, save_config  # noqa: E402
 from utils.disk import check_can_write  # noqa: E402
 from utils.framing import framing_from_config  # noqa: E402
-from utils.errors import UserError, run_reporting_user_errors  # noqa: E402
+from utils.errors import ConfigError, UserError, run_reporting_user_errors  # noqa: E402
 from utils.runtime import pick_device, seed_everything, setup_logger  # noqa: E402
 from utils.scalar_log import ScalarLog  # noqa: E402
 
@@ -57,10 +57,10 @@ def prepare_run_dir(cfg, rank):
     run_dir = cfg.TRAIN.save_path
     last = os.path.join(run_dir, "last.pth")
     if os.path.exists(last) and not cfg.TRAIN.resume and not cfg.TRAIN.overwrite:
-        raise SystemExit(f"{run_dir} already holds a run (last.pth). Continue it with TRAIN.resume=true, "
+        raise ConfigError(f"{run_dir} already holds a run (last.pth). Continue it with TRAIN.resume=true, "
                          f"start over with TRAIN.overwrite=true, or set another TRAIN.save_path.")
     if cfg.TRAIN.resume and not os.path.exists(last):
-        raise SystemExit(f"TRAIN.resume=true but {last} does not exist")
+        raise ConfigError(f"TRAIN.resume=true but {last} does not exist")
     if rank == 0:
         check_can_write({run_dir: 0}, "the training run (TRAIN.save_path)")  # a named error, not a traceback
         if cfg.TRAIN.overwrite and not cfg.TRAIN.resume:
@@ -138,7 +138,7 @@ def main(argv=None):
     train_set = FaceDataset(cfg, "train", styles, train=True, log=log, prepared=True)
     val_set = FaceDataset(cfg, "val", styles, train=False, log=log, prepared=True)
     if len(train_set) == 0:
-        raise SystemExit(f"{args.config}: no training samples (check DATA.datasets.*.train)")
+        raise ConfigError(f"{args.config}: no training samples (check DATA.datasets.*.train)")
     log.info("train: %d samples, val: %d samples", len(train_set), len(val_set))
     train_loader = build_loader(train_set, cfg, rank, world_size, train=True, device=device)
     val_loader = build_loader(val_set, cfg, 0, 1, train=False, device=device) if len(val_set) else None
