@@ -57,6 +57,7 @@ from main.result_reader import frame_files, load_frames, read_meta  # noqa: E402
 from main.results import check_clashes  # noqa: E402
 from utils.atomic import TMP_PREFIX  # noqa: E402
 from utils.errors import DataError, ResultsError, UserError  # noqa: E402
+from utils.framing import output_fps  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -81,8 +82,7 @@ def lip_opening_proxy(verts: np.ndarray, lip_idx) -> np.ndarray:
 def prediction_fps(cfg, ref, meta: dict | None) -> float:
     """Frame rate of a sample's predicted frames: meta.json's fps, else INFER.output_fps, where
     ``native`` is the sample's own fps (its JSON ``fps`` or the dataset's)."""
-    out = cfg.INFER.output_fps
-    from_cfg = float(ref.fps) if out == "native" else float(out)
+    from_cfg = output_fps(cfg, ref.fps)
     if meta and meta.get("fps"):
         if abs(float(meta["fps"]) - from_cfg) > 1e-6:
             log.warning("%s/%s: meta.json says %s fps, the config %s fps: using meta.json's", ref.dataset,
