@@ -73,12 +73,12 @@ def plan_jobs(cfg, refs, styles: list[str], logger: logging.Logger | None = None
 
 
 def jobs_to_write(cfg, jobs: list[Job], mode: str, flame_of, logger: logging.Logger) -> list[Job]:
-    """Clean a crashed run's temporary folders, pick the jobs ``mode`` asks for (select_todo), and check
+    """Pick the jobs ``mode`` asks for (select_todo), clean a crashed run's temporary folders, and check
     that their results fit: writable folders, free space for the planned frames. ``flame_of(dataset)``:
-the dataset's FLAME model (its vertex count sizes the frames)."""
+    the dataset's FLAME model (its vertex count sizes the frames)."""
     dirs = [(j.vert_dir, j.coeff_dir) for j in jobs]
-    RT.clean_stale_temps([d for pair in dirs for d in pair], logger)
     todo = [j for j, t in zip(jobs, RT.select_todo(dirs, mode, RERUN_HOW)) if t]
+    RT.clean_stale_temps([d for pair in dirs for d in pair], logger)  # not before: a refused run changes nothing
     if mode == "resume":
         logger.info("--resume: %d complete sample(s) kept, %d to generate", len(jobs) - len(todo), len(todo))
     need = {os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name): 0,

@@ -67,8 +67,9 @@ def interrupts_say(what):
 def single_todo(out_dir: str, mode: str, logger: logging.Logger) -> bool:
     """Whether DIR (single-audio and streaming mode) is to be (re)made; False: --resume finds it complete."""
     vert_dir = os.path.join(out_dir, "vertices")
-    RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
-    if RT.select_todo([(vert_dir, out_dir)], mode, SINGLE_HOW, RT.SINGLE_FILES)[0]:
+    todo = RT.select_todo([(vert_dir, out_dir)], mode, SINGLE_HOW, RT.SINGLE_FILES)[0]
+    RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)  # not before: a refused run changes nothing
+    if todo:
         return True
     logger.info("--resume: %s already holds complete results: nothing to do", out_dir)
     return False

@@ -1,10 +1,13 @@
 """utils/config.py: environment expansion, typed overrides, unknown keys, dataset entries, paths."""
 import os
+import time
 
 import pytest
 import yaml
 
 from utils.config import ConfigError, load_config, resolve_data_path, save_config
+
+DEMO_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "demo.yaml")
 
 
 def write_yaml(tmp_path, data, name="cfg.yaml"):
@@ -218,3 +221,48 @@ def test_valid_list_and_dict_values_pass(tmp_path):
         "DATA": {"datasets": {"A": {"train": ["a.json", "b.json"], "flame_model": "f.pkl"}}}}))
     assert cfg.MODEL.audio_encoder_config == {"hidden_size": 32}
     assert cfg.DATA.datasets.A.train == ["a.json", "b.json"]
+
+
+# ---- values no one checked ----------------------------------------------------------------------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+
+
+def test_yaml_alias_bomb_and_recursive_alias_are_refused_before_expansion(tmp_path):
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)  # 9^9 values from ~600 bytes
+    t0 = time.time()
+    with pytest.raises(ConfigError, match=r"bomb.yaml: the YAML stands for more than \d+ values"):
+        load_config(str(bomb))
+    assert time.time() - t0 < 10
+    for text in ("TRAIN: &a [*a]\n", "DATA: &a {datasets: *a}\n"):
+        (tmp_path / "rec.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=r"alias \*a refers to a value that contains it"):
+            load_config(str(tmp_path / "rec.yaml"))
+    (tmp_path / "deep.yaml").write_text("TRAIN: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="nested more than"):
+        load_config(str(tmp_path / "deep.yaml"))
+    (tmp_path / "bin.yaml").write_bytes(b"TRAIN:\n  lr: \xff\xfe\n")
+    with pytest.raises(ConfigError, match="bin.yaml: not UTF-8"):
+        load_config(str(tmp_path / "bin.yaml"))
+    with pytest.raises(ConfigError, match="override TRAIN.lr="):  # the same limits for overrides
+        load_config(DEMO_CFG, ["TRAIN.lr=" + BOMB.replace("\n", ", ").join("{}")])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("TRAIN.batch_size=0", r"TRAIN.batch_size is 0; expected a whole number in \[1, 4096\]"),
+    ("DATA.max_frames=-1", r"DATA.max_frames is -1; expected a whole number in \[0, "),
+    ("TRAIN.lr=nan", r"TRAIN.lr is nan; expected a number"),
+    ("TRAIN.epochs=2.5", r"TRAIN.epochs is 2.5; expected a whole number"),
+    ("INFER.window_seconds=.inf", r"INFER.window_seconds is inf"),
+    ("INFER.attention_window=nan", r"INFER.attention_window is nan"),
+    ("INFER.output_fps=.inf", r"INFER.output_fps is inf"),
+    ("DATA.datasets.MEAD_VHAP.fps=.nan", r"DATA.datasets.MEAD_VHAP.fps is nan"),
+    ("DATA.target_fps=1e-320", r"DATA.target_fps is 1e-320"),
+    ("MODEL.n_head=3", r"MODEL.feature_dim \(64\) must be a multiple of MODEL.n_head \(3\)"),
+    ("TRAIN.seed=-1", r"TRAIN.seed is -1"),
+])
+def test_numeric_config_values_are_range_checked_with_the_key_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(DEMO_CFG, [override])
