@@ -35,7 +35,7 @@ from main import results as RT
 from main.generation import BackgroundDecode, VertexFrames, encode_one, generate_motion, sample_arrays, to_output_fps
 from main.jobs import audio_seconds, check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs
 from main.output_lock import output_lock
-from main.result_reader import read_meta
+from main.result_reader import load_frames, read_meta
 from main.result_writer import FrameWriter, write_sample
 from main.session import attention_window, check_infer_config, choose_style, open_session, stream_settings
 from main.speech import AudioCheck, as_float_pcm, is_silent, pcm_chunks_from_stdin, read_speech
@@ -196,19 +196,16 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path, n / fr.fps,
                 len(verts), out_fps, out_dir, wall, wall / (n / fr.fps))
     if render:
-        _render(verts, flame.faces, out_dir, out_fps, audio_path, logger)
+        try:
+            from main.render import render_sequence  # optional dependencies: pyrender, trimesh, imageio-ffmpeg
+        except ImportError as e:
+            raise InferenceError(f"--render needs main/render.py and its dependencies (pyrender, trimesh, "
+                                 f"imageio-ffmpeg): {e}") from None
+        mp4 = os.path.join(out_dir, "video.mp4")  # from the frames written: the vertices are computed once
+        render_sequence(load_frames(os.path.join(out_dir, "vertices")), flame.faces, mp4, out_fps,
+                        audio=os.path.abspath(audio_path))
+        logger.info("video: %s", mp4)
     return dict(meta, out_dir=out_dir)
-
-
-def _render(verts, faces, out_dir: str, fps: float, audio_path: str, logger):
-    try:
-        from main.render import render_sequence  # optional dependencies: pyrender, trimesh, imageio-ffmpeg
-    except ImportError as e:
-        raise InferenceError(f"--render needs main/render.py and its dependencies (pyrender, trimesh, "
-                             f"imageio-ffmpeg): {e}") from None
-    mp4 = os.path.join(out_dir, "video.mp4")
-    render_sequence(verts, faces, mp4, fps, audio=os.path.abspath(audio_path))
-    logger.info("video: %s", mp4)
 
 
 # ---- a stream -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -34,17 +34,15 @@ class Session:
     model: torch.nn.Module
     styles: list[str]
     device: torch.device
-    _flames: dict = field(default_factory=dict)
 
     @property
     def framing(self):
         return self.model.framing
 
     def flame(self, dataset: str | None = None):
-        """The FLAME model of ``dataset`` (its ``flame_model`` or FLAME.model_path; None: the latter)."""
-        if dataset not in self._flames:
-            self._flames[dataset] = load_flame(flame_path_for(self.cfg, dataset), device=self.device)
-        return self._flames[dataset]
+        """The FLAME model of ``dataset`` (its ``flame_model`` or FLAME.model_path; None: the latter),
+        loaded once per file and device (models/flame.py ``load_flame``)."""
+        return load_flame(flame_path_for(self.cfg, dataset), device=self.device)
 
 
 def open_session(cfg, checkpoint: str | None = None, logger: logging.Logger | None = None,
