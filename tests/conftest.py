@@ -39,6 +39,18 @@ def tiny_model(model_cfg=None, n_styles=3, seed=0, weight_std=0.3, bias_std=0.1,
     return model
 
 
+def speech(frames: int, seed: int = 0):
+    """Speech-like raw audio at 16 kHz, exactly frames * 640 samples (float32, not normalised): harmonics
+    of 140 Hz under a (3 + seed) Hz loudness envelope, plus a little noise."""
+    import numpy as np
+
+    r = np.random.default_rng(seed)
+    t = np.arange(frames * 640) / 16000
+    env = 0.5 * (1 - np.cos(2 * np.pi * (3 + seed) * t))
+    x = env * (np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t)) + 0.05 * r.normal(size=t.shape)
+    return (0.3 * x).astype(np.float32)
+
+
 def write_tiny_checkpoint(cfg, styles, path, seed=0, edit=None):
     """``tiny_model`` saved in the training loop's checkpoint format at ``path``. ``edit(model)`` may
     change it before saving. Returns the path."""

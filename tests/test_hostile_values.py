@@ -96,8 +96,8 @@ def test_arbitrary_text_as_config_file(tmp_path_factory, text):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from tests.test_stream import tiny_model
-    return tiny_model()
+    from tests.conftest import tiny_model
+    return tiny_model(weight_std=0.2).eval()
 
 
 FLAGS = ["--chunk_ms", "--lookahead_ms", "--left_context_ms", "--warmup_ms"]

@@ -25,17 +25,11 @@ import soundfile as sf
 
 from main.output_lock import LOCK_FILE, output_lock
 from main.result_reader import load_frames
+from tests.conftest import speech
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(ROOT, "config", "demo.yaml")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-def speechlike(seconds, seed=0, sr=16000):
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(seed)
-    return (0.2 * np.sin(2 * np.pi * 150 * t) * (1 - np.cos(2 * np.pi * 4 * t))
-            + 0.01 * rng.normal(size=t.size)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +39,8 @@ def setup(tmp_path_factory):
 
     root, ckpt, _ = standin_setup(tmp_path_factory, "noloss")
     short, long_ = os.path.join(root, "short.wav"), os.path.join(root, "long.wav")
-    sf.write(short, speechlike(2.0), 16000)
-    sf.write(long_, speechlike(200.0, seed=1), 16000)
+    sf.write(short, speech(50), 16000)
+    sf.write(long_, speech(5000, seed=1), 16000)
     return root, ckpt, short, long_
 
 
@@ -116,9 +110,9 @@ def test_background_decode_close_stops_the_thread():
     import torch
 
     from main.generation import BackgroundDecode, DecodeStopped
-    from tests.test_stream import tiny_model
+    from tests.conftest import tiny_model
 
-    model = tiny_model()
+    model = tiny_model(weight_std=0.2).eval()
     feats = torch.randn(1, 400, model.d, generator=torch.Generator().manual_seed(0))
     dec = BackgroundDecode(model, feats, 0, None, block=5)
     dec.wait(5)
@@ -184,7 +178,7 @@ def bad_name_root(setup, tmp_path):
     shutil.copytree(os.path.join(setup[0], "FLAME"), root / "FLAME")
     rng, index = np.random.default_rng(0), {}
     for sid in ["good", *BAD_STYLE_IDS]:
-        sf.write(root / f"{sid}.wav", speechlike(0.6, seed=len(index)), 16000)
+        sf.write(root / f"{sid}.wav", speech(15, seed=len(index)), 16000)
         np.savez(root / f"{sid}.npz", expr=(0.3 * rng.normal(size=(1, 15, 100))).astype(np.float32),
                  jaw_pose=(0.05 * rng.normal(size=(1, 15, 3))).astype(np.float32))
         index[sid] = {"audio_path": f"{sid}.wav", "flame_coeff_save_path": f"{sid}.npz", "speaker_id": "S",

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.test_no_loss import ENV, ROOT, cli_args, popen, setup, speechlike, wait_for_files  # noqa: F401
+from tests.conftest import speech
+from tests.test_no_loss import ENV, ROOT, cli_args, popen, setup, wait_for_files  # noqa: F401
 
 
 def stream_args(setup, out, *extra):
@@ -123,7 +124,7 @@ def test_stdin_that_is_silence_noise_or_clipped_is_warned_about(setup, tmp_path,
 
     rng = np.random.default_rng(0)
     x = {"silence": np.zeros(32000), "noise": rng.normal(0, 0.2, 32000),
-         "clipped": np.clip(20 * speechlike(2.0), -1, 1)}[kind]
+         "clipped": np.clip(20 * speech(50), -1, 1)}[kind]
     monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO((np.clip(x, -1, 1) * 32767).astype("<i2").tobytes())))
     out = tmp_path / "o"
     I.cli(cli_args(setup, "--audio", "-", "--out", str(out)))

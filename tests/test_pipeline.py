@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from main import inference as I
-from tests.conftest import standin_setup
+from tests.conftest import speech, standin_setup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO_CFG = os.path.join(ROOT, "config", "demo.yaml")
@@ -19,11 +19,9 @@ FRAMES = 40  # 1.6 s at 25 fps
 def setup(tmp_path_factory):
     """Stand-in FLAME, a tiny checkpoint (styles A, B, C), one 16-bit wav and a test split holding it."""
     root, ckpt, _ = standin_setup(tmp_path_factory, "pipeline")
-    t = np.arange(FRAMES * 640) / 16000
-    speech = 0.2 * (1 - np.cos(2 * np.pi * 4 * t)) * sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 5))
     os.makedirs(os.path.join(root, "clips"))
     wav = os.path.join(root, "clips", "utt.wav")
-    sf.write(wav, np.round(speech * 32767 / 2).astype(np.int16), 16000, subtype="PCM_16")
+    sf.write(wav, np.round(speech(FRAMES) * 32767).astype(np.int16), 16000, subtype="PCM_16")
     r = np.random.default_rng(0)
     np.savez(os.path.join(root, "clips", "utt.npz"), expr=r.normal(size=(FRAMES, 100)).astype(np.float32),
              jaw_pose=np.zeros((FRAMES, 3), np.float32), shape=np.zeros(300, np.float32))

@@ -8,7 +8,7 @@ import torch
 from dataset.audio import normalize_audio
 from main.stream import Streamer
 from models.faceformer import alibi_bias, periodic_positional_encoding
-from tests.conftest import tiny_model as conftest_tiny_model
+from tests.conftest import speech, tiny_model as conftest_tiny_model
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,15 +22,6 @@ def tiny_model(norm="group", seed=0):
 @pytest.fixture(scope="module")
 def model():
     return tiny_model()
-
-
-def speech(frames, seed=0):
-    """Loudness-modulated noise and harmonics, exactly frames * 640 samples, raw (not normalised)."""
-    r = np.random.default_rng(seed)
-    t = np.arange(frames * HOP) / 16000
-    env = 0.5 * (1 - np.cos(2 * np.pi * (3 + seed) * t))
-    x = env * (np.sin(2 * np.pi * 140 * t) + 0.5 * np.sin(2 * np.pi * 280 * t)) + 0.05 * r.normal(size=t.shape)
-    return (0.3 * x).astype(np.float32)
 
 
 def offline(model, x, style=1, attention_window=None):
