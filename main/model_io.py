@@ -1,19 +1,18 @@
 """Checkpoint -> model: the FaceFormer a checkpoint holds, built from its own MODEL section and
-framing, with the transformers-free wav2vec2 when the checkpoint records its encoder config; and
-``python main/checkpoint.py convert``, which records that config in older checkpoints."""
+framing, with the transformers-free wav2vec2 when the checkpoint records its encoder config
+(``record_encoder_config`` adds it to older checkpoints: ``python main/checkpoint.py convert``)."""
 from __future__ import annotations
 
-import argparse
 import logging
 
 import torch
 
-from main.checkpoint import check_state_dict, convert_old_checkpoint, load_checkpoint, plain_values, save_checkpoint
+from main.checkpoint_io import check_state_dict, load_checkpoint, plain_values, save_checkpoint
 from models.faceformer import FaceFormer
 from models.wav2vec import AudioEncoder, AudioEncoderLoadError
 from models.wav2vec2_runtime import Wav2Vec2Runtime, rename_weight_norm, unsupported
-from utils.config import Config, config_from_dict, load_config
-from utils.errors import InferenceError, UserError, run_reporting_user_errors
+from utils.config import Config, config_from_dict
+from utils.errors import InferenceError, UserError
 from utils.framing import framing_from_config
 
 log = logging.getLogger("inference")
@@ -120,22 +119,3 @@ def check_framing(trained, cfg, path: str):
                              f"DATA.target_fps={trained.fps}, but this run's config has DATA.sample_rate="
                              f"{run.sample_rate}, DATA.target_fps={run.fps}: use the training config or set "
                              f"DATA.target_fps={trained.fps} DATA.sample_rate={trained.sample_rate}")
-
-
-def convert_main(argv=None):
-    """``python main/checkpoint.py convert OLD [NEW]``: an older checkpoint rewritten in the current format
-    (main/checkpoint.py ``convert_old_checkpoint``) with its wav2vec2 config recorded."""
-    p = argparse.ArgumentParser(prog="main/checkpoint.py", description="Checkpoint tools.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    c = sub.add_parser("convert", help="rewrite an older checkpoint in the current format: without the numpy "
-                                       "RNG state, with the wav2vec2 config (inference then needs no transformers)")
-    c.add_argument("src")
-    c.add_argument("dst", nargs="?", help="output path (default: replace SRC)")
-    c.add_argument("--config", default=None, help="YAML config for checkpoints without a saved config (default: "
-                                                  "the built-in defaults, i.e. wav2vec2-base)")
-
-    def run(args):
-        cfg, added = load_config(args.config), []
-        path = convert_old_checkpoint(args.src, args.dst, also=lambda p: added.append(record_encoder_config(p, cfg)))
-        print(f"wrote {path}" + (" (with the wav2vec2 config)" if added[0] else ""))
-    run_reporting_user_errors("checkpoint", lambda a: run(p.parse_args(a)), argv)

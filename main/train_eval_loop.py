@@ -18,7 +18,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from loss.loss import motion_vertex_loss
-from main.checkpoint import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
+from main.checkpoint_io import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
 from utils.config_schema import SAMPLING_MODES
 from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything

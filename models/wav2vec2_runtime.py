@@ -3,7 +3,7 @@
 Importing ``Wav2Vec2Model`` from transformers costs about twice a bare ``import torch`` (it pulls in
 torch.distributed.tensor, torch._dynamo, scipy.optimize, ...), yet a checkpoint of ours holds every
 wav2vec2 weight and, since this module exists, the encoder's config (``audio_encoder_config``, see
-main/checkpoint.py). ``Wav2Vec2Runtime`` is the part of HF's ``Wav2Vec2Model`` that AudioEncoder
+main/checkpoint_io.py). ``Wav2Vec2Runtime`` is the part of HF's ``Wav2Vec2Model`` that AudioEncoder
 (models/wav2vec.py) and Streamer (main/stream.py) run, in plain torch, with the same module names
 and state-dict keys, so the checkpoint's ``audio_encoder.model.*`` weights load strictly:
 

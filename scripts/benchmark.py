@@ -115,7 +115,7 @@ def main(argv=None):
         torch.nn.init.normal_(model.output_map.weight, std=0.05)
         ckpt = os.path.join(tmp, "bench.pth")
         # as train.py writes it: with the wav2vec2 config, so inference runs models/wav2vec2_runtime.py
-        from main.checkpoint import plain_values
+        from main.checkpoint_io import plain_values
         torch.save({"model": model.state_dict(), "styles": ["S0", "S1", "S2", "S3"], "config": cfg.to_dict(),
                     "epoch": 0, "audio_encoder_config": plain_values(model.audio_encoder.model.config.to_dict())},
                    ckpt)

@@ -25,7 +25,7 @@ import torch
 
 from main import inference as I
 from main import results as RT
-from main.checkpoint import convert_old_checkpoint, load_checkpoint, save_checkpoint
+from main.checkpoint_io import convert_old_checkpoint, load_checkpoint, save_checkpoint
 from main.model_io import load_model
 from main.result_reader import load_frames
 from utils.atomic import TMP_PREFIX

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from main.checkpoint import load_checkpoint, plain_values, save_checkpoint
+from main.checkpoint_io import load_checkpoint, plain_values, save_checkpoint
 from main.model_io import load_model
 from models.wav2vec import AudioEncoder
 from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
@@ -147,7 +147,7 @@ def test_convert_records_the_encoder_config_of_an_old_checkpoint(files, tmp_path
     """python main/checkpoint.py convert OLD NEW: the old checkpoint gains audio_encoder_config (built once
     through transformers), then loads without transformers, with the same encoder outputs; converting
     again changes nothing."""
-    from main.model_io import convert_main as checkpoint_cli
+    from main.checkpoint import main as checkpoint_cli
 
     root, cfg = files
     dst = str(tmp_path / "converted.pth")
