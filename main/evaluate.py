@@ -53,7 +53,7 @@ from dataset.flame_params import resample_motion  # noqa: E402
 from main.listening import format_listening, listening_check  # noqa: E402
 from main.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
 from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
-from main.result_reader import frame_files, load_frames, read_meta  # noqa: E402
+from main.result_reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
 from main.results import check_clashes  # noqa: E402
 from utils.atomic import TMP_PREFIX  # noqa: E402
 from utils.errors import DataError, ResultsError, UserError  # noqa: E402
@@ -97,12 +97,6 @@ def prediction_fps(cfg, ref, meta: dict | None) -> float:
 
 def default_results_dir(cfg) -> str:
     return os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name)
-
-
-def default_out_path(results_dir: str, prefix: str = "metrics") -> str:
-    """``{prefix}_{name}.json`` beside the results folder (outside it: vertex folders hold only frames)."""
-    results_dir = os.path.abspath(results_dir)
-    return os.path.join(os.path.dirname(results_dir), f"{prefix}_{os.path.basename(results_dir)}.json")
 
 
 def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_dir: str | None = None,

@@ -57,8 +57,10 @@ if __name__ == "__main__":  # run as a script: make the repo importable
 import numpy as np  # noqa: E402
 
 from main.phones import BILABIALS, MODES, PhoneSource, dataset_entries, load_audio_16k  # noqa: E402
+from main.lipsync_report import default_out, write_report  # noqa: E402
+from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs  # noqa: E402,F401
 from main.result_reader import find_leaves, frame_files, leaf_fps, leaf_meta, read_meta  # noqa: E402
-from utils.errors import ResultsError, UserError  # noqa: E402
+from utils.errors import ResultsError  # noqa: E402
 
 log = logging.getLogger("lipsync")
 
@@ -66,14 +68,7 @@ MAX_LAG_S = 0.4
 ENV_FLOOR_DB = 40.0
 SILENCE_DB, SPEECH_DB = 30.0, 20.0
 MIN_SILENCE_S, EDGE_S = 0.25, 0.08
-CLOSED_SHARE = 0.2
-JITTER_HZ = 8.0
-STATIC_M = 5e-4
 SR = 16000
-
-
-class LipSyncError(UserError, RuntimeError):
-    """Nothing to score, or a clip that cannot be scored; the message names the folder."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,12 +103,6 @@ def lip_split(mean_frame: np.ndarray, lip_idx) -> tuple[np.ndarray, np.ndarray]:
 def aperture(lips: np.ndarray, upper_sel: np.ndarray, lower_sel: np.ndarray) -> np.ndarray:
     """(T,L,3) lip vertices, boolean selections over L -> (T,) upper minus lower mean height."""
     return lips[:, upper_sel, 1].mean(1) - lips[:, lower_sel, 1].mean(1)
-
-
-def runs(mask: np.ndarray) -> list[tuple[int, int]]:
-    """[start, end) of each run of True."""
-    d = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.nonzero(d == 1)[0], np.nonzero(d == -1)[0]))
 
 
 def silence_core(env: np.ndarray, loud: float, fps: float) -> np.ndarray:
@@ -322,8 +311,6 @@ def run(cfg, results: str, out: str | None = None, coeffs: str | None = None, ph
         plot: bool = True) -> dict:
     """Score ``results`` with the config's lip mask; print, write JSON and PNG -> the written report."""
     from models.flame_regions import region_indices
-
-    from main.lipsync_report import default_out, write_report
 
     lip_idx = region_indices(cfg)[0]
     entries = dataset_entries(cfg) if phones != "none" else {}

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from main.lipsync import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
+from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
+from main.result_reader import default_out_path
 
 log = logging.getLogger("lipsync")
 
@@ -103,5 +104,4 @@ def plot_clip(rep: dict, path: str) -> str | None:
 
 
 def default_out(results: str) -> str:
-    from main.evaluate import default_out_path
     return default_out_path(results, "lipsync")

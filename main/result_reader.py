@@ -120,3 +120,9 @@ def leaf_fps(meta: dict | None, dataset: str | None, cfg, override: float | None
     if cfg is not None and dataset in cfg.DATA.datasets:
         return output_fps(cfg, cfg.DATA.datasets[dataset].fps), f"DATA.datasets.{dataset}.fps"
     return float(DEFAULT_FPS), "default"
+
+
+def default_out_path(results_dir: str, prefix: str = "metrics") -> str:
+    """``{prefix}_{name}.json`` beside the results folder (outside it: vertex folders hold only frames)."""
+    results_dir = os.path.abspath(results_dir)
+    return os.path.join(os.path.dirname(results_dir), f"{prefix}_{os.path.basename(results_dir)}.json")
