@@ -1,7 +1,6 @@
 """main/inference.py, single-audio mode: any rate and channel count, the pipeline's result equals batch
 generation, unknown styles, bad and silent audio, the exit code and message, --render and the shell
 entry. Data, checkpoint and helpers: tests/test_inference.py."""
-import json
 import os
 import subprocess
 
@@ -15,8 +14,8 @@ from main.generation import generate_motion
 from main.model_io import load_model
 from main.speech import read_speech
 from models.flame import FLAME
-from tests.test_inference import (DEMO_CFG, REPO, SR, assert_frame_folder, assert_single_outputs,  # noqa: F401
-                                  checkpoint, data_root, run_single, speechy)
+from tests.test_inference import (DEMO_CFG, REPO, SR, assert_single_outputs, checkpoint, data_root,  # noqa: F401
+                                  run_single, speechy)
 from utils.config import load_config
 from utils.errors import AudioError, InferenceError
 
