@@ -14,6 +14,7 @@ import shutil
 
 import numpy as np
 
+from main.result_reader import FRAME_FILE
 from main.results import META, remove_path
 from utils.atomic import atomic_write, tmp_sibling
 from utils.errors import ResultsError
@@ -22,7 +23,8 @@ from utils.errors import ResultsError
 class FrameWriter:
     """One result written as its frames arrive, whole or not at all (every mode writes through it).
 
-    ``add(frame (V,3))`` writes ``{i}.npy`` into a temporary sibling of ``vert_dir``. ``commit(arrays, meta, json_files, stale)`` puts
+    ``add(frame (V,3))`` writes ``{i}.npy`` into a temporary sibling of ``vert_dir``; a frame cut short
+    (Ctrl-C stopping a stream mid-frame) is left out at the commit. ``commit(arrays, meta, json_files, stale)`` puts
     the result in place: the old ``meta.json`` (and ``stale`` names: a video of the old result) first,
     then ``{name}.npy`` per array and the JSON files, the vertex folder renamed over the old one, the new
     ``meta.json`` last. ``in_place``: ``coeff_dir`` is shared with other files (single-audio DIR: the
@@ -41,7 +43,7 @@ class FrameWriter:
 
     def add(self, frame: np.ndarray):
         path = os.path.join(self.tmp, f"{self.n}.npy")
-        with _naming(path):  # the folder is temporary as a whole: a torn frame never reaches the result
+        with _naming(path):
             np.save(path, np.ascontiguousarray(frame, dtype=np.float32))
         self.n += 1
 
@@ -63,6 +65,9 @@ class FrameWriter:
         for name, save in files.items():
             with _naming(os.path.join(out, name)):
                 atomic_write(os.path.join(out, name), save)
+        for name in os.listdir(self.tmp):  # a frame cut short by Ctrl-C while a stream is stopped is not one
+            if int(FRAME_FILE.match(name).group(1)) >= self.n:
+                os.remove(os.path.join(self.tmp, name))
         _rename_over(self.tmp, self.vert_dir)
         if self.in_place:
             with _naming(os.path.join(final, META)):
