@@ -20,7 +20,7 @@ import sys
 from dataset.index import SPLITS
 from dataset.split_check import check_split
 from utils.errors import run_reporting_user_errors
-from utils.config import ConfigError, flame_path_for, load_config, resolve_data_path
+from utils.config import ConfigError, flame_path_for, flame_region_paths, load_config, resolve_data_path
 
 
 def _fps(values) -> str:
@@ -50,7 +50,7 @@ def check_flame_files(cfg) -> tuple[list[str], list[str]]:
         lines.append(f"  {path}: {model.n_vertices} vertices, {model.n_shape} shape + {model.n_expr} expression "
                      f"components ({', '.join(keys)})")
     try:
-        lips, upper = region_indices(cfg)
+        lips, upper = region_indices(**flame_region_paths(cfg))
     except FlameLoadError as e:
         problems.append(str(e))
     else:

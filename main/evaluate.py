@@ -115,7 +115,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     from dataset.flame_params import fit_shape, load_motion
     from dataset.index import dataset_refs, split_jsons
     from models.flame import load_flame
-    from utils.config import flame_path_for
+    from utils.config import flame_path_for, flame_region_paths
     from models.flame_regions import region_indices
 
     if results_dir is None:
@@ -126,7 +126,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
         raise EvalError(f"results folder not found: {results_dir} (run inference first, or pass --results)")
     out = out or default_out_path(results_dir)
     split = cfg.INFER.split or "test"
-    lip_idx, upper_idx = (np.asarray(i, dtype=np.int64) for i in region_indices(cfg))
+    lip_idx, upper_idx = (np.asarray(i, dtype=np.int64) for i in region_indices(**flame_region_paths(cfg)))
 
     report = {"results_dir": os.path.abspath(results_dir), "split": split,
               "units": "FLAME model units (metres): LVE m^2, FDD m^2, MVE m",

@@ -311,8 +311,9 @@ def run(cfg, results: str, out: str | None = None, coeffs: str | None = None, ph
         plot: bool = True) -> dict:
     """Score ``results`` with the config's lip mask; print, write JSON and PNG -> the written report."""
     from models.flame_regions import region_indices
+    from utils.config import flame_region_paths
 
-    lip_idx = region_indices(cfg)[0]
+    lip_idx = region_indices(**flame_region_paths(cfg))[0]
     entries = dataset_entries(cfg) if phones != "none" else {}
     rep = score_tree(results, lip_idx, cfg, coeffs, phones, entries)
     return write_report(rep, out or default_out(results), plot)

@@ -28,7 +28,7 @@ from main.model_io import load_model
 from main.session import resolve_checkpoint, style_for
 from models.flame import load_flame
 from models.flame_regions import region_indices
-from utils.config import flame_path_for
+from utils.config import flame_path_for, flame_region_paths
 from utils.framing import framing_from_config
 from utils.runtime import pick_device
 
@@ -54,7 +54,7 @@ def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
     path = resolve_checkpoint(cfg, checkpoint)
     model, styles = load_model(path, cfg, dev, log)
     framing = framing_from_config(cfg)
-    lip_idx = np.asarray(region_indices(cfg)[0], dtype=np.int64)
+    lip_idx = np.asarray(region_indices(**flame_region_paths(cfg))[0], dtype=np.int64)
     split = cfg.INFER.split or "test"
     items, flames = [], []
     for name, ds_cfg in cfg.DATA.datasets.items():

@@ -49,32 +49,26 @@ def _load_index_file(path: str, key: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def region_indices(cfg) -> tuple:
-    """-> (lip vertex ids, upper-face vertex ids), int64 arrays.
+def region_indices(masks_path: str | None, lip_indices: str | None = None,
+                   upper_face_indices: str | None = None) -> tuple:
+    """-> (lip vertex ids, upper-face vertex ids), int64 arrays, from resolved file paths (a config's:
+    utils/config.py ``flame_region_paths``).
 
-    Lips: ``FLAME.lip_indices`` file if set, else mask 'lips'. Upper face: ``FLAME.upper_face_indices``
-    if set, else the union of masks 'forehead' and 'eye_region'. Paths resolve against DATA.data_root.
+    Lips: the ``lip_indices`` file if given, else mask 'lips'. Upper face: ``upper_face_indices`` if
+    given, else the union of masks 'forehead' and 'eye_region' of ``masks_path``.
     """
-    from utils.config import resolve_data_path
-
-    fl = cfg.FLAME
     masks = None
 
     def mask(name):
         nonlocal masks
         if masks is None:
-            masks = load_region_masks(resolve_data_path(cfg, fl.masks_path))
+            masks = load_region_masks(masks_path)
         if name not in masks:
-            raise FlameLoadError(f"{resolve_data_path(cfg, fl.masks_path)} (FLAME.masks_path): no region '{name}'; "
+            raise FlameLoadError(f"{masks_path} (FLAME.masks_path): no region '{name}'; "
                                  f"found {', '.join(sorted(masks))}")
         return masks[name]
 
-    if fl.get("lip_indices"):
-        lips = _load_index_file(resolve_data_path(cfg, fl.lip_indices), "FLAME.lip_indices")
-    else:
-        lips = mask("lips")
-    if fl.get("upper_face_indices"):
-        upper = _load_index_file(resolve_data_path(cfg, fl.upper_face_indices), "FLAME.upper_face_indices")
-    else:
-        upper = np.union1d(mask("forehead"), mask("eye_region"))
+    lips = _load_index_file(lip_indices, "FLAME.lip_indices") if lip_indices else mask("lips")
+    upper = (_load_index_file(upper_face_indices, "FLAME.upper_face_indices") if upper_face_indices
+             else np.union1d(mask("forehead"), mask("eye_region")))
     return np.unique(lips), np.unique(upper)

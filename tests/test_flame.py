@@ -14,7 +14,7 @@ from models.flame import FLAME, FlameLoadError, load_flame, load_flame_pickle, m
 from models.flame_regions import load_region_masks, region_indices
 from utils.safe_pickle import UnsafePickleError
 from scripts.flame_standin import write_standin_files
-from utils.config import flame_path_for, load_config
+from utils.config import flame_path_for, flame_region_paths, load_config
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +340,7 @@ def test_region_indices_and_overrides(tmp_path, standin):
                              "FLAME.masks_path=standin_FLAME_masks.pkl"])
     masks = load_region_masks(masks_path)
     assert {"lips", "forehead", "eye_region", "face"} <= set(masks)
-    lips, upper = region_indices(cfg)
+    lips, upper = region_indices(**flame_region_paths(cfg))
     np.testing.assert_array_equal(lips, np.unique(masks["lips"]))
     np.testing.assert_array_equal(upper, np.union1d(masks["forehead"], masks["eye_region"]))
     np.save(os.path.join(root, "my_lips.npy"), np.array([3, 1, 2]))
@@ -348,11 +348,11 @@ def test_region_indices_and_overrides(tmp_path, standin):
         f.write("10\n11 12\n")
     cfg = load_config(None, [f"DATA.data_root={root}", "FLAME.lip_indices=my_lips.npy",
                              "FLAME.upper_face_indices=my_upper.txt", "FLAME.masks_path=absent.pkl"])
-    lips, upper = region_indices(cfg)   # the mask file is not needed when both are overridden
+    lips, upper = region_indices(**flame_region_paths(cfg))   # the mask file is not needed when both are overridden
     assert lips.tolist() == [1, 2, 3] and upper.tolist() == [10, 11, 12]
     cfg = load_config(None, [f"DATA.data_root={root}", "FLAME.masks_path=absent.pkl"])
     with pytest.raises(FlameLoadError, match="absent.pkl"):
-        region_indices(cfg)
+        region_indices(**flame_region_paths(cfg))
 
 
 def test_flame_per_dataset_and_cached(tmp_path, standin):

@@ -206,8 +206,8 @@ def _write_tree(cfg, exp, fps=None, jaw_scale=1.0, expr_offset=0.0, coeffs=False
 def test_evaluate_ground_truth_tree_is_zero_and_perturbed_is_not(demo_like, tmp_path):
     from main.evaluate import evaluate
     from models.flame import load_flame
-    from utils.config import flame_path_for
     from models.flame_regions import region_indices
+    from utils.config import flame_path_for, flame_region_paths
 
     _, config = demo_like
     cfg = config(tmp_path, "INFER.exp_name=exact")
@@ -237,7 +237,7 @@ def test_evaluate_ground_truth_tree_is_zero_and_perturbed_is_not(demo_like, tmp_
     cfg_p = config(tmp_path, "INFER.exp_name=halfjaw")
     _write_tree(cfg_p, "halfjaw", jaw_scale=0.5)
     rep_p = evaluate(cfg_p, out=str(tmp_path / "halfjaw.json"))
-    lips, _ = region_indices(cfg_p)
+    lips, _ = region_indices(**flame_region_paths(cfg_p))
     s = next(x for x in rep_p["datasets"]["MEAD_VHAP"]["samples"] if x["style_id"] == style)
     pred = np.stack([np.load(os.path.join(cfg_p.INFER.output_root, "halfjaw", "MEAD_VHAP", style, f"{i}.npy"))
                      for i in range(N_NATIVE)])

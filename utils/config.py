@@ -302,6 +302,16 @@ def flame_path_for(cfg: Config, dataset_name: str | None = None) -> str:
     return resolve_data_path(cfg, path)
 
 
+def flame_region_paths(cfg: Config) -> dict:
+    """The face-region files of a config, resolved: ``masks_path``, ``lip_indices``, ``upper_face_indices``
+    (None when unset), as models/flame_regions.py ``region_indices`` takes them."""
+    fl = cfg.FLAME
+    return {"masks_path": resolve_data_path(cfg, fl.masks_path),
+            "lip_indices": resolve_data_path(cfg, fl.get("lip_indices")) if fl.get("lip_indices") else None,
+            "upper_face_indices": (resolve_data_path(cfg, fl.get("upper_face_indices"))
+                                   if fl.get("upper_face_indices") else None)}
+
+
 def save_config(cfg: Config, path: str):
     with open(path, "w") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
