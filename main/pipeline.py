@@ -1,20 +1,10 @@
-"""Inference as one pipeline. Every request goes through the same stages; the three kinds differ only
-in their source and in how the frames arrive:
-
-    request     a test split of the config (``run_test_splits``), one audio file (``run_single``) or a
-                stream, a file fed as if live or raw PCM on stdin (``run_stream``)
-    outputs     where each result goes (main/results.py), each output folder locked for the run
-                (main/output_lock.py), stale temporaries removed, new / resume / overwrite decided
-    session     checkpoint -> model, styles, framing, FLAME per dataset, device (main/session.py)
-    generation  offline batches, one clip decoded in the background (main/generation.py), or the
-                Streamer (main/stream.py); frames arrive in order
-    writing     each frame's vertices through the one writer (main/result_writer.py), motion and
-                coefficients at the end, ``meta.json`` last
-    summary     frames, seconds of audio, wall time and real-time factor in the log
-
-Every check that can fail (config, audio, style, free space) runs before anything is written, so a
-failed rerun leaves an older result whole. Ctrl-C / SIGTERM end a run with one line saying what was
-kept and how to continue.
+"""Inference as one pipeline: request (a test split: ``run_test_splits``, one audio file: ``run_single``,
+a stream: ``run_stream``) -> outputs (main/results.py, locked) -> session (main/session.py) ->
+generation (main/generation.py or main/stream.py; frames arrive in order) -> the one writer
+(main/result_writer.py, ``meta.json`` last) -> summary; drawn in docs/ARCHITECTURE.md. The three
+requests differ only in their source and in how frames arrive. Every check that can fail runs before
+anything is written, so a failed rerun leaves an older result whole; Ctrl-C / SIGTERM end a run with
+one line saying what was kept and how to continue.
 """
 from __future__ import annotations
 

@@ -7,22 +7,15 @@ default, ``model.framing``), each frame final when it is returned.
     frames = s.flush()                # (m,51): the rest, at the end of the utterance
 
 Audio is processed at every ``chunk_ms`` boundary of the input (not per ``push`` call, so the output
-does not depend on how the caller slices the samples). At a boundary, with N samples received:
-
-- The audio encoder runs incrementally (models/wav2vec_stream.py): running normalisation statistics,
-  cached CNN features and projected frames.
-- Frame i (audio [spf i, spf (i+1)), spf = samples per frame) is emitted once the audio up to its end
-  plus ``lookahead_ms`` has arrived. The wav2vec2 transformer (bidirectional) is re-run on a sliding
-  window: ``left_context_ms`` of frames already emitted, the frames to emit, and the lookahead frames.
-- The decoder continues its KV cache across chunks, bounded by ``attention_window`` frames.
+does not depend on how the caller slices the samples): the audio encoder runs incrementally
+(models/wav2vec_stream.py), frame i (samples [spf i, spf (i+1))) is emitted once the audio up to its end
+plus ``lookahead_ms`` has arrived, and the decoder continues its KV cache across chunks, bounded by
+``attention_window`` frames.
 
 Algorithmic latency (end of a frame's audio -> frame emitted, before compute) is at most chunk +
 lookahead. With a lookahead longer than the input, nothing is emitted before ``flush`` and the result
 equals offline generation (``FaceFormer.generate`` on the normalised audio) when the left context and
 the attention window are unbounded (None).
-
-The command line (``python inference.py --audio FILE --stream`` / ``--audio -``) is main/pipeline.py's
-``run_stream``.
 """
 from __future__ import annotations
 
