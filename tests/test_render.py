@@ -10,7 +10,6 @@ import pytest
 import soundfile as sf
 
 import main.render as R  # sets PYOPENGL_PLATFORM (default egl) before pyrender is imported
-import main.result_reader as RT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -300,36 +299,6 @@ def test_video_permissions_follow_the_umask(standin, tmp_path):
         assert os.stat(out).st_mode & 0o777 == 0o666 & ~mask
 
 
-def test_frame_files_order_and_gaps(tmp_path):
-    for i in (0, 1, 2, 10):
-        np.save(tmp_path / f"{i}.npy", np.full((4, 3), i, np.float32))
-    with pytest.raises(RT.ResultsError, match="without gaps"):
-        RT.frame_files(str(tmp_path))
-    for i in range(3, 10):
-        np.save(tmp_path / f"{i}.npy", np.full((4, 3), i, np.float32))
-    # numeric, not lexicographic, order: 10.npy comes last
-    assert RT.load_frames(str(tmp_path))[:, 0, 0].tolist() == list(range(11))
-
-
-def test_torn_or_wrong_shaped_frame_files_are_named(tmp_path):
-    """The readers render and evaluate share (main/results.py) name the bad file; temporary folders of
-    an unfinished inference are not sequences."""
-    leaf = tmp_path / "E" / "DS" / "s"
-    leaf.mkdir(parents=True)
-    for i in range(3):
-        np.save(leaf / f"{i}.npy", np.zeros((4, 3), np.float32))
-    (leaf / "1.npy").write_bytes(open(leaf / "0.npy", "rb").read()[:90])  # torn mid-header
-    with pytest.raises(RT.ResultsError, match=re.escape(f"{leaf / '1.npy'}: unreadable frame file (90 bytes")):
-        RT.load_frames(str(leaf))
-    np.save(leaf / "1.npy", np.zeros((5, 3), np.float32))
-    with pytest.raises(RT.ResultsError, match=re.escape(f"{leaf / '1.npy'}: expected (4, 3) vertices like 0.npy")):
-        RT.load_frames(str(leaf))
-    tmp = tmp_path / "E" / "DS" / f"{RT.TMP_PREFIX}t-123"
-    tmp.mkdir()
-    np.save(tmp / "0.npy", np.zeros((4, 3), np.float32))
-    assert RT.find_leaves(str(tmp_path / "E")) == [str(leaf)]
-
-
 def test_cli_renders_a_results_tree(backend, standin, tmp_path):
     """`python main/render.py` from the repo root, no PYTHONPATH: a tree with a style folder whose name
     has quotes, brackets and a space; faces from the config's FLAME model; audio and fps from the
@@ -394,31 +363,3 @@ def test_cli_without_gl_renders_on_cpu(standin, tmp_path):
                          p.stdout), p.stdout
         assert "3 frames, cpu backend" in p.stdout, p.stdout
     _assert_shows_mesh(_decode(str(tmp_path / "clip.mp4"))[1][2])
-
-
-def test_meta_json_lookup(tmp_path):
-    """meta.json comes from the parallel coeff tree for a results-tree leaf, and from next to the
-    folder for single-audio inference output (DIR/vertices/ + DIR/meta.json)."""
-    from utils.config import load_config
-    cfg = load_config(os.path.join(REPO, "config/demo.yaml"), [
-        f"INFER.output_root={tmp_path}/metrics/test", f"INFER.coeff_root={tmp_path}/coeffs/test"])
-    leaf = tmp_path / "metrics" / "test" / "exp" / "MEAD_VHAP" / "s"
-    leaf.mkdir(parents=True)
-    assert RT.leaf_meta(str(leaf), cfg) is None
-    (tmp_path / "coeffs" / "test" / "exp" / "MEAD_VHAP" / "s").mkdir(parents=True)
-    (tmp_path / "coeffs" / "test" / "exp" / "MEAD_VHAP" / "s" / "meta.json").write_text('{"fps": 20}')
-    assert RT.leaf_meta(str(leaf), cfg) == {"fps": 20}
-    # nothing is ever looked up inside the results tree itself
-    (leaf.parent / "meta.json").write_text('{"fps": 99}')
-    assert RT.leaf_meta(str(leaf), cfg) == {"fps": 20}
-
-    single = tmp_path / "single" / "speech"
-    (single / "vertices").mkdir(parents=True)
-    assert RT.leaf_meta(str(single / "vertices"), cfg) is None
-    (single / "meta.json").write_text('{"fps": 25, "audio_path": "/x.wav"}')
-    assert RT.leaf_meta(str(single / "vertices"), cfg)["audio_path"] == "/x.wav"
-    # the fps rule: --fps, then meta.json, then the config (native = the dataset's), then 25
-    assert RT.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, 30) == (30.0, "--fps")
-    assert RT.leaf_fps({"fps": 20}, "MEAD_VHAP", cfg, None) == (20.0, "meta.json")
-    assert RT.leaf_fps(None, "MultiModal200", cfg, None)[0] == 20.0
-    assert RT.leaf_fps(None, None, cfg, None) == (25.0, "default")
