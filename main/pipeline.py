@@ -58,7 +58,8 @@ def single_todo(out_dir: str, mode: str, logger: logging.Logger) -> bool:
     """Whether DIR (single-audio and streaming mode) is to be (re)made; False: --resume finds it complete."""
     vert_dir = os.path.join(out_dir, "vertices")
     todo = RT.select_todo([(vert_dir, out_dir)], mode, SINGLE_HOW, RT.SINGLE_FILES)[0]
-    RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)  # not before: a refused run changes nothing
+    # stale temporaries go only once the run goes ahead: a refused run changes nothing
+    RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
     if todo:
         return True
     logger.info("--resume: %s already holds complete results: nothing to do", out_dir)

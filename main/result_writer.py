@@ -24,10 +24,10 @@ class FrameWriter:
     """One result written as its frames arrive, whole or not at all (every mode writes through it).
 
     ``add(frame (V,3))`` writes ``{i}.npy`` into a temporary sibling of ``vert_dir``; a frame cut short
-    (Ctrl-C stopping a stream mid-frame) is left out at the commit. ``commit(arrays, meta, json_files, stale)`` puts
-    the result in place: the old ``meta.json`` (and ``stale`` names: a video of the old result) first,
-    then ``{name}.npy`` per array and the JSON files, the vertex folder renamed over the old one, the new
-    ``meta.json`` last. ``in_place``: ``coeff_dir`` is shared with other files (single-audio DIR: the
+    (Ctrl-C stopping a stream mid-frame) is left out at the commit. ``commit(arrays, meta, json_files,
+    stale)`` puts the result in place: the old ``meta.json`` (and ``stale`` names: a video of the old
+    result) first, then ``{name}.npy`` per array and the JSON files, the vertex folder renamed over the
+    old one, the new ``meta.json`` last. ``in_place``: ``coeff_dir`` is shared with other files (single-audio DIR: the
     log, the video), so its files go in one by one through temporary names; otherwise the coefficient
     folder is built as a temporary sibling too and renamed into place after the vertices. An older
     complete result stays whole until the new one is. Use it as a context manager: leaving the block

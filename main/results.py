@@ -5,10 +5,11 @@ Layout of one result (evaluation mode; single-audio and streaming mode use ``DIR
     {INFER.output_root}/{exp_name}/{DATASET}/{STYLE_ID}/{i}.npy   (V,3) float32, i = 0..T-1, nothing else
     {INFER.coeff_root}/{exp_name}/{DATASET}/{STYLE_ID}/motion.npy (T,51), coeffs287.npy (T,287), meta.json
 
-Written whole or not at all (main/result_writer.py; read by main/result_reader.py): a result is complete exactly when its
-``meta.json`` is readable and its vertex folder holds ``meta["n_frames"]`` whole frames; nothing
-inside the vertex folder marks it (the evaluation reads that folder and nothing else may be in it).
-A kill or a full disk leaves at most ``.tmp-*`` entries, which the next run removes and reports.
+Written whole or not at all (main/result_writer.py; read by main/result_reader.py): a result is
+complete exactly when its ``meta.json`` is readable and its vertex folder holds ``meta["n_frames"]``
+whole frames; nothing inside the vertex folder marks it (the evaluation reads that folder and nothing
+else may be in it). A kill or a full disk leaves at most ``.tmp-*`` entries, which the next run that
+goes ahead removes and reports.
 """
 from __future__ import annotations
 
