@@ -200,9 +200,9 @@ def main_or_peer_lost(argv=None):
             raise
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise PeerLost(f"rank {os.environ.get('RANK', '?')} of {world_size}: another process of this job "
-                       f"stopped, or cannot be reached ({first_line[:160]}); its own lines above say why. Epochs up to the last "
-                       f"saved one are kept in TRAIN.save_path/last.pth: run the same torchrun command "
-                       f"with TRAIN.resume=true to continue") from None
+                       f"stopped, or cannot be reached ({first_line[:160]}); its own lines above say why. "
+                       f"Epochs up to the last saved one are kept in TRAIN.save_path/last.pth: run the same "
+                       f"torchrun command with TRAIN.resume=true to continue") from None
 
 
 def cli(argv=None):
