@@ -1,4 +1,4 @@
-"""utils/framing.py: DATA.sample_rate / DATA.target_fps reach the config check, the dataset, the audio
+"""utils/framing.py: the 16 kHz audio rate and DATA.target_fps reach the config check, the dataset, the audio
 encoder and inference from one place; values the model cannot honour are config errors."""
 import os
 
@@ -25,15 +25,35 @@ def test_default_framing_and_frame_counts():
 
 
 @pytest.mark.parametrize("override, key", [
-    ("DATA.sample_rate=22050", "DATA.sample_rate"),   # wav2vec2 needs 16 kHz
-    ("DATA.sample_rate=8000", "DATA.sample_rate"),
     ("DATA.target_fps=30", "DATA.target_fps"),        # 533.3 samples per frame
     ("DATA.target_fps=0", "DATA.target_fps"),
-    ("MODEL.motion_dim=52", "MODEL.motion_dim"),
 ])
 def test_values_the_model_cannot_honour_are_config_errors(override, key):
     with pytest.raises(ConfigError, match=key):
         load_config(DEMO, [override])
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("DATA.sample_rate", 16000, "16000 Hz"),     # even its only working value: the key does nothing
+    ("DATA.sample_rate", 22050, "resampled"),
+    ("MODEL.motion_dim", 51, "51 numbers"),
+])
+def test_retired_single_value_keys_are_named_with_the_fixed_value(tmp_path, key, value, why):
+    """Keys that only ever accepted one value are gone; a config or an override that still sets one is
+    told what the value now always is, not shown the list of valid keys."""
+    section, name = key.split(".")
+    path = tmp_path / "old.yaml"
+    path.write_text(f"{section}:\n  {name}: {value}\n")
+    for make in (lambda: load_config(str(path)), lambda: load_config(DEMO, [f"{key}={value}"])):
+        with pytest.raises(ConfigError, match=rf"{key} is no longer a setting: .*{why}.*remove it") as e:
+            make()
+        assert "valid keys" not in str(e.value)
+
+
+def test_old_checkpoint_config_with_retired_keys_still_gives_its_framing():
+    saved = load_config(None, ["DATA.target_fps=20"]).to_dict()
+    saved["DATA"]["sample_rate"], saved["MODEL"]["motion_dim"] = 16000, 51   # as older runs saved them
+    assert framing_from_config(saved, "checkpoint old.pth") == Framing(16000, 20)
 
 
 def test_checkpoint_dict_framing():

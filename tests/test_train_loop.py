@@ -36,7 +36,7 @@ def demo_cfg(demo_root, tmp_path, *extra):
 def clips(cfg, styles, n, frames):
     """The first ``frames`` frames of n training clips (whole clips, no random crop)."""
     data = FaceDataset(cfg, "train", styles, train=False, check=False, progress=False)
-    hop = int(cfg.DATA.sample_rate // cfg.DATA.target_fps)
+    hop = data.framing.samples_per_frame
     out = []
     for i in range(len(data)):
         item = data[i]

@@ -21,7 +21,7 @@ import re
 import yaml
 
 # ConfigError and DEFAULTS stay importable from here: callers need not know where the schema lives
-from utils.config_schema import DATASET_DEFAULTS, DEFAULTS, NUMBER_OR_WORD, check_config  # noqa: F401
+from utils.config_schema import DATASET_DEFAULTS, DEFAULTS, NUMBER_OR_WORD, RETIRED_KEYS, check_config  # noqa: F401
 from utils.errors import ConfigError  # noqa: F401
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,6 +83,8 @@ def expand_env(value, where: str = ""):
 
 
 def _unknown(key: str, valid, where: str) -> ConfigError:
+    if key in RETIRED_KEYS:
+        return ConfigError(f"{where}: {key} is no longer a setting: {RETIRED_KEYS[key]}; remove it")
     close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.4)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     shown = key if key.isprintable() else ascii(key)[1:-1]  # the message stays one line

@@ -28,7 +28,6 @@ DEFAULTS = {
         "data_root": "${DATA_ROOT}",
         "datasets": {},          # name -> DATASET_DEFAULTS-shaped entry
         "target_fps": DEFAULT_FPS,                # motion frame rate of the model (utils/framing.py)
-        "sample_rate": WAV2VEC2_SAMPLE_RATE,      # audio rate of the model; files of any rate are resampled
         "max_frames": 300,       # random training crop length (frames at target_fps); 0 = whole clip
         "train_subjects": None,  # speaker ids: the style classes, and the only training speakers; None = all
         "val_subjects": None,    # speaker ids kept in the val split; None = all
@@ -49,7 +48,6 @@ DEFAULTS = {
         "ff_dim": None,                # feed-forward width; null = 2 x feature_dim
         "dropout": 0.1,
         "period": 30,
-        "motion_dim": MOTION_DIM,
     },
     "FLAME": {
         "model_path": "FLAME/generic_model.pkl",
@@ -102,6 +100,13 @@ DEFAULTS = {
         "overwrite": False,           # redo every sample's results
         "resume": False,              # keep complete samples, make the missing ones (after a crash)
     },
+}
+
+# Keys a config may no longer set, because only one value ever worked: what to tell a config that sets one.
+RETIRED_KEYS = {
+    "DATA.sample_rate": f"the audio encoder (wav2vec2) always runs at {WAV2VEC2_SAMPLE_RATE} Hz and audio "
+                        f"files of any rate are resampled to it when they are read",
+    "MODEL.motion_dim": f"the motion is always {MOTION_DIM} numbers ({MOTION_DIM - 1} expression + 1 jaw)",
 }
 
 # Keys that take a number or a word, so the type of their current value says nothing.
@@ -300,7 +305,7 @@ def check_config(cfg, where: str):
     fps = cfg.INFER.output_fps
     if not (fps == "native" or (isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0)):
         raise ConfigError(f"{where}: INFER.output_fps is {fps!r}; expected 'native' or a positive number")
-    framing_from_config(cfg, where)  # DATA.sample_rate / target_fps / MODEL.motion_dim the model can honour
+    framing_from_config(cfg, where)  # a DATA.target_fps the model can honour
     _check_ranges(cfg, where)
     _check_names(cfg, where)
     _check_train_mode(cfg.TRAIN, where)

@@ -1,12 +1,11 @@
 """The framing spec: audio sample rate, motion frame rate and motion layout, defined in one place.
 
-``DATA.sample_rate`` and ``DATA.target_fps`` decide how audio samples map to motion frames in the
+The model's audio rate (16 kHz, fixed: wav2vec2 was pretrained on it; audio files of any rate are
+resampled to it on load) and ``DATA.target_fps`` decide how audio samples map to motion frames in the
 audio encoder, the dataset (crops, trimming) and inference (reading speech, output frame rate).
-They reach all three through one ``Framing`` built by ``framing_from_config``, which refuses values
-the model cannot honour:
+They reach all three through one ``Framing`` built by ``framing_from_config``, which refuses a frame
+rate the model cannot honour:
 
-- ``sample_rate`` must be 16000: wav2vec2 was pretrained on 16 kHz audio. Audio files of any rate
-  are resampled to it on load, so this is the model's rate, not the files'.
 - ``sample_rate / fps`` must be a whole number of samples (640 at 16 kHz / 25 fps). Frame i then
   covers samples [i * spf, (i + 1) * spf) exactly, so crops, trims and padding never round.
   16 kHz allows e.g. 10, 16, 20, 25, 32, 40, 50 fps, but not 30; a dataset's own frame rate can
@@ -62,28 +61,19 @@ DEFAULT_FRAMING = Framing()
 
 
 def framing_from_config(cfg, where: str = "config") -> Framing:
-    """The framing of a config (a Config or the plain dict saved in a checkpoint).
+    """The framing of a config (a Config or the plain dict saved in a checkpoint): its
+    ``DATA.target_fps`` at wav2vec2's 16 kHz, with the 51-number motion.
 
-    Raises ConfigError naming the key when the model cannot honour a value (see the module doc)."""
-    data, model = cfg["DATA"], cfg["MODEL"]
-    sr, fps = data.get("sample_rate", WAV2VEC2_SAMPLE_RATE), data.get("target_fps", DEFAULT_FPS)
-    motion_dim = model.get("motion_dim", MOTION_DIM)
-    for key, value, high in (("DATA.sample_rate", sr, 1e6), ("DATA.target_fps", fps, 1000)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= high:
-            raise ConfigError(f"{where}: {key} is {value!r}; expected a positive number (at most {high:g})")
-    if sr != WAV2VEC2_SAMPLE_RATE:
-        raise ConfigError(f"{where}: DATA.sample_rate is {sr}; the wav2vec2 audio encoder needs "
-                          f"{WAV2VEC2_SAMPLE_RATE} Hz. Leave it at {WAV2VEC2_SAMPLE_RATE}: audio files of any "
-                          f"rate are resampled to it when they are read")
+    Raises ConfigError naming the key when the model cannot honour the value (see the module doc)."""
+    sr, fps = WAV2VEC2_SAMPLE_RATE, cfg["DATA"].get("target_fps", DEFAULT_FPS)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 1 <= fps <= 1000:
+        raise ConfigError(f"{where}: DATA.target_fps is {fps!r}; expected a positive number (at most 1000)")
     if sr / fps != int(sr / fps):
         ok = [f for f in range(10, 61) if sr % f == 0]
         raise ConfigError(f"{where}: DATA.target_fps is {fps}; {sr} Hz / {fps} fps is not a whole number of "
                           f"audio samples per frame. Use one of {', '.join(map(str, ok))} (datasets of any "
                           f"native fps are resampled to it; INFER.output_fps: native writes their own rate)")
-    if motion_dim != MOTION_DIM:
-        raise ConfigError(f"{where}: MODEL.motion_dim must be {MOTION_DIM} ({N_EXPR} expression + 1 jaw), "
-                          f"got {motion_dim}")
-    return Framing(int(sr), int(fps) if float(fps).is_integer() else float(fps), int(motion_dim), N_EXPR)
+    return Framing(sr, int(fps) if float(fps).is_integer() else float(fps), MOTION_DIM, N_EXPR)
 
 
 def output_fps(cfg, native_fps: float) -> float:
