@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from loss.loss import motion_vertex_loss
 from main.checkpoint_io import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
+from main.session import pick_condition_style
 from utils.config_schema import SAMPLING_MODES
 from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything
@@ -52,12 +53,13 @@ def batch_loss(pred, batch, flame_of, velocity_weight=0.0):
     return (per_sample * frames).sum() / frames.sum().clamp(min=1), per_sample
 
 
-def to_device(batch: dict, device) -> dict:
+def to_device(batch: dict, device, untrained_style: int) -> dict:
     """Tensors to the device. Speakers outside the style classes (style -1: a validation speaker not
-    seen in training, or one left out by DATA.train_subjects) are conditioned on the first style,
-    as inference does with INFER.condition_style's default."""
+    seen in training, or one left out by DATA.train_subjects) are conditioned on ``untrained_style``,
+    the index of the style inference gives them (main/session.py ``pick_condition_style``), so the
+    validation loss that picks best_model.pth scores what inference will write."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-    out["style"] = out["style"].clamp(min=0)
+    out["style"] = torch.where(out["style"] < 0, untrained_style, out["style"])
     return out
 
 
@@ -75,6 +77,7 @@ class Trainer:
         self.cfg, self.model, self.device, self.log = cfg, model, device, logger
         self.train_loader, self.val_loader = train_loader, val_loader
         self.flame_of, self.styles = flame_of, styles
+        self.untrained_style = styles.index(pick_condition_style(cfg, styles))  # a bad name fails here, at start
         self.rank, self.world_size, self.writer = rank, world_size, writer
         self.run_dir = cfg.TRAIN.save_path
         self.raw_model = model.module if hasattr(model, "module") else model
@@ -150,7 +153,7 @@ class Trainer:
         for i, batch in enumerate(self.train_loader):
             if i >= n_batches:
                 break
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, self.untrained_style)
             boundary = (i + 1) % accum == 0 or i + 1 == n_batches
             # DDP all-reduces gradients only on the step that updates the weights
             sync = self.model.no_sync() if (self.world_size > 1 and not boundary) else nullcontext()
@@ -194,7 +197,7 @@ class Trainer:
         sums = {"val/teacher_forced": 0.0, "val/generated": 0.0}
         n = 0
         for batch in self.val_loader:
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, self.untrained_style)
             pred_tf = model(batch["audio"], batch["motion"], batch["style"], batch["motion_mask"],
                             batch["audio_mask"])
             pred_gen = model.generate(batch["audio"], batch["style"], batch["motion"].shape[1],

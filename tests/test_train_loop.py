@@ -13,6 +13,7 @@ from models.faceformer import FaceFormer
 from models.flame import FLAME, load_flame
 from scripts.flame_standin import make_standin_flame
 from utils.config import flame_path_for, load_config
+from utils.errors import InferenceError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG = logging.getLogger("test_train_loop")
@@ -135,3 +136,30 @@ def test_non_finite_loss_is_a_user_error_naming_the_samples(demo_root, tmp_path)
     assert trainer.step == 0
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_validation_conditions_untrained_speakers_on_the_style_inference_gives_them(demo_root, tmp_path):
+    """A validation speaker outside the training styles (style -1) is scored on INFER.condition_style,
+    the style inference writes it with, so best_model.pth is picked on what inference will do."""
+    cfg = demo_cfg(demo_root, tmp_path)
+    styles = style_classes(cfg)
+    flame_of = {name: load_flame(flame_path_for(cfg, name)) for name in cfg.DATA.datasets}
+    torch.manual_seed(0)
+    model = FaceFormer(cfg.MODEL, len(styles))
+    with torch.no_grad():  # style embeddings that move the output, so the style used shows in the loss
+        model.output_map.weight.normal_(0, 0.05)
+    items = clips(cfg, styles, 2, 20)
+
+    def val_loss(c, style):
+        batch = collate([dict(it, style=torch.tensor(style)) for it in items])
+        trainer = Trainer(c, model, ListLoader(), ListLoader([batch]), flame_of, styles, torch.device("cpu"), LOG)
+        return trainer.validation_losses()["val/generated"]
+
+    chosen = copy.deepcopy(cfg)
+    chosen.INFER.condition_style = styles[1]
+    assert val_loss(chosen, -1) == pytest.approx(val_loss(cfg, 1), rel=1e-6)
+    assert val_loss(cfg, -1) == pytest.approx(val_loss(cfg, 0), rel=1e-6)   # default: the first style
+    assert val_loss(cfg, 1) != pytest.approx(val_loss(cfg, 0), rel=1e-3)
+    chosen.INFER.condition_style = "nobody"
+    with pytest.raises(InferenceError, match="INFER.condition_style is 'nobody'"):
+        Trainer(chosen, model, ListLoader(), None, flame_of, styles, torch.device("cpu"), LOG)
