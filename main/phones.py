@@ -6,7 +6,7 @@ Where the phones come from (``mode="auto"``), first found wins; with neither, th
 2. a transcript: meta.json's ``transcript``, the sample's dataset JSON entry ``transcript`` (when a
    config names the JSON), or ``<audio stem>.txt`` / ``<audio stem>.lab`` beside the audio; it is
    forced-aligned with pocketsphinx 5 (its US English model and CMU dictionary, offline), the aligner
-   of the held-out speech set (scripts/speech_set/align.py): words, then phones, 10 ms frames;
+   of main/align.py, also used to build the held-out speech set: words, then phones, 10 ms frames;
 ``mode="recognise"`` ignores all of these and recognises the phones from the audio alone (alignment-free):
 pocketsphinx's all-phone search with the phone language model it ships. Rougher: it confuses phones
 and misses short closures, so closure fractions measured this way are lower for every motion, true
@@ -24,6 +24,7 @@ import re
 
 import numpy as np
 
+from main.align import Aligner, normalise
 from utils.errors import DataError, UserError
 
 log = logging.getLogger("lipsync.phones")
@@ -124,14 +125,11 @@ class PhoneSource:
         return phones, f"transcript ({src}), forced alignment"
 
     def _align(self, audio: np.ndarray, text: str) -> tuple[list | None, str]:
-        from scripts.speech_set.align import normalise
-
         words = normalise(text, "en")
         if not words:
             return None, "no words in the transcript"
         if self._aligner is None:
             _need_pocketsphinx()
-            from scripts.speech_set.align import Aligner
             self._aligner = Aligner()
         words, why = self._aligner.dictionary_words(words, "en")
         if words is None:

@@ -5,7 +5,8 @@ import numpy as np
 from scripts.make_demo_data import sample_motion, speaker_style
 from scripts.make_speech_set import SPEAKERS, lag1_r2, own_style_ids
 from scripts.speech_set import clips as C
-from scripts.speech_set.align import check_alignment, italian_phones, normalise, number_words
+from main.align import PHONES as ALIGNED_PHONES, italian_phones, normalise, number_words
+from scripts.speech_set.alignment_checks import check_alignment
 from scripts.speech_set.visemes import LEAD_S, motion_signals
 
 # "pa" "mi" "fu" with pauses: SIL, P, AA, SIL, M, IY, SIL, F, UW, SIL
@@ -140,3 +141,9 @@ def test_evaluation_clips_get_their_own_output_folders():
     assert "style_id" not in index["a"] and "style_id" not in index["c"] and "style_id" not in index["d"]
     assert index["b"]["style_id"] == '["W009", "sad"]_passionate_1'
     assert index["e"]["style_id"] == '["mm_001"]_passionate_1'
+
+
+def test_every_aligned_phone_has_a_viseme_target():
+    """The aligner labels with main/align.PHONES; the speech set's motion needs a target for each."""
+    from scripts.speech_set.visemes import _TABLE, DIPHTHONGS
+    assert set(_TABLE) | set(DIPHTHONGS) == ALIGNED_PHONES

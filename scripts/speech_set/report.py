@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from scripts.speech_set.align import FRAME_S, frame_db
+from main.align import FRAME_S
+from scripts.speech_set.alignment_checks import frame_db
 from scripts.speech_set.visemes import LEAD_S, motion_signals
 
 

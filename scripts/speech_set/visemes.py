@@ -67,7 +67,6 @@ _TABLE = {
 # diphthongs: first target for the first half, second for the rest
 DIPHTHONGS = {"AW": ("AA", "UH"), "AY": ("AA", "IH"), "EY": ("EH", "IH"), "OW": ("AO", "UH"), "OY": ("AO", "IH")}
 VOWELS = frozenset(k for k, v in _TABLE.items() if v[2:] == _V) | frozenset(DIPHTHONGS)
-PHONES = frozenset(_TABLE) | frozenset(DIPHTHONGS)
 
 
 def _target(label: str) -> tuple:

@@ -1,14 +1,16 @@
-"""Forced phone alignment with pocketsphinx 5 (PyPI; its US English acoustic model and CMU dictionary,
-offline), transcript normalisation, a rule-based Italian letter-to-phone converter, and checks that
-reject alignments that do not fit the audio.
+"""Forced phone alignment of a transcript with pocketsphinx 5 (PyPI; its US English acoustic model and
+CMU dictionary, offline), and the transcript normalisation it needs. Used by the lip-closure check's
+phone source (main/phones.py) and by the held-out speech set (scripts/make_speech_set.py).
 
 English: the transcript's words (numbers spelled out) are looked up in pocketsphinx's CMU dictionary
-(an utterance with a word that is not there is dropped); pocketsphinx aligns the words (first pass)
-and then the phones (second pass), 10 ms frames. Italian (rougher): Italian spelling is close to
+(an utterance with a word that is not there is not aligned); pocketsphinx aligns the words (first
+pass) and then the phones (second pass), 10 ms frames. Italian (rougher): Italian spelling is close to
 phonemic, so each word is converted by rules (c/g before e/i, ch, gh, gn, gli, sc, qu, double
 consonants, ...) to the nearest US English phones and added to the dictionary; the same English
 acoustic model then aligns them. Vowels, bilabials and labiodentals (what drives the lips) are
 rendered well by this; Italian-only sounds (trilled r, open/closed e and o) get the closest phone.
+
+pocketsphinx is imported when an ``Aligner`` is made, so reading this module does not need it.
 """
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ import unicodedata
 
 import numpy as np
 
-from scripts.speech_set.visemes import PHONES, VOWELS
-
+# The phones an alignment is labelled with: ARPAbet without stress digits, and SIL for silence or noise.
+PHONES = frozenset("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
+                   "UH UW V W Y Z ZH SIL".split())
 FRAME_S = 0.01
 _EN_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
             "sixteen seventeen eighteen nineteen").split()
@@ -191,57 +194,3 @@ class Aligner:
         if phones[-1][2] < end - 1e-6:
             phones.append(("SIL", phones[-1][2], end))
         return phones
-
-
-def frame_db(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
-    """Energy (dB) of each 10 ms frame."""
-    hop = int(sr * FRAME_S)
-    n = len(audio) // hop
-    fr = audio[:n * hop].reshape(n, hop).astype(np.float64)
-    return 10 * np.log10((fr ** 2).mean(1) + 1e-10)
-
-
-MAX_VOWEL_S, MAX_CONSONANT_S = 0.6, 0.35
-
-
-def check_alignment(phones: list, audio: np.ndarray) -> tuple:
-    """-> (reason the alignment looks wrong or None, loudness 0..1 per phone).
-
-    Rejects: a speech phone longer than plausible (a vowel > 0.6 s, a consonant > 0.35 s: the aligner
-    stretched it over a pause or over words missing from the transcript), vowels lying on silence
-    (> 25% of their frames 35 dB under the utterance's loud level), loud audio labelled silence
-    (> 15% of the loud frames: speech the transcript does not have), and speaking rates outside
-    4-25 phones per second (utterances of 6 phones or more)."""
-    db = frame_db(audio)
-    peak = np.percentile(db, 95)
-    label = np.array(["SIL"] * len(db), dtype=object)
-    loud = np.zeros(len(phones))
-    speech_s, n_speech, vowel_frames, vowel_quiet = 0.0, 0, 0, 0
-    reason = None
-    for k, (p, t0, t1) in enumerate(phones):
-        a, b = int(round(t0 / FRAME_S)), max(int(round(t1 / FRAME_S)), int(round(t0 / FRAME_S)) + 1)
-        seg = db[a:b]
-        loud[k] = float(np.clip((seg.mean() - (peak - 30)) / 30, 0, 1)) if len(seg) else 0.0
-        if p == "SIL":
-            continue
-        label[a:b] = p
-        speech_s += t1 - t0
-        n_speech += 1
-        limit = MAX_VOWEL_S if p in VOWELS else MAX_CONSONANT_S
-        if t1 - t0 > limit and reason is None:
-            reason = f"phone {p} of {t1 - t0:.2f} s at {t0:.2f} s"
-        if p in VOWELS:
-            vowel_frames += len(seg)
-            vowel_quiet += int((seg < peak - 35).sum())
-    if reason:
-        return reason, loud
-    if vowel_frames and vowel_quiet / vowel_frames > 0.25:
-        return f"{vowel_quiet / vowel_frames:.0%} of vowel frames are silent", loud
-    loud_frames = db > peak - 20
-    unaligned = float((label[loud_frames] == "SIL").mean()) if loud_frames.any() else 1.0
-    if unaligned > 0.15:
-        return f"{unaligned:.0%} of the loud frames are labelled silence", loud
-    rate = n_speech / max(speech_s, 1e-6)
-    if n_speech >= 6 and not 4 <= rate <= 25:           # (single words are often spoken slowly)
-        return f"{rate:.1f} phones/s", loud
-    return None, loud
