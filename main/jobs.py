@@ -101,18 +101,18 @@ def audio_seconds(path: str) -> float:
         return 0.0
 
 
+def summary_row(dataset: str, samples: int, frames: int, audio_s: float, wall_s: float) -> dict:
+    """One row of the summary table; RTF = wall seconds / audio seconds (< 1: faster than real time)."""
+    return {"dataset": dataset, "samples": samples, "frames": frames, "audio_s": audio_s, "wall_s": wall_s,
+            "rtf": wall_s / audio_s if audio_s else float("nan")}
+
+
 def format_summary(rows: list[dict]) -> str:
     """Per-dataset table plus a total: samples, frames, seconds of audio, wall seconds, real-time factor."""
     head = f"{'dataset':<20} {'samples':>8} {'frames':>9} {'audio_s':>9} {'wall_s':>8} {'RTF':>7}"
-    lines = [head, "-" * len(head)]
-    total = {"dataset": "total", "samples": 0, "frames": 0, "audio_s": 0.0, "wall_s": 0.0}
-    for r in rows + ([total] if len(rows) != 1 else []):
-        if r is not total:
-            for k in ("samples", "frames", "audio_s", "wall_s"):
-                total[k] += r[k]
-        else:
-            total["rtf"] = total["wall_s"] / total["audio_s"] if total["audio_s"] else float("nan")
-        lines.append(f"{r['dataset']:<20} {r['samples']:>8d} {r['frames']:>9d} {r['audio_s']:>9.1f} "
-                     f"{r['wall_s']:>8.1f} {r['rtf']:>7.3f}")
-    lines.append("RTF = wall seconds / audio seconds (< 1: faster than real time)")
-    return "\n".join(lines)
+    if len(rows) != 1:
+        rows = rows + [summary_row("total", *(sum(r[k] for r in rows) for k in ("samples", "frames", "audio_s",
+                                                                              "wall_s")))]
+    return "\n".join([head, "-" * len(head)] + [f"{r['dataset']:<20} {r['samples']:>8d} {r['frames']:>9d} "
+                                               f"{r['audio_s']:>9.1f} {r['wall_s']:>8.1f} {r['rtf']:>7.3f}" for r in rows]
+                     + ["RTF = wall seconds / audio seconds (< 1: faster than real time)"])

@@ -19,11 +19,12 @@ import torch
 from tqdm import tqdm
 
 from dataset.audio import fit_audio_to_frames
-from dataset.dataset import FaceDataset
+from dataset.flame_params import fit_shape
 from dataset.index import split_refs
+from dataset.split_check import check_split, decode_outcomes
 from main import results as RT
 from main.generation import BackgroundDecode, VertexFrames, encode_one, generate_motion, sample_arrays, to_output_fps
-from main.jobs import audio_seconds, check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs
+from main.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
 from main.output_lock import output_lock
 from main.result_reader import load_frames, read_meta
 from main.result_writer import FrameWriter, write_sample
@@ -32,16 +33,12 @@ from main.speech import AudioCheck, as_float_pcm, is_silent, pcm_chunks_from_std
 from main.stream import Streamer
 from main.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
 from utils.disk import check_can_write
-from utils.errors import InferenceError, Interrupted
+from utils.errors import DataError, InferenceError, Interrupted
 from utils.framing import DEFAULT_FRAMING, framing_from_config, output_fps
 
 log = logging.getLogger("inference")
 
 SINGLE_HOW = "rerun with --overwrite to replace them, --resume to keep them if complete, or choose another --out"
-
-
-def results_mode(cfg, overwrite: bool, resume: bool) -> str:
-    return RT.results_mode(bool(overwrite or cfg.INFER.overwrite), bool(resume or cfg.INFER.resume))
 
 
 @contextlib.contextmanager
@@ -54,29 +51,28 @@ def interrupts_say(what):
         raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) {what()}") from None
 
 
+def single_meta(session, audio: str, style: str, fps: float, n_frames: int) -> dict:
+    """meta.json of a single-audio or streamed result: no dataset, the audio's stem as sample id."""
+    return RT.build_meta(RT.audio_stem(audio), None, style, None, None if audio == "-" else audio, fps, n_frames,
+                         session.checkpoint, style)
+
+
 def single_todo(out_dir: str, mode: str, logger: logging.Logger) -> bool:
     """Whether DIR (single-audio and streaming mode) is to be (re)made; False: --resume finds it complete."""
     vert_dir = os.path.join(out_dir, "vertices")
     todo = RT.select_todo([(vert_dir, out_dir)], mode, SINGLE_HOW, RT.SINGLE_FILES)[0]
     # stale temporaries go only once the run goes ahead: a refused run changes nothing
     RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
-    if todo:
-        return True
-    logger.info("--resume: %s already holds complete results: nothing to do", out_dir)
-    return False
-
-
-def single_meta(session, audio_path: str | None, stem: str, style: str, fps: float, n_frames: int) -> dict:
-    """meta.json of a single-audio or streamed result: no dataset, the audio's stem as sample id."""
-    return RT.build_meta(stem, None, style, None, audio_path, fps, n_frames, session.checkpoint, style)
-
-
-def stale_files(written: tuple[str, ...]) -> tuple[str, ...]:
-    """What an older result in DIR may hold that this one does not replace (its video, its stream stats)."""
-    return tuple(n for n in RT.SINGLE_FILES if n not in written)
+    if not todo:
+        logger.info("--resume: %s already holds complete results: nothing to do", out_dir)
+    return todo
 
 
 # ---- test split -----------------------------------------------------------------------------------
+
+def _key(ref) -> tuple[str, str]:
+    return ref.json_path, ref.sample_id
+
 
 def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
                     logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
@@ -84,7 +80,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
     samples, frames, audio_s, wall_s, rtf)."""
     logger = logger or log
     inf = cfg.INFER
-    mode, split = results_mode(cfg, overwrite, resume), inf.split or "test"
+    mode, split = RT.results_mode(overwrite, resume, cfg), inf.split or "test"
     check_roots(cfg)
     check_infer_config(cfg)
     roots = [os.path.join(inf.output_root, inf.exp_name), os.path.join(inf.coeff_root, inf.exp_name)]
@@ -95,50 +91,52 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
         check_clashes(cfg, refs)
         session = open_session(cfg, checkpoint, logger)
         jobs = jobs_to_write(cfg, plan_jobs(cfg, refs, session.styles, logger), mode, session.flame, logger)
-        # Every sample is loaded once here (DATA.bad_samples: error raises, skip leaves them out).
-        data = FaceDataset(cfg, split, session.styles, train=False, check=True, log=logger)
-        index_of = {(r.json_path, r.sample_id): i for i, r in enumerate(data.refs)}
-        jobs = [j for j in jobs if (j.ref.json_path, j.ref.sample_id) in index_of]
+        items = _validated_items(cfg, split, jobs, logger)
+        jobs = [j for j in jobs if _key(j.ref) in items]
         logger.info("%s split: %d sample(s) to generate, output %s, coefficients %s, output fps %s", split,
                     len(jobs), *roots, inf.output_fps)
-        rows, written = [], [0]
-        with interrupts_say(lambda: f"after {written[0]} of {len(jobs)} sample(s); complete samples are kept, the "
+        rows, done, fps, batch_size = [], 0, session.framing.fps, int(inf.batch_size)
+        style_index = {s: i for i, s in enumerate(session.styles)}
+        with interrupts_say(lambda: f"after {done} of {len(jobs)} sample(s); complete samples are kept, the "
                                     f"one in progress was discarded; continue with --resume (INFER.resume=true)"):
-            for name in cfg.DATA.datasets:
-                ds_jobs = [j for j in jobs if j.ref.dataset == name]
-                if ds_jobs:
-                    rows.append(_generate_dataset(session, name, ds_jobs, data, index_of, written, split, logger))
+            for name in cfg.DATA.datasets:  # longest first in batches of INFER.batch_size: little padding
+                order = sorted((j for j in jobs if j.ref.dataset == name), key=lambda j: -items[_key(j.ref)]["n_frames"])
+                t0, flame, n_out, audio_s = time.perf_counter(), session.flame(name), 0, 0.0
+                for s in tqdm(range(0, len(order), batch_size), desc=f"{split}/{name}", unit="batch"):
+                    batch = order[s:s + batch_size]
+                    batch_items = [items.pop(_key(j.ref)) for j in batch]  # each held only until generated
+                    for j, it in zip(batch, batch_items):
+                        if is_silent(it["audio"]):
+                            logger.warning("%s: audio %s is silent", j.ref.where, j.ref.audio_path)
+                    motions = generate_motion(session.model, [torch.from_numpy(it["audio"]) for it in batch_items],
+                                              [style_index[j.style] for j in batch],
+                                              [it["n_frames"] for it in batch_items], cfg, session.device)
+                    for j, it, m in zip(batch, batch_items, motions):
+                        motion, shape = to_output_fps(m, j.out_fps, fps), fit_shape(it["shape"], cfg.FLAME.n_shape)
+                        meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
+                                             j.out_fps, motion.shape[0], session.checkpoint, j.style)
+                        write_sample(j.vert_dir, j.coeff_dir, flame.motion_to_vertices(motion, shape),
+                                     sample_arrays(motion, shape, it["detail"]), meta)
+                        done, n_out, audio_s = done + 1, n_out + motion.shape[0], audio_s + it["n_frames"] / fps
+                if order:
+                    rows.append(summary_row(name, len(order), n_out, audio_s, time.perf_counter() - t0))
     logger.info("summary (%s, checkpoint %s):\n%s", split, session.checkpoint, format_summary(rows))
     return rows
 
 
-def _generate_dataset(session, name, jobs, data, index_of, written, split, logger) -> dict:
-    """One dataset's jobs in batches of INFER.batch_size, longest first (little padding) -> summary row."""
-    t0, fps = time.perf_counter(), session.framing.fps
-    style_index = {s: i for i, s in enumerate(session.styles)}
-    order = sorted(jobs, key=lambda j: -audio_seconds(j.ref.audio_path))
-    n_out, audio_s, batch_size = 0, 0.0, int(session.cfg.INFER.batch_size)
-    flame = session.flame(name)
-    for s in tqdm(range(0, len(order), batch_size), desc=f"{split}/{name}", unit="batch"):
-        batch = order[s:s + batch_size]
-        items = [data[index_of[(j.ref.json_path, j.ref.sample_id)]] for j in batch]
-        for j, it in zip(batch, items):
-            if is_silent(it["audio"].numpy()):
-                logger.warning("%s: audio %s is silent", j.ref.where, j.ref.audio_path)
-        motions = generate_motion(session.model, [it["audio"] for it in items], [style_index[j.style] for j in batch],
-                                  [int(it["n_frames"]) for it in items], session.cfg, session.device)
-        for j, it, m in zip(batch, items, motions):
-            motion, shape = to_output_fps(m, j.out_fps, fps), it["shape"].numpy()
-            meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
-                                 j.out_fps, motion.shape[0], session.checkpoint, j.style)
-            write_sample(j.vert_dir, j.coeff_dir, flame.motion_to_vertices(motion, shape),
-                         sample_arrays(motion, shape, it["detail"].numpy()), meta)
-            written[0] += 1
-            n_out += motion.shape[0]
-            audio_s += int(it["n_frames"]) / fps
-    wall = time.perf_counter() - t0
-    return {"dataset": name, "samples": len(jobs), "frames": n_out, "audio_s": audio_s, "wall_s": wall,
-            "rtf": wall / audio_s if audio_s else float("nan")}
+def _validated_items(cfg, split, jobs, logger) -> dict:
+    """Every sample of the split loaded once and checked (``check_split``; DATA.bad_samples: error
+    raises, skip leaves them out) -> the loaded items of the ``jobs`` that passed, by ``_key``. They
+    are kept for generation instead of being decoded again; validation holds every item at once
+    anyway, so the peak memory is the same."""
+    wanted, items = {_key(j.ref) for j in jobs}, {}
+
+    def outcomes(name, refs):
+        found = decode_outcomes(cfg, refs, desc=f"{split}/{name}")
+        items.update((_key(r), it) for r, it in zip(refs, found) if _key(r) in wanted and not isinstance(it, DataError))
+        return found
+    good = {_key(r) for r in check_split(cfg, split, logger, outcomes=outcomes)["refs"]}
+    return {k: it for k, it in items.items() if k in good}
 
 
 # ---- one audio file -------------------------------------------------------------------------------
@@ -151,7 +149,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     styles)`` pair from ``load_model`` to reuse. Frames are converted and written while later ones are
     still decoded."""
     logger = logger or log
-    mode, out_dir = results_mode(cfg, overwrite, resume), RT.single_dir(audio_path, out_dir)
+    mode, out_dir = RT.results_mode(overwrite, resume, cfg), RT.single_dir(audio_path, out_dir)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, mode, logger):
             return dict(read_meta(out_dir), out_dir=out_dir)
@@ -177,9 +175,9 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
                         motion = to_output_fps(decoding.result(), out_fps, fr.fps)
                         arrays = sample_arrays(motion, None)
                     verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as written
-                    meta = single_meta(session, audio_path, RT.audio_stem(audio_path), style, out_fps, len(verts))
+                    meta = single_meta(session, audio_path, style, out_fps, len(verts))
                     write_sample(os.path.join(out_dir, "vertices"), out_dir, verts, arrays, meta, in_place=True,
-                                 progress=True, stale=stale_files(RT.ARRAYS))
+                                 progress=True)
             finally:
                 if verts is not None:  # the decoder (closed above) no longer holds up the converter it feeds
                     verts.close()
@@ -219,8 +217,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
                              f"{cfg.INFER.output_fps} (use native or {fr.fps}, or run without --stream)")
     check_infer_config(cfg)
     settings = stream_settings(cfg, args)
-    out_dir, mode = RT.single_dir(args.audio, args.out), results_mode(cfg, args.overwrite, args.resume)
-    stem = RT.audio_stem(args.audio)
+    out_dir, mode = RT.single_dir(args.audio, args.out), RT.results_mode(args.overwrite, args.resume, cfg)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, "overwrite" if live and mode == "resume" else mode, logger):
             return dict(read_meta(out_dir), out_dir=out_dir)
@@ -254,11 +251,11 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
             motion = np.concatenate(motion)[:writer.n]
             stats = stream_stats(settings, streamer, chunks, n_in / fr.sample_rate, motion.shape[0], session.device,
                                  len(prime) / fr.sample_rate if prime is not None else 0.0, stopped)
-            meta = single_meta(session, None if live else args.audio, stem, style, fr.fps, motion.shape[0])
+            meta = single_meta(session, args.audio, style, fr.fps, motion.shape[0])
             with signals_held():  # the result goes in place whole, even if Ctrl-C is pressed again
-                writer.commit(sample_arrays(motion, None), meta, {STATS: stats}, stale_files((*RT.ARRAYS, STATS)))
+                writer.commit(sample_arrays(motion, None), meta, {STATS: stats})
     logger.info("%s: %.2f s of audio -> %d frames in %s; compute %.2f s (real-time factor %.3f), per chunk "
-                "mean %.1f ms / max %.1f ms for %g ms chunks", stem, stats["audio_s"], meta["n_frames"], out_dir,
+                "mean %.1f ms / max %.1f ms for %g ms chunks", meta["sample_id"], stats["audio_s"], meta["n_frames"], out_dir,
                 stats["compute_s"], stats["real_time_factor"], 1000 * stats["mean_chunk_compute_s"],
                 1000 * stats["max_chunk_compute_s"], settings["chunk_ms"])
     if stopped is not None:

@@ -13,9 +13,10 @@ import os
 import shutil
 
 import numpy as np
+from tqdm import tqdm
 
 from main.result_reader import FRAME_FILE
-from main.results import META, remove_path
+from main.results import META, SINGLE_FILES, remove_path
 from utils.atomic import atomic_write, tmp_sibling
 from utils.errors import ResultsError
 
@@ -24,11 +25,12 @@ class FrameWriter:
     """One result written as its frames arrive, whole or not at all (every mode writes through it).
 
     ``add(frame (V,3))`` writes ``{i}.npy`` into a temporary sibling of ``vert_dir``; a frame cut short
-    (Ctrl-C stopping a stream mid-frame) is left out at the commit. ``commit(arrays, meta, json_files,
-    stale)`` puts the result in place: the old ``meta.json`` (and ``stale`` names: a video of the old
-    result) first, then ``{name}.npy`` per array and the JSON files, the vertex folder renamed over the
-    old one, the new ``meta.json`` last. ``in_place``: ``coeff_dir`` is shared with other files (single-audio DIR: the
-    log, the video), so its files go in one by one through temporary names; otherwise the coefficient
+    (Ctrl-C stopping a stream mid-frame) is left out at the commit. ``commit(arrays, meta, json_files)``
+    puts the result in place: the old ``meta.json`` first (in a single-audio DIR also the old result's
+    files this one does not write: its video, its stream stats), then ``{name}.npy`` per array and the
+    JSON files, the vertex folder renamed over the old one, the new ``meta.json`` last. ``in_place``:
+    ``coeff_dir`` is shared with other files (single-audio DIR: the log, the video), so its files go in
+    one by one through temporary names; otherwise the coefficient
     folder is built as a temporary sibling too and renamed into place after the vertices. An older
     complete result stays whole until the new one is. Use it as a context manager: leaving the block
     uncommitted removes what was written. A failed write -> ResultsError naming the path."""
@@ -47,19 +49,19 @@ class FrameWriter:
             np.save(path, np.ascontiguousarray(frame, dtype=np.float32))
         self.n += 1
 
-    def commit(self, arrays: dict[str, np.ndarray], meta: dict, json_files: dict | None = None,
-               stale: tuple[str, ...] = ()):
+    def commit(self, arrays: dict[str, np.ndarray], meta: dict, json_files: dict | None = None):
         final = self.coeff_dir
         out = final if self.in_place else self.tmp_coeff
         with _naming(out):
             if not self.in_place:
                 remove_path(out)
             os.makedirs(out, exist_ok=True)
+        files = {f"{k}.npy": (lambda p, a=a: _save_npy(p, a)) for k, a in arrays.items()}
+        files.update({k: (lambda p, o=o: _write_json(p, o)) for k, o in (json_files or {}).items()})
+        stale = [n for n in SINGLE_FILES if n not in files] if self.in_place else []
         for name in (META, *stale):  # the old result's marker goes before anything of it is replaced
             with _naming(os.path.join(final, name)):
                 remove_path(os.path.join(final, name))
-        files = {f"{k}.npy": (lambda p, a=a: _save_npy(p, a)) for k, a in arrays.items()}
-        files.update({k: (lambda p, o=o: _write_json(p, o)) for k, o in (json_files or {}).items()})
         if not self.in_place:
             files[META] = lambda p: _write_json(p, meta)
         for name, save in files.items():
@@ -105,16 +107,14 @@ def _rename_over(tmp: str, final: str):
 
 
 def write_sample(vert_dir: str, coeff_dir: str, frames, arrays, meta: dict, in_place: bool = False,
-                 progress: bool = False, json_files: dict | None = None, stale: tuple[str, ...] = ()):
+                 progress: bool = False):
     """One result whole: frames (T,V,3) (an array or anything indexable like one) through a FrameWriter,
     then ``arrays`` {name: array} (or a function returning them, called once the frames are written)."""
-    from tqdm import tqdm
-
     with FrameWriter(vert_dir, coeff_dir, in_place) as writer:
         for i in tqdm(range(len(frames)), desc=f"write {os.path.basename(vert_dir)}", unit="frame",
                       disable=not progress, leave=False):
             writer.add(frames[i])
-        writer.commit(arrays() if callable(arrays) else arrays, meta, json_files, stale)
+        writer.commit(arrays() if callable(arrays) else arrays, meta)
 
 
 def _save_npy(path: str, arr: np.ndarray):

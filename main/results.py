@@ -36,10 +36,6 @@ class ExistingResults(ResultsError, InferenceError):
     """Results are in the way and neither --overwrite nor --resume was given."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Where results go
-# ----------------------------------------------------------------------------------------------
-
 def sample_dirs(cfg, dataset: str, style_id: str) -> tuple[str, str]:
     """(vertex folder, coefficient folder) of one test sample."""
     return (os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name, dataset, style_id),
@@ -74,12 +70,12 @@ def check_clashes(refs, folder_of) -> None:
                            + "\n  ".join(clashes))
 
 
-# ----------------------------------------------------------------------------------------------
-# Which results a run makes: new / resume / overwrite
-# ----------------------------------------------------------------------------------------------
+# ---- which results a run makes: new / resume / overwrite ----------------------------------------
 
-def results_mode(overwrite: bool, resume: bool) -> str:
-    """--overwrite / --resume (or INFER.overwrite / INFER.resume) -> ``select_todo``'s mode."""
+def results_mode(overwrite: bool, resume: bool, cfg=None) -> str:
+    """--overwrite / --resume (or, given ``cfg``, INFER.overwrite / INFER.resume) -> ``select_todo``'s mode."""
+    overwrite, resume = (bool(overwrite or cfg.INFER.overwrite), bool(resume or cfg.INFER.resume)) if cfg \
+        else (overwrite, resume)
     if overwrite and resume:
         raise InferenceError("--overwrite (INFER.overwrite) and --resume (INFER.resume) exclude each other: "
                              "redo all results, or keep the complete ones")
@@ -120,19 +116,20 @@ def _exists(path: str) -> bool:
     return os.path.isdir(path) and bool(os.listdir(path)) or os.path.isfile(path)
 
 
-def select_todo(samples: list[tuple[str, str]], mode: str, how: str, files: tuple[str, ...] = ()) -> list[bool]:
+def select_todo(samples: list[tuple[str, str | None]], mode: str, how: str, files: tuple[str, ...] = ()) -> list[bool]:
     """Which results (vert_dir, meta_dir) to (re)make. mode: ``new`` (any existing result, complete or
     left incomplete by a killed run, is an ExistingResults error listing them), ``resume`` (keep
     complete ones) or ``overwrite`` (all). ``files``: more names in meta_dir that belong to a result
-    (single-audio DIR); ``how`` names the ways out in the error message."""
+    (single-audio DIR); ``how`` names the ways out in the error message. A file written whole in one
+    rename (a video) is ``(path, None)``: complete when it exists."""
     if mode == "overwrite":
         return [True] * len(samples)
-    complete = [is_complete(v, m) for v, m in samples]
+    complete = [is_complete(v, m) if m is not None else os.path.isfile(v) for v, m in samples]
     if mode == "resume":
         return [not c for c in complete]
     done = [v for (v, m), c in zip(samples, complete) if c]
-    torn = [v for (v, m), c in zip(samples, complete)
-            if not c and (_exists(v) or any(_exists(os.path.join(m, n)) for n in (META, *files)))]
+    torn = [v for (v, m), c in zip(samples, complete) if not c and (
+        _exists(v) or m is not None and any(_exists(os.path.join(m, n)) for n in (META, *files)))]
     if len(done) + len(torn) == 1 and len(samples) == 1:
         raise ExistingResults(f"{(done + torn)[0]} already holds results; {how}")
     if done or torn:
@@ -178,14 +175,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, another user's
+        pass
     return True
 
-
-# ----------------------------------------------------------------------------------------------
-# Up-front checks
-# ----------------------------------------------------------------------------------------------
 
 def sample_bytes(n_frames: int, n_vertices: int) -> int:
     """Disk estimate of one result: its vertex frames plus motion (T,51) and coeffs (T,287)."""

@@ -81,3 +81,22 @@ def test_inference_and_evaluation_honour_test_subjects(root):
     report = evaluate(cfg, plot=False)   # V's speaker q is left out: not a missing prediction
     assert report["missing"] == [] and report["datasets"]["E"]["n_sequences"] == 1
     assert report["datasets"]["V"]["n_sequences"] == 0 and report["datasets"]["V"]["n_missing"] == 0
+
+
+def test_test_split_inference_decodes_each_sample_once_and_parses_each_json_once(root, monkeypatch):
+    """Validation loads every sample; generation uses those items instead of decoding them again."""
+    import dataset.dataset as dataset_mod
+    import dataset.index as index_mod
+    import dataset.split_check as split_check
+    from main.inference import run_test_splits
+
+    loaded, parsed = [], []
+    real_load, real_parse = split_check.load_item, index_mod._parse_index
+    for module in (split_check, dataset_mod):  # every place that decodes a sample
+        monkeypatch.setattr(module, "load_item", lambda ref, *a: loaded.append(ref.sample_id) or real_load(ref, *a))
+    monkeypatch.setattr(index_mod, "_parse_index", lambda path, *a: parsed.append(path) or real_parse(path, *a))
+    monkeypatch.setattr(index_mod, "_PARSED", {})
+    rows = run_test_splits(config(root, "once"))
+    assert [r["samples"] for r in rows] == [1, 1]
+    assert sorted(loaded) == ["E", "V"]
+    assert sorted(os.path.basename(p) for p in parsed) == ["E.json", "V.json"]
