@@ -44,6 +44,18 @@ def record_calls(module):
     return calls, handle
 
 
+def run_recorded(model, audio, motion, style, **kwargs):
+    """model(audio, motion, style, **kwargs) -> (prediction, decoder inputs, decoder outputs): the
+    (input, output) of every call of motion_map and of output_map, one per decoder pass, in order."""
+    inputs, h_in = record_calls(model.motion_map)
+    outputs, h_out = record_calls(model.output_map)
+    try:
+        return model(audio, motion, style, **kwargs), inputs, outputs
+    finally:
+        h_in.remove()
+        h_out.remove()
+
+
 @pytest.mark.parametrize("mode", ["parallel_sampling", "parallel_rollout", "scheduled_rollout"])
 def test_probability_zero_is_teacher_forcing(model, flame, mode):
     audio, motion, style = batch()
@@ -70,13 +82,8 @@ def test_probability_one_feeds_own_detached_predictions(model, passes):
     frame t-1, detached; row 0 is the zero start input."""
     audio, motion, style = batch()
     model.eval()
-    inputs, h_in = record_calls(model.motion_map)
-    outputs, h_out = record_calls(model.output_map)
-    try:
-        pred = model(audio, motion, style, mode="parallel_sampling", sampling_prob=1.0, passes=passes)
-    finally:
-        h_in.remove()
-        h_out.remove()
+    pred, inputs, outputs = run_recorded(model, audio, motion, style, mode="parallel_sampling", sampling_prob=1.0,
+                                         passes=passes)
     assert len(inputs) == passes + 1
     assert torch.equal(inputs[0][0], shift_motion(motion))   # the first pass is teacher-forced
     for k in range(1, passes + 1):
@@ -95,13 +102,8 @@ def test_parallel_rollout_feeds_own_predictions_with_gradient(model, steps):
     it is the full KV-cached rollout itself, and the loss reaches the first pass through the inputs."""
     audio, motion, style = batch(T=12)
     model.eval()
-    inputs, h_in = record_calls(model.motion_map)
-    outputs, h_out = record_calls(model.output_map)
-    try:
-        pred = model(audio, motion, style, mode="parallel_rollout", sampling_prob=1.0, rollout_steps=steps)
-    finally:
-        h_in.remove()
-        h_out.remove()
+    pred, inputs, outputs = run_recorded(model, audio, motion, style, mode="parallel_rollout", sampling_prob=1.0,
+                                         rollout_steps=steps)
     assert len(inputs) == steps + 1
     assert torch.equal(inputs[0][0], shift_motion(motion))   # the first pass is teacher-forced
     for k in range(1, steps + 1):
@@ -121,12 +123,8 @@ def test_partial_probability_mixes_per_frame_and_gradients_reach_decoder(model, 
     audio, motion, style = batch(B=2, T=200, seed=3)
     model.train()
     model.zero_grad()
-    inputs, h_in = record_calls(model.motion_map)
-    try:
-        torch.manual_seed(0)
-        pred = model(audio, motion, style, mode="parallel_sampling", sampling_prob=0.3)
-    finally:
-        h_in.remove()
+    torch.manual_seed(0)
+    pred, inputs, _ = run_recorded(model, audio, motion, style, mode="parallel_sampling", sampling_prob=0.3)
     fed, gt = inputs[-1][0], shift_motion(motion)
     from_gt = (fed == gt).all(-1)[:, 1:]
     assert 0.6 < from_gt.float().mean() < 0.8    # about 70% of the inputs stay ground truth
