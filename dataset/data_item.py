@@ -2,10 +2,10 @@
 same duration, framed by ``utils.framing`` (16 kHz audio and 25 fps motion by default;
 ``DATA.sample_rate`` / ``DATA.target_fps``).
 
-Reading the parameter files is dataset/flame_params.py, reading audio dataset/audio.py. ``load_item``
-trims audio and motion to the same length, exactly ``T * samples_per_frame`` samples (640 at
-16 kHz / 25 fps). Errors a user can cause raise ``DataError`` naming the JSON index, the sample id
-and the data file.
+Reading the parameter files is dataset/flame_files.py (what they hold: dataset/flame_params.py),
+reading audio dataset/audio.py. ``load_item`` trims audio and motion to the same length, exactly
+``T * samples_per_frame`` samples (640 at 16 kHz / 25 fps). Errors a user can cause raise
+``DataError`` naming the JSON index, the sample id and the data file.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dataset.audio import fit_audio_to_frames, load_audio, normalize_audio
-from dataset.flame_params import (detail_from_params, load_flame_params, load_shape, motion_from_params,
-                                  shape_from_params)
+from dataset.flame_files import load_flame_params
+from dataset.flame_params import detail_from_params, load_shape, motion_from_params, shape_from_params
 from utils.errors import DataError
 from utils.framing import DEFAULT_FRAMING, Framing
 

@@ -22,7 +22,8 @@ import yaml
 
 from dataset.data_item import load_item
 from dataset.dataset import FaceDataset
-from dataset.flame_params import load_flame_params, load_motion, load_shape
+from dataset.flame_files import load_flame_params
+from dataset.flame_params import load_motion, load_shape
 from dataset.index import read_index
 from utils.config import load_config
 from utils.errors import DataError
