@@ -58,6 +58,7 @@ from main.results import check_clashes  # noqa: E402
 from utils.atomic import TMP_PREFIX  # noqa: E402
 from utils.errors import DataError, ResultsError, UserError  # noqa: E402
 from utils.framing import output_fps  # noqa: E402
+from utils.plots import pyplot, save_figure  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -271,9 +272,7 @@ def _jaw_curves(sample_id, fps, pred, gt, gt_motion, coeff_dir, lip_idx) -> dict
 
 
 def _plot_jaw(curves: list[dict], dataset: str, path: str) -> str:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(len(curves), 1, figsize=(10, 2.6 * len(curves)), squeeze=False)
     for ax, c in zip(axes[:, 0], curves):
         ax.plot(c["t"], c["gt"], label="ground truth", color="black", lw=1.2)
@@ -282,11 +281,7 @@ def _plot_jaw(curves: list[dict], dataset: str, path: str) -> str:
         ax.set_ylabel(c["ylabel"], fontsize=8)
         ax.legend(fontsize=8, loc="upper right")
     axes[-1, 0].set_xlabel("time (s)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def format_table(report: dict) -> str:

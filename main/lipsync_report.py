@@ -10,6 +10,7 @@ import numpy as np
 
 from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
 from main.result_reader import default_out_path
+from utils.plots import pyplot, save_figure
 
 log = logging.getLogger("lipsync")
 
@@ -71,9 +72,7 @@ def plot_clip(rep: dict, path: str) -> str | None:
     moving = [c for c in rep["clips"] if "_plot" in c]
     if not moving:
         return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     c = max(moving, key=lambda c: c["n_frames"])
     p, t = c["_plot"], np.arange(c["n_frames"]) / c["fps"]
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(11, 6), gridspec_kw={"height_ratios": [2, 1]})
@@ -96,11 +95,7 @@ def plot_clip(rep: dict, path: str) -> str | None:
         ax2.axvline(0, color="0.6", lw=0.8)
         ax2.set_xlabel("lag (ms; > 0: mouth after sound)")
         ax2.set_ylabel("pooled corr")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def default_out(results: str) -> str:

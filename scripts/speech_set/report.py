@@ -8,6 +8,7 @@ import numpy as np
 from main.align import FRAME_S
 from scripts.speech_set.alignment_checks import frame_db
 from scripts.speech_set.visemes import LEAD_S, motion_signals
+from utils.plots import pyplot, save_figure
 
 
 def print_alignment(prompt, audio, phones):
@@ -24,9 +25,7 @@ def print_alignment(prompt, audio, phones):
 
 def plot_alignment(prompt, audio, phones, loud, path):
     """Energy envelope with phone boundaries and labels, and the jaw opening the phones give."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     db = frame_db(audio)
     t = np.arange(len(db)) * FRAME_S
     tg, jaw, expr = motion_signals(phones, len(audio) / 16000, loud)
@@ -42,9 +41,7 @@ def plot_alignment(prompt, audio, phones, loud, path):
     ax[1].plot(tg, expr[:, 1] / 2, label="rounding / 2")
     ax[1].set_xlabel(f"seconds (motion leads by {LEAD_S * 1000:.0f} ms)")
     ax[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def show_checks(checks, folder):
