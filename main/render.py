@@ -7,6 +7,9 @@ Input layout (written by main/inference.py, main/results.py)::
 
 Every "leaf" folder (one holding ``{i}.npy`` files) becomes one video, by default under
 ``results/videos/`` mirroring the tree: ``results/videos/{exp_name}/{DATASET}/{STYLE_ID}.mp4``.
+Existing videos follow inference's rule (main/results.py ``select_todo``): an error listing them
+before anything is rendered, unless ``--overwrite`` (render all again) or ``--resume`` (keep them,
+render the missing ones; ``--skip_existing`` is the same).
 
 Usage (from the repo root)::
 
@@ -46,6 +49,7 @@ from main.raster_cpu import CpuMeshRenderer  # noqa: E402
 from main.render_gl import MeshRenderer, gl_help, missing_libraries, use_platform  # noqa: E402,F401
 from main.render_scene import Camera, RenderError, frame_camera  # noqa: E402,F401
 from main.result_reader import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames  # noqa: E402
+from main.results import clean_stale_temps, results_mode, select_todo  # noqa: E402
 from utils.errors import ResultsError  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
 
@@ -263,7 +267,9 @@ def main(argv=None):
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="egl / osmesa: pyrender on that OpenGL platform; cpu: numpy rasteriser, no GL needed; "
                         "auto (default): PYOPENGL_PLATFORM (egl unless set), the other GL platform, then cpu")
-    p.add_argument("--skip_existing", action="store_true", help="keep videos that already exist")
+    p.add_argument("--overwrite", action="store_true", help="replace existing videos (INFER.overwrite=true)")
+    p.add_argument("--resume", "--skip_existing", action="store_true", help="keep existing videos, render the "
+                   "missing ones (INFER.resume=true)")
     p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
     args = p.parse_intermixed_args(argv)
 
@@ -285,15 +291,20 @@ def main(argv=None):
     rel_base = cfg.INFER.output_root if is_inside(root, cfg.INFER.output_root) else os.path.dirname(
         os.path.abspath(root))
     out_root = args.out or DEFAULT_VIDEO_ROOT
-    faces_cache: dict[str, np.ndarray] = {}
-    log.info("rendering %d sequence(s) from %s (--backend %s)", len(leaves), root, args.backend)
+    videos = []
     for leaf in leaves:
         rel = os.path.relpath(os.path.abspath(leaf), os.path.abspath(rel_base))
         # Style folders may contain dots: only a (T,V,3) .npy file loses its extension.
         rel = rel[:-4] if rel.lower().endswith(".npy") else rel
-        out_mp4 = args.out if single_out else os.path.join(out_root, rel + ".mp4")
-        if args.skip_existing and os.path.exists(out_mp4):
-            log.info("exists, skipped: %s", out_mp4)
+        videos.append(args.out if single_out else os.path.join(out_root, rel + ".mp4"))
+    todo = select_todo([(v, None) for v in videos], results_mode(args.overwrite, args.resume, cfg),
+                       "rerun with --overwrite to replace them, --resume to keep them, or choose another --out")
+    clean_stale_temps([v for v, t in zip(videos, todo) if t])  # a killed render's temporary video
+    faces_cache: dict[str, np.ndarray] = {}
+    log.info("rendering %d sequence(s) from %s (--backend %s)", len(leaves), root, args.backend)
+    for leaf, out_mp4, t in zip(leaves, videos, todo):
+        if not t:
+            log.info("exists, kept (--resume): %s", out_mp4)
             continue
         meta = leaf_meta(leaf, cfg)
         dataset = _leaf_dataset(leaf, meta, cfg)

@@ -31,7 +31,7 @@ python scripts/compare_metrics.py "$RESULTS/metrics_faceformer_demo.json" "$RESU
 
 echo "== 6/6 render one test sample"
 SAMPLE=$(ls -d "$RESULTS"/faceformer_demo/MEAD_VHAP/*/ | head -n 1)
-python main/render.py --config "$CONFIG" --results "$SAMPLE" --out results/videos/demo_sample.mp4
+python main/render.py --config "$CONFIG" --results "$SAMPLE" --out results/videos/demo_sample.mp4 --overwrite
 
 cat <<EOT
 

@@ -6,7 +6,8 @@
 #
 # CONFIG defaults to config/faceformer.yaml. Results are read from {INFER.output_root}/{INFER.exp_name};
 # metrics go to {INFER.output_root}/metrics_{exp_name}.json, videos to results/videos/{exp_name}/.
-# Environment: SKIP_RENDER=1 skips the videos; RENDER_ARGS="--size 256" passes options to main/render.py.
+# Environment: SKIP_RENDER=1 skips the videos; RENDER_ARGS="--size 256" passes options to main/render.py
+# (existing videos: RENDER_ARGS=--overwrite replaces them, --resume keeps them and renders the rest).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 import main.render as R  # sets PYOPENGL_PLATFORM (default egl) before pyrender is imported
+from utils.errors import ResultsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -363,3 +364,26 @@ def test_cli_without_gl_renders_on_cpu(standin, tmp_path):
                          p.stdout), p.stdout
         assert "3 frames, cpu backend" in p.stdout, p.stdout
     _assert_shows_mesh(_decode(str(tmp_path / "clip.mp4"))[1][2])
+
+
+def test_cli_keeps_existing_videos_unless_told(standin, tmp_path):
+    """Existing videos follow inference's new / resume / overwrite rule: refused by default (nothing
+    rendered), kept with --resume, replaced with --overwrite."""
+    import imageio_ffmpeg
+    frames, _ = _talking_head(standin, 3)
+    leaf = tmp_path / "leaf"
+    leaf.mkdir()
+    for i, f in enumerate(frames):
+        np.save(leaf / f"{i}.npy", f)
+    mp4 = tmp_path / "clip.mp4"
+    args = ["--config", os.path.join(REPO, "config", "demo.yaml"), "--results", str(leaf), "--out", str(mp4),
+            "--size", "64", "--backend", "cpu", f"FLAME.model_path={standin[0]}"]
+    R.main(args)
+    mp4.write_bytes(b"old")
+    with pytest.raises(ResultsError, match=re.escape(f"{mp4} already holds results; rerun with --overwrite")):
+        R.main(args)
+    R.main([*args, "--resume"])
+    assert mp4.read_bytes() == b"old"
+    R.main([*args, "--overwrite"])
+    assert imageio_ffmpeg.count_frames_and_secs(str(mp4))[0] == 3
+    assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "leaf"]  # no temporary video left
