@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from dataset.data_item import SampleRef, load_item
 from dataset.flame_params import DETAIL_DIM, fit_shape
+from utils.atomic import write_json
 from utils.errors import DataError
 from utils.framing import framing_from_config
 
@@ -336,7 +337,7 @@ def _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, des
     for k in ARRAYS:
         os.replace(tmp[k], os.path.join(folder, files[k]))
     index = {"version": STORE_VERSION, "files": files, "shapes": shapes, "records": records}
-    _write_json(os.path.join(folder, "index.json"), index)
+    write_json(os.path.join(folder, "index.json"), index, indent=None, durable=True)
     for f in os.listdir(folder):  # the previous generation, and temporary files of a killed run
         if f.endswith(".f32") and not f.startswith(gen):
             with contextlib.suppress(OSError):
@@ -344,16 +345,6 @@ def _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, des
     return index
 
 
-def _write_json(path: str, obj) -> None:
-    """Write JSON to ``path`` whole or not at all (temporary file, fsync, rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_report(store: SplitStore, dataset_report: dict) -> None:
     """Put a dataset's part of the split's validation report beside its store, for people to read."""
-    _write_json(os.path.join(store.folder, "report.json"), dataset_report)
+    write_json(os.path.join(store.folder, "report.json"), dataset_report, indent=None, durable=True)

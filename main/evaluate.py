@@ -39,7 +39,6 @@ silence, lips closed on p/b/m, jitter; main/lipsync.py)::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -55,7 +54,7 @@ from main.lipsync import add_arguments as lipsync_arguments, run as lipsync_run 
 from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
 from main.result_reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
 from main.results import check_clashes  # noqa: E402
-from utils.atomic import TMP_PREFIX  # noqa: E402
+from utils.atomic import TMP_PREFIX, write_json  # noqa: E402
 from utils.errors import DataError, ResultsError, UserError  # noqa: E402
 from utils.framing import output_fps  # noqa: E402
 from utils.plots import pyplot, save_figure  # noqa: E402
@@ -219,9 +218,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     if listening is not None:
         print(format_listening(listening))
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(report, f, indent=2)
+        write_json(out, report)
     except OSError as e:
         raise EvalError(f"cannot write the metrics file {out}: {e.strerror or e}") from None
     log.info("wrote %s", out)

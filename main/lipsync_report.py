@@ -2,7 +2,6 @@
 one clip's speech envelope and mouth opening over time above the pooled correlation against lag."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -10,6 +9,7 @@ import numpy as np
 
 from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
 from main.result_reader import default_out_path
+from utils.atomic import write_json
 from utils.plots import pyplot, save_figure
 
 log = logging.getLogger("lipsync")
@@ -37,9 +37,7 @@ def write_report(rep: dict, out: str, plot: bool = True) -> dict:
     if plot:
         clean["plot"] = plot_clip(rep, os.path.splitext(out)[0] + ".png")
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(clean, f, indent=2)
+        write_json(out, clean)
     except OSError as e:
         raise LipSyncError(f"cannot write {out}: {e.strerror or e}") from None
     log.info("wrote %s", out)

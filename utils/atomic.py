@@ -6,6 +6,7 @@ is atomic because the temporary file is in the same folder, hence on the same fi
 """
 from __future__ import annotations
 
+import json
 import os
 
 from utils.fileperm import give_umask_mode
@@ -32,3 +33,18 @@ def atomic_write(path: str, save, umask_mode: bool = False):
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str, obj, indent: int | None = 2, durable: bool = False):
+    """``obj`` as JSON at ``path`` through ``atomic_write``, its folder made. ``durable``: flushed to the
+    disk before the rename, for files whose loss after a power cut would cost a rebuild (an index);
+    results and reports are cheap to rewrite and skip the sync."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+    def save(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=indent)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+    atomic_write(path, save)
