@@ -207,44 +207,53 @@ def _check_types(cfg, where: str):
                                   f"expected {expected}" + (" or null" if key != "format" else ""))
 
 
+def _ranges(table: str) -> dict:
+    """Rows of ``key  whole|number  lowest  highest`` ('-': unbounded) -> {key: (whole?, low, high)}."""
+    rows = (line.split() for line in table.strip().splitlines())
+    return {key: (kind == "whole", None if low == "-" else float(low), None if high == "-" else float(high))
+            for key, kind, low, high in rows}
+
+
 # Range of every numeric key: (whole number?, lowest, highest). Checked where the config is read, so
 # that a value no run can use fails at once with its key named instead of deep inside torch or the
 # loader, after the data check; the upper bounds keep memory-sized values (batch sizes, crop and window
-# lengths) far below what would exhaust a machine by a typo. None: unbounded on that side.
-NUMERIC_RANGES = {
-    "DATA.max_frames": (True, 0, 1_000_000),
-    "DATA.max_av_diff": (False, 0, 3600),
-    "MODEL.feature_dim": (True, 1, 65536),
-    "MODEL.n_head": (True, 1, 1024),
-    "MODEL.num_layers": (True, 1, 256),
-    "MODEL.ff_dim": (True, 1, 1_048_576),
-    "MODEL.dropout": (False, 0, 0.99),
-    "MODEL.period": (True, 1, 1_000_000),
-    "FLAME.n_shape": (True, 0, 300),
-    "TRAIN.lr": (False, 1e-12, 10),
-    "TRAIN.epochs": (True, 0, 1_000_000),
-    "TRAIN.batch_size": (True, 1, 4096),
-    "TRAIN.grad_accum": (True, 1, 4096),
-    "TRAIN.seed": (True, 0, 2**31 - 1 - 100_000),  # + rank and epoch must stay a valid numpy seed
-    "TRAIN.sampling_max": (False, 0, 1),
-    "TRAIN.sampling_start_epoch": (False, 0, 1_000_000),
-    "TRAIN.sampling_warmup_epochs": (False, 0, 1_000_000),
-    "TRAIN.sampling_passes": (True, 1, 64),
-    "TRAIN.rollout_steps": (True, 1, 64),
-    "TRAIN.input_noise": (False, 0, 100),
-    "TRAIN.val_every": (True, 1, 1_000_000),
-    "TRAIN.velocity_weight": (False, 0, 1e6),
-    "TRAIN.max_steps_per_epoch": (True, 0, None),
-    "TRAIN.log_every": (True, 1, None),
-    "INFER.window_seconds": (False, 0.04, 600),
-    "INFER.overlap_seconds": (False, 0, 300),
-    "INFER.attention_window": (True, 0, 1_000_000),
-    "INFER.stream_chunk_ms": (False, 10, 60_000),
-    "INFER.stream_lookahead_ms": (False, 0, 1e10),  # beyond any input: everything at flush
-    "INFER.stream_left_context_ms": (False, None, 3_600_000),  # < 0: all past audio
-    "INFER.stream_warmup_ms": (False, 0, 3_600_000),
-    "INFER.batch_size": (True, 1, 4096),
-}
+# lengths) far below what would exhaust a machine by a typo. TRAIN.seed stops 100000 short of numpy's
+# largest seed because rank and epoch are added to it; stream_lookahead_ms reaches beyond any input
+# (everything at flush); stream_left_context_ms below 0 means all past audio.
+NUMERIC_RANGES = _ranges("""
+DATA.max_frames                whole   0      1e6
+DATA.max_av_diff               number  0      3600
+MODEL.feature_dim              whole   1      65536
+MODEL.n_head                   whole   1      1024
+MODEL.num_layers               whole   1      256
+MODEL.ff_dim                   whole   1      1048576
+MODEL.dropout                  number  0      0.99
+MODEL.period                   whole   1      1e6
+FLAME.n_shape                  whole   0      300
+TRAIN.lr                       number  1e-12  10
+TRAIN.epochs                   whole   0      1e6
+TRAIN.batch_size               whole   1      4096
+TRAIN.grad_accum               whole   1      4096
+TRAIN.seed                     whole   0      2147383647
+TRAIN.sampling_max             number  0      1
+TRAIN.sampling_start_epoch     number  0      1e6
+TRAIN.sampling_warmup_epochs   number  0      1e6
+TRAIN.sampling_passes          whole   1      64
+TRAIN.rollout_steps            whole   1      64
+TRAIN.input_noise              number  0      100
+TRAIN.val_every                whole   1      1e6
+TRAIN.velocity_weight          number  0      1e6
+TRAIN.max_steps_per_epoch      whole   0      -
+TRAIN.log_every                whole   1      -
+INFER.window_seconds           number  0.04   600
+INFER.overlap_seconds          number  0      300
+INFER.attention_window         whole   0      1e6
+INFER.stream_chunk_ms          number  10     60000
+INFER.stream_lookahead_ms      number  0      1e10
+INFER.stream_left_context_ms   number  -      3.6e6
+INFER.stream_warmup_ms         number  0      3.6e6
+INFER.batch_size               whole   1      4096
+""")
 
 
 def check_number(value, key: str, whole: bool, low, high, where: str = "config"):
