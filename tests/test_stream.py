@@ -7,7 +7,7 @@ import torch
 
 from dataset.audio import normalize_audio
 from main.stream import Streamer
-from models.faceformer import alibi_bias, periodic_positional_encoding
+from models.decoder_layer import alibi_bias, periodic_positional_encoding
 from tests.conftest import speech, tiny_model as conftest_tiny_model
 from utils.config import load_config
 
