@@ -11,7 +11,7 @@ from dataset.dataset import CropSeeds, FaceDataset, collate, crop_seed
 from main.train import loader_workers, main as train_main
 from utils.config import ConfigError, load_config
 
-from tests.test_dataset import make_cfg, two_dataset_root
+from tests.conftest import make_cfg, two_dataset_root
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -26,7 +26,7 @@ from main.train import main as train_main
 from utils.config import ConfigError, load_config
 from utils.errors import DataError
 
-from tests.test_dataset import make_cfg, two_dataset_root, write_json, write_sample
+from tests.conftest import make_cfg, two_dataset_root, write_json, write_sample
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STYLES = ["a1", "a2", "b1"]
