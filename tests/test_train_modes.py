@@ -56,6 +56,16 @@ def run_recorded(model, audio, motion, style, **kwargs):
         h_out.remove()
 
 
+def passes_at_probability_one(model, audio, motion, style, n_passes, **kwargs):
+    """``run_recorded`` in eval mode at sampling probability 1, checked to make ``n_passes`` decoder
+    passes of which the first is teacher-forced."""
+    model.eval()
+    pred, inputs, outputs = run_recorded(model, audio, motion, style, sampling_prob=1.0, **kwargs)
+    assert len(inputs) == n_passes
+    assert torch.equal(inputs[0][0], shift_motion(motion))
+    return pred, inputs, outputs
+
+
 @pytest.mark.parametrize("mode", ["parallel_sampling", "parallel_rollout", "scheduled_rollout"])
 def test_probability_zero_is_teacher_forcing(model, flame, mode):
     audio, motion, style = batch()
@@ -81,11 +91,8 @@ def test_probability_one_feeds_own_detached_predictions(model, passes):
     """Every decoder input row t >= 1 of the pass with gradient is the previous pass's prediction of
     frame t-1, detached; row 0 is the zero start input."""
     audio, motion, style = batch()
-    model.eval()
-    pred, inputs, outputs = run_recorded(model, audio, motion, style, mode="parallel_sampling", sampling_prob=1.0,
-                                         passes=passes)
-    assert len(inputs) == passes + 1
-    assert torch.equal(inputs[0][0], shift_motion(motion))   # the first pass is teacher-forced
+    pred, inputs, outputs = passes_at_probability_one(model, audio, motion, style, passes + 1,
+                                                      mode="parallel_sampling", passes=passes)
     for k in range(1, passes + 1):
         fed, earlier = inputs[k][0], outputs[k - 1][1]
         assert torch.equal(fed[:, 0], torch.zeros_like(fed[:, 0]))
@@ -101,11 +108,8 @@ def test_parallel_rollout_feeds_own_predictions_with_gradient(model, steps):
     pass is the model's own (steps + 1)-frame rollout from every frame: on the first steps + 1 frames
     it is the full KV-cached rollout itself, and the loss reaches the first pass through the inputs."""
     audio, motion, style = batch(T=12)
-    model.eval()
-    pred, inputs, outputs = run_recorded(model, audio, motion, style, mode="parallel_rollout", sampling_prob=1.0,
-                                         rollout_steps=steps)
-    assert len(inputs) == steps + 1
-    assert torch.equal(inputs[0][0], shift_motion(motion))   # the first pass is teacher-forced
+    pred, inputs, outputs = passes_at_probability_one(model, audio, motion, style, steps + 1,
+                                                      mode="parallel_rollout", rollout_steps=steps)
     for k in range(1, steps + 1):
         assert torch.equal(inputs[k][0], shift_motion(outputs[k - 1][1]).detach())
     first = outputs[0][1]
