@@ -23,7 +23,6 @@ import pickle
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from models.lbs import lbs, lbs_in_chunks, lbs_jaw_only
@@ -98,16 +97,18 @@ def _float32_region(device: torch.device):
     return contextlib.nullcontext()
 
 
-class FLAME(nn.Module):
-    """Differentiable FLAME (linear blend skinning), batched and float32.
+class FLAME:
+    """Differentiable FLAME (linear blend skinning), batched and float32, on one device.
 
-    Buffers (non-persistent: the model comes from its own file, not from checkpoints):
-    v_template (V,3), shapedirs (V,3,n_shape+n_expr), posedirs (V,3,36), J_regressor (J,V),
-    lbs_weights (V,J), parents (J,). ``faces`` is an (F,3) int64 numpy array.
+    Tensors: v_template (V,3), shapedirs (V,3,n_shape+n_expr), posedirs (V,3,36), J_regressor (J,V),
+    lbs_weights (V,J), parents (J,); ``faces`` is an (F,3) int64 numpy array. Nothing in it is
+    trained, so it is not an nn.Module: it has no ``.to()`` / ``.double()`` that would change it in
+    place, and a module holding it does not move it. That is what lets ``load_flame`` hand one
+    instance to every user of a file on a device; a FLAME on another device is another instance
+    (``device=`` here, in ``from_file`` or in ``load_flame``).
     """
 
-    def __init__(self, model: dict, n_shape: int | None = None, source: str = "<FLAME dict>"):
-        super().__init__()
+    def __init__(self, model: dict, n_shape: int | None = None, source: str = "<FLAME dict>", device=None):
         arr = {k: np.asarray(model[k]) for k in REQUIRED_KEYS if k in model}
         for k in REQUIRED_KEYS:
             if k not in arr:
@@ -153,41 +154,29 @@ class FLAME(nn.Module):
         self.source = source
 
         f32 = lambda x: torch.as_tensor(np.asarray(x, dtype=np.float32))
-        self.register_buffer("v_template", f32(v), persistent=False)
-        self.register_buffer("shapedirs", f32(arr["shapedirs"]), persistent=False)
-        self.register_buffer("posedirs", f32(posedirs), persistent=False)
-        self.register_buffer("J_regressor", f32(arr["J_regressor"]), persistent=False)
-        self.register_buffer("lbs_weights", f32(arr["weights"]), persistent=False)
-        self.register_buffer("parents", torch.tensor(parents, dtype=torch.long), persistent=False)
+        t = {"v_template": f32(v), "shapedirs": f32(arr["shapedirs"]), "posedirs": f32(posedirs),
+             "J_regressor": f32(arr["J_regressor"]), "lbs_weights": f32(arr["weights"]),
+             "parents": torch.tensor(parents, dtype=torch.long)}
         # Joint regression from the shaped vertices is linear in the blend-shape coefficients:
         # J = Jreg (v_template + S c) = Jreg v_template + (Jreg S) c. Precomputing (Jreg S) in float64
         # gives the same joints without regressing the full (N,V,3) vertex tensor every frame.
         jreg = np.asarray(arr["J_regressor"], dtype=np.float64)
-        self.register_buffer("J_template", f32(jreg @ v.astype(np.float64)), persistent=False)
-        self.register_buffer("J_dirs", f32(np.einsum("jv,vck->jck", jreg, arr["shapedirs"].astype(np.float64))),
-                             persistent=False)
+        t["J_template"] = f32(jreg @ v.astype(np.float64))
+        t["J_dirs"] = f32(np.einsum("jv,vck->jck", jreg, arr["shapedirs"].astype(np.float64)))
+        t["jaw_posedirs"] = t["posedirs"][..., 9 * (JAW - 1):9 * JAW].reshape(V * 3, 9).t().contiguous()
+        t["weight_sums"] = t["lbs_weights"].sum(1)
+        # made on the CPU and then copied, so every device holds the same values bit for bit
+        dev = torch.device(device if device is not None else "cpu")
+        for name, tensor in t.items():
+            setattr(self, name, tensor.to(dev))
         self.faces = np.asarray(arr["f"], dtype=np.int64)
         # motion moves the jaw only: with the jaw a leaf of the tree, motion_to_vertices can skin with
         # the jaw alone (models/lbs.lbs_jaw_only); any other tree takes the general path
         self.jaw_is_leaf = JAW not in self.parents_list
-        self.register_buffer("jaw_posedirs", self.posedirs[..., 9 * (JAW - 1):9 * JAW].reshape(V * 3, 9).t()
-                             .contiguous(), persistent=False)
-        self.register_buffer("weight_sums", self.lbs_weights.sum(1), persistent=False)
-
-    _shared = False  # set on the instances load_flame hands out
-
-    def _apply(self, fn, *args, **kwargs):
-        # Module.to/cuda/cpu/double/half all come here. A shared instance may only be "converted"
-        # to what it already is (t.to(same device, same dtype) returns t itself).
-        if self._shared and fn(self.v_template) is not self.v_template:
-            raise RuntimeError(f"FLAME ({self.source}) is the shared instance of load_flame; moving or "
-                               f"casting it in place would change it for every user. Use "
-                               f"load_flame(path, device=...) for a copy on another device.")
-        return self if self._shared else super()._apply(fn, *args, **kwargs)
 
     @classmethod
-    def from_file(cls, path: str, n_shape: int | None = None) -> "FLAME":
-        return cls(load_flame_pickle(path), n_shape=n_shape, source=str(path))
+    def from_file(cls, path: str, n_shape: int | None = None, device=None) -> "FLAME":
+        return cls(load_flame_pickle(path), n_shape=n_shape, source=str(path), device=device)
 
     # -- blend-shape matrices as (K, V*3) / (K, J*3) views, no copies --------------------------------
     def _dirs(self, lo: int, hi: int):
@@ -220,13 +209,13 @@ class FLAME(nn.Module):
         return lbs_jaw_only(v_base, j_base[..., JAW, :], expr, jaw, vd, jd[:, 3 * JAW:3 * JAW + 3],
                             self.jaw_posedirs, self.lbs_weights[:, JAW], self.weight_sums)
 
-    def forward(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    def __call__(self, shape: torch.Tensor, expr: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
         """shape (N,<=n_shape), expr (N,<=n_expr), pose (N,15) axis-angle -> vertices (N,V,3).
 
         Shorter shape / expr vectors are zero-padded.
         """
         if pose.shape[-1] != 3 * N_JOINTS:
-            raise ValueError(f"FLAME.forward: pose must be (N,{3 * N_JOINTS}) axis-angle, got {tuple(pose.shape)}")
+            raise ValueError(f"FLAME: pose must be (N,{3 * N_JOINTS}) axis-angle, got {tuple(pose.shape)}")
         with _float32_region(self.v_template.device):
             shape = self._pad(shape, self.n_shape, "shape")
             v, j = self._base(shape)
@@ -331,16 +320,11 @@ def _device_key(device) -> torch.device:
 
 def load_flame(path: str, device=None) -> FLAME:
     """The FLAME model file ``path`` on ``device`` (default CPU), loaded once per (file, device) and shared
-    (a config's file per dataset: utils/config.py ``flame_path_for``).
-
-    The shared instance is frozen where it lives: ``.to()`` / ``.cuda()`` / ``.double()`` on it raise
-    instead of moving it in place under the other users (a training loop on GPU would otherwise pull
-    the CPU copy that evaluation holds); ask for the device here instead."""
+    (a config's file per dataset: utils/config.py ``flame_path_for``). Sharing is safe because a FLAME
+    cannot be moved or cast in place (see ``FLAME``): a user on another device asks for it here."""
     path = os.path.abspath(path)
     dev = _device_key(device)
     key = (path, str(dev))
     if key not in _FLAME_CACHE:
-        model = FLAME.from_file(path, n_shape=None).to(dev)
-        model._shared = True
-        _FLAME_CACHE[key] = model
+        _FLAME_CACHE[key] = FLAME.from_file(path, n_shape=None, device=dev)
     return _FLAME_CACHE[key]
