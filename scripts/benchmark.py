@@ -109,7 +109,7 @@ def main(argv=None):
         write_standin_files(tmp, seed=0)
         cfg = model_config(args.encoder, tmp)
         cfg.INFER.device = args.device
-        flame = FLAME(make_standin_flame(0)).to(device)
+        flame = FLAME(make_standin_flame(0), device=device)
         model = FaceFormer(cfg.MODEL, n_styles=4).to(device)
         # the output map starts at zero; give it trained-like weights so outputs (and diffs) are real
         torch.nn.init.normal_(model.output_map.weight, std=0.05)

@@ -64,11 +64,10 @@ def train_mode_speed(modes, data_root: str, steps: int, device: str = "cpu"):
     probability is the schedule's end value (sampling_max), the most expensive case."""
     cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}"])
     B, T = cfg.TRAIN.batch_size, cfg.DATA.max_frames
-    flame = FLAME.from_file(os.path.join(data_root, cfg.FLAME.model_path))
     torch.manual_seed(0)
     dev = torch.device(device)
+    flame = FLAME.from_file(os.path.join(data_root, cfg.FLAME.model_path), device=dev)
     model = FaceFormer(cfg.MODEL, n_styles=4).to(dev).train()
-    flame = flame.to(dev)
     torch.nn.init.normal_(model.output_map.weight, std=0.05)
     audio = torch.from_numpy(np.stack([speech_like(T / FPS, i) for i in range(B)])).to(dev)
     motion = (0.1 * torch.randn(B, T, 51, generator=torch.Generator().manual_seed(0))).to(dev)
