@@ -83,11 +83,9 @@ def parse_args(argv=None):
     args.stream = args.stream or args.audio == "-"
     if args.stream and (args.audio is None or args.render):
         p.error("--stream needs --audio FILE (or --audio - for stdin) and does not --render")
-    if not args.stream and (args.chunk_ms is not None or args.lookahead_ms is not None
-                            or args.left_context_ms is not None or args.stdout_vertices
-                            or args.warmup_ms is not None or args.prime_audio):
-        p.error("--chunk_ms, --lookahead_ms, --left_context_ms, --warmup_ms, --prime_audio and --stdout_vertices "
-                "belong to --stream")
+    stream_only = ("chunk_ms", "lookahead_ms", "left_context_ms", "warmup_ms", "prime_audio", "stdout_vertices")
+    if not args.stream and any(getattr(args, k) not in (None, False) for k in stream_only):
+        p.error(", ".join(f"--{k}" for k in stream_only[:-1]) + f" and --{stream_only[-1]} belong to --stream")
     if args.audio is None and (args.style or args.out or args.render):
         p.error("--style, --out and --render belong to single-audio mode: give --audio too")
     return args

@@ -29,10 +29,13 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
     logger = logger or log
     ckpt = load_checkpoint(path, mmap=True)  # data only (weights_only), layout checked; CheckpointError otherwise
     styles = [str(s) for s in ckpt["styles"]]
-    saved = (ckpt.get("config") or {}).get("MODEL")
-    model_cfg = Config(dict(saved)) if saved else cfg.MODEL
-    framing = checkpoint_framing(ckpt, cfg, path)
-    state = ckpt["model"]
+    saved = ckpt.get("config") or {}
+    model_cfg = Config(dict(saved["MODEL"])) if saved.get("MODEL") else cfg.MODEL
+    # the framing it was trained with (the run config's for checkpoints without their config)
+    framing = framing_from_config(saved, f"checkpoint {path}") if "DATA" in saved and "MODEL" in saved \
+        else framing_from_config(cfg)
+    check_framing(framing, cfg, path)
+    fallback = None
     try:
         model = FaceFormer(model_cfg, n_styles=len(styles), framing=framing,
                            audio_encoder=runtime_audio_encoder(ckpt, framing, path, logger))
@@ -40,19 +43,22 @@ def load_model(path: str, cfg, device: torch.device, logger: logging.Logger | No
         # The checkpoint holds every weight; the pretrained files are only needed for the wav2vec2
         # architecture. So an offline machine can still run it: build the architecture from
         # MODEL.audio_encoder_config, or Wav2Vec2Config()'s defaults (= wav2vec2-base-960h) when that is
-        # unset, with random init; the strict load_state_dict below proves the guess fits.
+        # unset, with random init; the strict weight check below proves the guess fits.
         logger.warning("%s\nBuilding the wav2vec2 architecture from MODEL.audio_encoder_config (None = "
                        "wav2vec2-base) instead; the checkpoint supplies the weights.", err)
-        offline_cfg = Config(dict(model_cfg, audio_encoder_pretrained=False))
-        model = FaceFormer(offline_cfg, n_styles=len(styles), framing=framing)
-        try:
-            state = match_weight_norm_names(state, model)
-            check_state_dict(state, model, path)
-        except UserError:
-            raise err from None
-    else:
-        state = match_weight_norm_names(state, model)
+        model = FaceFormer(Config(dict(model_cfg, audio_encoder_pretrained=False)), n_styles=len(styles),
+                           framing=framing)
+        fallback = err
+    # the positional convolution's weight-norm tensors named as in ``model`` (``weight_g/v`` from
+    # torch < 2.1 vs ``parametrizations.weight.original0/1``)
+    state = rename_weight_norm(dict(ckpt["model"]), "audio_encoder.model.encoder.pos_conv_embed.conv.",
+                               model.state_dict())
+    try:
         check_state_dict(state, model, path)  # names missing / unexpected / mismatched weights
+    except UserError:
+        if fallback is None:
+            raise
+        raise fallback from None
     model.load_state_dict(state)
     model.to(device).eval()
     logger.info("checkpoint %s (epoch %s), %d style classes: %s", path, ckpt.get("epoch", "?"), len(styles),
@@ -95,24 +101,9 @@ def record_encoder_config(path: str, cfg) -> bool:
     return True
 
 
-def match_weight_norm_names(state: dict, model) -> dict:
-    """The checkpoint's weights with the wav2vec2 positional convolution's weight-norm tensors named as
-    in ``model`` (``weight_g/v`` from torch < 2.1 vs ``parametrizations.weight.original0/1``)."""
-    return rename_weight_norm(dict(state), "audio_encoder.model.encoder.pos_conv_embed.conv.", model.state_dict())
-
-
-def checkpoint_framing(ckpt: dict, cfg, path: str):
-    """The framing the checkpoint was trained with (its saved DATA/MODEL sections; the run config's
-    for checkpoints without them). A run config with another framing is refused: the audio would be
-    cut into frames the model was not trained on."""
-    saved = ckpt.get("config") or {}
-    trained = framing_from_config(saved, f"checkpoint {path}") if "DATA" in saved and "MODEL" in saved \
-        else framing_from_config(cfg)
-    check_framing(trained, cfg, path)
-    return trained
-
-
 def check_framing(trained, cfg, path: str):
+    """A run config with another framing than the checkpoint's is refused: the audio would be cut into
+    frames the model was not trained on."""
     run = framing_from_config(cfg)
     if trained != run:
         raise InferenceError(f"checkpoint {path} was trained with DATA.sample_rate={trained.sample_rate}, "

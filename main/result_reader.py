@@ -52,17 +52,15 @@ def load_frames(path: str) -> np.ndarray:
     files = frame_files(path)
     if not files:
         raise ResultsError(f"{path}: no frame files 0.npy, 1.npy, ... found")
-    first = None
     out = None
     for i, f in enumerate(files):
         a = _load_npy(f)
-        if first is None:
+        if out is None:
             if a.ndim != 2 or a.shape[1] != 3:
                 raise ResultsError(f"{f}: expected (V,3) vertices, got {a.shape}")
-            first = a.shape
-            out = np.empty((len(files),) + first, np.float32)
-        elif a.shape != first:
-            raise ResultsError(f"{f}: expected {first} vertices like 0.npy, got {a.shape}")
+            out = np.empty((len(files), *a.shape), np.float32)
+        elif a.shape != out.shape[1:]:
+            raise ResultsError(f"{f}: expected {out.shape[1:]} vertices like 0.npy, got {a.shape}")
         out[i] = a
     return out
 

@@ -52,9 +52,9 @@ def open_session(cfg, checkpoint: str | None = None, logger: logging.Logger | No
     logger = logger or log
     path = os.path.abspath(resolve_checkpoint(cfg, checkpoint))
     device = pick_device(cfg.INFER.device, logger)
-    model, styles = loaded or load_model(path, cfg, device, logger)
-    check_framing(model.framing, cfg, path)  # also for a model loaded by the caller
+    model, styles = loaded or load_model(path, cfg, device, logger)  # load_model checks the framing
     if loaded:
+        check_framing(model.framing, cfg, path)
         device = next(model.parameters()).device
     return Session(cfg, path, model, list(styles), device)
 

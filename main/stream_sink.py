@@ -55,9 +55,7 @@ def stream_stats(settings: dict, streamer, chunks: list[dict], audio_s: float, n
                  primed_s: float, stopped: int | None) -> dict:
     """stream_stats.json: the settings, latency, per-chunk compute times and what ended the stream."""
     compute = [c["compute_s"] for c in chunks] or [0.0]
-    return {"chunk_ms": settings["chunk_ms"], "lookahead_ms": settings["lookahead_ms"],
-            "left_context_ms": settings["left_context_ms"], "attention_window": settings["attention_window"],
-            "warmup_ms": settings["warmup_ms"], "primed_s": primed_s, "algorithmic_latency_s": streamer.latency_s,
+    return {**settings, "primed_s": primed_s, "algorithmic_latency_s": streamer.latency_s,
             "audio_s": audio_s, "frames": int(n_frames),
             "compute_s": float(sum(compute)), "real_time_factor": float(sum(compute)) / max(audio_s, 1e-9),
             "max_chunk_compute_s": max(compute), "mean_chunk_compute_s": float(np.mean(compute)),
