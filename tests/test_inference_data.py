@@ -96,6 +96,8 @@ def test_test_split_inference_decodes_each_sample_once_and_parses_each_json_once
         monkeypatch.setattr(module, "load_item", lambda ref, *a: loaded.append(ref.sample_id) or real_load(ref, *a))
     monkeypatch.setattr(index_mod, "_parse_index", lambda path, *a: parsed.append(path) or real_parse(path, *a))
     monkeypatch.setattr(index_mod, "_PARSED", {})
+    for name in ("E.json", "V.json"):  # a JSON changed in the last seconds is parsed again by design
+        os.utime(root / name, (os.stat(root / name).st_atime, os.stat(root / name).st_mtime - 60))
     rows = run_test_splits(config(root, "once"))
     assert [r["samples"] for r in rows] == [1, 1]
     assert sorted(loaded) == ["E", "V"]
