@@ -106,7 +106,6 @@ def check_framing(trained, cfg, path: str):
     frames the model was not trained on."""
     run = framing_from_config(cfg)
     if trained != run:
-        raise InferenceError(f"checkpoint {path} was trained with DATA.sample_rate={trained.sample_rate}, "
-                             f"DATA.target_fps={trained.fps}, but this run's config has DATA.sample_rate="
-                             f"{run.sample_rate}, DATA.target_fps={run.fps}: use the training config or set "
-                             f"DATA.target_fps={trained.fps} DATA.sample_rate={trained.sample_rate}")
+        raise InferenceError(f"checkpoint {path} was trained with DATA.target_fps={trained.fps}, but this run's "
+                             f"config has DATA.target_fps={run.fps}: use the training config or set "
+                             f"DATA.target_fps={trained.fps}")

@@ -209,9 +209,8 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
     logger = logger or log
     live, out = args.audio == "-", StdoutVertices(logger) if args.stdout_vertices else None
     fr, std = framing_from_config(cfg), DEFAULT_FRAMING  # the Streamer's CNN caching assumes this framing
-    if (fr.sample_rate, fr.fps) != (std.sample_rate, std.fps):
-        raise InferenceError(f"streaming runs at {std.sample_rate} Hz / {std.fps} fps; the config has "
-                             f"DATA.sample_rate={fr.sample_rate}, DATA.target_fps={fr.fps}")
+    if fr != std:
+        raise InferenceError(f"streaming runs at {std.fps} fps; the config has DATA.target_fps={fr.fps}")
     if output_fps(cfg, fr.fps) != fr.fps:
         raise InferenceError(f"streaming emits {fr.fps} fps frames as they are made; INFER.output_fps is "
                              f"{cfg.INFER.output_fps} (use native or {fr.fps}, or run without --stream)")
