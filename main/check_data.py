@@ -19,6 +19,8 @@ import sys
 
 from dataset.index import SPLITS
 from dataset.split_check import check_split
+from models.flame import FLAME, FlameLoadError
+from models.flame_regions import region_indices
 from utils.errors import run_reporting_user_errors
 from utils.config import ConfigError, flame_path_for, flame_region_paths, load_config, resolve_data_path
 
@@ -30,9 +32,6 @@ def _fps(values) -> str:
 def check_flame_files(cfg) -> tuple[list[str], list[str]]:
     """Load every FLAME model (FLAME.model_path and each dataset's flame_model), the masks file and the
     index overrides the config names. -> (lines describing what loaded, problems)."""
-    from models.flame import FLAME, FlameLoadError
-    from models.flame_regions import region_indices
-
     lines, problems = [], []
     users = {}  # model path -> the keys that name it
     users.setdefault(flame_path_for(cfg), []).append("FLAME.model_path")

@@ -48,16 +48,22 @@ if __name__ == "__main__":  # run as a script: make the repo importable
 
 import numpy as np  # noqa: E402
 
-from dataset.flame_params import resample_motion  # noqa: E402
+from dataset.data_item import sample_shape  # noqa: E402
+from dataset.flame_params import fit_shape, load_motion, resample_motion  # noqa: E402
+from dataset.index import dataset_refs, split_jsons  # noqa: E402
 from main.listening import format_listening, listening_check  # noqa: E402
 from main.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
 from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
 from main.result_reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
 from main.results import check_clashes  # noqa: E402
+from models.flame import load_flame  # noqa: E402
+from models.flame_regions import region_indices  # noqa: E402
 from utils.atomic import TMP_PREFIX, write_json  # noqa: E402
-from utils.errors import DataError, ResultsError, UserError  # noqa: E402
+from utils.config import flame_path_for, flame_region_paths, load_config  # noqa: E402
+from utils.errors import DataError, ResultsError, UserError, run_reporting_user_errors  # noqa: E402
 from utils.framing import output_fps  # noqa: E402
 from utils.plots import pyplot, save_figure  # noqa: E402
+from utils.runtime import setup_logger  # noqa: E402
 
 log = logging.getLogger("evaluate")
 
@@ -111,13 +117,6 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     Returns the report dict that is written as JSON. Raises EvalError if no prediction is found, and
     (after writing the JSON) if an expected sequence is missing or short, unless ``allow_missing``.
     """
-    from dataset.data_item import sample_shape
-    from dataset.flame_params import fit_shape, load_motion
-    from dataset.index import dataset_refs, split_jsons
-    from models.flame import load_flame
-    from utils.config import flame_path_for, flame_region_paths
-    from models.flame_regions import region_indices
-
     if results_dir is None:
         results_dir = default_results_dir(cfg)
     if coeff_dir is None and os.path.abspath(results_dir) == os.path.abspath(default_results_dir(cfg)):
@@ -294,9 +293,6 @@ def format_table(report: dict) -> str:
 
 
 def main(argv=None):
-    from utils.config import load_config
-    from utils.runtime import setup_logger
-
     p = argparse.ArgumentParser(description="LVE / FDD / MVE of a results tree against ground truth.")
     p.add_argument("--config", default="config/faceformer.yaml")
     p.add_argument("--results", help="results tree {DATASET}/{STYLE_ID}/{i}.npy "
@@ -329,5 +325,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_reporting_user_errors
     run_reporting_user_errors("evaluate", main)

@@ -60,7 +60,10 @@ from main.phones import BILABIALS, MODES, PhoneSource, dataset_entries, load_aud
 from main.lipsync_report import default_out, write_report  # noqa: E402
 from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs  # noqa: E402,F401
 from main.result_reader import find_leaves, frame_files, leaf_fps, leaf_meta, read_meta  # noqa: E402
-from utils.errors import ResultsError  # noqa: E402
+from models.flame_regions import region_indices  # noqa: E402
+from utils.config import flame_region_paths, load_config  # noqa: E402
+from utils.errors import ResultsError, run_reporting_user_errors  # noqa: E402
+from utils.runtime import setup_logger  # noqa: E402
 
 log = logging.getLogger("lipsync")
 
@@ -310,9 +313,6 @@ def score_tree(results: str, lip_idx, cfg=None, coeffs: str | None = None, phone
 def run(cfg, results: str, out: str | None = None, coeffs: str | None = None, phones: str = "auto",
         plot: bool = True) -> dict:
     """Score ``results`` with the config's lip mask; print, write JSON and PNG -> the written report."""
-    from models.flame_regions import region_indices
-    from utils.config import flame_region_paths
-
     lip_idx = region_indices(**flame_region_paths(cfg))[0]
     entries = dataset_entries(cfg) if phones != "none" else {}
     rep = score_tree(results, lip_idx, cfg, coeffs, phones, entries)
@@ -327,8 +327,6 @@ def add_arguments(p: argparse.ArgumentParser):
 
 
 def main(argv=None):
-    from utils.config import load_config
-    from utils.runtime import setup_logger
 
     p = argparse.ArgumentParser(description="Lip-sync checks of a results tree against its own audio (no ground truth).")
     p.add_argument("--config", default="config/faceformer.yaml", help="for the FLAME lip mask and fps defaults")
@@ -346,5 +344,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_reporting_user_errors
     run_reporting_user_errors("lipsync", main)

@@ -24,7 +24,10 @@ import re
 
 import numpy as np
 
+from dataset.audio import load_audio
+from dataset.index import split_jsons
 from main.align import Aligner, normalise
+from utils.config import resolve_data_path
 from utils.errors import DataError, UserError
 
 log = logging.getLogger("lipsync.phones")
@@ -78,9 +81,6 @@ def find_transcript(audio_path: str, meta: dict | None, entry: dict | None) -> t
 
 def dataset_entries(cfg) -> dict:
     """{(dataset, sample_id): raw JSON entry} over every split JSON of the config (for ``transcript``)."""
-    from dataset.index import split_jsons
-    from utils.config import resolve_data_path
-
     out = {}
     for name, ds_cfg in cfg.DATA.datasets.items():
         for split in ("train", "val", "test"):
@@ -164,8 +164,6 @@ def _need_pocketsphinx():
 
 def load_audio_16k(path: str | None) -> np.ndarray:
     """The clip's audio, mono 16 kHz float32; a missing path -> DataError."""
-    from dataset.audio import load_audio
-
     if not path:
         raise DataError("meta.json has no audio_path (audio read from stdin is not kept)")
     return load_audio(path, SR)

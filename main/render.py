@@ -44,14 +44,18 @@ if __name__ == "__main__":  # `python main/render.py` puts main/, not the repo r
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from main.raster_cpu import CpuMeshRenderer  # noqa: E402
 from main.render_gl import MeshRenderer, gl_help, missing_libraries, use_platform  # noqa: E402,F401
 from main.render_scene import Camera, RenderError, frame_camera  # noqa: E402,F401
 from main.result_reader import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames  # noqa: E402
 from main.results import clean_stale_temps, results_mode, select_todo  # noqa: E402
-from utils.errors import ResultsError  # noqa: E402
+from models.flame import load_flame_pickle  # noqa: E402
 from utils.atomic import atomic_write  # noqa: E402
+from utils.config import load_config, resolve_data_path  # noqa: E402
+from utils.errors import ResultsError, run_reporting_user_errors  # noqa: E402
+from utils.runtime import setup_logger  # noqa: E402
 
 log = logging.getLogger("render")
 
@@ -143,8 +147,6 @@ def render_sequence(frames, faces, out_mp4: str, fps: float, audio: str | None =
     The mp4 appears whole (written under a temporary name, then renamed) with the mode a plain
     ``open()`` would give it. Returns ``out_mp4``. Raises RenderError.
     """
-    from tqdm import tqdm
-
     frames = np.asarray(frames, dtype=np.float32)
     if frames.ndim != 3 or frames.shape[-1] != 3 or len(frames) == 0:
         raise ValueError(f"frames must be (T,V,3) with T >= 1, got {frames.shape}")
@@ -232,7 +234,6 @@ def load_faces(path: str) -> np.ndarray:
     if path.lower().endswith((".obj", ".ply", ".stl", ".off")):
         import trimesh
         return np.asarray(trimesh.load(path, process=False, force="mesh").faces, dtype=np.int64)
-    from models.flame import load_flame_pickle
     model = load_flame_pickle(path)
     if "f" not in model:
         raise RenderError(f"{path}: no 'f' (faces) array in the FLAME model")
@@ -247,9 +248,6 @@ def _leaf_dataset(leaf: str, meta: dict | None, cfg) -> str | None:
 
 
 def main(argv=None):
-    from utils.config import load_config, resolve_data_path
-    from utils.runtime import setup_logger
-
     p = argparse.ArgumentParser(description="Render {i}.npy vertex frames (+ wav) to mp4.")
     p.add_argument("--config", default="config/faceformer.yaml", help="config for defaults (paths, FLAME)")
     p.add_argument("--results", help="a leaf folder of {i}.npy frames, or a tree of them "
@@ -339,5 +337,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.errors import run_reporting_user_errors
     run_reporting_user_errors("render", main)
