@@ -111,8 +111,8 @@ def format_summary(rows: list[dict]) -> str:
     """Per-dataset table plus a total: samples, frames, seconds of audio, wall seconds, real-time factor."""
     head = f"{'dataset':<20} {'samples':>8} {'frames':>9} {'audio_s':>9} {'wall_s':>8} {'RTF':>7}"
     if len(rows) != 1:
-        rows = rows + [summary_row("total", *(sum(r[k] for r in rows) for k in ("samples", "frames", "audio_s",
-                                                                              "wall_s")))]
-    return "\n".join([head, "-" * len(head)] + [f"{r['dataset']:<20} {r['samples']:>8d} {r['frames']:>9d} "
-                                               f"{r['audio_s']:>9.1f} {r['wall_s']:>8.1f} {r['rtf']:>7.3f}" for r in rows]
-                     + ["RTF = wall seconds / audio seconds (< 1: faster than real time)"])
+        totals = (sum(r[k] for r in rows) for k in ("samples", "frames", "audio_s", "wall_s"))
+        rows = rows + [summary_row("total", *totals)]
+    lines = [f"{r['dataset']:<20} {r['samples']:>8d} {r['frames']:>9d} {r['audio_s']:>9.1f} {r['wall_s']:>8.1f} "
+             f"{r['rtf']:>7.3f}" for r in rows]
+    return "\n".join([head, "-" * len(head), *lines, "RTF = wall seconds / audio seconds (< 1: faster than real time)"])

@@ -95,33 +95,44 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
         jobs = [j for j in jobs if _key(j.ref) in items]
         logger.info("%s split: %d sample(s) to generate, output %s, coefficients %s, output fps %s", split,
                     len(jobs), *roots, inf.output_fps)
-        rows, done, fps, batch_size = [], 0, session.framing.fps, int(inf.batch_size)
-        style_index = {s: i for i, s in enumerate(session.styles)}
-        with interrupts_say(lambda: f"after {done} of {len(jobs)} sample(s); complete samples are kept, the "
-                                    f"one in progress was discarded; continue with --resume (INFER.resume=true)"):
-            for name in cfg.DATA.datasets:  # longest first in batches of INFER.batch_size: little padding
-                order = sorted((j for j in jobs if j.ref.dataset == name), key=lambda j: -items[_key(j.ref)]["n_frames"])
-                t0, flame, n_out, audio_s = time.perf_counter(), session.flame(name), 0, 0.0
-                for s in tqdm(range(0, len(order), batch_size), desc=f"{split}/{name}", unit="batch"):
-                    batch = order[s:s + batch_size]
-                    batch_items = [items.pop(_key(j.ref)) for j in batch]  # each held only until generated
-                    for j, it in zip(batch, batch_items):
-                        if is_silent(it["audio"]):
-                            logger.warning("%s: audio %s is silent", j.ref.where, j.ref.audio_path)
-                    motions = generate_motion(session.model, [torch.from_numpy(it["audio"]) for it in batch_items],
-                                              [style_index[j.style] for j in batch],
-                                              [it["n_frames"] for it in batch_items], cfg, session.device)
-                    for j, it, m in zip(batch, batch_items, motions):
-                        motion, shape = to_output_fps(m, j.out_fps, fps), fit_shape(it["shape"], cfg.FLAME.n_shape)
-                        meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
-                                             j.out_fps, motion.shape[0], session.checkpoint, j.style)
-                        write_sample(j.vert_dir, j.coeff_dir, flame.motion_to_vertices(motion, shape),
-                                     sample_arrays(motion, shape, it["detail"]), meta)
-                        done, n_out, audio_s = done + 1, n_out + motion.shape[0], audio_s + it["n_frames"] / fps
-                if order:
-                    rows.append(summary_row(name, len(order), n_out, audio_s, time.perf_counter() - t0))
+        rows, written = [], []
+        with interrupts_say(lambda: f"after {len(written)} of {len(jobs)} sample(s); complete samples are kept, "
+                                    f"the one in progress was discarded; continue with --resume (INFER.resume=true)"):
+            for name in cfg.DATA.datasets:
+                ds_jobs = [j for j in jobs if j.ref.dataset == name]
+                if ds_jobs:
+                    rows.append(_generate_dataset(cfg, session, name, ds_jobs, items, written, split, logger))
     logger.info("summary (%s, checkpoint %s):\n%s", split, session.checkpoint, format_summary(rows))
     return rows
+
+
+def _generate_dataset(cfg, session, name, jobs, items, written: list, split, logger) -> dict:
+    """One dataset's jobs, longest first in batches of INFER.batch_size (little padding), generated from
+    their validated ``items`` (each popped, so held only until generated) and written; each written
+    sample's id is appended to ``written``. -> the dataset's summary row."""
+    t0, fps, batch_size = time.perf_counter(), session.framing.fps, int(cfg.INFER.batch_size)
+    flame = session.flame(name)
+    style_index = {s: i for i, s in enumerate(session.styles)}
+    order = sorted(jobs, key=lambda j: -items[_key(j.ref)]["n_frames"])
+    n_out, audio_s = 0, 0.0
+    for s in tqdm(range(0, len(order), batch_size), desc=f"{split}/{name}", unit="batch"):
+        batch = order[s:s + batch_size]
+        batch_items = [items.pop(_key(j.ref)) for j in batch]
+        for j, it in zip(batch, batch_items):
+            if is_silent(it["audio"]):
+                logger.warning("%s: audio %s is silent", j.ref.where, j.ref.audio_path)
+        motions = generate_motion(session.model, [torch.from_numpy(it["audio"]) for it in batch_items],
+                                  [style_index[j.style] for j in batch], [it["n_frames"] for it in batch_items],
+                                  cfg, session.device)
+        for j, it, m in zip(batch, batch_items, motions):
+            motion, shape = to_output_fps(m, j.out_fps, fps), fit_shape(it["shape"], cfg.FLAME.n_shape)
+            meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
+                                 j.out_fps, motion.shape[0], session.checkpoint, j.style)
+            write_sample(j.vert_dir, j.coeff_dir, flame.motion_to_vertices(motion, shape),
+                         sample_arrays(motion, shape, it["detail"]), meta)
+            written.append(j.ref.sample_id)
+            n_out, audio_s = n_out + motion.shape[0], audio_s + it["n_frames"] / fps
+    return summary_row(name, len(order), n_out, audio_s, time.perf_counter() - t0)
 
 
 def _validated_items(cfg, split, jobs, logger) -> dict:
@@ -254,8 +265,8 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
             with signals_held():  # the result goes in place whole, even if Ctrl-C is pressed again
                 writer.commit(sample_arrays(motion, None), meta, {STATS: stats})
     logger.info("%s: %.2f s of audio -> %d frames in %s; compute %.2f s (real-time factor %.3f), per chunk "
-                "mean %.1f ms / max %.1f ms for %g ms chunks", meta["sample_id"], stats["audio_s"], meta["n_frames"], out_dir,
-                stats["compute_s"], stats["real_time_factor"], 1000 * stats["mean_chunk_compute_s"],
+                "mean %.1f ms / max %.1f ms for %g ms chunks", meta["sample_id"], stats["audio_s"], meta["n_frames"],
+                out_dir, stats["compute_s"], stats["real_time_factor"], 1000 * stats["mean_chunk_compute_s"],
                 1000 * stats["max_chunk_compute_s"], settings["chunk_ms"])
     if stopped is not None:
         raise Interrupted(stopped, f"stream stopped by {signal.Signals(stopped).name} after {meta['n_frames']} "
