@@ -1,10 +1,9 @@
-"""Offline generation: a batch of clips -> motion at the model's fps, one long clip decoded in the
-background while its frames are written, output-fps resampling, a result's vertices and coefficient
-arrays. (Streaming generation is main/stream.py's Streamer.)"""
+"""Offline generation: a batch of clips -> motion at the model's fps, one long clip decoded block by
+block while its frames are written, output-fps resampling, a result's vertices and coefficient arrays.
+(Streaming generation is main/stream.py's Streamer.)"""
 from __future__ import annotations
 
 import contextlib
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -16,6 +15,7 @@ from dataset.flame_params import resample_motion
 from main.session import attention_window, window_frames
 from models.flame import motion_to_coeffs287
 from utils.framing import DEFAULT_FPS
+
 
 @contextlib.contextmanager
 def full_fp32():
@@ -49,88 +49,50 @@ def generate_motion(model, audios: list[torch.Tensor], style_idx: list[int], n_f
     return [np.ascontiguousarray(out[b, :t]) for b, t in enumerate(n_frames)]
 
 
-class DecodeStopped(RuntimeError):
-    """Raised to readers of a BackgroundDecode that was closed before its last frame."""
+def decode_blocks(model, feats: torch.Tensor, style: int, attention_window: int | None, block: int = 50):
+    """One clip's autoregressive decoding, block by block: feats (1,T,d) (``encode_one``) -> yields
+    (n,51) float32 arrays in frame order, so that a block is written while the next one is decoded."""
+    with torch.no_grad():
+        state = model.start_generation(torch.tensor([style], device=feats.device), attention_window,
+                                       capacity=int(feats.shape[1]))
+    for a in range(0, feats.shape[1], block):
+        with torch.no_grad(), full_fp32():
+            m = model.generate_steps(state, feats[:, a:a + block])[0].float().cpu().numpy()
+        yield m
 
 
-class BackgroundDecode:
-    """Autoregressive decoding of one clip in a background thread, in blocks of ``block`` frames, so
-    that the first frames are converted and written while later ones are decoded (run_single).
+def write_frames(writer, flame, blocks, shape: np.ndarray | None = None, progress: int | None = None) -> np.ndarray:
+    """Motion blocks (n,51) in frame order -> each frame's FLAME vertices (V,3) added to ``writer``
+    (main/result_writer.py FrameWriter); returns the whole motion (T,51). ``progress``: the expected
+    frame count, shown as a progress bar.
 
-    feats (1,T,d) audio features (``model.encode``). ``motion`` (T,51) fills in order; ``wait(n)``
-    blocks until its first n frames are there and re-raises the decoder's error, if any;
-    ``result()`` waits for all. The decoder's Python loop and the writer's FLAME (torch) and file
-    writes (both release the GIL) then overlap, instead of running one after the other.
+    A block is converted and written in a worker thread while the next one is made: FLAME (torch) and
+    file writes release the GIL, so they overlap with decoding, and at most two blocks of vertices are
+    held (all of 10 minutes at 25 fps would be 0.9 GB). The worker is joined on every way out, an
+    interrupt included: a thread still inside torch when the interpreter exits aborts the process
+    (SIGABRT) instead of letting it exit 130 / 143 / 1."""
+    motion, pending = [], None
+    with ThreadPoolExecutor(1, thread_name_prefix="write") as pool, \
+            tqdm(total=progress, desc="generate and write", unit="frame", disable=not progress, leave=False) as bar:
+        for m in blocks:
+            motion.append(m)
+            if pending is not None:
+                pending.result()  # a failed write is raised here, before more is decoded
+            pending = pool.submit(add_vertices, writer, flame, m, shape)
+            bar.update(m.shape[0])
+        if pending is not None:
+            pending.result()
+    return np.concatenate(motion)
 
-    ``close()`` (or leaving a ``with`` block) stops the decoder at the next block and joins the
-    thread. Callers must close it on every way out: a decode thread still inside torch when the
-    interpreter exits (after Ctrl-C, SIGTERM or a failed write) is torn down by pthread_exit through
-    C++ frames, which aborts the process (SIGABRT, "terminate called without an active exception")
-    instead of exiting 130 / 143 / 1."""
 
-    def __init__(self, model, feats: torch.Tensor, style: int, attention_window: int | None, block: int = 50,
-                 progress: bool = False):
-        self.T = int(feats.shape[1])
-        self.motion = np.zeros((self.T, model.motion_dim), np.float32)
-        self.done, self.error = 0, None
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        args = (model, feats, style, attention_window, int(block), progress)
-        self._thread = threading.Thread(target=self._run, args=args, name="decode", daemon=True)
-        self._thread.start()
-
-    @torch.no_grad()
-    def _run(self, model, feats, style, attention_window, block, progress):
-        bar = tqdm(total=self.T, desc="generate", unit="frame", disable=not progress, leave=False)
-        try:
-            with full_fp32():
-                state = model.start_generation(torch.tensor([style], device=feats.device), attention_window,
-                                               capacity=self.T)
-                for a in range(0, self.T, block):
-                    if self._stop.is_set():
-                        raise DecodeStopped("decoding was stopped before frame %d of %d" % (a, self.T))
-                    m = model.generate_steps(state, feats[:, a:a + block])[0].float().cpu().numpy()
-                    with self._cond:
-                        self.motion[a:a + m.shape[0]] = m
-                        self.done = a + m.shape[0]
-                        self._cond.notify_all()
-                    bar.update(m.shape[0])
-        except BaseException as e:  # handed to the waiting thread
-            with self._cond:
-                self.error = e
-                self._cond.notify_all()
-        finally:
-            bar.close()
-
-    def wait(self, n: int) -> np.ndarray:
-        """The first n frames (n,51), once decoded."""
-        with self._cond:
-            self._cond.wait_for(lambda: self.done >= min(n, self.T) or self.error is not None)
-            if self.error is not None:
-                raise self.error
-        return self.motion[:n]
-
-    def result(self) -> np.ndarray:
-        return self.wait(self.T)
-
-    def close(self):
-        """Stop decoding (at the next block) and wait for the thread; frames decoded so far stay."""
-        self._stop.set()
-        self._thread.join()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # read as a (T,51) array (VertexFrames): a slice waits for its frames
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.motion.shape
-
-    def __getitem__(self, index: slice) -> np.ndarray:
-        return self.wait(index.indices(self.T)[1])[index]
+def add_vertices(writer, flame, motion: np.ndarray, shape: np.ndarray | None = None, sink=None):
+    """(n,51) -> n FLAME frames (V,3) float32 added to ``writer`` in order, then sent to ``sink`` (a
+    live reader gets only frames the result holds)."""
+    vertices = np.asarray(flame.motion_to_vertices(motion, shape), dtype=np.float32)
+    for v in vertices:
+        writer.add(v)
+    if sink is not None:
+        sink.send(vertices)
 
 
 @torch.no_grad()
@@ -156,56 +118,3 @@ def sample_arrays(motion: np.ndarray, shape: np.ndarray | None,
     return {"motion": motion.astype(np.float32),
             "coeffs287": np.asarray(motion_to_coeffs287(motion, shape=shape, detail=detail),
                                     dtype=np.float32)}
-
-
-class VertexFrames:
-    """The FLAME vertices of a motion sequence, converted chunk by chunk as frames are read:
-    behaves as a (T,V,3) float32 array for ``shape``, ``len`` and ``frames[i]`` (what the results
-    writer uses) while holding two chunks of ``chunk`` frames, so writing 10 minutes of frames never
-    holds all of them (0.9 GB at 25 fps). ``np.asarray`` (e.g. rendering) converts them all.
-
-    Reading in order, the next chunk is converted in a background thread while the caller writes
-    the current one: FLAME (torch) and file writes both release the GIL, so they overlap
-    (docs/BENCHMARKS.md, "Whole inference vs the bare encoder")."""
-
-    def __init__(self, flame, motion, shape=None, chunk: int = 50):
-        # motion: (T,51) array, or a BackgroundDecode (its slices wait for their frames)
-        self.flame, self.motion, self.shape_vec, self.chunk = flame, motion, shape, int(chunk)
-        self.shape = (motion.shape[0], int(flame.v_template.shape[0]), 3)
-        self._start, self._block = None, None
-        self._pool, self._next = None, None  # (start, Future) of the chunk after the current one
-
-    def __len__(self):
-        return self.shape[0]
-
-    def _convert(self, start: int) -> np.ndarray:
-        return np.asarray(self.flame.motion_to_vertices(self.motion[start:start + self.chunk], self.shape_vec),
-                          dtype=np.float32)
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        start = (int(i) // self.chunk) * self.chunk
-        if start != self._start:
-            nxt, self._next = self._next, None
-            self._block = nxt[1].result() if nxt is not None and nxt[0] == start else self._convert(start)
-            self._start = start
-            if start + self.chunk < len(self):
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="flame")
-                self._next = (start + self.chunk, self._pool.submit(self._convert, start + self.chunk))
-            elif self._pool is not None:  # the last chunk: no thread left behind
-                self._pool.shutdown(wait=False)
-                self._pool = None
-        return self._block[int(i) - start]
-
-    def close(self):
-        """Drop the chunk being converted ahead and end its thread (waits for a conversion under way)."""
-        nxt, self._next = self._next, None
-        if nxt is not None:
-            nxt[1].cancel()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-
-    def __array__(self, dtype=None, copy=None):
-        out = np.asarray(self.flame.motion_to_vertices(self.motion[:], self.shape_vec), dtype=np.float32)
-        return out if dtype is None else out.astype(dtype)

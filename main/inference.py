@@ -8,26 +8,17 @@ coefficients. The three modes run through one pipeline (main/pipeline.py)::
     ... | python inference.py --audio - [--stdout_vertices]     (raw 16-bit mono 16 kHz PCM on stdin)
 
 Evaluation mode writes every sample of the ``INFER.split`` JSONs of every dataset into the results
-tree (main/results.py: ``{INFER.output_root}/{exp_name}/{DATASET}/{STYLE_ID}/{i}.npy`` and a parallel
-coefficient tree with ``motion.npy``, ``coeffs287.npy``, ``meta.json``), at each dataset's own fps
-(``INFER.output_fps: native``, so frame counts match the ground truth) or at a given rate. A speaker
-that is not a training style is conditioned on ``INFER.condition_style`` (default: the first style).
+tree (layout: main/results.py), at each dataset's own fps (``INFER.output_fps: native``, so frame counts
+match the ground truth) or at a given rate. A speaker that is not a training style is conditioned on
+``INFER.condition_style`` (default: the first style). Single-audio mode (any rate, channel count and
+length) writes ``DIR/vertices/{i}.npy``, ``motion.npy``, ``coeffs287.npy`` and ``meta.json`` in DIR
+(default ``results/single/<audio stem>``; + ``video.mp4`` with ``--render``); streaming (main/stream.py)
+writes each frame as soon as it is final, and ``stream_stats.json``.
 
-Single-audio mode (any rate, channel count and length) writes ``DIR/vertices/{i}.npy``, ``DIR/motion.npy``,
-``DIR/coeffs287.npy``, ``DIR/meta.json`` (+ ``DIR/video.mp4`` with ``--render``); DIR defaults to
-``results/single/<audio stem>``. Streaming (main/stream.py) feeds the audio chunk by chunk as if live
-and writes the same files, each frame as soon as it is final, plus ``DIR/stream_stats.json``.
-
-Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``; the
-model is built from the MODEL section and styles saved in it. Existing results are an error unless
-``--overwrite`` (redo all) or ``--resume`` (keep complete results). Ctrl-C / SIGTERM stop with a line
-saying what was kept and how to continue.
-
-Log file (console + file, appended): ``--log FILE``, else ``DIR/inference.log`` in single-audio mode, and
-in evaluation mode one derived from ``INFER.output_root``: for a relative root,
-``<its first component>/inference.log`` (the default root gives ``results/inference.log``); for an
-absolute root, ``<the nearest ancestor folder named results>/inference.log``, or
-``<parent of the root>/inference.log`` if there is none.
+Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``.
+Existing results are an error unless ``--overwrite`` (redo all) or ``--resume`` (keep complete results).
+Log file (console + file, appended): ``--log FILE``, else ``DIR/inference.log`` in single-audio mode,
+else beside the results tree (main/jobs.py ``default_log_file``; ``results/inference.log`` by default).
 """
 from __future__ import annotations
 

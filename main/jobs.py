@@ -19,7 +19,9 @@ log = logging.getLogger("inference")
 
 
 def default_log_file(path: str) -> str:
-    """Where the evaluation-mode log goes for an output root (main/inference.py's docstring)."""
+    """Where the evaluation-mode log goes for an output root: for a relative root, ``<its first
+    component>/inference.log`` (the default root gives ``results/inference.log``); for an absolute root,
+    ``<the nearest ancestor folder named results>/inference.log``, else ``<parent of the root>/inference.log``."""
     path = os.path.normpath(path)
     if not os.path.isabs(path):
         return os.path.join(path.split(os.sep)[0], "inference.log")

@@ -23,9 +23,11 @@ from dataset.flame_params import fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split, decode_outcomes
 from main import results as RT
-from main.generation import BackgroundDecode, VertexFrames, encode_one, generate_motion, sample_arrays, to_output_fps
+from main.generation import (add_vertices, decode_blocks, encode_one, generate_motion, sample_arrays, to_output_fps,
+                             write_frames)
 from main.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
 from main.output_lock import output_lock
+from main import render as renderer
 from main.result_reader import load_frames, read_meta
 from main.result_writer import FrameWriter, write_sample
 from main.session import attention_window, check_infer_config, choose_style, open_session, stream_settings
@@ -158,7 +160,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     """One audio file -> DIR/vertices/{i}.npy, DIR/motion.npy, DIR/coeffs287.npy, DIR/meta.json (+
     DIR/video.mp4 with ``render``). Returns the meta dict plus ``out_dir``. ``loaded``: a ``(model,
     styles)`` pair from ``load_model`` to reuse. Frames are converted and written while later ones are
-    still decoded."""
+    still decoded (``write_frames``)."""
     logger = logger or log
     mode, out_dir = RT.results_mode(overwrite, resume, cfg), RT.single_dir(audio_path, out_dir)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
@@ -174,35 +176,22 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
         check_can_write({out_dir: RT.sample_bytes(int(round(n * out_fps / fr.fps)), int(flame.v_template.shape[0]))})
         feats = encode_one(session.model, torch.from_numpy(fit_audio_to_frames(audio, n, fr.samples_per_frame)),
                            n, cfg, session.device)
-        verts = None
         with interrupts_say(lambda: f"before {out_dir} was complete; the partial result was discarded; run the "
-                                    f"same command with --resume to make it"):
-            try:
-                with BackgroundDecode(session.model, feats, session.styles.index(style), attention_window(cfg),
-                                      progress=True) as decoding:
-                    if out_fps == fr.fps:  # frames are written while later ones are still decoded
-                        motion, arrays = decoding, lambda: sample_arrays(decoding.result(), None)
-                    else:  # resampling to the output fps needs the whole motion first
-                        motion = to_output_fps(decoding.result(), out_fps, fr.fps)
-                        arrays = sample_arrays(motion, None)
-                    verts = VertexFrames(flame, motion)  # (T,V,3), converted chunk by chunk as written
-                    meta = single_meta(session, audio_path, style, out_fps, len(verts))
-                    write_sample(os.path.join(out_dir, "vertices"), out_dir, verts, arrays, meta, in_place=True,
-                                 progress=True)
-            finally:
-                if verts is not None:  # the decoder (closed above) no longer holds up the converter it feeds
-                    verts.close()
+                                    f"same command with --resume to make it"), \
+                FrameWriter(os.path.join(out_dir, "vertices"), out_dir) as writer:
+            blocks = decode_blocks(session.model, feats, session.styles.index(style), attention_window(cfg))
+            if out_fps != fr.fps:  # resampling to the output fps needs the whole motion first
+                motion = to_output_fps(np.concatenate(list(blocks)), out_fps, fr.fps)
+                blocks = (motion[i:i + 50] for i in range(0, len(motion), 50))
+            motion = write_frames(writer, flame, blocks, progress=int(feats.shape[1] * out_fps / fr.fps))
+            meta = single_meta(session, audio_path, style, out_fps, len(motion))
+            writer.commit(sample_arrays(motion, None), meta)
     wall = time.perf_counter() - t0
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path, n / fr.fps,
-                len(verts), out_fps, out_dir, wall, wall / (n / fr.fps))
+                len(motion), out_fps, out_dir, wall, wall / (n / fr.fps))
     if render:
-        try:
-            from main.render import render_sequence  # optional dependencies: pyrender, trimesh, imageio-ffmpeg
-        except ImportError as e:
-            raise InferenceError(f"--render needs main/render.py and its dependencies (pyrender, trimesh, "
-                                 f"imageio-ffmpeg): {e}") from None
         mp4 = os.path.join(out_dir, "video.mp4")  # from the frames written: the vertices are computed once
-        render_sequence(load_frames(os.path.join(out_dir, "vertices")), flame.faces, mp4, out_fps,
+        renderer.render_sequence(load_frames(os.path.join(out_dir, "vertices")), flame.faces, mp4, out_fps,
                         audio=os.path.abspath(audio_path))
         logger.info("video: %s", mp4)
     return dict(meta, out_dir=out_dir)
@@ -251,7 +240,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
                     settings["attention_window"], streamer.latency_s)
         chunk = streamer.chunk
         pieces = pcm_chunks_from_stdin(chunk) if live else (audio[i:i + chunk] for i in range(0, len(audio), chunk))
-        with FrameWriter(os.path.join(out_dir, "vertices"), out_dir, in_place=True) as writer:
+        with FrameWriter(os.path.join(out_dir, "vertices"), out_dir) as writer:
             motion, chunks, n_in, stopped = _stream_frames(streamer, pieces, flame, writer, out, live, logger)
             if writer.n == 0:
                 if stopped is not None:
@@ -287,12 +276,7 @@ def _stream_frames(streamer, pieces, flame, writer, out, live: bool, logger):
         model_s = time.perf_counter() - t0
         if frames.shape[0]:
             motion.append(frames)  # first: the result keeps as many rows as frames written
-            for v in np.asarray(flame.motion_to_vertices(frames, None), dtype=np.float32):  # (n,V,3)
-                writer.add(v)
-                if out is not None:
-                    out.send(v)
-            if out is not None:
-                out.flush()
+            add_vertices(writer, flame, frames, sink=out)
         chunks.append({"audio_end_s": round(n_in / sr, 6), "frames": int(frames.shape[0]),
                        "model_s": model_s, "compute_s": time.perf_counter() - t0})
     try:

@@ -130,15 +130,14 @@ def select_todo(samples: list[tuple[str, str | None]], mode: str, how: str, file
     done = [v for (v, m), c in zip(samples, complete) if c]
     torn = [v for (v, m), c in zip(samples, complete) if not c and (
         _exists(v) or m is not None and any(_exists(os.path.join(m, n)) for n in (META, *files)))]
-    if len(done) + len(torn) == 1 and len(samples) == 1:
+    if (done or torn) and len(samples) == 1:
         raise ExistingResults(f"{(done + torn)[0]} already holds results; {how}")
     if done or torn:
         lines = done[:10] + [f"{v} (incomplete: no {META} or frames missing)" for v in torn[:10]]
         more = len(done) + len(torn) - len(lines)
-        raise ExistingResults(f"{len(done)} output folder(s) already hold results"
-                              + (f", and {len(torn)} incomplete result(s) of an interrupted run are in the way"
-                                 if torn else "")
-                              + f"; {how}:\n  " + "\n  ".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
+        raise ExistingResults(f"{len(done) + len(torn)} output folder(s) already hold results ({len(torn)} of them "
+                              f"incomplete, left by an interrupted run); {how}:\n  " + "\n  ".join(lines)
+                              + (f"\n  ... and {more} more" if more > 0 else ""))
     return [True] * len(samples)
 
 

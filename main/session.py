@@ -1,10 +1,6 @@
-"""An inference session: what every mode needs before it generates, and the INFER settings' rules.
-
-``open_session`` resolves the checkpoint, picks the device, loads the model (main/model_io.py) and its
-style classes, and refuses a run config whose framing differs from the checkpoint's; the session then
-hands out the FLAME model of each dataset on its device. The settings read here (conditioning style,
-long-audio windows, attention window, streaming chunking) are checked where they are read, so a bad
-value fails before anything is written.
+"""An inference session: what every mode needs before it generates (``open_session``), and the INFER
+settings' rules (conditioning style, long-audio windows, attention window, streaming chunking), each
+checked where it is read, so a bad value fails before anything is written.
 """
 from __future__ import annotations
 
@@ -134,19 +130,17 @@ def stream_settings(cfg, args=None) -> dict:
     values = {}
     for flag, key in STREAM_FLAGS.items():
         given = getattr(args, flag, None)
+        name, where = (f"INFER.{key}", "config") if given is None else (f"--{flag} (INFER.{key})", "command line")
         try:
-            if given is None:
-                values[flag] = check_stream_value(flag, cfg.INFER[key], f"INFER.{key}", "config")
-            else:
-                values[flag] = check_stream_value(flag, given, f"--{flag} (INFER.{key})", "command line")
-        except ConfigError as e:
+            values[flag] = check_stream_value(flag, cfg.INFER[key] if given is None else given, name, where)
+        except ConfigError as e:  # an inference run's errors are InferenceErrors
             raise InferenceError(str(e)) from None
     return dict(values, attention_window=attention_window(cfg))
 
 
 def check_stream_value(flag: str, value, name: str | None = None, where: str = "Streamer") -> float | None:
     """One streaming setting (a Streamer argument) in its INFER.stream_* key's range, else ConfigError
-    (a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
+    (a UserError and a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
     if flag == "left_context_ms" and (value is None or check_number(value, name or flag, False, None, None, where) < 0):
         return None
     return float(check_number(value, name or flag, *NUMERIC_RANGES[f"INFER.{STREAM_FLAGS[flag]}"], where=where))

@@ -28,15 +28,10 @@ class StdoutVertices:
         self.out = sys.stdout.buffer
 
     def send(self, vertices: np.ndarray):
-        self._do(lambda: self.out.write(np.ascontiguousarray(vertices, dtype="<f4").tobytes()))
-
-    def flush(self):
-        self._do(self.out.flush)
-
-    @staticmethod
-    def _do(step):
+        """(n,V,3) frames out at once (flushed)."""
         try:
-            step()
+            self.out.write(np.ascontiguousarray(vertices, dtype="<f4").tobytes())
+            self.out.flush()
         except (BrokenPipeError, ConnectionResetError):
             raise ReaderGone() from None
 

@@ -183,7 +183,7 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
         motion[:, 50] = 0.2 * delayed(env, lag)
         out = tmp_path / "single" / name
         write_sample(str(out / "vertices"), str(out), flame.motion_to_vertices(motion), {"motion": motion},
-                     build_meta(name, None, None, None, str(wav), FPS, 150, "test", None), in_place=True)
+                     build_meta(name, None, None, None, str(wav), FPS, 150, "test", None))
     with open(tmp_path / "sync.phones.json", "w") as f:
         json.dump([["M", 0.53, 0.62], ["AA1", 0.62, 0.8], ["P", 0.85, 0.93]], f)
 

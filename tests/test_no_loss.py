@@ -106,20 +106,33 @@ def test_single_audio_full_disk_in_a_process_exits_1_not_sigabrt(setup, tmp_path
     assert sorted(os.listdir(out)) == ["inference.log"]
 
 
-def test_background_decode_close_stops_the_thread():
-    import torch
+@pytest.mark.parametrize("fail_in", ["decoding", "writing"])
+def test_write_frames_joins_its_worker_on_every_way_out(tmp_path, fail_in):
+    """An interrupt while a block is decoded, or a write that fails in the worker, ends write_frames
+    with the worker thread joined (a thread left inside torch at exit would abort the process) and the
+    uncommitted result removed."""
+    import threading
 
-    from main.generation import BackgroundDecode, DecodeStopped
-    from tests.conftest import tiny_model
+    from main.generation import write_frames
+    from main.result_writer import FrameWriter
+    from models.flame import FLAME
+    from scripts.flame_standin import make_standin_flame
 
-    model = tiny_model(weight_std=0.2).eval()
-    feats = torch.randn(1, 400, model.d, generator=torch.Generator().manual_seed(0))
-    dec = BackgroundDecode(model, feats, 0, None, block=5)
-    dec.wait(5)
-    dec.close()
-    assert not dec._thread.is_alive() and 5 <= dec.done < 400
-    with pytest.raises(DecodeStopped):
-        dec.result()
+    flame = FLAME(make_standin_flame())
+
+    def blocks():
+        for k in range(100):
+            if fail_in == "decoding" and k == 3:
+                raise KeyboardInterrupt
+            if fail_in == "writing" and k == 3:
+                os.rename(writer.tmp, str(tmp_path / "gone"))  # the next frame file cannot be created
+            yield np.zeros((5, 51), np.float32)
+    with pytest.raises(KeyboardInterrupt if fail_in == "decoding" else Exception) as err:
+        with FrameWriter(str(tmp_path / "v"), str(tmp_path)) as writer:
+            write_frames(writer, flame, blocks())
+    assert fail_in == "decoding" or "cannot write" in str(err.value)
+    assert not [t for t in threading.enumerate() if t.name.startswith("write")]
+    assert not os.path.exists(writer.tmp) and not os.path.exists(tmp_path / "v")
 
 
 # ----------------------------------------------------------------------------------------------

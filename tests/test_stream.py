@@ -338,44 +338,24 @@ def test_streamer_from_a_checkpoint_path(cli_setup):
     assert np.array_equal(np.concatenate([a.push(pcm), a.flush()]), np.concatenate([b.push(pcm), b.flush()]))
 
 
-def test_vertex_frames_convert_chunk_by_chunk():
-    """run_single writes VertexFrames: the same vertices as the whole conversion, one chunk held."""
-    from main.generation import VertexFrames
-    from models.flame import FLAME
-    from scripts.flame_standin import make_standin_flame
-
-    flame = FLAME(make_standin_flame())
-    motion = (0.3 * np.random.default_rng(0).normal(size=(23, 51))).astype(np.float32)
-    whole = flame.motion_to_vertices(motion, None)
-    lazy = VertexFrames(flame, motion, chunk=5)
-    assert lazy.shape == whole.shape and len(lazy) == 23
-    assert np.allclose(np.stack([lazy[i] for i in range(23)]), whole, atol=1e-6)
-    assert lazy._block.shape[0] == 3                      # only the last chunk (frames 20..22) is held
-    assert lazy._pool is None and lazy._next is None      # the prefetch thread is gone after the last chunk
-    assert np.allclose(np.asarray(lazy), whole, atol=1e-6)
-    # in order, the next chunk is being converted in the background; any order still gives the same frames
-    again = VertexFrames(flame, motion, chunk=5)
-    again[0]
-    assert again._next[0] == 5
-    assert np.allclose(np.stack([again[i] for i in reversed(range(23))])[::-1], whole, atol=1e-6)
-
-
-def test_background_decode_equals_generation_and_reports_errors(model):
-    """run_single decodes in a background thread while frames are written: the same motion as one
-    generate_from_features call; VertexFrames waits for the frames it reads; a decoder error reaches
-    the reader."""
-    from main.generation import BackgroundDecode, VertexFrames
+def test_decode_blocks_equal_generation_and_write_frames_equal_the_whole_conversion(model, tmp_path):
+    """run_single decodes block by block and writes each block while the next is decoded: the same
+    motion as one generate_from_features call, the same vertices as converting it whole."""
+    from main.generation import decode_blocks, write_frames
+    from main.result_writer import FrameWriter
     from models.flame import FLAME
     from scripts.flame_standin import make_standin_flame
 
     feats = torch.randn(1, 23, model.d, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         ref = model.generate_from_features(feats, torch.tensor([2]), attention_window=7)[0].numpy()
-    dec = BackgroundDecode(model, feats, 2, 7, block=5)
+    blocks = list(decode_blocks(model, feats, 2, 7, block=5))
+    assert [b.shape for b in blocks] == [(5, 51)] * 4 + [(3, 51)]
+    assert np.allclose(np.concatenate(blocks), ref, atol=1e-6)
     flame = FLAME(make_standin_flame())
-    verts = VertexFrames(flame, dec, chunk=4)
-    assert len(verts) == 23 and np.allclose(verts[22], flame.motion_to_vertices(ref[22:]), atol=1e-6)
-    assert np.allclose(dec.result(), ref, atol=1e-6)
-    bad = BackgroundDecode(model, torch.randn(1, 9, model.d + 1), 0, None)  # wrong feature size
-    with pytest.raises(RuntimeError):
-        bad.wait(1)
+    with FrameWriter(str(tmp_path / "v"), str(tmp_path)) as writer:
+        motion = write_frames(writer, flame, iter(blocks))
+        assert writer.n == 23 and np.array_equal(motion, np.concatenate(blocks))
+        writer.commit({}, {"n_frames": 23})
+    frames = np.stack([np.load(tmp_path / "v" / f"{i}.npy") for i in range(23)])
+    assert np.allclose(frames, flame.motion_to_vertices(ref), atol=1e-5)
