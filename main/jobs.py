@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import soundfile as sf
@@ -60,18 +61,12 @@ def check_clashes(cfg, refs):
 
 def plan_jobs(cfg, refs, styles: list[str], logger: logging.Logger | None = None) -> list[Job]:
     """SampleRefs -> Jobs (output folders, conditioning style, output fps); logs untrained speakers."""
-    logger = logger or log
-    fallback = pick_condition_style(cfg, styles)
-    jobs, untrained = [], {}
-    for ref in refs:
-        if ref.speaker not in styles:
-            untrained.setdefault(ref.speaker, []).append(ref.sample_id)
-        jobs.append(Job(ref, *RT.sample_dirs(cfg, ref.dataset, ref.style_id), style_for(cfg, styles, ref.speaker),
-                        output_fps(cfg, ref.fps)))
-    for speaker, ids in untrained.items():
-        logger.info("speaker '%s' (%d test sample(s)) is not a training style: conditioned on '%s' "
-                    "(INFER.condition_style)", speaker, len(ids), fallback)
-    return jobs
+    fallback = pick_condition_style(cfg, styles)  # checked even when every speaker was trained
+    for speaker, n in Counter(ref.speaker for ref in refs if ref.speaker not in styles).items():
+        (logger or log).info("speaker '%s' (%d test sample(s)) is not a training style: conditioned on '%s' "
+                             "(INFER.condition_style)", speaker, n, fallback)
+    return [Job(ref, *RT.sample_dirs(cfg, ref.dataset, ref.style_id), style_for(cfg, styles, ref.speaker),
+                output_fps(cfg, ref.fps)) for ref in refs]
 
 
 def jobs_to_write(cfg, jobs: list[Job], mode: str, flame_of, logger: logging.Logger) -> list[Job]:
@@ -83,15 +78,13 @@ def jobs_to_write(cfg, jobs: list[Job], mode: str, flame_of, logger: logging.Log
     RT.clean_stale_temps([d for pair in dirs for d in pair], logger)  # not before: a refused run changes nothing
     if mode == "resume":
         logger.info("--resume: %d complete sample(s) kept, %d to generate", len(jobs) - len(todo), len(todo))
-    need = {os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name): 0,
-            os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name): 0}
-    vert_root, coeff_root = need
+    vert_bytes = coeff_bytes = 0
     for j in todo:
         frames = int(round(audio_seconds(j.ref.audio_path) * j.out_fps)) + 1
-        n_vertices = int(flame_of(j.ref.dataset).v_template.shape[0])
-        need[vert_root] += RT.sample_bytes(frames, n_vertices) - RT.sample_bytes(frames, 0)
-        need[coeff_root] += RT.sample_bytes(frames, 0)
-    check_can_write(need, "inference results")
+        coeff_bytes += RT.sample_bytes(frames, 0)
+        vert_bytes += RT.sample_bytes(frames, flame_of(j.ref.dataset).n_vertices) - RT.sample_bytes(frames, 0)
+    check_can_write({os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name): vert_bytes,
+                     os.path.join(cfg.INFER.coeff_root, cfg.INFER.exp_name): coeff_bytes}, "inference results")
     return todo
 
 

@@ -49,18 +49,11 @@ def output_lock(folders: list[str], how: str = "wait for it to finish or write e
 def _lock_one(path: str, how: str) -> tuple[str, int, bool]:
     """(path, open fd holding the lock, whether this call created the file)."""
     while True:
+        created = not os.path.exists(path)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-            created = True
-        except FileExistsError:
-            try:
-                fd, created = os.open(path, os.O_RDWR), False
-            except FileNotFoundError:  # removed by its holder meanwhile
-                continue
-            except OSError as e:
-                raise ResultsError(f"cannot open the lock file {path}: {e.strerror or e}") from None
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
-            raise ResultsError(f"cannot create the lock file {path}: {e.strerror or e}") from None
+            raise ResultsError(f"cannot open the lock file {path}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

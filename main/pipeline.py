@@ -22,15 +22,15 @@ from dataset.audio import fit_audio_to_frames
 from dataset.flame_params import fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split, decode_outcomes
+from main import render as renderer
 from main import results as RT
 from main.generation import (add_vertices, decode_blocks, encode_one, generate_motion, sample_arrays, to_output_fps,
                              write_frames)
 from main.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
 from main.output_lock import output_lock
-from main import render as renderer
 from main.result_reader import load_frames, read_meta
 from main.result_writer import FrameWriter, write_sample
-from main.session import attention_window, check_infer_config, choose_style, open_session, stream_settings
+from main.session import attention_window, choose_style, open_session, stream_settings
 from main.speech import AudioCheck, as_float_pcm, is_silent, pcm_chunks_from_stdin, read_speech
 from main.stream import Streamer
 from main.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
@@ -84,7 +84,6 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
     inf = cfg.INFER
     mode, split = RT.results_mode(overwrite, resume, cfg), inf.split or "test"
     check_roots(cfg)
-    check_infer_config(cfg)
     roots = [os.path.join(inf.output_root, inf.exp_name), os.path.join(inf.coeff_root, inf.exp_name)]
     with output_lock(roots, "wait for it to finish, or set another INFER.exp_name"):
         refs = split_refs(cfg, split, problems=[])  # bad entries are reported by the validation below
@@ -112,7 +111,7 @@ def _generate_dataset(cfg, session, name, jobs, items, written: list, split, log
     """One dataset's jobs, longest first in batches of INFER.batch_size (little padding), generated from
     their validated ``items`` (each popped, so held only until generated) and written; each written
     sample's id is appended to ``written``. -> the dataset's summary row."""
-    t0, fps, batch_size = time.perf_counter(), session.framing.fps, int(cfg.INFER.batch_size)
+    t0, fps, batch_size = time.perf_counter(), session.model.framing.fps, int(cfg.INFER.batch_size)
     flame = session.flame(name)
     style_index = {s: i for i, s in enumerate(session.styles)}
     order = sorted(jobs, key=lambda j: -items[_key(j.ref)]["n_frames"])
@@ -166,14 +165,13 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, mode, logger):
             return dict(read_meta(out_dir), out_dir=out_dir)
-        check_infer_config(cfg)
         fr = framing_from_config(cfg)
         out_fps = output_fps(cfg, fr.fps)
         audio = read_speech(audio_path, fr.sample_rate, logger, fr.fps)  # before the (slow) model load
         session = open_session(cfg, checkpoint, logger, loaded)
         style = choose_style(cfg, session.styles, style, logger)
         t0, n, flame = time.perf_counter(), fr.frames_in(audio.shape[0]), session.flame()
-        check_can_write({out_dir: RT.sample_bytes(int(round(n * out_fps / fr.fps)), int(flame.v_template.shape[0]))})
+        check_can_write({out_dir: RT.sample_bytes(int(round(n * out_fps / fr.fps)), flame.n_vertices)})
         feats = encode_one(session.model, torch.from_numpy(fit_audio_to_frames(audio, n, fr.samples_per_frame)),
                            n, cfg, session.device)
         with interrupts_say(lambda: f"before {out_dir} was complete; the partial result was discarded; run the "
@@ -214,7 +212,6 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
     if output_fps(cfg, fr.fps) != fr.fps:
         raise InferenceError(f"streaming emits {fr.fps} fps frames as they are made; INFER.output_fps is "
                              f"{cfg.INFER.output_fps} (use native or {fr.fps}, or run without --stream)")
-    check_infer_config(cfg)
     settings = stream_settings(cfg, args)
     out_dir, mode = RT.single_dir(args.audio, args.out), RT.results_mode(args.overwrite, args.resume, cfg)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
@@ -227,8 +224,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
         style = choose_style(cfg, session.styles, args.style, logger)
         flame = session.flame()
         # a file's length is known: its frames must fit (a live stream's is not: a full disk is reported then)
-        check_can_write({out_dir: RT.sample_bytes(fr.frames_in(1 if live else len(audio)),
-                                                  int(flame.v_template.shape[0]))})
+        check_can_write({out_dir: RT.sample_bytes(fr.frames_in(1 if live else len(audio)), flame.n_vertices)})
         streamer = Streamer(session.model, session.styles.index(style), **settings)
         if prime is not None:
             streamer.prime(prime)

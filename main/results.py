@@ -26,8 +26,8 @@ from utils.errors import InferenceError, ResultsError
 
 TMP_NAME = re.compile(r"^\.tmp-(.+)-(\d+)$")
 NPY_HEADER_BYTES = 128
-ARRAYS = ("motion.npy", "coeffs287.npy")
-SINGLE_FILES = (*ARRAYS, "video.mp4", "stream_stats.json")  # what a single-audio DIR may hold of a result
+# what a single-audio DIR may hold of a result besides meta.json
+SINGLE_FILES = ("motion.npy", "coeffs287.npy", "video.mp4", "stream_stats.json")
 
 log = logging.getLogger("results")
 
@@ -97,16 +97,13 @@ def is_complete(vert_dir: str, meta_dir: str) -> bool:
 
 
 def _frames_whole(files: list[str]) -> bool:
-    """Every file has the size of a .npy holding the array 0.npy's header announces (one header read,
-    a stat per frame: cheap enough for --resume over a whole test split)."""
+    """Every file has the size of 0.npy, which loads whole (one read and a stat per frame: cheap enough
+    for --resume over a whole test split)."""
     if not files:
         return True
     try:
-        with open(files[0], "rb") as f:
-            version = np.lib.format.read_magic(f)
-            shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
-                               else np.lib.format.read_array_header_2_0(f))
-            size = f.tell() + int(np.prod(shape)) * np.dtype(dtype).itemsize
+        np.load(files[0], allow_pickle=False)  # a torn header or body does not load
+        size = os.path.getsize(files[0])
     except (OSError, ValueError, EOFError):
         return False
     return all(os.path.getsize(p) == size for p in files)

@@ -31,10 +31,6 @@ class Session:
     styles: list[str]
     device: torch.device
 
-    @property
-    def framing(self):
-        return self.model.framing
-
     def flame(self, dataset: str | None = None):
         """The FLAME model of ``dataset`` (its ``flame_model`` or FLAME.model_path; None: the latter),
         loaded once per file and device (models/flame.py ``load_flame``)."""
@@ -43,9 +39,11 @@ class Session:
 
 def open_session(cfg, checkpoint: str | None = None, logger: logging.Logger | None = None,
                  loaded: tuple | None = None) -> Session:
-    """--checkpoint / INFER.checkpoint / TRAIN.save_path's best model -> Session on INFER.device.
+    """--checkpoint / INFER.checkpoint / TRAIN.save_path's best model -> Session on INFER.device, once the
+    INFER settings pass ``check_infer_config``.
     ``loaded``: a ``(model, styles)`` pair from ``load_model`` to reuse (several files, benchmarks)."""
     logger = logger or log
+    check_infer_config(cfg)
     path = os.path.abspath(resolve_checkpoint(cfg, checkpoint))
     device = pick_device(cfg.INFER.device, logger)
     model, styles = loaded or load_model(path, cfg, device, logger)  # load_model checks the framing

@@ -104,12 +104,11 @@ def read_speech(path: str, sr: int = WAV2VEC2_SAMPLE_RATE, logger: logging.Logge
     check.add(raw)
     for warning in check.warnings():
         logger.warning("audio file %s %s", path, warning)
-    rms = check.rms
     if not normalise:
         return raw.astype(np.float32)
     audio = normalize_audio(raw)
     if not np.isfinite(audio).all():  # normalize_audio's eps should make this impossible; never pass NaN on
-        raise AudioError(f"audio file {path}: normalisation produced NaN/inf (RMS {rms:.3g})")
+        raise AudioError(f"audio file {path}: normalisation produced NaN/inf (RMS {check.rms:.3g})")
     return audio
 
 

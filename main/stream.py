@@ -72,9 +72,7 @@ class Streamer:
         self.chunk_ms, self.lookahead_ms, self.left_context_ms = chunk_ms, lookahead_ms, left_context_ms
         self.style, self.attention_window = int(style), attention_window
         self.state = model.start_generation(torch.tensor([int(style)], device=self.device), attention_window)
-        self.n_in = 0           # samples received
-        self.n_emitted = 0
-        self.finished = False
+        self.n_in, self.n_emitted, self.finished = 0, 0, False  # samples received, frames emitted
         self.stats: list[dict] = []
 
     @property

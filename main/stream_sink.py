@@ -61,12 +61,7 @@ def stream_stats(settings: dict, streamer, chunks: list[dict], audio_s: float, n
 @contextlib.contextmanager
 def signals_held():
     """SIGINT/SIGTERM wait until the block is done (then they are delivered as usual)."""
-    sigs = {signal.SIGINT, signal.SIGTERM}
-    try:
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (AttributeError, OSError, ValueError):  # no pthread_sigmask on this platform
-        yield
-        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})  # POSIX, as fcntl's locks
     try:
         yield
     finally:
