@@ -106,8 +106,6 @@ def encode_one(model, audio: torch.Tensor, n_frames: int, cfg, device: torch.dev
 def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_FPS) -> np.ndarray:
     """(T,51) at the model's ``model_fps`` (DATA.target_fps, 25 by default) -> (round(T * fps / model_fps), 51)
     float32, by the linear rule of dataset/flame_params.py ``resample_motion``."""
-    if float(fps) == model_fps:
-        return motion25.astype(np.float32)
     return resample_motion(motion25, model_fps, float(fps)).astype(np.float32)
 
 
