@@ -24,12 +24,14 @@ class FrameWriter:
     does not write, e.g. a single-audio DIR's video), then ``{name}.npy`` per array and the JSON files,
     each through a temporary name (``coeff_dir`` may hold other files: the log, the video), then the
     vertex folder is renamed over the old one and the new ``meta.json`` comes last. An older complete
-    result stays whole until the new one is committed. Use it as a context manager: leaving the block
-    uncommitted removes what was written. A failed write -> ResultsError naming the path."""
+    result stays whole until the commit. Use it as a context manager: leaving the block uncommitted
+    removes the frames, and the coefficient folder if this writer made it. A failed write ->
+    ResultsError naming the path."""
 
     def __init__(self, vert_dir: str, coeff_dir: str):
         self.vert_dir, self.coeff_dir = vert_dir, coeff_dir
         self.tmp, self.n = tmp_sibling(vert_dir), 0
+        self.made_coeff_dir = self.committed = False
         _write(self.tmp, _fresh_folder)
 
     def add(self, frame: np.ndarray):
@@ -41,6 +43,7 @@ class FrameWriter:
         files.update({k: (lambda p, o=o: write_json(p, o)) for k, o in (json_files or {}).items()})
         for name in (META, *(n for n in SINGLE_FILES if n not in files)):  # the old result's marker first
             _write(os.path.join(self.coeff_dir, name), remove_path)
+        self.made_coeff_dir = not os.path.isdir(self.coeff_dir)
         _write(self.coeff_dir, lambda p: os.makedirs(p, exist_ok=True))
         for name, save in files.items():
             _write(os.path.join(self.coeff_dir, name), lambda p, save=save: atomic_write(p, save))
@@ -49,6 +52,7 @@ class FrameWriter:
                 os.remove(os.path.join(self.tmp, name))
         _write(self.vert_dir, self._rename_frames)
         _write(os.path.join(self.coeff_dir, META), lambda p: write_json(p, meta))
+        self.committed = True
 
     def _rename_frames(self, final: str):
         remove_path(final)
@@ -60,6 +64,8 @@ class FrameWriter:
 
     def __exit__(self, *exc):
         shutil.rmtree(self.tmp, ignore_errors=True)
+        if self.made_coeff_dir and not self.committed:  # a folder made for this result goes with it
+            shutil.rmtree(self.coeff_dir, ignore_errors=True)
 
 
 def _fresh_folder(path: str):

@@ -135,6 +135,26 @@ def test_write_frames_joins_its_worker_on_every_way_out(tmp_path, fail_in):
     assert not os.path.exists(writer.tmp) and not os.path.exists(tmp_path / "v")
 
 
+def test_full_disk_while_coefficients_are_written_leaves_no_folder_of_a_new_sample(tmp_path, monkeypatch):
+    import errno
+
+    from main.result_writer import FrameWriter
+    from utils.errors import ResultsError
+
+    real_save = np.save
+
+    def save(file, arr, *a, **k):  # frames are saved by path, coefficient files through a file object
+        if not isinstance(file, str):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(file, arr, *a, **k)
+    monkeypatch.setattr(np, "save", save)
+    with pytest.raises(ResultsError, match="No space left on device"):
+        with FrameWriter(str(tmp_path / "v" / "A"), str(tmp_path / "c" / "A")) as writer:
+            writer.add(np.zeros((4, 3)))
+            writer.commit({"motion": np.zeros((1, 51))}, {"n_frames": 1})
+    assert os.listdir(tmp_path / "v") == [] and os.listdir(tmp_path / "c") == []
+
+
 # ----------------------------------------------------------------------------------------------
 # Values no one checked
 # ----------------------------------------------------------------------------------------------
