@@ -61,12 +61,9 @@ def _lock_one(path: str, how: str) -> tuple[str, int, bool]:
             os.close(fd)
             raise ResultsError(f"another inference run ({holder}) is writing {os.path.dirname(path)} (it holds "
                                f"{path}); {how}") from None
-        try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            return path, fd, created
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                return path, fd, created
         os.close(fd)  # its holder removed it as we opened it: lock the file that is there now
 
 

@@ -32,7 +32,8 @@ class FrameWriter:
         self.vert_dir, self.coeff_dir = vert_dir, coeff_dir
         self.tmp, self.n = tmp_sibling(vert_dir), 0
         self.made_coeff_dir = self.committed = False
-        _write(self.tmp, _fresh_folder)
+        _write(self.tmp, remove_path)
+        _write(self.tmp, os.makedirs)
 
     def add(self, frame: np.ndarray):
         _write(os.path.join(self.tmp, f"{self.n}.npy"), lambda p: np.save(p, np.ascontiguousarray(frame, np.float32)))
@@ -66,11 +67,6 @@ class FrameWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
         if self.made_coeff_dir and not self.committed:  # a folder made for this result goes with it
             shutil.rmtree(self.coeff_dir, ignore_errors=True)
-
-
-def _fresh_folder(path: str):
-    remove_path(path)
-    os.makedirs(path)
 
 
 def _write(path: str, step):

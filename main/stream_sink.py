@@ -38,12 +38,10 @@ class StdoutVertices:
     def close(self):
         """After the reader left, stdout points at /dev/null: the interpreter's flush at exit would
         otherwise fail again on the closed pipe and print a traceback."""
-        try:
+        with contextlib.suppress(OSError, ValueError):
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
             os.close(devnull)
-        except (OSError, ValueError):
-            pass
 
 
 def stream_stats(settings: dict, streamer, chunks: list[dict], audio_s: float, n_frames: int, device,
