@@ -40,14 +40,14 @@ class FrameWriter:
         self.n += 1
 
     def commit(self, arrays: dict[str, np.ndarray], meta: dict, json_files: dict | None = None):
-        files = {f"{k}.npy": (lambda p, a=a: _save_npy(p, a)) for k, a in arrays.items()}
-        files.update({k: (lambda p, o=o: write_json(p, o)) for k, o in (json_files or {}).items()})
+        files = {f"{k}.npy": (lambda p, a=a: atomic_write(p, lambda tmp: _save_npy(tmp, a))) for k, a in arrays.items()}
+        files.update({k: (lambda p, o=o: write_json(p, o)) for k, o in (json_files or {}).items()})  # atomic too
         for name in (META, *(n for n in SINGLE_FILES if n not in files)):  # the old result's marker first
             _write(os.path.join(self.coeff_dir, name), remove_path)
         self.made_coeff_dir = not os.path.isdir(self.coeff_dir)
         _write(self.coeff_dir, lambda p: os.makedirs(p, exist_ok=True))
         for name, save in files.items():
-            _write(os.path.join(self.coeff_dir, name), lambda p, save=save: atomic_write(p, save))
+            _write(os.path.join(self.coeff_dir, name), save)
         for name in os.listdir(self.tmp):  # a frame cut short by Ctrl-C while a stream is stopped is not one
             if int(FRAME_FILE.match(name).group(1)) >= self.n:
                 os.remove(os.path.join(self.tmp, name))
