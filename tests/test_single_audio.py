@@ -52,7 +52,7 @@ def test_single_audio_stereo_44k_and_8k(data_root, checkpoint, tmp_path):
 
 
 def test_single_audio_pipeline_equals_batch_generation(data_root, checkpoint, tmp_path):
-    """Single-audio mode decodes in a background thread while earlier frames are written: its motion
+    """Single-audio mode decodes block by block while earlier frames are written: its motion
     and vertex files equal generate_motion's (the batch path) on the same audio."""
     from models.flame import load_flame
     from utils.config import flame_path_for
