@@ -1,7 +1,7 @@
 """Nothing lost, no traceback, no hang: interrupts, full disks, hostile values and names in every mode.
 
-- single-audio mode: SIGINT / SIGTERM / a full disk while frames are decoded in the background end
-  with the one-line message and exit 130 / 143 / 1 (not SIGABRT from the decode thread);
+- single-audio mode: SIGINT / SIGTERM / a full disk while frames are decoded and written end with the
+  one-line message and exit 130 / 143 / 1 (not SIGABRT from a thread left inside torch);
 - streaming: tests/test_no_loss_stream.py;
 - values: every streaming flag is range-checked with the key named (config values and YAML bombs:
   tests/test_config.py; property-based: tests/test_hostile_values.py);
@@ -69,7 +69,7 @@ def wait_for_files(folder_glob_parent, prefix, n, proc, timeout=120):
 
 
 # ----------------------------------------------------------------------------------------------
-# Single-audio mode: interrupts and write failures while the background decoder runs
+# Single-audio mode: interrupts and write failures while frames are decoded and written
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
