@@ -132,9 +132,9 @@ def select_todo(samples: list[tuple[str, str | None]], mode: str, how: str, file
     if done or torn:
         lines = done[:10] + [f"{v} (incomplete: no {META} or frames missing)" for v in torn[:10]]
         more = len(done) + len(torn) - len(lines)
-        raise ExistingResults(f"{len(done) + len(torn)} output folder(s) already hold results ({len(torn)} of them "
-                              f"incomplete, left by an interrupted run); {how}:\n  " + "\n  ".join(lines)
-                              + (f"\n  ... and {more} more" if more > 0 else ""))
+        torn_note = f" ({len(torn)} of them incomplete, left by an interrupted run)" if torn else ""
+        raise ExistingResults(f"{len(done) + len(torn)} output folder(s) already hold results{torn_note}; {how}:\n  "
+                              + "\n  ".join(lines) + (f"\n  ... and {more} more" if more > 0 else ""))
     return [True] * len(samples)
 
 
