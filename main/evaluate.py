@@ -21,6 +21,10 @@ truth by more than a frame, is listed (``missing`` / ``short`` in the JSON) and 
 after the table and JSON are written) unless ``--allow_missing``, which scores what there is. A torn or
 wrong-shaped frame file is named by path (main/results.py reads the frames; the renderer is not needed).
 
+When the metrics JSONs of the mean-motion and linear-listener baselines (scripts/mean_baseline.py,
+scripts/linear_baseline.py, evaluated first) lie beside this run's, the model's LVE is also printed
+as a ratio to each (JSON ``baselines``).
+
 Outputs: a table on stdout, a JSON (``--out``; default ``{results}/../metrics_{name}.json``, outside the
 vertex folders) and per dataset a PNG ``{json stem}_jaw_{DATASET}.png`` with predicted vs ground-truth
 jaw opening over time for up to 3 samples: the jaw rotation (motion dim 50, radians) when the coeff
@@ -39,6 +43,7 @@ silence, lips closed on p/b/m, jitter; main/lipsync.py)::
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -68,6 +73,7 @@ from utils.runtime import setup_logger  # noqa: E402
 log = logging.getLogger("evaluate")
 
 N_PLOT_SAMPLES = 3
+BASELINES = ("mean_baseline", "linear_baseline")  # INFER.exp_name of scripts/mean_baseline.py, linear_baseline.py
 
 
 class EvalError(UserError, RuntimeError):
@@ -212,8 +218,12 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     report["allow_missing"] = bool(allow_missing)
     if listening is not None:
         report["listening"] = listening
+    report["baselines"] = baseline_ratios(out, report)
 
     print(format_table(report))
+    if report["baselines"]:
+        print("LVE / baseline's (metrics JSONs beside this one): " + ", ".join(
+            f"{name} {b['LVE_ratio']:.3f}x" for name, b in report["baselines"].items()))
     if listening is not None:
         print(format_listening(listening))
     try:
@@ -224,6 +234,26 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     if (report["missing"] or report["short"]) and not allow_missing:
         raise EvalError(incomplete_message(report, results_dir, out))
     return report
+
+
+def baseline_ratios(out: str, report: dict) -> dict:
+    """{baseline: {"LVE", "LVE_ratio"}} for each baseline whose metrics JSON lies beside ``out``
+    (scripts/mean_baseline.py, scripts/linear_baseline.py evaluated on the same split): the numbers a
+    model has to beat, the linear listener's above all."""
+    ratios = {}
+    for name in BASELINES:
+        path = os.path.join(os.path.dirname(os.path.abspath(out)), f"metrics_{name}.json")
+        if path == os.path.abspath(out) or not os.path.isfile(path):
+            continue
+        try:
+            with open(path) as f:
+                lve_base = float(json.load(f)["overall"]["LVE"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("%s: not a readable metrics file (%s); not compared", path, e)
+            continue
+        if report["overall"]["LVE"] is not None and lve_base > 0:
+            ratios[name] = {"LVE": lve_base, "LVE_ratio": report["overall"]["LVE"] / lve_base}
+    return ratios
 
 
 def incomplete_message(report: dict, results_dir: str, out: str) -> str:

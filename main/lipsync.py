@@ -60,7 +60,7 @@ from main.phones import BILABIALS, MODES, PhoneSource, dataset_entries, load_aud
 from main.lipsync_report import default_out, write_report  # noqa: E402
 from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs  # noqa: E402,F401
 from main.result_reader import find_leaves, frame_files, leaf_fps, leaf_meta, read_meta  # noqa: E402
-from models.flame_regions import region_indices  # noqa: E402
+from models.flame_regions import lip_split, region_indices  # noqa: E402
 from utils.config import flame_region_paths, load_config  # noqa: E402
 from utils.errors import ResultsError, run_reporting_user_errors  # noqa: E402
 from utils.runtime import setup_logger  # noqa: E402
@@ -87,20 +87,6 @@ def envelope_db(audio: np.ndarray, fps: float, n_frames: int, sr: int = SR) -> n
     c = np.concatenate([[0.0], np.cumsum(audio.astype(np.float64) ** 2)])
     ms = (c[b] - c[a]) / np.maximum(b - a, 1)
     return 10 * np.log10(ms + 1e-12)
-
-
-def lip_split(mean_frame: np.ndarray, lip_idx) -> tuple[np.ndarray, np.ndarray]:
-    """(upper, lower) lip vertex ids: the lips of the central half of the mouth's width, above and below
-    the midpoint of the lips' height, on a (V,3) frame (y up)."""
-    lip_idx = np.asarray(lip_idx, dtype=np.int64)
-    x, y = mean_frame[lip_idx, 0], mean_frame[lip_idx, 1]
-    cx, half = 0.5 * (x.max() + x.min()), 0.5 * (x.max() - x.min())
-    cy = 0.5 * (y.max() + y.min())
-    central = np.abs(x - cx) <= 0.5 * half
-    upper, lower = lip_idx[central & (y > cy)], lip_idx[central & (y < cy)]
-    if len(upper) == 0 or len(lower) == 0:
-        raise ValueError("the lip vertices do not lie above and below a mouth centre")
-    return upper, lower
 
 
 def aperture(lips: np.ndarray, upper_sel: np.ndarray, lower_sel: np.ndarray) -> np.ndarray:

@@ -20,6 +20,8 @@ from tqdm import tqdm
 from loss.loss import motion_vertex_loss
 from main.checkpoint_io import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
 from main.session import pick_condition_style
+from models.flame_regions import lip_split, region_indices
+from utils.config import flame_region_paths
 from utils.config_schema import SAMPLING_MODES
 from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything
@@ -38,19 +40,32 @@ def group_by_flame(datasets: list[str], flame_of: dict) -> list[tuple]:
     return list(groups.values())
 
 
-def batch_loss(pred, batch, flame_of, velocity_weight=0.0):
+def batch_loss(pred, batch, flame_of, velocity_weight=0.0, lip_weight=0.0, lips_of=None):
     """Vertex loss of a batch whose rows may come from datasets with different FLAME models.
 
     pred (B,T,51) -> (loss, per-sample loss (B,)). As in motion_vertex_loss, the loss is a mean over
-    all valid frames of the batch (every frame weighs the same, whatever its clip's length)."""
+    all valid frames of the batch (every frame weighs the same, whatever its clip's length).
+    ``lips_of``: {id(flame): (upper, lower) lip vertex ids} for the lip-aperture term."""
     per_sample = torch.zeros(pred.shape[0], device=pred.device)
     for flame, rows in group_by_flame(batch["dataset"], flame_of):
         idx = torch.as_tensor(rows, device=pred.device)
         _, ps = motion_vertex_loss(pred[idx].float(), batch["motion"][idx], batch["motion_mask"][idx],
-                                   flame, batch["shape"][idx], velocity_weight)
+                                   flame, batch["shape"][idx], velocity_weight,
+                                   lip_weight=lip_weight, lips=(lips_of or {}).get(id(flame)))
         per_sample = per_sample.index_put((idx,), ps)
     frames = batch["motion_mask"].sum(1).to(per_sample.dtype)
     return (per_sample * frames).sum() / frames.sum().clamp(min=1), per_sample
+
+
+def lip_vertices(cfg, flames, device) -> dict:
+    """{id(flame): (upper, lower) lip vertex ids (long tensors)} from the config's lip region, split on
+    each FLAME model's template (the lip-aperture loss term)."""
+    lip_idx = region_indices(**flame_region_paths(cfg))[0]
+    out = {}
+    for flame in flames:
+        upper, lower = lip_split(flame.v_template.detach().cpu().numpy(), lip_idx)
+        out[id(flame)] = (torch.as_tensor(upper, device=device), torch.as_tensor(lower, device=device))
+    return out
 
 
 def to_device(batch: dict, device, untrained_style: int) -> dict:
@@ -77,6 +92,7 @@ class Trainer:
         self.cfg, self.model, self.device, self.log = cfg, model, device, logger
         self.train_loader, self.val_loader = train_loader, val_loader
         self.flame_of, self.styles = flame_of, styles
+        self.lips_of = lip_vertices(cfg, flame_of.values(), device) if cfg.TRAIN.lip_weight else None
         self.untrained_style = styles.index(pick_condition_style(cfg, styles))  # a bad name fails here, at start
         self.rank, self.world_size, self.writer = rank, world_size, writer
         self.run_dir = cfg.TRAIN.save_path
@@ -164,7 +180,7 @@ class Trainer:
                                       sampling_prob=self.sampling_prob(self.epoch + i / n_batches),
                                       passes=cfg.sampling_passes, input_noise=cfg.input_noise,
                                       rollout_steps=cfg.rollout_steps)
-                loss, _ = batch_loss(pred, batch, self.flame_of, cfg.velocity_weight)
+                loss, _ = batch_loss(pred, batch, self.flame_of, cfg.velocity_weight, cfg.lip_weight, self.lips_of)
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
                         f"non-finite training loss ({loss.item()}) at epoch {self.epoch + 1}, batch {i}, samples "

@@ -72,3 +72,17 @@ def region_indices(masks_path: str | None, lip_indices: str | None = None,
     upper = (_load_index_file(upper_face_indices, "FLAME.upper_face_indices") if upper_face_indices
              else np.union1d(mask("forehead"), mask("eye_region")))
     return np.unique(lips), np.unique(upper)
+
+
+def lip_split(mean_frame: np.ndarray, lip_idx) -> tuple[np.ndarray, np.ndarray]:
+    """(upper, lower) lip vertex ids: the lips of the central half of the mouth's width, above and below
+    the midpoint of the lips' height, on a (V,3) frame (y up)."""
+    lip_idx = np.asarray(lip_idx, dtype=np.int64)
+    x, y = mean_frame[lip_idx, 0], mean_frame[lip_idx, 1]
+    cx, half = 0.5 * (x.max() + x.min()), 0.5 * (x.max() - x.min())
+    cy = 0.5 * (y.max() + y.min())
+    central = np.abs(x - cx) <= 0.5 * half
+    upper, lower = lip_idx[central & (y > cy)], lip_idx[central & (y < cy)]
+    if len(upper) == 0 or len(lower) == 0:
+        raise ValueError("the lip vertices do not lie above and below a mouth centre")
+    return upper, lower

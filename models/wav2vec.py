@@ -20,6 +20,7 @@ import os
 import torch
 import torch.nn as nn
 
+from models.log_mel import frontend_config, install_frontend
 from utils.errors import UserError
 from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
 
@@ -77,7 +78,8 @@ def build_audio_encoder(model_cfg, sample_rate: int = WAV2VEC2_SAMPLE_RATE, fps:
 
     ``audio_encoder_pretrained: true`` loads ``audio_encoder_repo`` (hub id or local folder) and
     ignores ``audio_encoder_config``; ``false`` builds a randomly initialised model from
-    ``audio_encoder_config`` (Wav2Vec2Config kwargs; None = the wav2vec2-base architecture).
+    ``audio_encoder_config`` (Wav2Vec2Config kwargs; None = the wav2vec2-base architecture), with the
+    front end ``audio_frontend`` names (``cnn``: wav2vec2's; ``logmel``: models/log_mel.py).
     """
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
@@ -86,7 +88,9 @@ def build_audio_encoder(model_cfg, sample_rate: int = WAV2VEC2_SAMPLE_RATE, fps:
     if cfg.get("audio_encoder_pretrained", True):
         model = _load_pretrained(str(cfg.get("audio_encoder_repo")))
     else:
-        model = Wav2Vec2Model(Wav2Vec2Config(**overrides))
+        model = Wav2Vec2Model(Wav2Vec2Config(**frontend_config(overrides, cfg.get("audio_frontend", "cnn"),
+                                                               sample_rate)))
+        install_frontend(model)
     # LayerDrop skips random transformer layers in training. Under DDP (no find_unused_parameters)
     # a skipped layer's parameters get no gradient and the step fails, and ranks would skip different
     # layers, so it is off unless the config asks for it explicitly.

@@ -32,6 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from models.log_mel import install_frontend
+
 
 def _gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
@@ -319,6 +321,7 @@ class Wav2Vec2Runtime(nn.Module):
         if c.mask_time_prob > 0.0 or c.mask_feature_prob > 0.0:  # HF creates it then; the checkpoint holds it
             self.masked_spec_embed = nn.Parameter(torch.zeros(c.hidden_size), requires_grad=False)
         self.encoder = Encoder(c)
+        install_frontend(self)
 
     @classmethod
     def empty(cls, config: dict) -> "Wav2Vec2Runtime":

@@ -65,7 +65,7 @@ class StreamingEncoder:
         self.fpf = hop // encoder.stride                                  # CNN features per frame (2)
         self.group_norm = encoder.group_norm
         self.layer0 = encoder.model.feature_extractor.conv_layers[0]
-        self.k0, self.s0 = self.layer0.conv.kernel_size[0], self.layer0.conv.stride[0]
+        self.k0, self.s0 = encoder.kernels[0], encoder.strides[0]
         self.device = next(encoder.parameters()).device
         self.audio_stats, self.conv0_stats = RunningStats(), Conv0Moments(self.k0, self.s0)
         self.raw = np.zeros(0, np.float32)  # received samples from global index raw_start on

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The embedded offline demo, end to end on a CPU: set-up, synthetic data, training, inference on the
-# demo test split, metrics of the model next to a mean-motion baseline, one rendered mp4.
+# demo test split, metrics of the model next to two baselines (mean motion, linear listener), one mp4.
 #   bash scripts/demo.sh            (extra arguments are config overrides for training, e.g. TRAIN.epochs=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +20,16 @@ python train.py --config "$CONFIG" TRAIN.overwrite=true "$@"
 echo "== 3/6 inference on the demo test split ($RESULTS/faceformer_demo)"
 python inference.py --config "$CONFIG" --overwrite
 
-echo "== 4/6 mean-motion baseline ($RESULTS/mean_baseline)"
+echo "== 4/6 baselines: mean motion ($RESULTS/mean_baseline), linear listener ($RESULTS/linear_baseline)"
 python scripts/mean_baseline.py --config "$CONFIG" --overwrite
+python scripts/linear_baseline.py --config "$CONFIG" --overwrite
 
 echo "== 5/6 metrics"
-python main/evaluate.py --config "$CONFIG"
 python main/evaluate.py --config "$CONFIG" INFER.exp_name=mean_baseline
+python main/evaluate.py --config "$CONFIG" INFER.exp_name=linear_baseline
+python main/evaluate.py --config "$CONFIG"
+python scripts/compare_metrics.py "$RESULTS/metrics_faceformer_demo.json" "$RESULTS/metrics_linear_baseline.json" \
+  --names faceformer linear_listener
 python scripts/compare_metrics.py "$RESULTS/metrics_faceformer_demo.json" "$RESULTS/metrics_mean_baseline.json" \
   --names faceformer mean_motion --require_better LVE --max_ratio 0.6
 
@@ -39,6 +43,7 @@ Done.
   trained model:     outputs/demo/best_model.pth (log: outputs/demo/train.log, tensorboard: outputs/demo/tensorboard)
   vertices:          $RESULTS/faceformer_demo/{DATASET}/{STYLE_ID}/{i}.npy
   motion + coeffs:   results/coeffs/demo_run/test/faceformer_demo/
-  metrics:           $RESULTS/metrics_faceformer_demo.json (baseline: metrics_mean_baseline.json, jaw plots *_jaw_*.png)
+  metrics:           $RESULTS/metrics_faceformer_demo.json (baselines: metrics_mean_baseline.json,
+                     metrics_linear_baseline.json; jaw plots *_jaw_*.png)
   video:             results/videos/demo_sample.mp4
 EOT

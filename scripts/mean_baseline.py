@@ -11,7 +11,6 @@ unless --overwrite (redo all) or --resume (keep complete samples).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -20,15 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from dataset.dataset import FaceDataset  # noqa: E402
-from dataset.index import style_classes  # noqa: E402
-from main import results as RT  # noqa: E402
-from main.result_writer import write_sample  # noqa: E402
-from main.generation import sample_arrays, to_output_fps  # noqa: E402
-from main.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
-from models.flame import load_flame  # noqa: E402
-from utils.config import flame_path_for, load_config  # noqa: E402
+from scripts.baseline_results import baseline_setup, write_baseline_results  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
 
 
 def training_mean_motion(cfg, styles, log) -> np.ndarray:
@@ -43,34 +35,12 @@ def training_mean_motion(cfg, styles, log) -> np.ndarray:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default="config/faceformer.yaml")
-    p.add_argument("--overwrite", action="store_true", help="redo all results (INFER.overwrite=true)")
-    p.add_argument("--resume", action="store_true", help="keep complete results (INFER.resume=true)")
-    p.add_argument("overrides", nargs="*")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, ["INFER.exp_name=mean_baseline", *args.overrides])
-    log = setup_logger("mean_baseline")
-    mode = RT.results_mode(bool(args.overwrite or cfg.INFER.overwrite), bool(args.resume or cfg.INFER.resume))
-    styles = style_classes(cfg)
+    _, cfg, styles, mode, log = baseline_setup(argv, __doc__.splitlines()[0], "mean_baseline")
     mean = training_mean_motion(cfg, styles, log)
     log.info("training mean motion: jaw %.4f, |expr| %.4f", mean[50], float(np.abs(mean[:50]).mean()))
 
-    test = FaceDataset(cfg, cfg.INFER.split, styles, train=False, check=True, log=log, progress=False)
-    check_clashes(cfg, test.refs)
-    flames = {name: load_flame(flame_path_for(cfg, name)) for name in {r.dataset for r in test.refs}}
-    index_of = {(r.json_path, r.sample_id): i for i, r in enumerate(test.refs)}
-    jobs = jobs_to_write(cfg, plan_jobs(cfg, test.refs, styles, log), mode, flames.__getitem__, log)
-    for job in jobs:
-        item = test[index_of[(job.ref.json_path, job.ref.sample_id)]]
-        motion = to_output_fps(np.repeat(mean[None], int(item["n_frames"]), axis=0), job.out_fps, test.framing.fps)
-        flame, shape = flames[job.ref.dataset], item["shape"].numpy()
-        meta = RT.build_meta(job.ref.sample_id, job.ref.dataset, job.ref.style_id, job.ref.speaker,
-                             job.ref.audio_path, job.out_fps, motion.shape[0], "mean_baseline", None)
-        write_sample(job.vert_dir, job.coeff_dir, flame.motion_to_vertices(motion, shape),
-                        sample_arrays(motion, shape, item["detail"].numpy()), meta)
-    log.info("wrote %d baseline sample(s) to %s", len(jobs),
-             os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name))
+    write_baseline_results(cfg, styles, lambda item, style: np.repeat(mean[None], int(item["n_frames"]), axis=0),
+                           "mean_baseline", mode, log)
 
 
 if __name__ == "__main__":

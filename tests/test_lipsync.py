@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from main import lipsync as L
+from models.flame_regions import lip_split
 
 FPS, SR = 25, 16000
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,7 +58,7 @@ def lips_of(face, jaw, expr=None):
     if expr is not None:
         motion[:, :50] = expr
     verts = flame.motion_to_vertices(motion)
-    upper, lower = L.lip_split(verts.mean(0), lip_idx)
+    upper, lower = lip_split(verts.mean(0), lip_idx)
     return verts[:, lip_idx], np.isin(lip_idx, upper), np.isin(lip_idx, lower)
 
 
@@ -80,7 +81,7 @@ def test_recovers_the_known_lag(face, lag_frames):
 def test_upper_and_lower_lips_split_at_the_mouth_centre(face):
     flame, lip_idx, _ = face
     rest = flame.motion_to_vertices(np.zeros((1, 51), np.float32))[0]
-    upper, lower = L.lip_split(rest, lip_idx)
+    upper, lower = lip_split(rest, lip_idx)
     assert len(upper) > 5 and len(lower) > 5 and not set(upper) & set(lower)
     assert rest[upper, 1].min() > rest[lower, 1].max()
     lips, up, lo = lips_of(face, np.array([0.0, 0.1, 0.2]))

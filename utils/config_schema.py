@@ -42,6 +42,7 @@ DEFAULTS = {
         "audio_encoder_pretrained": True,
         "audio_encoder_config": None,   # dict of Wav2Vec2Config kwargs when not pretrained
         "freeze_feature_encoder": True,
+        "audio_frontend": "cnn",        # cnn: wav2vec2's; logmel: a fixed log-mel front end (random init only)
         "feature_dim": 64,
         "n_head": 4,
         "num_layers": 1,
@@ -77,6 +78,7 @@ DEFAULTS = {
         "teacher_forcing": None,      # old key: false = mode rollout, true = mode teacher_forcing
         "val_every": 1,
         "velocity_weight": 0.0,
+        "lip_weight": 0.0,             # lip-aperture loss term (0: the original FaceFormer loss)
         "max_steps_per_epoch": 0,     # 0 = full epoch
         "log_every": 20,
     },
@@ -243,6 +245,7 @@ TRAIN.rollout_steps            whole   1      64
 TRAIN.input_noise              number  0      100
 TRAIN.val_every                whole   1      1e6
 TRAIN.velocity_weight          number  0      1e6
+TRAIN.lip_weight               number  0      1e6
 TRAIN.max_steps_per_epoch      whole   0      -
 TRAIN.log_every                whole   1      -
 INFER.window_seconds           number  0.04   600
@@ -318,6 +321,19 @@ def check_config(cfg, where: str):
     _check_ranges(cfg, where)
     _check_names(cfg, where)
     _check_train_mode(cfg.TRAIN, where)
+    _check_frontend(cfg.MODEL, where)
+
+
+def _check_frontend(model, where: str):
+    """MODEL.audio_frontend names a front end; a pretrained encoder keeps the CNN it was trained with."""
+    from models.log_mel import FRONTENDS  # the front ends the encoder builds (imports torch: only here)
+
+    if model.audio_frontend not in FRONTENDS:
+        raise ConfigError(f"{where}: MODEL.audio_frontend is {model.audio_frontend!r}; expected one of "
+                          f"{', '.join(FRONTENDS)}")
+    if model.audio_frontend != "cnn" and model.audio_encoder_pretrained:
+        raise ConfigError(f"{where}: MODEL.audio_frontend={model.audio_frontend} replaces the wav2vec2 CNN, so "
+                          f"it needs MODEL.audio_encoder_pretrained=false (pretrained weights come with their CNN)")
 
 
 TRAIN_MODES = ("teacher_forcing", "parallel_sampling", "parallel_rollout", "scheduled_rollout", "rollout")
