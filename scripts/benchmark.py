@@ -150,14 +150,16 @@ def main(argv=None):
             results["train_modes"] = r
             print(f"\n[train_modes] {r['data']} data, {r['epochs']} epochs each, seeds {r['seeds']}; val losses of "
                   f"the best (generated) epoch; LVE of generated test motion; mean-motion baseline LVE "
-                  f"{r['baseline_LVE']:.4g}; listening = LVE with another clip's audio / with its own; epoch_s = "
-                  f"training seconds per epoch, side by side")
-            print(table(r["rows"], ["mode", "seed", "epoch", "val_tf", "val_gen", "gen/tf", "LVE", "LVE/baseline",
-                                    "listening", "epoch_s", "epoch_s_vs_first", "sequential_decoder_calls"]))
+                  f"{r['baseline_LVE']:.4g}, linear listener {r['linear_LVE']:.4g}; listening = LVE with another "
+                  f"clip's audio / with its own; closure (chance), corr, rest_move: main/lipsync.py (ground truth: "
+                  f"{r['ground_truth_lipsync']}); epoch_s = training seconds per epoch, side by side")
+            print(table(r["rows"], ["mode", "seed", "epoch", "gen/tf", "LVE", "LVE/baseline", "LVE/linear",
+                                    "listening", "closure", "closure_chance", "corr", "rest_move", "epoch_s",
+                                    "epoch_s_vs_first", "sequential_decoder_calls"]))
             print("\nper mode, mean (range) over seeds:")
-            print(table(r["summary"], ["mode", "seeds", "LVE/baseline", "LVE/baseline range", "gen/tf",
-                                       "gen/tf range", "listening", "listening range", "epoch_s_vs_first",
-                                       "sequential_decoder_calls"]))
+            print(table(r["summary"], ["mode", "seeds", "LVE/baseline", "LVE/baseline range", "LVE/linear",
+                                       "gen/tf", "listening", "closure", "closure_chance", "corr", "rest_move",
+                                       "epoch_s_vs_first", "sequential_decoder_calls"]))
         if "stream" in args.only:
             results["stream"] = bench_stream(model, device, args)
             print_stream(results["stream"])

@@ -26,7 +26,7 @@ def demo_root(tmp_path_factory):
 
 def tiny_model(model_cfg=None, n_styles=3, seed=0, weight_std=0.3, bias_std=0.1, norm=None):
     """A randomly initialised FaceFormer of the demo config (its tiny wav2vec2; ``norm``: another
-    ``feat_extract_norm``) whose output map is non-zero: the zero-initialised map would predict the
+    ``feat_extract_norm`` of its CNN) whose output map is non-zero: the zero-initialised map would predict the
     neutral face everywhere and make every comparison trivial. ``bias_std`` None: the bias stays zero."""
     import torch
 
@@ -34,7 +34,8 @@ def tiny_model(model_cfg=None, n_styles=3, seed=0, weight_std=0.3, bias_std=0.1,
 
     if model_cfg is None:
         model_cfg = load_config(os.path.join(ROOT, "config", "demo.yaml")).MODEL
-    if norm is not None:
+    if norm is not None:  # a CNN normalisation asks for the CNN front end
+        model_cfg.audio_frontend = "cnn"
         model_cfg.audio_encoder_config = dict(model_cfg.audio_encoder_config, feat_extract_norm=norm)
     torch.manual_seed(seed)
     model = FaceFormer(model_cfg, n_styles=n_styles)
@@ -174,7 +175,9 @@ def two_dataset_root(tmp_path):
 def model_cfg():
     """The demo config's MODEL (tests/test_model.py, tests/test_model_attention.py)."""
     cfg = load_config(os.path.join(ROOT, "config", "demo.yaml")).MODEL
-    # the demo trains the group-norm variant; these tests use the layer-norm one, whose CNN features
-    # of a window are those of the whole clip (test_encode_long); otherwise the same tiny architecture
+    # the wav2vec2 CNN (the front end of pretrained encoders; the demo's is log-mel, tests/test_frontend.py)
+    # in its layer-norm variant, whose CNN features of a window are those of the whole clip
+    # (test_encode_long); otherwise the demo's tiny architecture
+    cfg.audio_frontend = "cnn"
     cfg.audio_encoder_config = dict(cfg.audio_encoder_config, feat_extract_norm="layer")
     return cfg

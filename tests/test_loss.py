@@ -126,3 +126,44 @@ def test_with_standin_flame():
     assert loss.item() > 0
     assert torch.allclose(loss, ref_loss, rtol=1e-4) and torch.allclose(per, ref_per, rtol=1e-4)
     assert torch.allclose(p1.grad, p2.grad, rtol=1e-3, atol=1e-3 * p2.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("chunk_frames", [4, 1000])
+def test_lip_term_matches_its_definition_and_is_off_at_weight_zero(chunk_frames):
+    flame = TinyFlame()
+    pred, gt, mask, shape = make_batch([14, 9], 14)
+    upper, lower = torch.tensor([1, 4, 7]), torch.tensor([2, 5])
+    base, base_per = motion_vertex_loss(pred, gt, mask, flame, shape, 0.5, chunk_frames)
+    off, off_per = motion_vertex_loss(pred, gt, mask, flame, shape, 0.5, chunk_frames, lip_weight=0.0,
+                                      lips=(upper, lower))
+    assert torch.equal(off, base) and torch.equal(off_per, base_per)   # the original loss, bit for bit
+    p = pred.clone().requires_grad_()
+    loss, per = motion_vertex_loss(p, gt, mask, flame, shape, 0.5, chunk_frames, lip_weight=2.0, lips=(upper, lower))
+    vp, vg = flame.motion_to_vertices(pred, shape), flame.motion_to_vertices(gt, shape)
+    gap = lambda v: v[..., upper, 1].mean(-1) - v[..., lower, 1].mean(-1)  # noqa: E731
+    sq = (gap(vp) - gap(vg)).pow(2) * mask
+    assert torch.allclose(loss, base + 2.0 * sq.sum() / mask.sum(), rtol=1e-5)
+    assert torch.allclose(per, base_per + 2.0 * sq.sum(1) / mask.sum(1), rtol=1e-5)
+    loss.backward()
+    assert p.grad[~mask].abs().max() == 0 and p.grad[mask].abs().max() > 0
+    perfect, _ = motion_vertex_loss(gt.clone(), gt, mask, flame, shape, lip_weight=2.0, lips=(upper, lower))
+    assert perfect.item() == 0.0
+
+
+def test_lip_vertices_split_the_standin_lips_into_upper_and_lower(demo_root):
+    from main.train_eval_loop import lip_vertices
+    from models.flame import load_flame
+    from utils.config import load_config
+    from tests.conftest import ROOT
+
+    cfg = load_config(f"{ROOT}/config/demo.yaml", [f"DATA.data_root={demo_root}"])
+    flame = load_flame(f"{demo_root}/{cfg.FLAME.model_path}")
+    upper, lower = lip_vertices(cfg, [flame], "cpu")[id(flame)]
+    y = flame.v_template[:, 1]
+    assert len(upper) and len(lower) and y[upper].min() > y[lower].max()
+    # opening the jaw opens the mouth: the aperture grows
+    motion = torch.zeros(2, 51)
+    motion[1, 50] = 0.2
+    v = flame.motion_to_vertices(motion)
+    gap = v[:, upper, 1].mean(-1) - v[:, lower, 1].mean(-1)
+    assert gap[1] > gap[0] + 1e-3

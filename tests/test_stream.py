@@ -232,7 +232,7 @@ def cli_setup(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("stream_cli"))
     write_standin_files(os.path.join(root, "FLAME"))
-    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"), [f"DATA.data_root={root}"])
+    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"), [f"DATA.data_root={root}", "MODEL.audio_frontend=cnn"])
     m = tiny_model()
     ckpt = os.path.join(root, "best_model.pth")
     torch.save({"model": m.state_dict(), "optimizer": {}, "epoch": 1, "styles": ["A", "B", "C"],

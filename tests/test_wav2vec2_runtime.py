@@ -117,7 +117,8 @@ def files(tmp_path_factory):
 
     root = str(tmp_path_factory.mktemp("w2v_runtime"))
     write_standin_files(os.path.join(root, "FLAME"))
-    cfg = load_config(DEMO_CFG, [f"DATA.data_root={root}", f"TRAIN.save_path={root}/run"])
+    # the CNN front end: checkpoints without audio_encoder_config predate the log-mel one
+    cfg = load_config(DEMO_CFG, [f"DATA.data_root={root}", f"TRAIN.save_path={root}/run", "MODEL.audio_frontend=cnn"])
     model = tiny_model(cfg.MODEL, 2, bias_std=None)
     state = Trainer(cfg, model, [], None, {}, ["S0", "S1"], torch.device("cpu"), LOG).state()
     save_checkpoint(state, os.path.join(root, "new.pth"))

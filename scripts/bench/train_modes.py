@@ -1,5 +1,6 @@
-"""Section train_modes: every TRAIN.mode trained on the same data (the demo's or the held-out real-speech
-set) with the demo config, same epochs, one or more seeds."""
+"""Section train_modes: training recipes (TRAIN.mode, the audio front end, the lip term) trained on the
+same data (the demo's or the held-out real-speech set) with the demo config, same epochs, one or more
+seeds; scored against the mean-motion and linear-listener baselines, with the listening and lip-sync checks."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from loss.loss import motion_vertex_loss
+from main.train_eval_loop import lip_vertices
 from models.faceformer import FaceFormer
 from models.flame import FLAME
 from scripts.bench.common import FPS, ROOT, speech_like, sync
@@ -29,6 +31,11 @@ TRAIN_MODE_RUNS = {
     "parallel_rollout_6": ["TRAIN.mode=parallel_rollout", "TRAIN.rollout_steps=6"],
     "scheduled_rollout": ["TRAIN.mode=scheduled_rollout"],
     "rollout": ["TRAIN.mode=rollout"],
+    # the audio front end and the lip term, on the default parallel rollout
+    "cnn": ["MODEL.audio_frontend=cnn", "TRAIN.lip_weight=0"],
+    "logmel": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0"],
+    "logmel+lip0.1": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.1"],
+    "logmel+lip0.3": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.3"],
 }
 DEMO_CONFIG = os.path.join(ROOT, "config", "demo.yaml")
 
@@ -59,31 +66,37 @@ def _best_val(log_path: str) -> dict:
 
 
 def train_mode_speed(modes, data_root: str, steps: int, device: str = "cpu"):
-    """Training frames/s of each mode on the demo configuration (model, batch size, crop length), on
-    fixed demo-like batches; modes are timed in turns, so a busy machine slows them alike. The mixing
-    probability is the schedule's end value (sampling_max), the most expensive case."""
+    """Training frames/s of each recipe on the demo configuration (model, batch size, crop length), on
+    fixed demo-like batches, the loss with its lip term where the recipe has one; recipes are timed in
+    turns, so a busy machine slows them alike. The mixing probability is the schedule's end value
+    (sampling_max), the most expensive case."""
     cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}"])
     B, T = cfg.TRAIN.batch_size, cfg.DATA.max_frames
-    torch.manual_seed(0)
     dev = torch.device(device)
     flame = FLAME.from_file(os.path.join(data_root, cfg.FLAME.model_path), device=dev)
-    model = FaceFormer(cfg.MODEL, n_styles=4).to(dev).train()
-    torch.nn.init.normal_(model.output_map.weight, std=0.05)
+    lips = lip_vertices(cfg, [flame], dev)[id(flame)]
     audio = torch.from_numpy(np.stack([speech_like(T / FPS, i) for i in range(B)])).to(dev)
     motion = (0.1 * torch.randn(B, T, 51, generator=torch.Generator().manual_seed(0))).to(dev)
     mask, style = torch.ones(B, T, dtype=torch.bool, device=dev), torch.arange(B, device=dev) % 4
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    runs = {}
+    for name in modes:
+        run_cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}", *TRAIN_MODE_RUNS[name]])
+        torch.manual_seed(0)
+        model = FaceFormer(run_cfg.MODEL, n_styles=4).to(dev).train()
+        torch.nn.init.normal_(model.output_map.weight, std=0.05)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        runs[name] = (run_cfg.TRAIN, model, opt)
     times = {m: [] for m in modes}
     for rep in range(steps + 1):
         for name in modes:
-            run_cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}", *TRAIN_MODE_RUNS[name]]).TRAIN
+            run_cfg, model, opt = runs[name]
             sync(dev)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             pred = model(audio, motion, style, mask, mode=run_cfg.mode, sampling_prob=run_cfg.sampling_max,
                          passes=run_cfg.sampling_passes, input_noise=run_cfg.input_noise,
                          rollout_steps=run_cfg.rollout_steps)
-            motion_vertex_loss(pred, motion, mask, flame)[0].backward()
+            motion_vertex_loss(pred, motion, mask, flame, lip_weight=run_cfg.lip_weight, lips=lips)[0].backward()
             opt.step()
             sync(dev)
             if rep:  # the first round warms up
@@ -139,10 +152,12 @@ def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_s
     common = [f"DATA.data_root={data_root}", f"TRAIN.epochs={epochs}", f"INFER.output_root={results}",
               f"TRAIN.device={device}", f"INFER.device={device}",
               f"INFER.coeff_root={os.path.join(tmp, 'coeffs')}"]
-    _run("scripts/mean_baseline.py", "--config", DEMO_CONFIG, "--overwrite", *common)
-    _run("main/evaluate.py", "--config", DEMO_CONFIG, *common, "INFER.exp_name=mean_baseline")
-    with open(os.path.join(results, "metrics_mean_baseline.json")) as f:
-        base_lve = json.load(f)["overall"]["LVE"]
+    base_lve = {}
+    for name in ("mean_baseline", "linear_baseline"):
+        _run(f"scripts/{name}.py", "--config", DEMO_CONFIG, "--overwrite", *common)
+        _run("main/evaluate.py", "--config", DEMO_CONFIG, "--no_plots", *common, f"INFER.exp_name={name}")
+        with open(os.path.join(results, f"metrics_{name}.json")) as f:
+            base_lve[name] = json.load(f)["overall"]["LVE"]
     speed = train_mode_speed(modes, data_root, speed_steps, device)
     # the trainings run side by side, one thread each, at most ``jobs`` at a time: each mode's time per
     # epoch is measured under the same load as the others'
@@ -169,11 +184,14 @@ def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_s
         _run("main/evaluate.py", "--config", DEMO_CONFIG, "--listening", "--no_plots", *infer)
         with open(os.path.join(results, f"metrics_{tag}.json")) as f:
             report = json.load(f)
+        lips = lipsync_numbers(os.path.join(results, tag), os.path.join(tmp, "coeffs", tag), infer)
         best = _best_val(os.path.join(run, "train.log"))
         mode_cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={data_root}", *TRAIN_MODE_RUNS[name]])
         rows.append({"mode": name, "seed": seed, **best, "gen/tf": best["val_gen"] / best["val_tf"],
-                     "LVE": report["overall"]["LVE"], "LVE/baseline": report["overall"]["LVE"] / base_lve,
-                     "listening": report["listening"]["listening_ratio"],
+                     "LVE": report["overall"]["LVE"],
+                     "LVE/baseline": report["overall"]["LVE"] / base_lve["mean_baseline"],
+                     "LVE/linear": report["overall"]["LVE"] / base_lve["linear_baseline"],
+                     "listening": report["listening"]["listening_ratio"], **lips,
                      "epoch_s": _epoch_seconds(os.path.join(run, "train.log")),
                      "sequential_decoder_calls": sequential_decoder_calls(mode_cfg.TRAIN, mode_cfg.DATA.max_frames),
                      "train_frames_per_s": speed[name], "speed_vs_tf": speed[name] / speed[modes[0]]})
@@ -181,8 +199,33 @@ def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_s
     ref = [r["epoch_s"] for r in rows if r["mode"] == modes[0]]
     for r in rows:
         r["epoch_s_vs_first"] = r["epoch_s"] / float(np.mean(ref))
-    return {"data": data, "epochs": epochs, "seeds": list(seeds), "baseline_LVE": base_lve, "rows": rows,
+    truth = lipsync_numbers(*write_ground_truth(DEMO_CONFIG, common, tmp), common)
+    return {"data": data, "epochs": epochs, "seeds": list(seeds), "baseline_LVE": base_lve["mean_baseline"],
+            "linear_LVE": base_lve["linear_baseline"], "ground_truth_lipsync": truth, "rows": rows,
             "summary": summarise_modes(rows)}
+
+
+LIPSYNC_KEYS = ("closure", "closure_chance", "corr", "rest_move")
+
+
+def lipsync_numbers(results: str, coeffs: str, overrides) -> dict:
+    """main/lipsync.py's pooled closure (and its chance level), loudness correlation and silence rest
+    of a results tree scored against its own audio."""
+    out = os.path.join(os.path.dirname(results), f"lipsync_{os.path.basename(results)}.json")
+    _run("main/evaluate.py", "--config", DEMO_CONFIG, "--lipsync", "--no_plots", "--results", results,
+         "--coeffs", coeffs, "--out", out, *overrides)
+    with open(out) as f:
+        pooled = json.load(f)["overall"]
+    return {k: pooled.get(k) for k in LIPSYNC_KEYS}
+
+
+def write_ground_truth(config: str, overrides, tmp: str):
+    """The test split's own motion written as a results tree (what a perfect model makes), to read the
+    lip-sync numbers of real motion -> (results, coeffs)."""
+    from scripts.lipsync_validation import write_ground_truth as write_truth
+    cfg = load_config(config, list(overrides))
+    write_truth(cfg, "ground_truth")
+    return (os.path.join(cfg.INFER.output_root, "ground_truth"), os.path.join(cfg.INFER.coeff_root, "ground_truth"))
 
 
 def summarise_modes(rows: list[dict]) -> list[dict]:
@@ -191,8 +234,8 @@ def summarise_modes(rows: list[dict]) -> list[dict]:
     for mode in dict.fromkeys(r["mode"] for r in rows):
         rs = [r for r in rows if r["mode"] == mode]
         row = {"mode": mode, "seeds": len(rs)}
-        for key in ("LVE/baseline", "gen/tf", "listening", "epoch_s_vs_first"):
-            vals = [r[key] for r in rs]
+        for key in ("LVE/baseline", "LVE/linear", "gen/tf", "listening", *LIPSYNC_KEYS, "epoch_s_vs_first"):
+            vals = [np.nan if r[key] is None else r[key] for r in rs]
             row[key] = float(np.mean(vals))
             row[key + " range"] = f"{min(vals):.3f}-{max(vals):.3f}"
         row["sequential_decoder_calls"] = rs[0]["sequential_decoder_calls"]
