@@ -166,16 +166,22 @@ def bench_train_modes(modes, epochs: int, tmp: str, device: str = "cpu", speed_s
     while pending or active:
         while pending and len(active) < jobs:
             (name, seed), run = pending.pop(0)
-            active[(name, seed)] = subprocess.Popen(
-                [sys.executable, "train.py", "--config", DEMO_CONFIG, *common, *TRAIN_MODE_RUNS[name],
-                 f"TRAIN.seed={seed}", f"TRAIN.save_path={run}", "TRAIN.overwrite=true"], cwd=ROOT,
-                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
-        key, proc = next(iter(active.items()))
-        err = proc.communicate()[1]
-        del active[key]
-        if proc.returncode != 0:
-            raise RuntimeError(f"training {key} failed:\n{err[-3000:]}")
+            os.makedirs(run, exist_ok=True)
+            # the progress bars go to a file: a pipe nobody reads would fill and stall the training
+            with open(run + ".stderr", "w") as err:
+                active[(name, seed)] = subprocess.Popen(
+                    [sys.executable, "train.py", "--config", DEMO_CONFIG, *common, *TRAIN_MODE_RUNS[name],
+                     f"TRAIN.seed={seed}", f"TRAIN.save_path={run}", "TRAIN.overwrite=true"], cwd=ROOT,
+                    stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "HF_HUB_OFFLINE": "1",
+                                                                "OMP_NUM_THREADS": "1"})
+        done = [key for key, proc in active.items() if proc.poll() is not None]
+        if not done:
+            time.sleep(1)
+        for key in done:
+            proc = active.pop(key)
+            if proc.returncode != 0:
+                with open(runs[key] + ".stderr") as f:
+                    raise RuntimeError(f"training {key} failed:\n{f.read()[-3000:]}")
     rows = []
     for (name, seed), run in runs.items():
         tag = f"{name}_seed{seed}"
