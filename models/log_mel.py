@@ -66,10 +66,9 @@ class LogMel(nn.Module):
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.shape[-1] < self.win:
             raise ValueError(f"audio of {audio.shape[-1]} samples is shorter than one {self.win}-sample window")
-        # float64: the FFT's rounding then stays far below what a batch's other clips could change
-        frames = audio.double().unfold(-1, self.win, self.hop) * self.window.double()  # (B,F,win)
-        power = torch.fft.rfft(frames, n=self.n_fft).abs().pow(2)                      # (B,F,n_fft/2+1)
-        mel = power @ self.filters.double().T                                          # (B,F,n_mels)
+        frames = audio.unfold(-1, self.win, self.hop) * self.window.to(audio.dtype)  # (B,F,win)
+        power = torch.fft.rfft(frames.float(), n=self.n_fft).abs().pow(2)            # (B,F,n_fft/2+1)
+        mel = power @ self.filters.T                                                 # (B,F,n_mels)
         return torch.log(mel + LOG_FLOOR).transpose(-1, -2).to(audio.dtype)
 
 
