@@ -19,7 +19,7 @@ sequences (frame-weighted), FDD is the mean over sequences.
 Every expected sequence must be there: a missing (or unreadable) one, or one shorter than its ground
 truth by more than a frame, is listed (``missing`` / ``short`` in the JSON) and makes the run fail (exit 1,
 after the table and JSON are written) unless ``--allow_missing``, which scores what there is. A torn or
-wrong-shaped frame file is named by path (main/results.py reads the frames; the renderer is not needed).
+wrong-shaped frame file is named by path (main/results/layout.py reads the frames; the renderer is not needed).
 
 Outputs: a table on stdout, a JSON (``--out``; default ``{results}/../metrics_{name}.json``, outside the
 vertex folders) and per dataset a PNG ``{json stem}_jaw_{DATASET}.png`` with predicted vs ground-truth
@@ -51,11 +51,11 @@ import numpy as np  # noqa: E402
 from dataset.data_item import sample_shape  # noqa: E402
 from dataset.flame_params import fit_shape, load_motion, resample_motion  # noqa: E402
 from dataset.index import dataset_refs, split_jsons  # noqa: E402
-from main.listening import format_listening, listening_check  # noqa: E402
-from main.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
-from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
-from main.result_reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
-from main.results import check_clashes  # noqa: E402
+from main.evaluation.listening import format_listening, listening_check  # noqa: E402
+from main.evaluation.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
+from main.evaluation.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
+from main.results.reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
+from main.results.layout import check_clashes  # noqa: E402
 from models.flame import load_flame  # noqa: E402
 from models.flame_regions import region_indices  # noqa: E402
 from utils.atomic import TMP_PREFIX, write_json  # noqa: E402
@@ -113,7 +113,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     out: JSON path (default ``default_out_path(results_dir)``);
     coeff_dir: parallel tree with ``motion.npy``/``meta.json`` (default ``{coeff_root}/{exp_name}`` when
     results_dir is the default, else none: a hand-made tree must not borrow the model's coefficients).
-    listening: main/listening.py's report, written into the JSON under "listening".
+    listening: main/evaluation/listening.py's report, written into the JSON under "listening".
     Returns the report dict that is written as JSON. Raises EvalError if no prediction is found, and
     (after writing the JSON) if an expected sequence is missing or short, unless ``allow_missing``.
     """

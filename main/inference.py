@@ -1,5 +1,5 @@
 """Inference: test splits, one audio file or a stream -> per-frame FLAME vertices, motion and 287-dim
-coefficients. The three modes run through one pipeline (main/pipeline.py)::
+coefficients. The three modes run through one pipeline (main/infer/pipeline.py)::
 
     python inference.py --config config/faceformer.yaml [--checkpoint P] [--overwrite | --resume] [KEY=value ...]
     python inference.py [--config CFG] --audio speech.wav [--style STYLE] [--out DIR] [--render]
@@ -8,17 +8,17 @@ coefficients. The three modes run through one pipeline (main/pipeline.py)::
     ... | python inference.py --audio - [--stdout_vertices]     (raw 16-bit mono 16 kHz PCM on stdin)
 
 Evaluation mode writes every sample of the ``INFER.split`` JSONs of every dataset into the results
-tree (layout: main/results.py), at each dataset's own fps (``INFER.output_fps: native``, so frame counts
+tree (layout: main/results/layout.py), at each dataset's own fps (``INFER.output_fps: native``, so frame counts
 match the ground truth) or at a given rate. A speaker that is not a training style is conditioned on
 ``INFER.condition_style`` (default: the first style). Single-audio mode (any rate, channel count and
 length) writes ``DIR/vertices/{i}.npy``, ``motion.npy``, ``coeffs287.npy`` and ``meta.json`` in DIR
-(default ``results/single/<audio stem>``; + ``video.mp4`` with ``--render``); streaming (main/stream.py)
+(default ``results/single/<audio stem>``; + ``video.mp4`` with ``--render``); streaming (models/streaming.py)
 writes each frame as soon as it is final, and ``stream_stats.json``.
 
 Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``.
 Existing results are an error unless ``--overwrite`` (redo all) or ``--resume`` (keep complete results).
 Log file (console + file, appended): ``--log FILE``, else ``DIR/inference.log`` in single-audio mode,
-else beside the results tree (main/jobs.py ``default_log_file``; ``results/inference.log`` by default).
+else beside the results tree (main/infer/jobs.py ``default_log_file``; ``results/inference.log`` by default).
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from main.jobs import default_log_file  # noqa: E402
-from main.pipeline import run_single, run_stream, run_test_splits  # noqa: E402
-from main.results import single_dir  # noqa: E402
+from main.infer.jobs import default_log_file  # noqa: E402
+from main.infer.pipeline import run_single, run_stream, run_test_splits  # noqa: E402
+from main.results.layout import single_dir  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
 from utils.runtime import setup_logger  # noqa: E402
@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--render", action="store_true", help="single-audio mode: also render DIR/video.mp4")
     p.add_argument("--log", help="log file (default: see the module docstring; results/inference.log)")
     p.add_argument("--stream", action="store_true", help="single-audio mode fed chunk by chunk as if live "
-                   "(main/stream.py); --audio - reads raw 16-bit mono 16 kHz PCM from stdin (always streaming)")
+                   "(models/streaming.py); --audio - reads raw 16-bit mono 16 kHz PCM from stdin (always streaming)")
     p.add_argument("--chunk_ms", type=float, help="streaming: chunk length (default INFER.stream_chunk_ms)")
     p.add_argument("--lookahead_ms", type=float, help="streaming: lookahead (default INFER.stream_lookahead_ms)")
     p.add_argument("--left_context_ms", type=float, help="streaming: past audio the encoder sees, < 0 = all "

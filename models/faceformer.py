@@ -33,7 +33,7 @@ class FaceFormer(nn.Module):
     """FaceFormer(cfg.MODEL, n_styles, framing). style: long class indices (B,) in [0, n_styles).
     ``framing`` (utils.framing, from ``framing_from_config(cfg)``; default 16 kHz / 25 fps) sets the
     audio samples per motion frame of the encoder; it is kept as ``self.framing``. ``audio_encoder``: a
-    prebuilt AudioEncoder to use instead of building one from ``model_cfg`` (main/model_io.py passes
+    prebuilt AudioEncoder to use instead of building one from ``model_cfg`` (models/loading.py passes
     the transformers-free one for inference from a checkpoint)."""
 
     def __init__(self, model_cfg, n_styles: int, framing: Framing | None = None, audio_encoder=None):

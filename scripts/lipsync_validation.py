@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from main import results as RT  # noqa: E402
-from main.result_reader import find_leaves, load_frames, read_meta  # noqa: E402
-from main.result_writer import write_sample  # noqa: E402
+from main.results import layout as RT  # noqa: E402
+from main.results.reader import find_leaves, load_frames, read_meta  # noqa: E402
+from main.results.writer import write_sample  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TREES = ("ground_truth", "model", "mean_baseline", "shifted", "gt_shifted")
@@ -71,7 +71,7 @@ def write_shifted(cfg, src: str, exp: str, shift_ms: float):
 
 
 def main(argv=None):
-    from main.lipsync import run
+    from main.evaluation.lipsync import run
     from utils.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -12,7 +12,7 @@ Sources (Debian packages, installed by this script when run as root; no audio is
   alsa-utils                      "front left" ... test words, GPL-2 (voice 'alsa')
 and PyPI pocketsphinx 5 (its US English acoustic model and dictionary) for the alignment.
 
-Alignment (main/align.py; checks in scripts/speech_set/alignment_checks.py): pocketsphinx forced
+Alignment (main/evaluation/align.py; checks in scripts/speech_set/alignment_checks.py): pocketsphinx forced
 alignment of the transcript, words then phones (10 ms); Italian words are converted to the nearest US
 English phones by spelling rules and aligned with the same model (rougher). Utterances are dropped when the aligner fails, a word has no
 pronunciation, or the alignment does not fit the audio (implausibly long phones, vowels on silence,
@@ -53,7 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from scripts.flame_standin import write_standin_files  # noqa: E402
 from scripts.make_demo_data import FPS, _rng, sample_motion, speaker_style, write_index, write_sample  # noqa: E402
 from scripts.speech_set import clips as C  # noqa: E402
-from main.align import Aligner, normalise  # noqa: E402
+from main.evaluation.align import Aligner, normalise  # noqa: E402
 from scripts.speech_set.alignment_checks import check_alignment  # noqa: E402
 from scripts.speech_set.sources import VOICES, decode, ensure_installed, list_prompts  # noqa: E402
 from scripts.speech_set.visemes import motion_signals  # noqa: E402

@@ -1,12 +1,12 @@
 """Mean-motion baseline: the training set's mean 51-dim motion, repeated for every test frame.
 
-Writes the same layout as inference (main/results.py) under INFER.exp_name=mean_baseline (override it
+Writes the same layout as inference (main/results/layout.py) under INFER.exp_name=mean_baseline (override it
 with INFER.exp_name=...), so main/evaluate.py scores it exactly like a model. A model that learned
 anything from the audio must beat it on LVE.
 
     python scripts/mean_baseline.py --config config/demo.yaml [--overwrite | --resume] [SECTION.key=value ...]
 
-Results are written like inference's (main/results.py): whole or not at all, existing ones refused
+Results are written like inference's (main/results/layout.py): whole or not at all, existing ones refused
 unless --overwrite (redo all) or --resume (keep complete samples).
 """
 from __future__ import annotations
@@ -21,10 +21,10 @@ import numpy as np  # noqa: E402
 
 from dataset.dataset import FaceDataset  # noqa: E402
 from dataset.index import style_classes  # noqa: E402
-from main import results as RT  # noqa: E402
-from main.result_writer import write_sample  # noqa: E402
-from main.generation import sample_arrays, to_output_fps  # noqa: E402
-from main.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
+from main.results import layout as RT  # noqa: E402
+from main.results.writer import write_sample  # noqa: E402
+from main.infer.decode import sample_arrays, to_output_fps  # noqa: E402
+from main.infer.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
 from models.flame import load_flame  # noqa: E402
 from utils.config import flame_path_for, load_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402

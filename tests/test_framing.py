@@ -103,7 +103,7 @@ def test_framing_reaches_the_dataset(tmp_path):
 
 
 def test_inference_uses_checkpoint_framing_and_refuses_another(tmp_path):
-    from main.model_io import load_model
+    from models.loading import load_model
     from utils.errors import InferenceError
 
     cfg = load_config(DEMO, ["DATA.target_fps=20"])

@@ -111,8 +111,8 @@ def test_streaming_flags_are_checked_before_anything_runs(tiny, flags, overrides
     loads, the streaming settings and INFER values pass their ranges; whatever passes, the Streamer
     accepts."""
     from main.inference import parse_args
-    from main.stream import Streamer
-    from main.session import check_infer_config, stream_settings
+    from models.streaming import Streamer
+    from main.infer.session import check_infer_config, stream_settings
 
     argv = ["--audio", "-", *[x for flag, value in flags for x in (flag, value)],
             *[f"{k}={v}" for k, v in overrides]]

@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from main import inference as I
+from main.infer.jobs import default_log_file
 from models.flame import FLAME
 from scripts.flame_standin import write_standin_files
 from tests.conftest import tiny_model
@@ -311,10 +312,10 @@ def test_checkpoint_runs_without_the_pretrained_files(data_root, checkpoint, tmp
 
 
 def test_log_file_location():
-    assert I.default_log_file("results/metrics/faceformer_run/test") == os.path.join("results", "inference.log")
-    assert I.default_log_file("out/test") == os.path.join("out", "inference.log")
-    assert I.default_log_file("/x/results/metrics/run/test") == "/x/results/inference.log"
-    assert I.default_log_file("/x/y/test") == "/x/y/inference.log"
+    assert default_log_file("results/metrics/faceformer_run/test") == os.path.join("results", "inference.log")
+    assert default_log_file("out/test") == os.path.join("out", "inference.log")
+    assert default_log_file("/x/results/metrics/run/test") == "/x/results/inference.log"
+    assert default_log_file("/x/y/test") == "/x/y/inference.log"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from main.evaluate import aggregate, fdd, lip_opening_proxy, lve, mve, upper_face_dynamics
+from main.evaluate import lip_opening_proxy
+from main.evaluation.metrics import aggregate, fdd, lve, mve, upper_face_dynamics
 
 LIPS = [0, 1]
 UPPER = [2, 3]

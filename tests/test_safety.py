@@ -24,10 +24,10 @@ import soundfile as sf
 import torch
 
 from main import inference as I
-from main import results as RT
-from main.checkpoint_io import convert_old_checkpoint, load_checkpoint, save_checkpoint
-from main.model_io import load_model
-from main.result_reader import load_frames
+from main.results import layout as RT
+from models.checkpoint import convert_old_checkpoint, load_checkpoint, save_checkpoint
+from models.loading import load_model
+from main.results.reader import load_frames
 from utils.atomic import TMP_PREFIX
 from utils.config import load_config
 from utils.errors import CheckpointError, InferenceError, ResultsError

@@ -114,8 +114,8 @@ def bench_infer(cfg, ckpt, device, seconds_list, tmp, repeat: int):
 
 
 def _bench_infer(cfg, ckpt, device, seconds_list, tmp, out_root, repeat: int):
-    from main.inference import run_single
-    from main.model_io import load_model
+    from main.infer.pipeline import run_single
+    from models.loading import load_model
     from utils.runtime import setup_logger
 
     logger = setup_logger("bench_infer")
@@ -148,7 +148,7 @@ def bench_memory(config_path, ckpt, seconds, tmp, device):
     sf.write(wav, speech_like(seconds), SR)
     code = (
         "import resource, sys; sys.path.insert(0, %r)\n"
-        "from utils.config import load_config\nfrom main.inference import run_single\n"
+        "from utils.config import load_config\nfrom main.infer.pipeline import run_single\n"
         "cfg = load_config(%r, sys.argv[1:])\n"
         "run_single(cfg, %r, None, %r, %r, overwrite=True)\n"
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"

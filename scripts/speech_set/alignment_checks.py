@@ -1,11 +1,11 @@
-"""Checks that reject forced alignments (main/align.py) that do not fit the audio, for the held-out
+"""Checks that reject forced alignments (main/evaluation/align.py) that do not fit the audio, for the held-out
 speech set: implausible phone lengths, vowels on silence, loud audio labelled silence, speaking rate.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from main.align import FRAME_S
+from main.evaluation.align import FRAME_S
 from scripts.speech_set.visemes import VOWELS
 
 

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from main.align import FRAME_S
+from main.evaluation.align import FRAME_S
 from scripts.speech_set.alignment_checks import frame_db
 from scripts.speech_set.visemes import LEAD_S, motion_signals
 from utils.plots import pyplot, save_figure

@@ -6,7 +6,7 @@ Where the phones come from (``mode="auto"``), first found wins; with neither, th
 2. a transcript: meta.json's ``transcript``, the sample's dataset JSON entry ``transcript`` (when a
    config names the JSON), or ``<audio stem>.txt`` / ``<audio stem>.lab`` beside the audio; it is
    forced-aligned with pocketsphinx 5 (its US English model and CMU dictionary, offline), the aligner
-   of main/align.py, also used to build the held-out speech set: words, then phones, 10 ms frames;
+   of main/evaluation/align.py, also used to build the held-out speech set: words, then phones, 10 ms frames;
 ``mode="recognise"`` ignores all of these and recognises the phones from the audio alone (alignment-free):
 pocketsphinx's all-phone search with the phone language model it ships. Rougher: it confuses phones
 and misses short closures, so closure fractions measured this way are lower for every motion, true
@@ -26,7 +26,7 @@ import numpy as np
 
 from dataset.audio import load_audio
 from dataset.index import split_jsons
-from main.align import Aligner, normalise
+from main.evaluation.align import Aligner, normalise
 from utils.config import resolve_data_path
 from utils.errors import DataError, UserError
 

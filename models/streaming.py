@@ -26,13 +26,25 @@ import time
 import numpy as np
 import torch
 
-from main.model_io import load_model
-from main.session import check_stream_value
-from main.speech import as_float_pcm
+from models.loading import load_model
+from dataset.audio import as_float_pcm
 from models.wav2vec_stream import StreamingEncoder
 from utils.config import load_config
+from utils.config_schema import NUMERIC_RANGES, check_number
 
 log = logging.getLogger("inference")
+
+
+STREAM_FLAGS = {"chunk_ms": "stream_chunk_ms", "lookahead_ms": "stream_lookahead_ms",
+                "left_context_ms": "stream_left_context_ms", "warmup_ms": "stream_warmup_ms"}
+
+
+def check_stream_value(flag: str, value, name: str | None = None, where: str = "Streamer") -> float | None:
+    """One streaming setting (a Streamer argument) in its INFER.stream_* key's range, else ConfigError
+    (a UserError and a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
+    if flag == "left_context_ms" and (value is None or check_number(value, name or flag, False, None, None, where) < 0):
+        return None
+    return float(check_number(value, name or flag, *NUMERIC_RANGES[f"INFER.{STREAM_FLAGS[flag]}"], where=where))
 
 
 class Streamer:

@@ -1,6 +1,6 @@
 """Forced phone alignment of a transcript with pocketsphinx 5 (PyPI; its US English acoustic model and
 CMU dictionary, offline), and the transcript normalisation it needs. Used by the lip-closure check's
-phone source (main/phones.py) and by the held-out speech set (scripts/make_speech_set.py).
+phone source (main/evaluation/phones.py) and by the held-out speech set (scripts/make_speech_set.py).
 
 English: the transcript's words (numbers spelled out) are looked up in pocketsphinx's CMU dictionary
 (an utterance with a word that is not there is not aligned); pocketsphinx aligns the words (first

@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
-from main.result_reader import default_out_path
+from main.evaluation.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
+from main.results.reader import default_out_path
 from utils.atomic import write_json
 from utils.plots import pyplot, save_figure
 

@@ -5,7 +5,7 @@ Layout of one result (evaluation mode; single-audio and streaming mode use ``DIR
     {INFER.output_root}/{exp_name}/{DATASET}/{STYLE_ID}/{i}.npy   (V,3) float32, i = 0..T-1, nothing else
     {INFER.coeff_root}/{exp_name}/{DATASET}/{STYLE_ID}/motion.npy (T,51), coeffs287.npy (T,287), meta.json
 
-Written whole or not at all (main/result_writer.py; read by main/result_reader.py): a result is
+Written whole or not at all (main/results/writer.py; read by main/results/reader.py): a result is
 complete exactly when its ``meta.json`` is readable and its vertex folder holds ``meta["n_frames"]``
 whole frames; nothing inside the vertex folder marks it (the evaluation reads that folder and nothing
 else may be in it). A kill or a full disk leaves at most ``.tmp-*`` entries, which the next run that
@@ -21,7 +21,7 @@ import shutil
 import numpy as np
 
 from dataset.index import folder_clashes
-from main.result_reader import META, frame_files, read_meta
+from main.results.reader import META, frame_files, read_meta
 from utils.errors import InferenceError, ResultsError
 
 TMP_NAME = re.compile(r"^\.tmp-(.+)-(\d+)$")

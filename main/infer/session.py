@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from main.model_io import check_framing, load_model
+from models.loading import check_framing, load_model
+from models.streaming import STREAM_FLAGS, check_stream_value
 from models.flame import load_flame
 from utils.config import flame_path_for
-from utils.config_schema import NUMERIC_RANGES, check_number
 from utils.errors import ConfigError, InferenceError
 from utils.framing import framing_from_config
 from utils.runtime import pick_device
@@ -117,10 +117,6 @@ def check_infer_config(cfg):
     window_frames(cfg)
 
 
-STREAM_FLAGS = {"chunk_ms": "stream_chunk_ms", "lookahead_ms": "stream_lookahead_ms",
-                "left_context_ms": "stream_left_context_ms", "warmup_ms": "stream_warmup_ms"}
-
-
 def stream_settings(cfg, args=None) -> dict:
     """Streamer keyword arguments from INFER.stream_* / INFER.attention_window and the CLI flags
     (--chunk_ms, --lookahead_ms, --left_context_ms, --warmup_ms override the config), each checked
@@ -134,11 +130,3 @@ def stream_settings(cfg, args=None) -> dict:
         except ConfigError as e:  # an inference run's errors are InferenceErrors
             raise InferenceError(str(e)) from None
     return dict(values, attention_window=attention_window(cfg))
-
-
-def check_stream_value(flag: str, value, name: str | None = None, where: str = "Streamer") -> float | None:
-    """One streaming setting (a Streamer argument) in its INFER.stream_* key's range, else ConfigError
-    (a UserError and a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
-    if flag == "left_context_ms" and (value is None or check_number(value, name or flag, False, None, None, where) < 0):
-        return None
-    return float(check_number(value, name or flag, *NUMERIC_RANGES[f"INFER.{STREAM_FLAGS[flag]}"], where=where))

@@ -1,6 +1,6 @@
 """Offline generation: a batch of clips -> motion at the model's fps, one long clip decoded block by
 block while its frames are written, output-fps resampling, a result's vertices and coefficient arrays.
-(Streaming generation is main/stream.py's Streamer.)"""
+(Streaming generation is models/streaming.py's Streamer.)"""
 from __future__ import annotations
 
 import contextlib
@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from dataset.dataset import pad_batch
 from dataset.flame_params import resample_motion
-from main.session import attention_window, window_frames
+from main.infer.session import attention_window, window_frames
 from models.flame import motion_to_coeffs287
 from utils.framing import DEFAULT_FPS
 
@@ -63,7 +63,7 @@ def decode_blocks(model, feats: torch.Tensor, style: int, attention_window: int 
 
 def write_frames(writer, flame, blocks, shape: np.ndarray | None = None, progress: int | None = None) -> np.ndarray:
     """Motion blocks (n,51) in frame order -> each frame's FLAME vertices (V,3) added to ``writer``
-    (main/result_writer.py FrameWriter); returns the whole motion (T,51). ``progress``: the expected
+    (main/results/writer.py FrameWriter); returns the whole motion (T,51). ``progress``: the expected
     frame count, shown as a progress bar.
 
     A block is converted and written in a worker thread while the next one is made: FLAME (torch) and

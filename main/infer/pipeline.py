@@ -1,7 +1,7 @@
 """Inference as one pipeline: request (a test split: ``run_test_splits``, one audio file: ``run_single``,
-a stream: ``run_stream``) -> outputs (main/results.py, locked) -> session (main/session.py) ->
-generation (main/generation.py or main/stream.py; frames arrive in order) -> the one writer
-(main/result_writer.py, ``meta.json`` last) -> summary; drawn in docs/ARCHITECTURE.md. The three
+a stream: ``run_stream``) -> outputs (main/results/layout.py, locked) -> session (main/infer/session.py) ->
+generation (main/infer/decode.py or models/streaming.py; frames arrive in order) -> the one writer
+(main/results/writer.py, ``meta.json`` last) -> summary; drawn in docs/ARCHITECTURE.md. The three
 requests differ only in their source and in how frames arrive. Every check that can fail runs before
 anything is written, so a failed rerun leaves an older result whole; Ctrl-C / SIGTERM end a run with
 one line saying what was kept and how to continue.
@@ -18,22 +18,22 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.audio import fit_audio_to_frames
+from dataset.audio import as_float_pcm, fit_audio_to_frames
 from dataset.flame_params import fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split, decode_outcomes
-from main import render as renderer
-from main import results as RT
-from main.generation import (add_vertices, decode_blocks, encode_one, generate_motion, sample_arrays, to_output_fps,
+from main.rendering import video as renderer
+from main.results import layout as RT
+from main.infer.decode import (add_vertices, decode_blocks, encode_one, generate_motion, sample_arrays, to_output_fps,
                              write_frames)
-from main.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
-from main.output_lock import output_lock
-from main.result_reader import load_frames, read_meta
-from main.result_writer import FrameWriter, write_sample
-from main.session import attention_window, choose_style, open_session, stream_settings
-from main.speech import AudioCheck, as_float_pcm, is_silent, pcm_chunks_from_stdin, read_speech
-from main.stream import Streamer
-from main.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
+from main.infer.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
+from main.results.lock import output_lock
+from main.results.reader import load_frames, read_meta
+from main.results.writer import FrameWriter, write_sample
+from main.infer.session import attention_window, choose_style, open_session, stream_settings
+from main.infer.speech import AudioCheck, is_silent, pcm_chunks_from_stdin, read_speech
+from models.streaming import Streamer
+from main.infer.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
 from utils.disk import check_can_write
 from utils.errors import DataError, InferenceError, Interrupted
 from utils.framing import DEFAULT_FRAMING, framing_from_config, output_fps
