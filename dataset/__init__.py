@@ -4,7 +4,8 @@ from dataset.data_item import SampleRef, load_item
 from dataset.dataset import FaceDataset, collate
 from dataset.flame_files import load_flame_params
 from dataset.flame_params import load_motion, load_shape, resample_motion
-from dataset.index import read_index, style_classes
+from dataset.index import read_index
+from dataset.styles import style_classes
 from dataset.split_check import check_split
 from utils.errors import DataError
 

@@ -53,7 +53,7 @@ from dataset.flame_params import fit_shape, load_motion, resample_motion  # noqa
 from dataset.index import dataset_refs, split_jsons  # noqa: E402
 from main.evaluation.listening import format_listening, listening_check  # noqa: E402
 from main.evaluation.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
-from main.evaluation.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
+from main.evaluation.metrics import aggregate, fdd, lve, mve  # noqa: E402
 from main.results.reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
 from main.results.layout import check_clashes  # noqa: E402
 from models.flame import load_flame  # noqa: E402

@@ -20,7 +20,8 @@ if __name__ == "__main__":  # run as a script: make the repo importable
 
 from dataset.dataset import FaceDataset  # noqa: E402
 from dataset.store import store_root  # noqa: E402
-from utils.config import ConfigError, load_config  # noqa: E402
+from utils.config import load_config  # noqa: E402
+from utils.errors import ConfigError  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
 
 

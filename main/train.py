@@ -20,7 +20,7 @@ import torch.distributed as dist  # noqa: E402
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
 from dataset.dataset import CropSeeds, FaceDataset, collate  # noqa: E402
-from dataset.index import style_classes  # noqa: E402
+from dataset.styles import style_classes  # noqa: E402
 from models.faceformer import FaceFormer  # noqa: E402
 from models.flame import load_flame  # noqa: E402
 from main.train_eval_loop import Trainer  # noqa: E402

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from loss.loss import motion_vertex_loss
 from models.checkpoint import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
-from main.infer.session import pick_condition_style
+from dataset.styles import pick_condition_style
 from utils.config_schema import SAMPLING_MODES
 from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything
@@ -56,7 +56,7 @@ def batch_loss(pred, batch, flame_of, velocity_weight=0.0):
 def to_device(batch: dict, device, untrained_style: int) -> dict:
     """Tensors to the device. Speakers outside the style classes (style -1: a validation speaker not
     seen in training, or one left out by DATA.train_subjects) are conditioned on ``untrained_style``,
-    the index of the style inference gives them (main/infer/session.py ``pick_condition_style``), so the
+    the index of the style inference gives them (dataset/styles.py ``pick_condition_style``), so the
     validation loss that picks best_model.pth scores what inference will write."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     out["style"] = torch.where(out["style"] < 0, untrained_style, out["style"])

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from dataset.dataset import FaceDataset  # noqa: E402
-from dataset.index import style_classes  # noqa: E402
+from dataset.styles import style_classes  # noqa: E402
 from main.results import layout as RT  # noqa: E402
 from main.results.writer import write_sample  # noqa: E402
 from main.infer.decode import sample_arrays, to_output_fps  # noqa: E402

@@ -14,7 +14,8 @@ from dataset.dataset import FaceDataset
 from dataset.index import read_index
 from dataset.split_check import check_split
 from utils.errors import DataError
-from utils.config import ConfigError, load_config
+from utils.config import load_config
+from utils.errors import ConfigError
 
 SR = 16000
 

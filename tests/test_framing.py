@@ -7,7 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from utils.config import ConfigError, load_config
+from utils.config import load_config
+
+from utils.errors import ConfigError
 from utils.framing import DEFAULT_FRAMING, Framing, framing_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -225,7 +225,8 @@ def test_demo_data_frame_counts_match_ground_truth(demo_root, tmp_path):
     """On the demo generator's data (scripts/make_demo_data.py), every test sample's folder holds as
     many frames as its FLAME file at the dataset's native fps (MultiModal200: 20 fps)."""
     from dataset.flame_files import load_flame_params
-    from dataset.index import split_refs, style_classes
+    from dataset.index import split_refs
+    from dataset.styles import style_classes
 
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={demo_root}"])
     styles = style_classes(cfg)

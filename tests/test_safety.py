@@ -50,7 +50,7 @@ class CreatesFile:
 @pytest.fixture(scope="module")
 def ckpt(demo_root, tmp_path_factory):
     """A tiny demo model (non-zero output map) saved by save_checkpoint in the training format."""
-    from dataset.index import style_classes
+    from dataset.styles import style_classes
     from tests.conftest import tiny_model
 
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={demo_root}"])

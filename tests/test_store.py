@@ -19,11 +19,12 @@ from torch.utils.data import DataLoader, SequentialSampler
 import dataset.index as index_mod
 import dataset.store as store_mod
 from dataset.dataset import CropSeeds, FaceDataset, collate, crop_seed
-from dataset.index import style_classes
+from dataset.styles import style_classes
 from dataset.store import store_dir
 from main.prepare_data import main as prepare_main
 from main.train import main as train_main
-from utils.config import ConfigError, load_config
+from utils.config import load_config
+from utils.errors import ConfigError
 from utils.errors import DataError
 
 from tests.conftest import make_cfg, two_dataset_root, write_json, write_sample

@@ -25,7 +25,8 @@ from dataset.index import dataset_refs, split_jsons
 from main.evaluation.metrics import lve
 from main.infer.decode import generate_motion
 from models.loading import load_model
-from main.infer.session import resolve_checkpoint, style_for
+from main.infer.session import resolve_checkpoint
+from dataset.styles import style_for
 from models.flame import load_flame
 from models.flame_regions import region_indices
 from utils.config import flame_path_for, flame_region_paths

@@ -30,7 +30,8 @@ from main.infer.jobs import check_clashes, check_roots, format_summary, jobs_to_
 from main.results.lock import output_lock
 from main.results.reader import load_frames, read_meta
 from main.results.writer import FrameWriter, write_sample
-from main.infer.session import attention_window, choose_style, open_session, stream_settings
+from main.infer.session import attention_window, open_session, stream_settings
+from dataset.styles import choose_style
 from main.infer.speech import AudioCheck, is_silent, pcm_chunks_from_stdin, read_speech
 from models.streaming import Streamer
 from main.infer.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats

@@ -63,35 +63,6 @@ def resolve_checkpoint(cfg, checkpoint: str | None) -> str:
     return path
 
 
-# ---- conditioning style -------------------------------------------------------------------------
-
-def pick_condition_style(cfg, styles: list[str]) -> str:
-    """The style of a speaker the model was not trained on: INFER.condition_style (checked) or the
-    first training style."""
-    name = cfg.INFER.condition_style
-    if name is None:
-        return styles[0]
-    if str(name) not in styles:
-        raise InferenceError(f"INFER.condition_style is '{name}', which is not a trained style; trained "
-                             f"styles: {', '.join(styles)}")
-    return str(name)
-
-
-def style_for(cfg, styles: list[str], speaker: str) -> str:
-    """A test speaker's own style when it was trained, else ``pick_condition_style``."""
-    return speaker if speaker in styles else pick_condition_style(cfg, styles)
-
-
-def choose_style(cfg, styles: list[str], style: str | None, logger: logging.Logger | None = None) -> str:
-    """Single-audio and streaming mode's ``--style``: checked, or ``pick_condition_style``."""
-    if style is None:
-        style = pick_condition_style(cfg, styles)
-        (logger or log).info("no --style given: conditioning on '%s' (trained styles: %s)", style, ", ".join(styles))
-    elif style not in styles:
-        raise InferenceError(f"--style '{style}' is not a trained style; trained styles: {', '.join(styles)}")
-    return style
-
-
 # ---- INFER settings ------------------------------------------------------------------------------
 
 def window_frames(cfg) -> tuple[int, int]:

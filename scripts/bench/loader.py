@@ -96,7 +96,7 @@ def write_data(tmp: str, clips: int) -> dict:
 def _probe(cfg_path: str, prepared: bool, reads: int) -> dict:
     """In a fresh interpreter: start-up time and memory of the train FaceDataset, then ``reads`` items."""
     from dataset.dataset import FaceDataset, crop_seed
-    from dataset.index import style_classes
+    from dataset.styles import style_classes
     from utils.config import load_config
 
     def rss_mb(field="VmRSS"):
@@ -133,7 +133,7 @@ def _run_probe(cfg_path: str, prepared: bool, reads: int) -> dict:
 def _frames_per_s(cfg_path: str, prepared: bool, repeat: int) -> dict:
     """One process: items of every clip (training crops), best pass of ``repeat`` after a warm-up pass."""
     from dataset.dataset import FaceDataset, crop_seed
-    from dataset.index import style_classes
+    from dataset.styles import style_classes
     from utils.config import load_config
 
     cfg = load_config(cfg_path)

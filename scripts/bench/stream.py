@@ -176,7 +176,7 @@ def bench_stream(model, device, args):
     """The "stream" section: decoder cost with bounded attention, the Streamer's real-time budget on the
     full-size encoder, and deviations on the trained demo model."""
     from models.loading import load_model
-    from utils.config import DEFAULTS
+    from utils.config_schema import DEFAULTS
 
     inf = DEFAULTS["INFER"]
     base = {"chunk_ms": float(inf["stream_chunk_ms"]), "lookahead_ms": float(inf["stream_lookahead_ms"]),
