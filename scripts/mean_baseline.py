@@ -23,7 +23,7 @@ from dataset.dataset import FaceDataset  # noqa: E402
 from dataset.styles import style_classes  # noqa: E402
 from main.results import layout as RT  # noqa: E402
 from main.results.writer import write_sample  # noqa: E402
-from main.infer.decode import sample_arrays, to_output_fps  # noqa: E402
+from main.results.formats import sample_arrays, to_output_fps  # noqa: E402
 from main.infer.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
 from models.flame import load_flame  # noqa: E402
 from utils.config import flame_path_for, load_config  # noqa: E402

@@ -10,7 +10,9 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial.transform import Rotation
 
-from models.flame import FLAME, load_flame, load_flame_pickle, motion_to_coeffs287
+from models.flame import FLAME, load_flame, load_flame_pickle
+
+from main.results.formats import motion_to_coeffs287
 
 from utils.safe_pickle import FlameLoadError
 from models.flame_regions import load_region_masks, region_indices

@@ -24,8 +24,8 @@ from dataset.index import split_refs
 from dataset.split_check import check_split, decode_outcomes
 from main.rendering import video as renderer
 from main.results import layout as RT
-from main.infer.decode import (add_vertices, decode_blocks, encode_one, generate_motion, sample_arrays, to_output_fps,
-                             write_frames)
+from main.infer.decode import (add_vertices, decode_blocks, encode_one, generate_motion, write_frames)
+from main.results.formats import ARRAY_FILES, sample_arrays, to_output_fps
 from main.infer.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
 from main.results.lock import output_lock
 from main.results.reader import load_frames, read_meta
@@ -257,7 +257,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
     if stopped is not None:
         raise Interrupted(stopped, f"stream stopped by {signal.Signals(stopped).name} after {meta['n_frames']} "
                                    f"frame(s) ({stats['audio_s']:.2f} s of audio): {out_dir} holds them as a complete "
-                                   f"result (meta.json, motion.npy, coeffs287.npy, {STATS}); to stream again into "
+                                   f"result (meta.json, {', '.join(ARRAY_FILES)}, {STATS}); to stream again into "
                                    f"it run the same command with --overwrite, or give another --out")
     return dict(meta, out_dir=out_dir, stats=stats)
 
