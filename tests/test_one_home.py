@@ -1,14 +1,17 @@
 """Rules with one home each, and a test that fails when a second one appears: the tracker formats
-(utils/trackers.py)
+(utils/trackers.py), the streaming defaults (utils/config_schema.py)
 and the file lock (utils/filelock.py). The arrays a result holds: tests/test_result_formats.py."""
 import ast
+import inspect
 import subprocess
 
 import numpy as np
 
 from dataset.flame_params import load_motion
+from models.streaming import STREAM_FLAGS, Streamer
 from tests.test_structure import House
 from utils.config import load_config
+from utils.config_schema import DEFAULTS
 from utils.trackers import FORMATS
 
 LIBRARY = ("main", "models", "dataset", "utils", "loss", "scripts")
@@ -39,6 +42,20 @@ def format_lists(house: House) -> list[str]:
     return out
 
 
+def stream_defaults(house: House) -> list[str]:
+    """Parameters named like a streaming setting whose default is a number written in the code."""
+    names = set(STREAM_FLAGS) | {"attention_window"}
+    out = []
+    for p, nodes in _code(house):
+        for n in nodes:
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = n.args
+                pairs = list(zip(a.args[len(a.args) - len(a.defaults):], a.defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+                out += [f"{p}:{d.lineno}: {arg.arg}={d.value}" for arg, d in pairs if arg.arg in names
+                        and isinstance(d, ast.Constant) and type(d.value) in (int, float)]
+    return out
+
+
 def test_tracker_formats_have_one_home():
     assert format_lists(House()) == []
 
@@ -53,10 +70,21 @@ def test_a_new_tracker_format_is_one_row(tmp_path, monkeypatch):
     np.testing.assert_allclose(load_motion(str(tmp_path / "s.npz"), "spectre", 25), np.concatenate([expr, jaw[:, :1]], 1))
 
 
+def test_streaming_defaults_have_one_home():
+    """The Streamer's Python API defaults are the config's INFER defaults, not numbers of its own."""
+    assert stream_defaults(House()) == []
+    params = inspect.signature(Streamer.__init__).parameters
+    for flag, key in STREAM_FLAGS.items():
+        assert params[flag].default == DEFAULTS["INFER"][key]
+    assert params["attention_window"].default == (DEFAULTS["INFER"]["attention_window"] or None)
+
+
 def test_a_second_home_is_found(tmp_path):
     (tmp_path / "main").mkdir()
     (tmp_path / "main" / "x.py").write_text(
-        'FORMATS = ("emoca", "vhap")\n')
+        'FORMATS = ("emoca", "vhap")\n'
+        'def stream(chunk_ms=200, lookahead_ms=None):\n    """200 in a docstring is prose"""\n')
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     house = House(str(tmp_path))
     assert format_lists(house) == ["main/x.py:1: ['emoca', 'vhap']"]
+    assert stream_defaults(house) == ["main/x.py:2: chunk_ms=200"]
