@@ -42,8 +42,8 @@ from scipy.ndimage import gaussian_filter1d
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from scripts.flame_standin import write_standin_files  # noqa: E402
+from utils.framing import WAV2VEC2_SAMPLE_RATE as SR  # noqa: E402
 
-SR = 16000
 SMOOTH_S = 0.07      # motion is the activation smoothed by a Gaussian of this std (seconds) ...
 DELAY_S = 0.02       # ... and lagging the audio by this much
 NOISE = 0.003        # per-frame tracking jitter of the expression coefficients (jaw: a fifth of it)

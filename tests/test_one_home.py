@@ -1,5 +1,5 @@
 """Rules with one home each, and a test that fails when a second one appears: the tracker formats
-(utils/trackers.py), the streaming defaults (utils/config_schema.py)
+(utils/trackers.py), the streaming defaults (utils/config_schema.py), the sample rate (utils/framing.py)
 and the file lock (utils/filelock.py). The arrays a result holds: tests/test_result_formats.py."""
 import ast
 import inspect
@@ -12,6 +12,7 @@ from models.streaming import STREAM_FLAGS, Streamer
 from tests.test_structure import House
 from utils.config import load_config
 from utils.config_schema import DEFAULTS
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 from utils.trackers import FORMATS
 
 LIBRARY = ("main", "models", "dataset", "utils", "loss", "scripts")
@@ -56,6 +57,12 @@ def stream_defaults(house: House) -> list[str]:
     return out
 
 
+def sample_rates(house: House) -> list[str]:
+    """The sample rate written as a number outside utils/framing.py."""
+    return [f"{p}:{n.lineno}" for p, nodes in _code(house) if p != "utils/framing.py" for n in nodes
+            if isinstance(n, ast.Constant) and type(n.value) in (int, float) and n.value == WAV2VEC2_SAMPLE_RATE]
+
+
 def test_tracker_formats_have_one_home():
     assert format_lists(House()) == []
 
@@ -79,12 +86,18 @@ def test_streaming_defaults_have_one_home():
     assert params["attention_window"].default == (DEFAULTS["INFER"]["attention_window"] or None)
 
 
+def test_sample_rate_has_one_home():
+    house = House()
+    assert sample_rates(house) == []
+
+
 def test_a_second_home_is_found(tmp_path):
     (tmp_path / "main").mkdir()
     (tmp_path / "main" / "x.py").write_text(
-        'FORMATS = ("emoca", "vhap")\n'
-        'def stream(chunk_ms=200, lookahead_ms=None):\n    """200 in a docstring is prose"""\n')
+        'FORMATS = ("emoca", "vhap")\nSR = 16000\n'
+        'def stream(chunk_ms=200, lookahead_ms=None):\n    """16000 in a docstring is prose"""\n')
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     house = House(str(tmp_path))
     assert format_lists(house) == ["main/x.py:1: ['emoca', 'vhap']"]
-    assert stream_defaults(house) == ["main/x.py:2: chunk_ms=200"]
+    assert sample_rates(house) == ["main/x.py:2"]
+    assert stream_defaults(house) == ["main/x.py:3: chunk_ms=200"]

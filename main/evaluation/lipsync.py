@@ -56,6 +56,7 @@ from main.results.reader import find_leaves, frame_files, leaf_fps, leaf_meta, r
 from models.flame_regions import region_indices
 from utils.config import flame_region_paths
 from utils.errors import ResultsError
+from utils.framing import WAV2VEC2_SAMPLE_RATE as SR
 
 log = logging.getLogger("lipsync")
 
@@ -63,7 +64,6 @@ MAX_LAG_S = 0.4
 ENV_FLOOR_DB = 40.0
 SILENCE_DB, SPEECH_DB = 30.0, 20.0
 MIN_SILENCE_S, EDGE_S = 0.25, 0.08
-SR = 16000
 
 
 # ----------------------------------------------------------------------------------------------

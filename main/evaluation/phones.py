@@ -26,16 +26,15 @@ import numpy as np
 
 from dataset.audio import load_audio
 from dataset.index import split_jsons
-from main.evaluation.align import Aligner, normalise
+from main.evaluation.align import FRAME_S, Aligner, normalise
 from utils.config import resolve_data_path
 from utils.errors import DataError, UserError
+from utils.framing import WAV2VEC2_SAMPLE_RATE as SR
 
 log = logging.getLogger("lipsync.phones")
 
 BILABIALS = frozenset({"P", "B", "M"})
 MODES = ("auto", "recognise", "none")
-SR = 16000
-FRAME_S = 0.01
 
 
 class PhonesError(UserError, RuntimeError):

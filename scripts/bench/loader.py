@@ -31,6 +31,7 @@ import soundfile as sf
 import yaml
 
 from scripts.bench.common import ROOT, speech_like
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 
 N_INDEX = 20_000
 DISTINCT = 8
@@ -42,7 +43,8 @@ def _write_clip(folder: str, name: str, seconds: float, seed: int) -> tuple[str,
 
     t = int(round(seconds * 25))
     os.makedirs(os.path.join(folder, name), exist_ok=True)
-    mono = np.interp(np.arange(int(seconds * 48000)) / 3.0, np.arange(int(seconds * 16000)),
+    mono = np.interp(np.arange(int(seconds * 48000)) / (48000 / WAV2VEC2_SAMPLE_RATE),
+                     np.arange(int(seconds * WAV2VEC2_SAMPLE_RATE)),
                      speech_like(seconds, seed)).astype(np.float32)
     wav = os.path.join(name, "audio.wav")
     sf.write(os.path.join(folder, wav), np.stack([mono, 0.9 * mono], 1) * 0.5, 48000, subtype="PCM_16")

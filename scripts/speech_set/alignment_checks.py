@@ -7,9 +7,10 @@ import numpy as np
 
 from main.evaluation.align import FRAME_S
 from scripts.speech_set.visemes import VOWELS
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 
 
-def frame_db(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
+def frame_db(audio: np.ndarray, sr: int = WAV2VEC2_SAMPLE_RATE) -> np.ndarray:
     """Energy (dB) of each 10 ms frame."""
     hop = int(sr * FRAME_S)
     n = len(audio) // hop
