@@ -63,6 +63,13 @@ def sample_rates(house: House) -> list[str]:
             if isinstance(n, ast.Constant) and type(n.value) in (int, float) and n.value == WAV2VEC2_SAMPLE_RATE]
 
 
+def file_locks(house: House) -> list[str]:
+    """Modules other than utils/filelock.py that import fcntl."""
+    return [p for p, nodes in _code(house) if p != "utils/filelock.py" for n in nodes
+            if isinstance(n, ast.Import) and any(a.name == "fcntl" for a in n.names)
+            or isinstance(n, ast.ImportFrom) and n.module == "fcntl"]
+
+
 def test_tracker_formats_have_one_home():
     assert format_lists(House()) == []
 
@@ -86,18 +93,20 @@ def test_streaming_defaults_have_one_home():
     assert params["attention_window"].default == (DEFAULTS["INFER"]["attention_window"] or None)
 
 
-def test_sample_rate_has_one_home():
+def test_sample_rate_and_file_lock_have_one_home():
     house = House()
     assert sample_rates(house) == []
+    assert file_locks(house) == []
 
 
 def test_a_second_home_is_found(tmp_path):
     (tmp_path / "main").mkdir()
     (tmp_path / "main" / "x.py").write_text(
-        'FORMATS = ("emoca", "vhap")\nSR = 16000\n'
+        'import fcntl\nFORMATS = ("emoca", "vhap")\nSR = 16000\n'
         'def stream(chunk_ms=200, lookahead_ms=None):\n    """16000 in a docstring is prose"""\n')
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     house = House(str(tmp_path))
-    assert format_lists(house) == ["main/x.py:1: ['emoca', 'vhap']"]
-    assert sample_rates(house) == ["main/x.py:2"]
-    assert stream_defaults(house) == ["main/x.py:3: chunk_ms=200"]
+    assert format_lists(house) == ["main/x.py:2: ['emoca', 'vhap']"]
+    assert sample_rates(house) == ["main/x.py:3"]
+    assert stream_defaults(house) == ["main/x.py:4: chunk_ms=200"]
+    assert file_locks(house) == ["main/x.py"]
