@@ -31,7 +31,8 @@ if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from main.infer.jobs import default_log_file  # noqa: E402
-from main.infer.pipeline import run_single, run_stream, run_test_splits  # noqa: E402
+from main.infer.pipeline import run  # noqa: E402
+from main.infer.request import STREAM_ONLY, Request  # noqa: E402
 from main.results.layout import single_dir  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.errors import run_reporting_user_errors  # noqa: E402
@@ -74,9 +75,8 @@ def parse_args(argv=None):
     args.stream = args.stream or args.audio == "-"
     if args.stream and (args.audio is None or args.render):
         p.error("--stream needs --audio FILE (or --audio - for stdin) and does not --render")
-    stream_only = ("chunk_ms", "lookahead_ms", "left_context_ms", "warmup_ms", "prime_audio", "stdout_vertices")
-    if not args.stream and any(getattr(args, k) not in (None, False) for k in stream_only):
-        p.error(", ".join(f"--{k}" for k in stream_only[:-1]) + f" and --{stream_only[-1]} belong to --stream")
+    if not args.stream and any(getattr(args, k) not in (None, False) for k in STREAM_ONLY):
+        p.error(", ".join(f"--{k}" for k in STREAM_ONLY[:-1]) + f" and --{STREAM_ONLY[-1]} belong to --stream")
     if args.audio is None and (args.style or args.out or args.render):
         p.error("--style, --out and --render belong to single-audio mode: give --audio too")
     return args
@@ -87,17 +87,19 @@ def cli(argv=None):
     Interrupted on SIGINT/SIGTERM."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if args.audio:
-        out = args.out = single_dir(args.audio, args.out)
-        logger = setup_logger("inference", args.log or os.path.join(out, "inference.log"))
-        if args.stream:
-            return run_stream(cfg, args, logger)
-        logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config, args.overrides)
-        return run_single(cfg, args.audio, args.style, args.checkpoint, out, args.overwrite, args.render, logger,
-                          resume=args.resume)
-    logger = setup_logger("inference", args.log or default_log_file(cfg.INFER.output_root))
-    logger.info("inference on the %s split (config %s, overrides %s)", cfg.INFER.split, args.config, args.overrides)
-    return run_test_splits(cfg, args.checkpoint, args.overwrite, logger, resume=args.resume)
+    request = Request("stream" if args.stream else "file" if args.audio else "test", args.audio, args.style,
+                      single_dir(args.audio, args.out) if args.audio else None, args.checkpoint, args.overwrite,
+                      args.resume, args.render, **{k: getattr(args, k) for k in STREAM_ONLY})
+    if request.mode == "test":
+        logger = setup_logger("inference", args.log or default_log_file(cfg.INFER.output_root))
+        logger.info("inference on the %s split (config %s, overrides %s)", cfg.INFER.split, args.config,
+                    args.overrides)
+    else:
+        logger = setup_logger("inference", args.log or os.path.join(request.out, "inference.log"))
+        if request.mode == "file":
+            logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config,
+                        args.overrides)
+    return run(cfg, request, logger)
 
 
 def main(argv=None):

@@ -26,6 +26,7 @@ from main.rendering import video as renderer
 from main.results import layout as RT
 from main.infer.decode import (add_vertices, decode_blocks, encode_one, generate_motion, write_frames)
 from main.results.formats import ARRAY_FILES, sample_arrays, to_output_fps
+from main.infer.request import Request
 from main.infer.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
 from main.results.lock import output_lock
 from main.results.reader import load_frames, read_meta
@@ -77,13 +78,22 @@ def _key(ref) -> tuple[str, str]:
     return ref.json_path, ref.sample_id
 
 
-def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
-                    logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
+def run(cfg, request: Request, logger: logging.Logger | None = None, loaded: tuple | None = None):
+    """The one entry point: ``request`` (main/infer/request.py) -> its mode's run below. ``loaded``: a
+    ``(model, styles)`` pair from ``load_model`` to reuse (file mode)."""
+    if request.mode == "test":
+        return run_test_splits(cfg, request, logger)
+    if request.mode == "file":
+        return run_single(cfg, request, logger, loaded)
+    return run_stream(cfg, request, logger)
+
+
+def run_test_splits(cfg, request: Request = Request(), logger: logging.Logger | None = None) -> list[dict]:
     """Every dataset's ``INFER.split`` JSONs -> the results tree. Returns the summary rows (dataset,
     samples, frames, audio_s, wall_s, rtf)."""
     logger = logger or log
     inf = cfg.INFER
-    mode, split = RT.results_mode(overwrite, resume, cfg), inf.split or "test"
+    mode, split = RT.results_mode(request.overwrite, request.resume, cfg), inf.split or "test"
     check_roots(cfg)
     roots = [os.path.join(inf.output_root, inf.exp_name), os.path.join(inf.coeff_root, inf.exp_name)]
     with output_lock(roots, "wait for it to finish, or set another INFER.exp_name"):
@@ -91,7 +101,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
         if not refs and not any(ds.get(split) for ds in cfg.DATA.datasets.values()):
             raise InferenceError(f"no dataset of the config has a '{split}' split (DATA.datasets.*.{split})")
         check_clashes(cfg, refs)
-        session = open_session(cfg, checkpoint, logger)
+        session = open_session(cfg, request.checkpoint, logger)
         jobs = jobs_to_write(cfg, plan_jobs(cfg, refs, session.styles, logger), mode, session.flame, logger)
         items = _validated_items(cfg, split, jobs, logger)
         jobs = [j for j in jobs if _key(j.ref) in items]
@@ -154,23 +164,22 @@ def _validated_items(cfg, split, jobs, logger) -> dict:
 
 # ---- one audio file -------------------------------------------------------------------------------
 
-def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str | None = None,
-               out_dir: str | None = None, overwrite: bool = False, render: bool = False,
-               logger: logging.Logger | None = None, loaded: tuple | None = None, resume: bool = False) -> dict:
-    """One audio file -> DIR/vertices/{i}.npy, DIR/motion.npy, DIR/coeffs287.npy, DIR/meta.json (+
+def run_single(cfg, request: Request, logger: logging.Logger | None = None, loaded: tuple | None = None) -> dict:
+    """One audio file -> DIR/vertices/{i}.npy, the arrays of main/results/formats.py and DIR/meta.json (+
     DIR/video.mp4 with ``render``). Returns the meta dict plus ``out_dir``. ``loaded``: a ``(model,
     styles)`` pair from ``load_model`` to reuse. Frames are converted and written while later ones are
     still decoded (``write_frames``)."""
     logger = logger or log
-    mode, out_dir = RT.results_mode(overwrite, resume, cfg), RT.single_dir(audio_path, out_dir)
+    audio_path = request.audio
+    mode, out_dir = RT.results_mode(request.overwrite, request.resume, cfg), RT.single_dir(audio_path, request.out)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, mode, logger):
             return dict(read_meta(out_dir), out_dir=out_dir)
         fr = framing_from_config(cfg)
         out_fps = output_fps(cfg, fr.fps)
         audio = read_speech(audio_path, fr.sample_rate, logger, fr.fps)  # before the (slow) model load
-        session = open_session(cfg, checkpoint, logger, loaded)
-        style = choose_style(cfg, session.styles, style, logger)
+        session = open_session(cfg, request.checkpoint, logger, loaded)
+        style = choose_style(cfg, session.styles, request.style, logger)
         t0, n, flame = time.perf_counter(), fr.frames_in(audio.shape[0]), session.flame()
         check_can_write({out_dir: RT.sample_bytes(int(round(n * out_fps / fr.fps)), flame.n_vertices)})
         feats = encode_one(session.model, torch.from_numpy(fit_audio_to_frames(audio, n, fr.samples_per_frame)),
@@ -188,7 +197,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     wall = time.perf_counter() - t0
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path, n / fr.fps,
                 len(motion), out_fps, out_dir, wall, wall / (n / fr.fps))
-    if render:
+    if request.render:
         mp4 = os.path.join(out_dir, "video.mp4")  # from the frames written: the vertices are computed once
         renderer.render_sequence(load_frames(os.path.join(out_dir, "vertices")), flame.faces, mp4, out_fps,
                         audio=os.path.abspath(audio_path))
@@ -198,31 +207,31 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
 
 # ---- a stream -------------------------------------------------------------------------------------
 
-def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
-    """``--stream`` (args.audio a file, fed chunk by chunk as if live) or ``--audio -`` (raw 16-bit mono
-    16 kHz PCM on stdin). Each frame's vertices are written as soon as the frame is final (and with
+def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> dict:
+    """A stream request: ``request.audio`` a file fed chunk by chunk as if live, or ``-`` (raw 16-bit
+    mono 16 kHz PCM on stdin). Each frame's vertices are written as soon as the frame is final (and with
     --stdout_vertices sent to stdout); at the end motion, coefficients, ``stream_stats.json`` and
     ``meta.json``. Returns the meta dict plus ``out_dir`` and ``stats``. Ctrl-C / SIGTERM (how a live
     stream is stopped) and a reader closing --stdout_vertices end the stream with a complete result
     of the frames emitted; the interrupt then raises Interrupted saying so (exit 130 / 143)."""
     logger = logger or log
-    live, out = args.audio == "-", StdoutVertices(logger) if args.stdout_vertices else None
+    live, out = request.audio == "-", StdoutVertices(logger) if request.stdout_vertices else None
     fr, std = framing_from_config(cfg), DEFAULT_FRAMING  # the Streamer's CNN caching assumes this framing
     if fr != std:
         raise InferenceError(f"streaming runs at {std.fps} fps; the config has DATA.target_fps={fr.fps}")
     if output_fps(cfg, fr.fps) != fr.fps:
         raise InferenceError(f"streaming emits {fr.fps} fps frames as they are made; INFER.output_fps is "
                              f"{cfg.INFER.output_fps} (use native or {fr.fps}, or run without --stream)")
-    settings = stream_settings(cfg, args)
-    out_dir, mode = RT.single_dir(args.audio, args.out), RT.results_mode(args.overwrite, args.resume, cfg)
+    settings = stream_settings(cfg, request)
+    out_dir, mode = RT.single_dir(request.audio, request.out), RT.results_mode(request.overwrite, request.resume, cfg)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, "overwrite" if live and mode == "resume" else mode, logger):
             return dict(read_meta(out_dir), out_dir=out_dir)
-        audio = None if live else read_speech(args.audio, fr.sample_rate, logger, fr.fps, normalise=False)
-        prime = read_speech(args.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
-            if args.prime_audio else None
-        session = open_session(cfg, args.checkpoint, logger)
-        style = choose_style(cfg, session.styles, args.style, logger)
+        audio = None if live else read_speech(request.audio, fr.sample_rate, logger, fr.fps, normalise=False)
+        prime = read_speech(request.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
+            if request.prime_audio else None
+        session = open_session(cfg, request.checkpoint, logger)
+        style = choose_style(cfg, session.styles, request.style, logger)
         flame = session.flame()
         # a file's length is known: its frames must fit (a live stream's is not: a full disk is reported then)
         check_can_write({out_dir: RT.sample_bytes(fr.frames_in(1 if live else len(audio)), flame.n_vertices)})
@@ -230,9 +239,9 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
         if prime is not None:
             streamer.prime(prime)
             logger.info("normalisation statistics primed with %.2f s of %s", len(prime) / fr.sample_rate,
-                        args.prime_audio)
+                        request.prime_audio)
         logger.info("streaming %s (style %s): chunk %g ms, lookahead %g ms, left context %s ms, attention window "
-                    "%s frames; algorithmic latency %.3f s", "stdin (16-bit 16 kHz mono PCM)" if live else args.audio,
+                    "%s frames; algorithmic latency %.3f s", "stdin (16-bit 16 kHz mono PCM)" if live else request.audio,
                     style, settings["chunk_ms"], settings["lookahead_ms"], settings["left_context_ms"],
                     settings["attention_window"], streamer.latency_s)
         chunk = streamer.chunk
@@ -247,7 +256,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
             motion = np.concatenate(motion)[:writer.n]
             stats = stream_stats(settings, streamer, chunks, n_in / fr.sample_rate, motion.shape[0], session.device,
                                  len(prime) / fr.sample_rate if prime is not None else 0.0, stopped)
-            meta = single_meta(session, args.audio, style, fr.fps, motion.shape[0])
+            meta = single_meta(session, request.audio, style, fr.fps, motion.shape[0])
             with signals_held():  # the result goes in place whole, even if Ctrl-C is pressed again
                 writer.commit(sample_arrays(motion, None), meta, {STATS: stats})
     logger.info("%s: %.2f s of audio -> %d frames in %s; compute %.2f s (real-time factor %.3f), per chunk "

@@ -88,13 +88,14 @@ def check_infer_config(cfg):
     window_frames(cfg)
 
 
-def stream_settings(cfg, args=None) -> dict:
-    """Streamer keyword arguments from INFER.stream_* / INFER.attention_window and the CLI flags
-    (--chunk_ms, --lookahead_ms, --left_context_ms, --warmup_ms override the config), each checked
-    against its config key's range (``check_stream_value``). A user error names the flag or key."""
+def stream_settings(cfg, request=None) -> dict:
+    """Streamer keyword arguments from INFER.stream_* / INFER.attention_window and a stream request's
+    chunk_ms, lookahead_ms, left_context_ms, warmup_ms (the --flags of the same names; they override the
+    config), each checked against its config key's range (``check_stream_value``). A user error names
+    the flag or key."""
     values = {}
     for flag, key in STREAM_FLAGS.items():
-        given = getattr(args, flag, None)
+        given = getattr(request, flag, None)
         name, where = (f"INFER.{key}", "config") if given is None else (f"--{flag} (INFER.{key})", "command line")
         try:
             values[flag] = check_stream_value(flag, cfg.INFER[key] if given is None else given, name, where)

@@ -115,6 +115,7 @@ def bench_infer(cfg, ckpt, device, seconds_list, tmp, repeat: int):
 
 def _bench_infer(cfg, ckpt, device, seconds_list, tmp, out_root, repeat: int):
     from main.infer.pipeline import run_single
+    from main.infer.request import Request
     from models.loading import load_model
     from utils.runtime import setup_logger
 
@@ -134,8 +135,8 @@ def _bench_infer(cfg, ckpt, device, seconds_list, tmp, out_root, repeat: int):
             model.audio_encoder(audio, T)
 
         def whole():
-            run_single(cfg, wav, None, ckpt, os.path.join(out_root, f"out_{seconds:g}"), overwrite=True, logger=logger,
-                       loaded=(model, styles))
+            run_single(cfg, Request("file", wav, out=os.path.join(out_root, f"out_{seconds:g}"), checkpoint=ckpt,
+                                    overwrite=True), logger, loaded=(model, styles))
 
         t_bare, t_whole = timed_in_turn([bare, whole], device, repeat=repeat)
         out.append({"audio_s": seconds, "bare_encoder_s": t_bare, "whole_inference_s": t_whole,
@@ -149,8 +150,9 @@ def bench_memory(config_path, ckpt, seconds, tmp, device):
     code = (
         "import resource, sys; sys.path.insert(0, %r)\n"
         "from utils.config import load_config\nfrom main.infer.pipeline import run_single\n"
+        "from main.infer.request import Request\n"
         "cfg = load_config(%r, sys.argv[1:])\n"
-        "run_single(cfg, %r, None, %r, %r, overwrite=True)\n"
+        "run_single(cfg, Request('file', %r, checkpoint=%r, out=%r, overwrite=True))\n"
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     ) % (ROOT, config_path, wav, ckpt, os.path.join(tmp, "out_memory"))
     t0 = time.perf_counter()
