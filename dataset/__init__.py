@@ -5,8 +5,8 @@ from dataset.dataset import FaceDataset, collate
 from dataset.flame_files import load_flame_params
 from dataset.flame_params import load_motion, load_shape, resample_motion
 from dataset.index import read_index
-from dataset.styles import style_classes
 from dataset.split_check import check_split
+from dataset.styles import style_classes
 from utils.errors import DataError
 
 __all__ = ["DataError", "SampleRef", "load_audio", "load_flame_params", "load_item", "load_motion",

@@ -36,7 +36,8 @@ class FaceDataset(torch.utils.data.Dataset):
     ``dataset[i]``, or ``dataset[(i, crop_seed)]`` as a ``CropSeeds`` sampler asks (the crop is then a
     function of that seed alone, whichever process loads it) -> dict(audio (N,) float32, motion (T,51)
     float32, shape (FLAME.n_shape,) float32 (zeros if the sample has none), detail (128,) float32 (the
-    FLAME file's detail code, zeros if none), style long (index in ``styles``, -1 if not a training style), n_frames int T, sample_id,
+    FLAME file's detail code, zeros if none), style long (index in ``styles``, -1 if not a training style),
+    n_frames int T, sample_id,
     dataset, style_id, speaker, native_fps), N == T * samples_per_frame (640 at 16 kHz / 25 fps).
     The split holds only the speakers of ``DATA.<split>_subjects`` when that is set.
     """

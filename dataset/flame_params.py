@@ -29,7 +29,6 @@ from utils.errors import DataError
 from utils.framing import DEFAULT_FPS, N_EXPR
 from utils.trackers import FORMATS
 
-
 # EMOCA/DECA detail code, the last block of the 287 coefficients
 DETAIL_KEYS, DETAIL_DIM = ("detailcode", "detail"), 128
 

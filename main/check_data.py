@@ -20,11 +20,10 @@ import sys
 from dataset.index import SPLITS
 from dataset.split_check import check_split
 from models.flame import FLAME
-from utils.safe_pickle import FlameLoadError
 from models.flame_regions import region_indices
-from utils.errors import run_reporting_user_errors
 from utils.config import flame_path_for, flame_region_paths, load_config, resolve_data_path
-from utils.errors import ConfigError
+from utils.errors import ConfigError, run_reporting_user_errors
+from utils.safe_pickle import FlameLoadError
 
 
 def _fps(values) -> str:

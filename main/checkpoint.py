@@ -12,10 +12,10 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from models.checkpoint import convert_old_checkpoint  # noqa: E402
-from models.loading import record_encoder_config  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
+from models.checkpoint import convert_old_checkpoint
+from models.loading import record_encoder_config
+from utils.config import load_config
+from utils.errors import run_reporting_user_errors
 
 
 def main(argv=None):

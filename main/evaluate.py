@@ -46,24 +46,24 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from dataset.data_item import sample_shape  # noqa: E402
-from dataset.flame_params import fit_shape, load_motion, resample_motion  # noqa: E402
-from dataset.index import dataset_refs, split_jsons  # noqa: E402
-from main.evaluation.listening import format_listening, listening_check  # noqa: E402
-from main.evaluation.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
-from main.evaluation.metrics import aggregate, fdd, lve, mve  # noqa: E402
-from main.results.reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
-from main.results.layout import check_clashes  # noqa: E402
-from models.flame import load_flame  # noqa: E402
-from models.flame_regions import region_indices  # noqa: E402
-from utils.atomic import TMP_PREFIX, write_json  # noqa: E402
-from utils.config import flame_path_for, flame_region_paths, load_config  # noqa: E402
-from utils.errors import DataError, ResultsError, UserError, run_reporting_user_errors  # noqa: E402
-from utils.framing import output_fps  # noqa: E402
-from utils.plots import pyplot, save_figure  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from dataset.data_item import sample_shape
+from dataset.flame_params import fit_shape, load_motion, resample_motion
+from dataset.index import dataset_refs, split_jsons
+from main.evaluation.lipsync import add_arguments as lipsync_arguments, run as lipsync_run
+from main.evaluation.listening import format_listening, listening_check
+from main.evaluation.metrics import aggregate, fdd, lve, mve
+from main.results.layout import check_clashes
+from main.results.reader import default_out_path, frame_files, load_frames, read_meta
+from models.flame import load_flame
+from models.flame_regions import region_indices
+from utils.atomic import TMP_PREFIX, write_json
+from utils.config import flame_path_for, flame_region_paths, load_config
+from utils.errors import DataError, ResultsError, UserError, run_reporting_user_errors
+from utils.framing import output_fps
+from utils.plots import pyplot, save_figure
+from utils.runtime import setup_logger
 
 log = logging.getLogger("evaluate")
 

@@ -30,13 +30,13 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from main.infer.jobs import default_log_file  # noqa: E402
-from main.infer.pipeline import run  # noqa: E402
-from main.infer.request import STREAM_ONLY, Request  # noqa: E402
-from main.results.layout import single_dir  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from main.infer.jobs import default_log_file
+from main.infer.pipeline import run
+from main.infer.request import STREAM_ONLY, Request
+from main.results.layout import single_dir
+from utils.config import load_config
+from utils.errors import run_reporting_user_errors
+from utils.runtime import setup_logger
 
 DEFAULT_CONFIG = "config/faceformer.yaml"
 

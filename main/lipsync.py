@@ -11,10 +11,10 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from main.evaluation.lipsync import add_arguments, run  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from main.evaluation.lipsync import add_arguments, run
+from utils.config import load_config
+from utils.errors import run_reporting_user_errors
+from utils.runtime import setup_logger
 
 
 def main(argv=None):

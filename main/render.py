@@ -13,15 +13,15 @@ import sys
 if __name__ == "__main__":  # `python main/render.py` puts main/, not the repo root, on sys.path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from main.rendering.scene import RenderError  # noqa: E402
-from main.rendering.video import BACKENDS, load_faces, render_sequence  # noqa: E402
-from main.results.layout import clean_stale_temps, results_mode, select_todo  # noqa: E402
-from main.results.reader import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames  # noqa: E402
-from utils.config import load_config, resolve_data_path  # noqa: E402
-from utils.errors import ResultsError, run_reporting_user_errors  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from main.rendering.scene import RenderError
+from main.rendering.video import BACKENDS, load_faces, render_sequence
+from main.results.layout import clean_stale_temps, results_mode, select_todo
+from main.results.reader import find_leaves, is_inside, leaf_fps, leaf_meta, load_frames
+from utils.config import load_config, resolve_data_path
+from utils.errors import ResultsError, run_reporting_user_errors
+from utils.runtime import setup_logger
 
 log = logging.getLogger("render")
 

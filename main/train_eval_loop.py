@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from dataset.styles import pick_condition_style
 from loss.loss import motion_vertex_loss
 from models.checkpoint import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
-from dataset.styles import pick_condition_style
 from utils.config_schema import SAMPLING_MODES
 from utils.errors import CheckpointError, Interrupted, UserError
 from utils.runtime import seed_everything

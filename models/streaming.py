@@ -26,8 +26,8 @@ import time
 import numpy as np
 import torch
 
-from models.loading import load_model
 from dataset.audio import as_float_pcm
+from models.loading import load_model
 from models.wav2vec_stream import StreamingEncoder
 from utils.config import load_config
 from utils.config_schema import DEFAULTS, NUMERIC_RANGES, check_number

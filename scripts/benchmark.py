@@ -54,18 +54,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from models.faceformer import FaceFormer  # noqa: E402
-from models.flame import FLAME  # noqa: E402
-from scripts.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
-from scripts.bench.common import ROOT, model_config, table  # noqa: E402
-from scripts.bench.loader import bench_loader, print_loader  # noqa: E402
-from scripts.bench.render import bench_render, print_render  # noqa: E402
-from scripts.bench.speed import bench_amp, bench_decode, bench_infer, bench_memory, bench_train  # noqa: E402
-from scripts.bench.startup import bench_startup  # noqa: E402
-from scripts.bench.stream import bench_stream, print_stream  # noqa: E402
-from scripts.bench.train_modes import TRAIN_MODE_DEFAULT, TRAIN_MODE_RUNS, bench_train_modes  # noqa: E402
+from models.faceformer import FaceFormer
+from models.flame import FLAME
+from scripts.bench.common import ROOT, model_config, table
+from scripts.bench.loader import bench_loader, print_loader
+from scripts.bench.render import bench_render, print_render
+from scripts.bench.speed import bench_amp, bench_decode, bench_infer, bench_memory, bench_train
+from scripts.bench.startup import bench_startup
+from scripts.bench.stream import bench_stream, print_stream
+from scripts.bench.train_modes import TRAIN_MODE_DEFAULT, TRAIN_MODE_RUNS, bench_train_modes
+from scripts.flame_standin import make_standin_flame, write_standin_files
 
 
 def main(argv=None):

@@ -17,18 +17,18 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from dataset.dataset import FaceDataset  # noqa: E402
-from dataset.styles import style_classes  # noqa: E402
-from main.results import layout as RT  # noqa: E402
-from main.results.writer import write_sample  # noqa: E402
-from main.results.formats import sample_arrays, to_output_fps  # noqa: E402
-from main.infer.jobs import check_clashes, jobs_to_write, plan_jobs  # noqa: E402
-from models.flame import load_flame  # noqa: E402
-from utils.config import flame_path_for, load_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from dataset.dataset import FaceDataset
+from dataset.styles import style_classes
+from main.infer.jobs import check_clashes, jobs_to_write, plan_jobs
+from main.results import layout as RT
+from main.results.formats import sample_arrays, to_output_fps
+from main.results.writer import write_sample
+from models.flame import load_flame
+from utils.config import flame_path_for, load_config
+from utils.errors import run_reporting_user_errors
+from utils.runtime import setup_logger
 
 
 def training_mean_motion(cfg, styles, log) -> np.ndarray:

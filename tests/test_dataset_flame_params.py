@@ -19,7 +19,6 @@ from main.results.formats import motion_to_coeffs287
 from tests.conftest import emoca_params, expected_vhap, make_cfg, vhap_params, write_json, write_sample
 from utils.errors import DataError
 
-
 # ----------------------------------------------------------------------------- resampling
 
 def test_resample_20_to_25_fps_matches_analytic_sine():

@@ -9,7 +9,6 @@ from dataset.styles import style_classes
 from tests.conftest import make_cfg, two_dataset_root, write_json
 from utils.config import load_config
 
-
 # ----------------------------------------------------------------------------- JSON index
 
 def test_read_index_speaker_forms_style_ids_aliases(tmp_path):

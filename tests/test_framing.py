@@ -8,7 +8,6 @@ import soundfile as sf
 import torch
 
 from utils.config import load_config
-
 from utils.errors import ConfigError
 from utils.framing import DEFAULT_FRAMING, Framing, framing_from_config
 

@@ -31,7 +31,7 @@ def syllables(n_frames, silences=(), seed=0):
     gap of zero (a lip closure), and zero over the silences [(start s, end s)]."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_frames) / FPS
-    env, k = np.zeros(n_frames), 0
+    env = np.zeros(n_frames)
     period = 0.32
     phase = t % period
     syll = (t // period).astype(int)
@@ -172,9 +172,10 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
     """Two single-audio style folders (DIR/vertices, DIR/meta.json) under one root, an alignment file
     beside one wav: table, JSON, PNG; main/evaluate.py --lipsync runs the same."""
     import soundfile as sf
+
     from main.evaluate import main as evaluate_main
-    from main.results.writer import write_sample
     from main.results.layout import build_meta
+    from main.results.writer import write_sample
 
     flame, _, root = face
     env = syllables(150, silences=[(2.5, 3.3)])
@@ -213,8 +214,9 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
 def test_test_split_tree_with_a_parallel_coeff_tree(face, tmp_path):
     """{DATASET}/{STYLE}/{i}.npy with meta.json in --coeffs; a folder without meta.json is skipped."""
     import soundfile as sf
-    from main.results.writer import write_sample
+
     from main.results.layout import build_meta
+    from main.results.writer import write_sample
 
     flame, lip_idx, _ = face
     env = syllables(100)

@@ -9,7 +9,6 @@ from models.decoder_layer import DecoderLayer, alibi_slopes, biased_mask, period
 from models.faceformer import FaceFormer
 from utils.config import load_config
 
-
 # ---- attention bias and positional encoding -------------------------------------------------------
 
 def test_alibi_slopes():

@@ -48,7 +48,8 @@ def test_the_three_requests_give_the_same_result_layout(setup, tmp_path):
     I.cli([*common, "--audio", wav, "--style", "B", "--out", str(tmp_path / "single")])
     I.cli([*common, "--audio", wav, "--style", "B", "--stream", "--out", str(tmp_path / "stream")])
 
-    results = {"test": result_of(tmp_path / "metrics" / "e" / "MEAD_VHAP" / "utt", tmp_path / "coeffs" / "e" / "MEAD_VHAP" / "utt"),
+    results = {"test": result_of(tmp_path / "metrics" / "e" / "MEAD_VHAP" / "utt",
+                                 tmp_path / "coeffs" / "e" / "MEAD_VHAP" / "utt"),
                "single": result_of(tmp_path / "single" / "vertices", tmp_path / "single"),
                "stream": result_of(tmp_path / "stream" / "vertices", tmp_path / "stream")}
     beside = {"test": set(), "single": {"vertices", "inference.log"}, "stream": {"vertices", "inference.log",

@@ -25,9 +25,9 @@ import torch
 
 from main import inference as I
 from main.results import layout as RT
+from main.results.reader import load_frames
 from models.checkpoint import convert_old_checkpoint, load_checkpoint, save_checkpoint
 from models.loading import load_model
-from main.results.reader import load_frames
 from utils.atomic import TMP_PREFIX
 from utils.config import load_config
 from utils.errors import CheckpointError, InferenceError, ResultsError

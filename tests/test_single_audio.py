@@ -11,11 +11,10 @@ import torch
 
 from main import inference as I
 from main.infer.decode import generate_motion
-from models.loading import load_model
 from main.infer.speech import read_speech
 from models.flame import FLAME
-from tests.test_inference import (DEMO_CFG, REPO, SR, assert_single_outputs, checkpoint, data_root,  # noqa: F401
-                                  run_single, speechy)
+from models.loading import load_model
+from tests.test_inference import DEMO_CFG, REPO, SR, assert_single_outputs, checkpoint, data_root, run_single, speechy  # noqa: F401
 from utils.config import load_config
 from utils.errors import AudioError, InferenceError
 

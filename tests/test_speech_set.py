@@ -2,10 +2,10 @@
 alignments, clip building, native-fps sampling, the alignment checks and the Italian spelling rules."""
 import numpy as np
 
+from main.evaluation.align import PHONES as ALIGNED_PHONES, italian_phones, normalise, number_words
 from scripts.make_demo_data import sample_motion, speaker_style
 from scripts.make_speech_set import SPEAKERS, lag1_r2, own_style_ids
 from scripts.speech_set import clips as C
-from main.evaluation.align import PHONES as ALIGNED_PHONES, italian_phones, normalise, number_words
 from scripts.speech_set.alignment_checks import check_alignment
 from scripts.speech_set.visemes import LEAD_S, motion_signals
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dataset.audio import normalize_audio
-from models.streaming import Streamer
 from models.decoder_layer import alibi_bias, periodic_positional_encoding
+from models.streaming import Streamer
 from tests.conftest import speech, tiny_model as conftest_tiny_model
 from utils.config import load_config
 

@@ -5,15 +5,13 @@ utils/config.py loads, merges and overrides; this module says what a valid confi
 """
 from __future__ import annotations
 
-import re
-
 import math
+import re
 
 from utils.errors import ConfigError
 from utils.framing import DEFAULT_FPS, MOTION_DIM, WAV2VEC2_SAMPLE_RATE, framing_from_config
 from utils.names import folder_name_problem, shown_name
 from utils.trackers import FORMATS
-
 
 DATASET_DEFAULTS = {
     "format": "vhap",        # a tracker format: a key of utils/trackers.py FORMATS

@@ -37,7 +37,8 @@ Checks (per clip, and pooled over the tree):
 A clip whose aperture range is under ``STATIC_M`` (the mean-motion baseline, a frozen face) is
 ``static``: lag, correlation, rest_open, rest_move and closure are undefined for it (null, "static" in the table).
 
-The door is ``python main/evaluate.py --lipsync`` (or ``python -m main.lipsync``). It writes a table, a JSON (``--out``; default ``lipsync_{name}.json`` beside DIR) and a PNG
+The door is ``python main/evaluate.py --lipsync`` (or ``python -m main.lipsync``). It writes a table, a JSON
+(``--out``; default ``lipsync_{name}.json`` beside DIR) and a PNG
 (``{json stem}.png``; main/evaluation/lipsync_report.py). scripts/lipsync_validation.py shows on data with ground
 truth what each number separates (README, "Judging lip sync without ground truth").
 """

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
-from main.results import layout as RT
 from dataset.styles import pick_condition_style, style_for
+from main.results import layout as RT
 from utils.disk import check_can_write
 from utils.errors import InferenceError
 from utils.framing import output_fps

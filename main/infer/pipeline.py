@@ -22,20 +22,20 @@ from dataset.audio import as_float_pcm, fit_audio_to_frames
 from dataset.flame_params import fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split, decode_outcomes
+from dataset.styles import choose_style
+from main.infer.decode import add_vertices, decode_blocks, encode_one, generate_motion, write_frames
+from main.infer.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
+from main.infer.request import Request
+from main.infer.session import attention_window, open_session, stream_settings
+from main.infer.speech import AudioCheck, is_silent, pcm_chunks_from_stdin, read_speech
+from main.infer.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
 from main.rendering import video as renderer
 from main.results import layout as RT
-from main.infer.decode import (add_vertices, decode_blocks, encode_one, generate_motion, write_frames)
 from main.results.formats import ARRAY_FILES, sample_arrays, to_output_fps
-from main.infer.request import Request
-from main.infer.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
 from main.results.lock import output_lock
 from main.results.reader import load_frames, read_meta
 from main.results.writer import FrameWriter, write_sample
-from main.infer.session import attention_window, open_session, stream_settings
-from dataset.styles import choose_style
-from main.infer.speech import AudioCheck, is_silent, pcm_chunks_from_stdin, read_speech
 from models.streaming import Streamer
-from main.infer.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
 from utils.disk import check_can_write
 from utils.errors import DataError, InferenceError, Interrupted
 from utils.framing import DEFAULT_FRAMING, framing_from_config, output_fps

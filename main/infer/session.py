@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import torch
 
+from models.flame import load_flame
 from models.loading import check_framing, load_model
 from models.streaming import STREAM_FLAGS, check_stream_value
-from models.flame import load_flame
 from utils.config import flame_path_for
 from utils.errors import ConfigError, InferenceError
 from utils.framing import framing_from_config

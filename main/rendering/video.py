@@ -14,14 +14,14 @@ import tempfile
 # Must be set before pyrender / PyOpenGL are imported; a value the user set is honoured.
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import numpy as np
+from tqdm import tqdm
 
-from main.rendering.cpu import CpuMeshRenderer  # noqa: E402
-from main.rendering.gl import MeshRenderer, missing_libraries, use_platform  # noqa: E402
-from main.rendering.scene import Camera, RenderError, frame_camera  # noqa: E402
-from models.flame import load_flame_pickle  # noqa: E402
-from utils.atomic import atomic_write  # noqa: E402
+from main.rendering.cpu import CpuMeshRenderer
+from main.rendering.gl import MeshRenderer, missing_libraries, use_platform
+from main.rendering.scene import Camera, RenderError, frame_camera
+from models.flame import load_flame_pickle
+from utils.atomic import atomic_write
 
 log = logging.getLogger("render")
 

@@ -9,9 +9,8 @@ import shutil
 
 import numpy as np
 
-from main.results.reader import FRAME_FILE
 from main.results.layout import SINGLE_FILES, remove_path
-from main.results.reader import META
+from main.results.reader import FRAME_FILE, META
 from utils.atomic import atomic_write, tmp_sibling, write_json
 from utils.errors import ResultsError
 

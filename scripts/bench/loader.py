@@ -8,7 +8,8 @@ store (dataset/store.py), on files shaped like the real ones, written into a tem
   passes over the clips after one warm-up pass (the files are in the page cache either way);
 - a 20,000-sample index: start-up (``style_classes`` + the train ``FaceDataset`` with its validation,
   in a fresh interpreter, imports excluded) from the source files (every run decodes every sample), and
-  from the store on the first run (the store prepared) and the second (the store in place). Its samples are 0.4 s clips whose files are hard links to 8 distinct 0.4 s clips of
+  from the store on the first run (the store prepared) and the second (the store in place). Its samples are
+  0.4 s clips whose files are hard links to 8 distinct 0.4 s clips of
   the same formats (48 kHz stereo wav, VHAP npz with every key incl. the 48 MB ``tex_extra``): each
   path is its own sample to the store (keyed by path, size and mtime) and is decoded on the first run;
 - memory of a fresh interpreter that builds the index of N samples from the store (second run) and

@@ -16,6 +16,7 @@ from models.faceformer import FaceFormer
 from scripts.bench.common import FPS, HOP, ROOT, SR, legacy_padded_forward, speech_like, timed, timed_in_turn
 from scripts.reference_decoding import generate_naive, generate_naive_from_features
 
+
 def bench_train(model, flame, device, clips: int, seconds: float, repeat: int, compare_old_padding: bool = False):
     T = int(seconds * FPS)
     audio = torch.from_numpy(np.stack([speech_like(seconds, i) for i in range(clips)])).to(device)

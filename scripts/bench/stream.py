@@ -13,6 +13,7 @@ from scripts.bench.common import FPS, HOP, ROOT, SR, speech_like, table
 from utils.config import load_config
 from utils.framing import DEFAULT_FRAMING
 
+
 def _deviation(pred: list, ref: list) -> float:
     """RMS of the motion difference / RMS of the reference motion's deviation from its mean (pooled
     over clips; each clip's own mean motion)."""
