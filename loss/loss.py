@@ -60,8 +60,8 @@ def motion_vertex_loss(pred, gt, mask, flame, shape=None, velocity_weight: float
         with torch.no_grad():
             vg = flame.motion_to_vertices(gt[:, lo:e], shape)
         # FLAME.motion_to_vertices already recomputes its LBS chunks in backward instead of keeping
-        # their intermediates; checkpointing here too would run the LBS a third time (measured: the
-        # loss + backward 20% slower on CPU for B=4, T=100).
+        # their intermediates; checkpointing here too would run the LBS a third time (measured slower:
+        # docs/BENCHMARKS.md, "FLAME LBS recompute").
         p, v, n = _chunk_errors(flame, pred[:, lo:e], vg, maskf[:, lo:e], shape, s - lo, bool(velocity_weight))
         pos_sum, vel_sum, vel_n = pos_sum + p, vel_sum + v, vel_n + n
     pos_n = maskf.sum(1)

@@ -19,22 +19,15 @@ sequences (frame-weighted), FDD is the mean over sequences.
 Every expected sequence must be there: a missing (or unreadable) one, or one shorter than its ground
 truth by more than a frame, is listed (``missing`` / ``short`` in the JSON) and makes the run fail (exit 1,
 after the table and JSON are written) unless ``--allow_missing``, which scores what there is. A torn or
-wrong-shaped frame file is named by path (main/results/layout.py reads the frames; the renderer is not needed).
+wrong-shaped frame file is named by path (main/results/reader.py reads the frames; the renderer is not needed).
 
 Outputs: a table on stdout, a JSON (``--out``; default ``{results}/../metrics_{name}.json``, outside the
 vertex folders) and per dataset a PNG ``{json stem}_jaw_{DATASET}.png`` with predicted vs ground-truth
 jaw opening over time for up to 3 samples: the jaw rotation (motion dim 50, radians) when the coeff
 tree's ``motion.npy`` exists, else a vertex proxy (vertical extent of the lip vertices, metres) for both.
 
-Usage::
-
-    python main/evaluate.py --config config/demo.yaml [--results DIR] [--out FILE] [--allow_missing] [SECTION.key=value ...]
-
-Without ground truth (speech in other languages, TTS, in-the-wild clips): ``--lipsync`` scores any
-results tree against each clip's own audio instead (audio-motion lag and correlation, mouth at rest in
-silence, lips closed on p/b/m, jitter; main/lipsync.py)::
-
-    python main/evaluate.py --lipsync --results results/single/speech [--phones auto|recognise|none]
+Usage: ``python main/evaluate.py --help`` and the README ("Using real data"). Without ground truth,
+``--lipsync`` scores a results tree against each clip's own audio (main/evaluation/lipsync.py).
 """
 from __future__ import annotations
 
@@ -308,7 +301,7 @@ def main(argv=None):
                         "INFER.checkpoint, and report LVE(other) / LVE(own): about 1.0 = the model ignores the audio")
     p.add_argument("--lipsync", action="store_true",
                    help="instead: the lip-sync checks of --results against each clip's own audio, no ground "
-                        "truth (any results tree whose meta.json names the audio; see main/lipsync.py)")
+                        "truth (any results tree whose meta.json names the audio; see main/evaluation/lipsync.py)")
     lipsync_arguments(p)
     p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
     args = p.parse_intermixed_args(argv)

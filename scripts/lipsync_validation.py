@@ -1,4 +1,4 @@
-"""Do the lip-sync checks (main/lipsync.py) tell good motion from bad? Scored on a set with ground truth.
+"""Do the lip-sync checks (main/evaluation/lipsync.py) tell good motion from bad? Scored on a set with ground truth.
 
 On the test split of a dataset made from audio (the held-out speech set, scripts/make_speech_set.py,
 whose clips carry the phones that made their motion as ``<clip>.phones.json``) four results trees are

@@ -208,7 +208,7 @@ def write_clip(out, seed, dataset, split, index, speaker, emotion, factor, group
     jaw, expr = sample_motion(tg, jaw_c, expr_c, style, emotion, fps, n_frames, r)
     sid, entry, seconds = write_sample(out, dataset, split, index, speaker, emotion, audio, sr, jaw, expr,
                                        style, r, valid_frames=n_frames if dataset == "digital_human" else None)
-    # the phones that made the motion, in the clip's own time: main/lipsync.py's closure check reads them
+    # the phones that made the motion, in the clip's own time: main/evaluation/lipsync.py's closure check reads them
     with open(os.path.join(out, os.path.splitext(entry["audio_path"])[0] + ".phones.json"), "w") as f:
         json.dump([[p, round(a, 4), round(b, 4)] for p, a, b in phones], f)
     return sid, entry, seconds, jaw, {s.uid for s in group}

@@ -144,6 +144,6 @@ def test_evaluation_clips_get_their_own_output_folders():
 
 
 def test_every_aligned_phone_has_a_viseme_target():
-    """The aligner labels with main/align.PHONES; the speech set's motion needs a target for each."""
+    """The aligner labels with main/evaluation/align.PHONES; the speech set's motion needs a target for each."""
     from scripts.speech_set.visemes import _TABLE, DIPHTHONGS
     assert set(_TABLE) | set(DIPHTHONGS) == ALIGNED_PHONES

@@ -1,4 +1,4 @@
-"""The lip-sync report (main/lipsync.py's checks): printed table, JSON with the definitions, and a PNG of
+"""The lip-sync report (main/evaluation/lipsync.py's checks): printed table, JSON with the definitions, and a PNG of
 one clip's speech envelope and mouth opening over time above the pooled correlation against lag."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Phone timings of a clip's audio, for the lip-closure check of main/lipsync.py (English).
+"""Phone timings of a clip's audio, for the lip-closure check of main/evaluation/lipsync.py (English).
 
 Where the phones come from (``mode="auto"``), first found wins; with neither, the clip has no phones:
 1. an alignment file beside the audio, ``<audio stem>.phones.json``: ``[[phone, start s, end s], ...]``
