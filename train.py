@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from main.train import cli  # noqa: E402
+from main.train import cli
 
 if __name__ == "__main__":
     cli()

@@ -99,3 +99,13 @@ def fit_audio_to_frames(audio: np.ndarray, n_frames: int, samples_per_frame: int
     if audio.shape[0] >= n:
         return audio[:n]
     return np.concatenate([audio, np.zeros(n - audio.shape[0], dtype=audio.dtype)])
+
+
+def as_float_pcm(pcm) -> np.ndarray:
+    """int16 (scaled by 1/32768, as soundfile reads 16-bit files) or float samples -> (N,) float32."""
+    x = np.asarray(pcm)
+    if x.dtype == np.int16:
+        return x.astype(np.float32) / 32768.0
+    if x.ndim != 1:
+        raise ValueError(f"pcm must be mono samples (N,), got shape {x.shape}")
+    return x.astype(np.float32)

@@ -32,7 +32,7 @@ class SampleRef:
     speaker: str
     emotion: str | None
     style_id: str          # output folder name
-    fmt: str               # "emoca" or "vhap"
+    fmt: str               # a key of utils/trackers.py FORMATS
     fps: float             # native fps of the FLAME tracking
     valid_frames_num: int | None = None
     template_path: str | None = None

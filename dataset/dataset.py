@@ -27,8 +27,7 @@ class FaceDataset(torch.utils.data.Dataset):
     ``FaceDataset(cfg, split, styles, train=None)``: ``train`` (default ``split == "train"``) turns on
     random crops of ``DATA.max_frames`` frames (0 = whole clip), audio cut to the same window.
     ``check=True`` checks every sample at construction (``check_split``; ``DATA.bad_samples`` decides
-    between raising and leaving bad samples out, the report is ``self.report``). ``cache=True`` keeps
-    loaded samples in memory (per DataLoader worker), for small datasets. ``prepared=True`` reads the
+    between raising and leaving bad samples out, the report is ``self.report``). ``prepared=True`` reads the
     samples from the prepared-data store under ``DATA.store_root`` (unless that is ``off``), preparing
     the samples that are missing there or whose files changed first, and validates from its records;
     a training crop then reads only its window. Items are the same, bit for bit, either way.
@@ -36,13 +35,14 @@ class FaceDataset(torch.utils.data.Dataset):
     ``dataset[i]``, or ``dataset[(i, crop_seed)]`` as a ``CropSeeds`` sampler asks (the crop is then a
     function of that seed alone, whichever process loads it) -> dict(audio (N,) float32, motion (T,51)
     float32, shape (FLAME.n_shape,) float32 (zeros if the sample has none), detail (128,) float32 (the
-    FLAME file's detail code, zeros if none), style long (index in ``styles``, -1 if not a training style), n_frames int T, sample_id,
+    FLAME file's detail code, zeros if none), style long (index in ``styles``, -1 if not a training style),
+    n_frames int T, sample_id,
     dataset, style_id, speaker, native_fps), N == T * samples_per_frame (640 at 16 kHz / 25 fps).
     The split holds only the speakers of ``DATA.<split>_subjects`` when that is set.
     """
 
     def __init__(self, cfg, split: str, styles: list[str], train: bool | None = None, check: bool = True,
-                 log: logging.Logger | None = None, cache: bool = False, progress: bool = True,
+                 log: logging.Logger | None = None, progress: bool = True,
                  prepared: bool = False):
         self.cfg, self.split = cfg, split
         self.train = split == "train" if train is None else bool(train)
@@ -59,7 +59,6 @@ class FaceDataset(torch.utils.data.Dataset):
             self.refs = self.report["refs"]
         else:
             self.refs = split_refs(cfg, split)
-        self.cache = {} if cache else None
         self._warned = set()
         self.framing = framing_from_config(cfg)
         self.hop = self.framing.samples_per_frame
@@ -92,16 +91,11 @@ class FaceDataset(torch.utils.data.Dataset):
         return self._style_index.get(speaker, -1)
 
     def _load(self, i: int) -> dict:
-        if self.cache is not None and i in self.cache:
-            return self.cache[i]
         ref = self.refs[i]
         # Mismatch warnings were already reported by validation; otherwise report each sample once.
         log = None if (self.report is not None or ref.sample_id in self._warned) else self.log
         self._warned.add(ref.sample_id)
-        item = load_item(ref, self.framing, self.cfg.DATA.max_av_diff, log)
-        if self.cache is not None:
-            self.cache[i] = item
-        return item
+        return load_item(ref, self.framing, self.cfg.DATA.max_av_diff, log)
 
     def __getitem__(self, key) -> dict:
         i, seed = key if isinstance(key, tuple) else (key, None)

@@ -27,18 +27,8 @@ import numpy as np
 from dataset.flame_files import load_flame_params, strip_leading
 from utils.errors import DataError
 from utils.framing import DEFAULT_FPS, N_EXPR
+from utils.trackers import FORMATS
 
-
-# The key names each tracker writes, in order of preference: expression, jaw as
-# (key, column of the jaw opening) and identity shape. emoca covers DECA and EMOCA: their code dict in
-# memory (``expcode``, ``posecode`` = global rotation 3 + jaw 3, ``shapecode``), EMOCA's save_codes
-# files and DECA's dict without the ``code`` suffix (``exp``, ``pose``, ``shape``), and the inferno
-# pipeline's ``jaw`` (3) beside a separate ``global_pose`` (not needed: the motion has the jaw only).
-FORMATS = {
-    "emoca": {"expr": ("expcode", "exp"), "jaw": (("posecode", 3), ("pose", 3), ("jaw", 0)),
-              "shape": ("shapecode", "shape")},
-    "vhap": {"expr": ("expr",), "jaw": (("jaw_pose", 0),), "shape": ("shape",)},
-}
 # EMOCA/DECA detail code, the last block of the 287 coefficients
 DETAIL_KEYS, DETAIL_DIM = ("detailcode", "detail"), 128
 

@@ -253,15 +253,3 @@ def folder_clashes(refs: list[SampleRef]) -> list[tuple[SampleRef, SampleRef]]:
         if owner is not ref:
             clashes.append((ref, owner))
     return clashes
-
-
-def style_classes(cfg) -> list[str]:
-    """Style embedding classes: ``DATA.train_subjects`` if set, else the sorted training speakers."""
-    if cfg.DATA.train_subjects:
-        return [str(s) for s in cfg.DATA.train_subjects]
-    speakers = sorted({r.speaker for r in split_refs(cfg, "train", problems=[])})
-    if not speakers:
-        raise DataError("no training speakers: no readable entries in the train JSONs of DATA.datasets "
-                        "(run python -m main.check_data --config <cfg> to see why) and DATA.train_subjects "
-                        "is not set")
-    return speakers

@@ -40,12 +40,13 @@ from tqdm import tqdm
 from dataset.data_item import SampleRef, load_item
 from dataset.flame_params import DETAIL_DIM, fit_shape
 from utils.atomic import write_json
+from utils.config import resolve_data_path
 from utils.errors import DataError
-from utils.framing import framing_from_config
+from utils.filelock import lock_file
+from utils.framing import MOTION_DIM, framing_from_config
 
 STORE_VERSION = 1
 RACY_SECONDS = 2.0
-MOTION_DIM = 51
 ARRAYS = ("audio", "motion", "shape", "detail")
 _log = logging.getLogger(__name__)
 
@@ -54,8 +55,6 @@ def store_root(cfg) -> str | None:
     """The folder holding the stores: ``DATA.store_root`` (relative to DATA.data_root), or by default
     ``<DATA.data_root>/.prepared``, or ``<TRAIN.save_path>/prepared`` where the data root cannot be
     written; None when ``DATA.store_root`` is ``off``."""
-    from utils.config import resolve_data_path
-
     value = cfg.DATA.get("store_root")
     if value is False or value == "off":  # YAML reads a bare off as false
         return None
@@ -106,21 +105,14 @@ def sample_key(ref: SampleRef, now: float | None = None) -> tuple[str, bool]:
 
 @contextlib.contextmanager
 def _locked(folder: str, log: logging.Logger):
-    """Hold the store's lock (flock: released with the process, also when it is killed)."""
-    import fcntl
-
+    """Hold the store's lock (utils/filelock.py: released with the process, also when it is killed)."""
     try:
         os.makedirs(folder, exist_ok=True)
-        fd = os.open(os.path.join(folder, "lock"), os.O_RDWR | os.O_CREAT, 0o666)
+        fd = lock_file(os.path.join(folder, "lock"), lambda: log.info("waiting for another process preparing %s", folder))
     except OSError as e:
         raise DataError(f"cannot write the prepared-data store {folder}: {e.strerror or e} (set DATA.store_root "
                         f"to a writable folder, or DATA.store_root=off to read the source files)") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process preparing %s", folder)
-            fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

@@ -1,3 +1,1 @@
-from loss.loss import motion_vertex_loss
-
-__all__ = ["motion_vertex_loss"]
+"""The training loss: loss/loss.py."""

@@ -80,8 +80,8 @@ def motion_vertex_loss(pred, gt, mask, flame, shape=None, velocity_weight: float
         with torch.no_grad():
             vg = flame.motion_to_vertices(gt[:, lo:e], shape)
         # FLAME.motion_to_vertices already recomputes its LBS chunks in backward instead of keeping
-        # their intermediates; checkpointing here too would run the LBS a third time (measured: the
-        # loss + backward 20% slower on CPU for B=4, T=100).
+        # their intermediates; checkpointing here too would run the LBS a third time (measured slower:
+        # docs/BENCHMARKS.md, "FLAME LBS recompute").
         part = _chunk_errors(flame, pred[:, lo:e], vg, maskf[:, lo:e], shape, s - lo, bool(velocity_weight), lips)
         sums = {k: sums[k] + part[k] for k in sums}
     pos_n = maskf.sum(1)

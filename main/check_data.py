@@ -19,10 +19,11 @@ import sys
 
 from dataset.index import SPLITS
 from dataset.split_check import check_split
-from models.flame import FLAME, FlameLoadError
+from models.flame import FLAME
 from models.flame_regions import region_indices
-from utils.errors import run_reporting_user_errors
-from utils.config import ConfigError, flame_path_for, flame_region_paths, load_config, resolve_data_path
+from utils.config import flame_path_for, flame_region_paths, load_config, resolve_data_path
+from utils.errors import ConfigError, run_reporting_user_errors
+from utils.safe_pickle import FlameLoadError
 
 
 def _fps(values) -> str:

@@ -1,6 +1,6 @@
 """Checkpoint tools: ``python main/checkpoint.py convert OLD.pth [NEW.pth]`` rewrites a checkpoint of an
-older format in the current one (main/checkpoint_io.py: without the numpy RNG state, read without running
-code) and records its wav2vec2 config (main/model_io.py ``record_encoder_config``: the model is built once
+older format in the current one (models/checkpoint.py: without the numpy RNG state, read without running
+code) and records its wav2vec2 config (models/loading.py ``record_encoder_config``: the model is built once
 through transformers), so that inference from it needs no transformers.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from main.checkpoint_io import convert_old_checkpoint  # noqa: E402
-from main.model_io import record_encoder_config  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
+from models.checkpoint import convert_old_checkpoint
+from models.loading import record_encoder_config
+from utils.config import load_config
+from utils.errors import run_reporting_user_errors
 
 
 def main(argv=None):

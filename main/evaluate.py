@@ -19,7 +19,7 @@ sequences (frame-weighted), FDD is the mean over sequences.
 Every expected sequence must be there: a missing (or unreadable) one, or one shorter than its ground
 truth by more than a frame, is listed (``missing`` / ``short`` in the JSON) and makes the run fail (exit 1,
 after the table and JSON are written) unless ``--allow_missing``, which scores what there is. A torn or
-wrong-shaped frame file is named by path (main/results.py reads the frames; the renderer is not needed).
+wrong-shaped frame file is named by path (main/results/reader.py reads the frames; the renderer is not needed).
 
 When the metrics JSONs of the mean-motion and linear-listener baselines (scripts/mean_baseline.py,
 scripts/linear_baseline.py, evaluated first) lie beside this run's, the model's LVE is also printed
@@ -30,15 +30,8 @@ vertex folders) and per dataset a PNG ``{json stem}_jaw_{DATASET}.png`` with pre
 jaw opening over time for up to 3 samples: the jaw rotation (motion dim 50, radians) when the coeff
 tree's ``motion.npy`` exists, else a vertex proxy (vertical extent of the lip vertices, metres) for both.
 
-Usage::
-
-    python main/evaluate.py --config config/demo.yaml [--results DIR] [--out FILE] [--allow_missing] [SECTION.key=value ...]
-
-Without ground truth (speech in other languages, TTS, in-the-wild clips): ``--lipsync`` scores any
-results tree against each clip's own audio instead (audio-motion lag and correlation, mouth at rest in
-silence, lips closed on p/b/m, jitter; main/lipsync.py)::
-
-    python main/evaluate.py --lipsync --results results/single/speech [--phones auto|recognise|none]
+Usage: ``python main/evaluate.py --help`` and the README ("Using real data"). Without ground truth,
+``--lipsync`` scores a results tree against each clip's own audio (main/evaluation/lipsync.py).
 """
 from __future__ import annotations
 
@@ -51,24 +44,24 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from dataset.data_item import sample_shape  # noqa: E402
-from dataset.flame_params import fit_shape, load_motion, resample_motion  # noqa: E402
-from dataset.index import dataset_refs, split_jsons  # noqa: E402
-from main.listening import format_listening, listening_check  # noqa: E402
-from main.lipsync import add_arguments as lipsync_arguments, run as lipsync_run  # noqa: E402
-from main.metrics import aggregate, fdd, lve, mve, upper_face_dynamics  # noqa: E402,F401
-from main.result_reader import default_out_path, frame_files, load_frames, read_meta  # noqa: E402
-from main.results import check_clashes  # noqa: E402
-from models.flame import load_flame  # noqa: E402
-from models.flame_regions import region_indices  # noqa: E402
-from utils.atomic import TMP_PREFIX, write_json  # noqa: E402
-from utils.config import flame_path_for, flame_region_paths, load_config  # noqa: E402
-from utils.errors import DataError, ResultsError, UserError, run_reporting_user_errors  # noqa: E402
-from utils.framing import output_fps  # noqa: E402
-from utils.plots import pyplot, save_figure  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from dataset.data_item import sample_shape
+from dataset.flame_params import fit_shape, load_motion, resample_motion
+from dataset.index import dataset_refs, split_jsons
+from main.evaluation.lipsync import add_arguments as lipsync_arguments, run as lipsync_run
+from main.evaluation.listening import format_listening, listening_check
+from main.evaluation.metrics import aggregate, fdd, lve, mve
+from main.results.layout import check_clashes
+from main.results.reader import default_out_path, frame_files, load_frames, read_meta
+from models.flame import load_flame
+from models.flame_regions import region_indices
+from utils.atomic import TMP_PREFIX, write_json
+from utils.config import flame_path_for, flame_region_paths, load_config
+from utils.errors import DataError, ResultsError, UserError, run_reporting_user_errors
+from utils.framing import output_fps
+from utils.plots import pyplot, save_figure
+from utils.runtime import setup_logger
 
 log = logging.getLogger("evaluate")
 
@@ -119,7 +112,7 @@ def evaluate(cfg, results_dir: str | None = None, out: str | None = None, coeff_
     out: JSON path (default ``default_out_path(results_dir)``);
     coeff_dir: parallel tree with ``motion.npy``/``meta.json`` (default ``{coeff_root}/{exp_name}`` when
     results_dir is the default, else none: a hand-made tree must not borrow the model's coefficients).
-    listening: main/listening.py's report, written into the JSON under "listening".
+    listening: main/evaluation/listening.py's report, written into the JSON under "listening".
     Returns the report dict that is written as JSON. Raises EvalError if no prediction is found, and
     (after writing the JSON) if an expected sequence is missing or short, unless ``allow_missing``.
     """
@@ -338,7 +331,7 @@ def main(argv=None):
                         "INFER.checkpoint, and report LVE(other) / LVE(own): about 1.0 = the model ignores the audio")
     p.add_argument("--lipsync", action="store_true",
                    help="instead: the lip-sync checks of --results against each clip's own audio, no ground "
-                        "truth (any results tree whose meta.json names the audio; see main/lipsync.py)")
+                        "truth (any results tree whose meta.json names the audio; see main/evaluation/lipsync.py)")
     lipsync_arguments(p)
     p.add_argument("overrides", nargs="*", help="SECTION.key=value config overrides")
     args = p.parse_intermixed_args(argv)

@@ -1,5 +1,5 @@
 """Inference: test splits, one audio file or a stream -> per-frame FLAME vertices, motion and 287-dim
-coefficients. The three modes run through one pipeline (main/pipeline.py)::
+coefficients. The three modes run through one pipeline (main/infer/pipeline.py)::
 
     python inference.py --config config/faceformer.yaml [--checkpoint P] [--overwrite | --resume] [KEY=value ...]
     python inference.py [--config CFG] --audio speech.wav [--style STYLE] [--out DIR] [--render]
@@ -8,17 +8,17 @@ coefficients. The three modes run through one pipeline (main/pipeline.py)::
     ... | python inference.py --audio - [--stdout_vertices]     (raw 16-bit mono 16 kHz PCM on stdin)
 
 Evaluation mode writes every sample of the ``INFER.split`` JSONs of every dataset into the results
-tree (layout: main/results.py), at each dataset's own fps (``INFER.output_fps: native``, so frame counts
+tree (layout: main/results/layout.py), at each dataset's own fps (``INFER.output_fps: native``, so frame counts
 match the ground truth) or at a given rate. A speaker that is not a training style is conditioned on
 ``INFER.condition_style`` (default: the first style). Single-audio mode (any rate, channel count and
 length) writes ``DIR/vertices/{i}.npy``, ``motion.npy``, ``coeffs287.npy`` and ``meta.json`` in DIR
-(default ``results/single/<audio stem>``; + ``video.mp4`` with ``--render``); streaming (main/stream.py)
+(default ``results/single/<audio stem>``; + ``video.mp4`` with ``--render``); streaming (models/streaming.py)
 writes each frame as soon as it is final, and ``stream_stats.json``.
 
 Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``.
 Existing results are an error unless ``--overwrite`` (redo all) or ``--resume`` (keep complete results).
 Log file (console + file, appended): ``--log FILE``, else ``DIR/inference.log`` in single-audio mode,
-else beside the results tree (main/jobs.py ``default_log_file``; ``results/inference.log`` by default).
+else beside the results tree (main/infer/jobs.py ``default_log_file``; ``results/inference.log`` by default).
 """
 from __future__ import annotations
 
@@ -30,12 +30,13 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from main.jobs import default_log_file  # noqa: E402
-from main.pipeline import run_single, run_stream, run_test_splits  # noqa: E402
-from main.results import single_dir  # noqa: E402
-from utils.config import load_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from main.infer.jobs import default_log_file
+from main.infer.pipeline import run
+from main.infer.request import STREAM_ONLY, Request
+from main.results.layout import single_dir
+from utils.config import load_config
+from utils.errors import run_reporting_user_errors
+from utils.runtime import setup_logger
 
 DEFAULT_CONFIG = "config/faceformer.yaml"
 
@@ -58,7 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--render", action="store_true", help="single-audio mode: also render DIR/video.mp4")
     p.add_argument("--log", help="log file (default: see the module docstring; results/inference.log)")
     p.add_argument("--stream", action="store_true", help="single-audio mode fed chunk by chunk as if live "
-                   "(main/stream.py); --audio - reads raw 16-bit mono 16 kHz PCM from stdin (always streaming)")
+                   "(models/streaming.py); --audio - reads raw 16-bit mono 16 kHz PCM from stdin (always streaming)")
     p.add_argument("--chunk_ms", type=float, help="streaming: chunk length (default INFER.stream_chunk_ms)")
     p.add_argument("--lookahead_ms", type=float, help="streaming: lookahead (default INFER.stream_lookahead_ms)")
     p.add_argument("--left_context_ms", type=float, help="streaming: past audio the encoder sees, < 0 = all "
@@ -74,9 +75,8 @@ def parse_args(argv=None):
     args.stream = args.stream or args.audio == "-"
     if args.stream and (args.audio is None or args.render):
         p.error("--stream needs --audio FILE (or --audio - for stdin) and does not --render")
-    stream_only = ("chunk_ms", "lookahead_ms", "left_context_ms", "warmup_ms", "prime_audio", "stdout_vertices")
-    if not args.stream and any(getattr(args, k) not in (None, False) for k in stream_only):
-        p.error(", ".join(f"--{k}" for k in stream_only[:-1]) + f" and --{stream_only[-1]} belong to --stream")
+    if not args.stream and any(getattr(args, k) not in (None, False) for k in STREAM_ONLY):
+        p.error(", ".join(f"--{k}" for k in STREAM_ONLY[:-1]) + f" and --{STREAM_ONLY[-1]} belong to --stream")
     if args.audio is None and (args.style or args.out or args.render):
         p.error("--style, --out and --render belong to single-audio mode: give --audio too")
     return args
@@ -87,17 +87,19 @@ def cli(argv=None):
     Interrupted on SIGINT/SIGTERM."""
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
-    if args.audio:
-        out = args.out = single_dir(args.audio, args.out)
-        logger = setup_logger("inference", args.log or os.path.join(out, "inference.log"))
-        if args.stream:
-            return run_stream(cfg, args, logger)
-        logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config, args.overrides)
-        return run_single(cfg, args.audio, args.style, args.checkpoint, out, args.overwrite, args.render, logger,
-                          resume=args.resume)
-    logger = setup_logger("inference", args.log or default_log_file(cfg.INFER.output_root))
-    logger.info("inference on the %s split (config %s, overrides %s)", cfg.INFER.split, args.config, args.overrides)
-    return run_test_splits(cfg, args.checkpoint, args.overwrite, logger, resume=args.resume)
+    request = Request("stream" if args.stream else "file" if args.audio else "test", args.audio, args.style,
+                      single_dir(args.audio, args.out) if args.audio else None, args.checkpoint, args.overwrite,
+                      args.resume, args.render, **{k: getattr(args, k) for k in STREAM_ONLY})
+    if request.mode == "test":
+        logger = setup_logger("inference", args.log or default_log_file(cfg.INFER.output_root))
+        logger.info("inference on the %s split (config %s, overrides %s)", cfg.INFER.split, args.config,
+                    args.overrides)
+    else:
+        logger = setup_logger("inference", args.log or os.path.join(request.out, "inference.log"))
+        if request.mode == "file":
+            logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config,
+                        args.overrides)
+    return run(cfg, request, logger)
 
 
 def main(argv=None):

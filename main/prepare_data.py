@@ -18,10 +18,13 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dataset.dataset import FaceDataset  # noqa: E402
-from dataset.store import store_root  # noqa: E402
-from utils.config import ConfigError, load_config  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
+from dataset.dataset import FaceDataset
+from dataset.store import store_root
+from utils.config import load_config
+from utils.errors import (
+    ConfigError,
+    run_reporting_user_errors,
+)
 
 
 def main(argv=None) -> None:

@@ -15,21 +15,21 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
-from dataset.dataset import CropSeeds, FaceDataset, collate  # noqa: E402
-from dataset.index import style_classes  # noqa: E402
-from models.faceformer import FaceFormer  # noqa: E402
-from models.flame import load_flame  # noqa: E402
-from main.train_eval_loop import Trainer  # noqa: E402
-from utils.config import flame_path_for, load_config, save_config  # noqa: E402
-from utils.disk import check_can_write  # noqa: E402
-from utils.framing import framing_from_config  # noqa: E402
-from utils.errors import ConfigError, UserError, run_reporting_user_errors  # noqa: E402
-from utils.runtime import pick_device, seed_everything, setup_logger  # noqa: E402
-from utils.scalar_log import ScalarLog  # noqa: E402
+from dataset.dataset import CropSeeds, FaceDataset, collate
+from dataset.styles import style_classes
+from main.train_eval_loop import Trainer
+from models.faceformer import FaceFormer
+from models.flame import load_flame
+from utils.config import flame_path_for, load_config, save_config
+from utils.disk import check_can_write
+from utils.errors import ConfigError, UserError, run_reporting_user_errors
+from utils.framing import framing_from_config
+from utils.runtime import pick_device, seed_everything, setup_logger
+from utils.scalar_log import ScalarLog
 
 
 def parse_args(argv=None):

@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from dataset.styles import pick_condition_style
 from loss.loss import motion_vertex_loss
-from main.checkpoint_io import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
-from main.session import pick_condition_style
+from models.checkpoint import check_state_dict, check_training_state, load_checkpoint, plain_values, save_checkpoint
 from models.flame_regions import lip_split, region_indices
 from utils.config import flame_region_paths
 from utils.config_schema import SAMPLING_MODES
@@ -71,7 +71,7 @@ def lip_vertices(cfg, flames, device) -> dict:
 def to_device(batch: dict, device, untrained_style: int) -> dict:
     """Tensors to the device. Speakers outside the style classes (style -1: a validation speaker not
     seen in training, or one left out by DATA.train_subjects) are conditioned on ``untrained_style``,
-    the index of the style inference gives them (main/session.py ``pick_condition_style``), so the
+    the index of the style inference gives them (dataset/styles.py ``pick_condition_style``), so the
     validation loss that picks best_model.pth scores what inference will write."""
     out = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
     out["style"] = torch.where(out["style"] < 0, untrained_style, out["style"])

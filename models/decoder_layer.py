@@ -39,12 +39,6 @@ def alibi_bias(slopes: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, p
     return bias.masked_fill(diff[None] < 0, float("-inf"))
 
 
-def biased_mask(n_head: int, T: int, period: int) -> torch.Tensor:
-    """FaceFormer's biased causal mask for T frames -> (n_head, T, T), any T."""
-    pos = torch.arange(T)
-    return alibi_bias(alibi_slopes(n_head), pos, pos, period)
-
-
 def periodic_positional_encoding(T: int, d: int, period: int, start: int = 0) -> torch.Tensor:
     """PPE for positions start..start+T-1 -> (T,d): sinusoidal encoding of (t mod period).
 

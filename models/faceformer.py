@@ -33,7 +33,7 @@ class FaceFormer(nn.Module):
     """FaceFormer(cfg.MODEL, n_styles, framing). style: long class indices (B,) in [0, n_styles).
     ``framing`` (utils.framing, from ``framing_from_config(cfg)``; default 16 kHz / 25 fps) sets the
     audio samples per motion frame of the encoder; it is kept as ``self.framing``. ``audio_encoder``: a
-    prebuilt AudioEncoder to use instead of building one from ``model_cfg`` (main/model_io.py passes
+    prebuilt AudioEncoder to use instead of building one from ``model_cfg`` (models/loading.py passes
     the transformers-free one for inference from a checkpoint)."""
 
     def __init__(self, model_cfg, n_styles: int, framing: Framing | None = None, audio_encoder=None):
@@ -117,12 +117,11 @@ class FaceFormer(nn.Module):
 
     TRAIN_MODES = TRAIN_MODES  # the names TRAIN.mode accepts (utils/config_schema.py)
 
-    def forward(self, audio, motion, style, motion_mask=None, audio_mask=None, teacher_forcing: bool = True,
-                mode: str | None = None, sampling_prob: float = 0.0, passes: int = 1, input_noise: float = 0.0,
-                rollout_steps: int = 1):
+    def forward(self, audio, motion, style, motion_mask=None, audio_mask=None, mode: str = "teacher_forcing",
+                sampling_prob: float = 0.0, passes: int = 1, input_noise: float = 0.0, rollout_steps: int = 1):
         """Training pass. audio (B,N), motion (B,T,51), style (B,), masks True = real -> (B,T,51).
 
-        mode (None: "teacher_forcing", or "rollout" when teacher_forcing=False):
+        mode:
         - teacher_forcing: one parallel decoder pass fed with the ground truth.
         - parallel_sampling: parallel scheduled sampling (Duckworth et al. 2019), ``passes`` + 1
           parallel passes; see decode_sampled.
@@ -135,7 +134,6 @@ class FaceFormer(nn.Module):
           gradients through every step; batched and KV-cached, so T decoder steps, not T passes.
         input_noise: std of Gaussian noise added to the ground-truth previous frames the decoder is fed
         (the parallel modes), another way to make it not trust its inputs blindly."""
-        mode = mode or ("teacher_forcing" if teacher_forcing else "rollout")
         if mode not in self.TRAIN_MODES:
             raise ValueError(f"unknown training mode {mode!r}; expected one of {', '.join(self.TRAIN_MODES)}")
         feats = self.encode(audio, motion.shape[1], audio_mask)

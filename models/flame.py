@@ -1,4 +1,4 @@
-"""The FLAME module: loading the licensed model files, motion51 <-> vertices and the 287 layout.
+"""The FLAME module: loading the licensed model files, motion51 -> vertices.
 
 The licensed FLAME files (FLAME 2020 ``generic_model.pkl``, FLAME 2023 pkl) are Python-2 era
 pickles holding chumpy ``Ch`` objects and ``scipy.sparse`` matrices; they are read by the restricted
@@ -10,7 +10,6 @@ Conventions:
 - pose (N, 15) = axis-angle [global(3), neck(3), jaw(3), eye_l(3), eye_r(3)].
 - motion51 = [expr[:50], jaw_x]; as FLAME input: expr zero-padded to the model's expression count,
   jaw = [jaw_x, 0, 0], every other joint 0.
-- 287-dim DECA/EMOCA coefficients: shape100 | exp50 | pose6 = [0,0,0, jaw,0,0] | cam3 = 0 | detail128.
 
 A procedural STAND-IN model with the real array shapes (the licensed model cannot ship) is in
 scripts/flame_standin.py.
@@ -270,37 +269,6 @@ class FLAME:
             out = lbs_in_chunks(fn, max(1, int(chunk_frames) // B), v_base, j_base, expr, pose,
                                 recompute=need_grad)
         return out[0] if single else out
-
-
-def motion_to_coeffs287(motion, shape=None, detail=None):
-    """motion (...,51) -> DECA/EMOCA coefficients (...,287), numpy or torch like the input.
-
-    Layout: shape[0:100] | exp[100:150] | pose[150:156] = [0,0,0, jaw,0,0] | cam[156:159] = 0 |
-    detail[159:287]. shape (S,) or (...,S): first 100 dims, zero-padded; detail (128,) or (...,128) or
-    None (zeros). The jaw goes to index 153 only (never copied to the three jaw axes).
-    """
-    is_torch = torch.is_tensor(motion)
-    if motion.shape[-1] != MOTION_DIM:
-        raise ValueError(f"motion_to_coeffs287: motion must be (...,51), got {tuple(motion.shape)}")
-    lead = tuple(motion.shape[:-1])
-    if is_torch:
-        out = motion.new_zeros(lead + (287,))
-        as_arr = lambda x: torch.as_tensor(x, dtype=motion.dtype, device=motion.device)
-    else:
-        motion = np.asarray(motion)
-        out = np.zeros(lead + (287,), dtype=motion.dtype if motion.dtype.kind == "f" else np.float32)
-        as_arr = lambda x: np.asarray(x, dtype=out.dtype)
-    if shape is not None:
-        shape = as_arr(shape)[..., :100]
-        out[..., :shape.shape[-1]] = shape
-    out[..., 100:150] = motion[..., :N_EXPR]
-    out[..., 153] = motion[..., N_EXPR]
-    if detail is not None:
-        detail = as_arr(detail)
-        if detail.shape[-1] != 128:
-            raise ValueError(f"motion_to_coeffs287: detail must have 128 dims, got {tuple(detail.shape)}")
-        out[..., 159:287] = detail
-    return out
 
 
 # --------------------------------------------------------------------------------------------------

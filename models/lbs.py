@@ -103,11 +103,9 @@ def lbs_in_chunks(fn, step: int, v_base, j_base, expr, pose, recompute: bool) ->
 
 class _RecomputedLBS(torch.autograd.Function):
     """Activation checkpointing of ``fn`` over time chunks, written out instead of
-    ``torch.utils.checkpoint`` because it saves more memory, which is its whole purpose: on the loss
-    forward + backward (B=4, T=300, stand-in FLAME, CPU; scripts/bench_lbs_recompute.py,
-    docs/BENCHMARKS.md) peak memory grows by ~460-490 MB here, ~620-820 MB with the non-reentrant
-    checkpoint, ~570-590 MB with the reentrant one and ~840-1020 MB without checkpointing; the
-    non-reentrant checkpoint was 1-20% faster per step (noisy shared machine)."""
+    ``torch.utils.checkpoint`` because it saves more memory, which is its whole purpose (the loss forward
+    + backward's peak memory against both checkpoint variants and none: scripts/bench_lbs_recompute.py,
+    docs/BENCHMARKS.md, "FLAME LBS recompute")."""
 
     @staticmethod
     def forward(ctx, fn, step, v_base, j_base, expr, pose):

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from utils.framing import WAV2VEC2_SAMPLE_RATE
+
 LOG_FLOOR = 1e-6  # the power floor: -60 dB under a full-scale sine in unit-variance audio
 
 
@@ -48,7 +50,7 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax:
 class LogMel(nn.Module):
     """(B,N) audio -> (B, n_mels, F) natural-log mel power, one frame per ``hop`` samples."""
 
-    def __init__(self, n_mels: int = 40, win: int = 400, hop: int = 320, sample_rate: int = 16000,
+    def __init__(self, n_mels: int = 40, win: int = 400, hop: int = 320, sample_rate: int = WAV2VEC2_SAMPLE_RATE,
                  fmin: float = 60.0, fmax: float | None = None):
         super().__init__()
         self.n_mels, self.win, self.hop = int(n_mels), int(win), int(hop)
@@ -84,7 +86,7 @@ class SpectralLayer(nn.Module):
     """Stands in for the wav2vec2 CNN's conv layers: (B,1,N) audio -> (B, n_mels, F) scaled log-mel,
     one frame per ``hop`` samples from a ``win``-sample window (the CNN's stride and receptive field)."""
 
-    def __init__(self, n_mels: int, win: int, hop: int, sample_rate: int = 16000):
+    def __init__(self, n_mels: int, win: int, hop: int, sample_rate: int = WAV2VEC2_SAMPLE_RATE):
         super().__init__()
         self.mel = LogMel(n_mels=n_mels, win=win, hop=hop, sample_rate=sample_rate)
 
@@ -92,7 +94,7 @@ class SpectralLayer(nn.Module):
         return (self.mel(x[:, 0]) - MEL_CENTRE) / MEL_SCALE
 
 
-def frontend_config(overrides: dict, frontend: str, sample_rate: int = 16000) -> dict:
+def frontend_config(overrides: dict, frontend: str, sample_rate: int = WAV2VEC2_SAMPLE_RATE) -> dict:
     """Wav2Vec2Config kwargs for ``frontend``: unchanged for the CNN; for ``logmel`` one 'layer' of
     25 ms windows every 20 ms, which gives the encoder the CNN's geometry (400-sample receptive field,
     320-sample stride at 16 kHz) and per-window features (no statistics over the clip, like the

@@ -296,7 +296,7 @@ class AudioEncoder(nn.Module):
         With group norm, ``stats`` = (mean, var), each (C,), replaces the statistics layer 0's
         GroupNorm would take from x: those of the whole clip (Wav2Vec2GroupNormConvLayer is conv ->
         GroupNorm -> activation; its affine weight and bias are applied as usual). ``eps`` replaces
-        the GroupNorm's own (for statistics in other units, see main/stream.py).
+        the GroupNorm's own (for statistics in other units, see models/streaming.py).
         """
         layers = self.model.feature_extractor.conv_layers
         if stats is not None:

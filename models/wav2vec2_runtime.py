@@ -3,8 +3,8 @@
 Importing ``Wav2Vec2Model`` from transformers costs about twice a bare ``import torch`` (it pulls in
 torch.distributed.tensor, torch._dynamo, scipy.optimize, ...), yet a checkpoint of ours holds every
 wav2vec2 weight and, since this module exists, the encoder's config (``audio_encoder_config``, see
-main/checkpoint_io.py). ``Wav2Vec2Runtime`` is the part of HF's ``Wav2Vec2Model`` that AudioEncoder
-(models/wav2vec.py) and Streamer (main/stream.py) run, in plain torch, with the same module names
+models/checkpoint.py). ``Wav2Vec2Runtime`` is the part of HF's ``Wav2Vec2Model`` that AudioEncoder
+(models/wav2vec.py) and Streamer (models/streaming.py) run, in plain torch, with the same module names
 and state-dict keys, so the checkpoint's ``audio_encoder.model.*`` weights load strictly:
 
     feature_extractor.conv_layers[i].{conv, layer_norm, activation}
@@ -17,7 +17,7 @@ and state-dict keys, so the checkpoint's ``audio_encoder.model.*`` weights load 
 Eval / inference only: no dropout inside the encoder, no LayerDrop, no SpecAugment, no gradient
 checkpointing. Training and ``from_pretrained`` keep using transformers (models/wav2vec.py).
 ``unsupported(config)`` names what this module cannot reproduce (adapters, other position
-embeddings, unknown activations, ...); main/model_io.py then falls back to transformers.
+embeddings, unknown activations, ...); models/loading.py then falls back to transformers.
 
     why = unsupported(cfg_dict)                 # None = supported
     model = Wav2Vec2Runtime(cfg_dict)           # random init (tests)

@@ -18,7 +18,7 @@
   offset and scale, so the utterance's mean and variance cancel out of it (the variance only enters
   through GroupNorm's eps, scaled here by the running variance). Features computed at different times
   then share one unit, instead of each chunk being normalised with the audio estimate of its time
-  (measured: 60 s stream deviation 12.4% -> 8.2%, docs/BENCHMARKS.md). With a layer-norm CNN the
+  (this lowers the deviation from offline: docs/BENCHMARKS.md, "Streaming"). With a layer-norm CNN the
   audio is normalised with the running estimates.
 - Resampling to frames and the feature projection are local per frame: cached as well.
 - The transformer (bidirectional) is re-run on a sliding window: ``left_frames`` of frames before

@@ -9,11 +9,11 @@ import os
 import numpy as np
 
 from dataset.dataset import FaceDataset
-from dataset.index import style_classes
-from main import results as RT
-from main.generation import sample_arrays, to_output_fps
-from main.jobs import check_clashes, jobs_to_write, plan_jobs
-from main.result_writer import write_sample
+from dataset.styles import style_classes
+from main.infer.jobs import check_clashes, jobs_to_write, plan_jobs
+from main.results import layout as RT
+from main.results.formats import sample_arrays, to_output_fps
+from main.results.writer import write_sample
 from models.flame import load_flame
 from utils.config import flame_path_for, load_config
 from utils.runtime import setup_logger

@@ -16,7 +16,7 @@ Sections (each prints a table; all results go to one JSON):
 - memory: peak resident memory of whole inference on a 10-minute input (fresh subprocess).
 - amp:    (CUDA only) a short training run with TRAIN.amp=true; loss must fall and stay finite.
 - stream: (not in the default set) decoder ms per frame with INFER.attention_window vs unbounded at
-          30 s and 240 s; the Streamer (main/stream.py) on the full-size encoder at the default settings:
+          30 s and 240 s; the Streamer (models/streaming.py) on the full-size encoder at the default settings:
           compute per chunk vs the chunk's duration, algorithmic latency; with a trained demo model
           (--demo_checkpoint, --demo_data), the deviation of bounded attention at 60 s and of streamed
           from offline motion per lookahead x left context. ``python scripts/benchmark.py stream``.
@@ -54,18 +54,18 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import torch
 
-from models.faceformer import FaceFormer  # noqa: E402
-from models.flame import FLAME  # noqa: E402
-from scripts.flame_standin import make_standin_flame, write_standin_files  # noqa: E402
-from scripts.bench.common import ROOT, model_config, table  # noqa: E402
-from scripts.bench.loader import bench_loader, print_loader  # noqa: E402
-from scripts.bench.render import bench_render, print_render  # noqa: E402
-from scripts.bench.speed import bench_amp, bench_decode, bench_infer, bench_memory, bench_train  # noqa: E402
-from scripts.bench.startup import bench_startup  # noqa: E402
-from scripts.bench.stream import bench_stream, print_stream  # noqa: E402
-from scripts.bench.train_modes import TRAIN_MODE_DEFAULT, TRAIN_MODE_RUNS, bench_train_modes  # noqa: E402
+from models.faceformer import FaceFormer
+from models.flame import FLAME
+from scripts.bench.common import ROOT, model_config, table
+from scripts.bench.loader import bench_loader, print_loader
+from scripts.bench.render import bench_render, print_render
+from scripts.bench.speed import bench_amp, bench_decode, bench_infer, bench_memory, bench_train
+from scripts.bench.startup import bench_startup
+from scripts.bench.stream import bench_stream, print_stream
+from scripts.bench.train_modes import TRAIN_MODE_DEFAULT, TRAIN_MODE_RUNS, bench_train_modes
+from scripts.flame_standin import make_standin_flame, write_standin_files
 
 
 def main(argv=None):
@@ -115,7 +115,7 @@ def main(argv=None):
         torch.nn.init.normal_(model.output_map.weight, std=0.05)
         ckpt = os.path.join(tmp, "bench.pth")
         # as train.py writes it: with the wav2vec2 config, so inference runs models/wav2vec2_runtime.py
-        from main.checkpoint_io import plain_values
+        from models.checkpoint import plain_values
         torch.save({"model": model.state_dict(), "styles": ["S0", "S1", "S2", "S3"], "config": cfg.to_dict(),
                     "epoch": 0, "audio_encoder_config": plain_values(model.audio_encoder.model.config.to_dict())},
                    ckpt)

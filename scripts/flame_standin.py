@@ -14,7 +14,6 @@ import numpy as np
 
 from models.flame import N_JOINTS, N_VERTICES, write_flame_pickle
 
-
 _N_RINGS, _N_LON = 66, 76          # 66*76 ring vertices + 2 poles + 5 split vertices = 5023
 _MOUTH_Y = -0.045                  # height of the lip line (metres)
 _EYE = (0.032, 0.02)               # |x|, y of the eye centres

@@ -19,16 +19,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from dataset.dataset import FaceDataset  # noqa: E402
-from dataset.index import split_jsons  # noqa: E402
-from models.flame import load_flame  # noqa: E402
-from models.log_mel import LogMel  # noqa: E402
-from scripts.baseline_results import baseline_setup, write_baseline_results  # noqa: E402
-from utils.config import flame_path_for  # noqa: E402
-from utils.errors import UserError, run_reporting_user_errors  # noqa: E402
+from dataset.dataset import FaceDataset
+from dataset.index import split_jsons
+from models.flame import load_flame
+from models.log_mel import LogMel
+from scripts.baseline_results import baseline_setup, write_baseline_results
+from utils.config import flame_path_for
+from utils.errors import UserError, run_reporting_user_errors
 
 MEL_HOP = 160                 # 10 ms at 16 kHz
 CONTEXT_STEP = 2              # mel frames between context taps: 20 ms

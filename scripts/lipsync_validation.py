@@ -1,4 +1,4 @@
-"""Do the lip-sync checks (main/lipsync.py) tell good motion from bad? Scored on a set with ground truth.
+"""Do the lip-sync checks (main/evaluation/lipsync.py) tell good motion from bad? Scored on a set with ground truth.
 
 On the test split of a dataset made from audio (the held-out speech set, scripts/make_speech_set.py,
 whose clips carry the phones that made their motion as ``<clip>.phones.json``) four results trees are
@@ -25,11 +25,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from main import results as RT  # noqa: E402
-from main.result_reader import find_leaves, load_frames, read_meta  # noqa: E402
-from main.result_writer import write_sample  # noqa: E402
+from main.results import layout as RT
+from main.results.reader import find_leaves, load_frames, read_meta
+from main.results.writer import write_sample
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TREES = ("ground_truth", "model", "mean_baseline", "shifted", "gt_shifted")
@@ -71,7 +71,7 @@ def write_shifted(cfg, src: str, exp: str, shift_ms: float):
 
 
 def main(argv=None):
-    from main.lipsync import run
+    from main.evaluation.lipsync import run
     from utils.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,7 +86,7 @@ def main(argv=None):
             f"INFER.coeff_root={args.out}/coeffs", f"INFER.checkpoint={os.path.abspath(args.checkpoint)}"]
     cfg = load_config(args.config, over)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    have = lambda exp: os.path.isdir(os.path.join(args.out, "metrics", exp))  # noqa: E731
+    have = lambda exp: os.path.isdir(os.path.join(args.out, "metrics", exp))
     if not have("model"):
         subprocess.run([sys.executable, "inference.py", "--config", args.config, *over, "INFER.exp_name=model",
                         "--log", os.path.join(args.out, "inference.log")], cwd=REPO, env=env, check=True)
@@ -122,7 +122,7 @@ def markdown(table: dict, shift_ms: float) -> str:
     for exp, r in table.items():
         a, rec = r["auto"], r.get("recognise", {})
         name = names.get(exp, exp.replace("_", " "))
-        clo = lambda x: "-" if not x else f(x["closure"], ".2f") + (  # noqa: E731
+        clo = lambda x: "-" if not x else f(x["closure"], ".2f") + (
             f" ({x['closure_chance']:.2f})" if x.get("closure_chance") is not None else "")
         rows.append(f"| {name} | {f(a['lag_ms'], '.0f')} | {f(a['corr'], '.2f')} | {f(a['rest_open'], '.2f')} | "
                     f"{f(a['rest_move'], '.2f')} | {clo(a)} | {clo(rec)} | {f(a['jitter'], '.3f')} |")

@@ -18,7 +18,8 @@ all smoothed (coarticulation, Gaussian of 70 ms) and delayed by 20 ms, then scal
 per-speaker style (and the emotion in MEAD), plus a slow drift and a little tracking jitter. Like real
 25 fps tracking, the previous frame predicts the next one well (lag-1 R^2 of the jaw ~0.87), while what
 changes it (syllables, vowels, pauses) is only in the audio: a teacher-forced decoder is tempted to
-copy its input, which is the exposure bias the training modes address. Motion is sampled at each dataset's native fps from the same
+copy its input, which is the exposure bias the training modes address. Motion is sampled at each dataset's
+native fps from the same
 continuous-time signals, so the 20 fps data is a true 20 fps sampling.
 
 Same --seed, same bytes (the .npz files are written with fixed zip timestamps).
@@ -41,9 +42,9 @@ from scipy.ndimage import gaussian_filter1d
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.flame_standin import write_standin_files  # noqa: E402
+from scripts.flame_standin import write_standin_files
+from utils.framing import WAV2VEC2_SAMPLE_RATE as SR
 
-SR = 16000
 SMOOTH_S = 0.07      # motion is the activation smoothed by a Gaussian of this std (seconds) ...
 DELAY_S = 0.02       # ... and lagging the audio by this much
 NOISE = 0.003        # per-frame tracking jitter of the expression coefficients (jaw: a fifth of it)

@@ -12,9 +12,10 @@ Sources (Debian packages, installed by this script when run as root; no audio is
   alsa-utils                      "front left" ... test words, GPL-2 (voice 'alsa')
 and PyPI pocketsphinx 5 (its US English acoustic model and dictionary) for the alignment.
 
-Alignment (main/align.py; checks in scripts/speech_set/alignment_checks.py): pocketsphinx forced
+Alignment (main/evaluation/align.py; checks in scripts/speech_set/alignment_checks.py): pocketsphinx forced
 alignment of the transcript, words then phones (10 ms); Italian words are converted to the nearest US
-English phones by spelling rules and aligned with the same model (rougher). Utterances are dropped when the aligner fails, a word has no
+English phones by spelling rules and aligned with the same model (rougher). Utterances are dropped when the
+aligner fails, a word has no
 pronunciation, or the alignment does not fit the audio (implausibly long phones, vowels on silence,
 loud audio labelled silence, odd speaking rate). `--check N` prints the phone timings of N prompts per
 voice next to their energy envelope and saves plots under OUT/alignment_check/.
@@ -23,7 +24,8 @@ Motion (scripts/speech_set/visemes.py): each phone has a viseme target in the st
 (jaw from vowel openness, rounding, spreading, lip press on p/b/m, lower lip to teeth on f/v, rest in
 silence), blended by dominance functions of short reach (coarticulation), smoothed (10 ms Gaussian),
 leading the audio by 30 ms; louder vowels open more. The transitions are sharp on purpose (jaw lag-1 R^2
-0.59 at 25 fps, demo 0.87): continuing the previous frame explains little, listening explains the rest. Then, as in make_demo_data.sample_motion: the speaker's style (jaw
+0.59 at 25 fps, demo 0.87): continuing the previous frame explains little, listening explains the rest. Then,
+as in make_demo_data.sample_motion: the speaker's style (jaw
 gain and rest, expression gain and offsets, shape), the MEAD emotion's expression offsets, a slow drift
 and a small per-frame noise, sampled per frame at each dataset's native fps (20 fps for MultiModal200).
 
@@ -50,13 +52,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from scripts.flame_standin import write_standin_files  # noqa: E402
-from scripts.make_demo_data import FPS, _rng, sample_motion, speaker_style, write_index, write_sample  # noqa: E402
-from scripts.speech_set import clips as C  # noqa: E402
-from main.align import Aligner, normalise  # noqa: E402
-from scripts.speech_set.alignment_checks import check_alignment  # noqa: E402
-from scripts.speech_set.sources import VOICES, decode, ensure_installed, list_prompts  # noqa: E402
-from scripts.speech_set.visemes import motion_signals  # noqa: E402
+from main.evaluation.align import Aligner, normalise
+from scripts.flame_standin import write_standin_files
+from scripts.make_demo_data import FPS, _rng, sample_motion, speaker_style, write_index, write_sample
+from scripts.speech_set import clips as C
+from scripts.speech_set.alignment_checks import check_alignment
+from scripts.speech_set.sources import VOICES, decode, ensure_installed, list_prompts
+from scripts.speech_set.visemes import motion_signals
 
 # (dataset, speaker id, voice, splits, tape-speed factor). M003 is one speaker in two datasets.
 SPEAKERS = [
@@ -206,7 +208,7 @@ def write_clip(out, seed, dataset, split, index, speaker, emotion, factor, group
     jaw, expr = sample_motion(tg, jaw_c, expr_c, style, emotion, fps, n_frames, r)
     sid, entry, seconds = write_sample(out, dataset, split, index, speaker, emotion, audio, sr, jaw, expr,
                                        style, r, valid_frames=n_frames if dataset == "digital_human" else None)
-    # the phones that made the motion, in the clip's own time: main/lipsync.py's closure check reads them
+    # the phones that made the motion, in the clip's own time: main/evaluation/lipsync.py's closure check reads them
     with open(os.path.join(out, os.path.splitext(entry["audio_path"])[0] + ".phones.json"), "w") as f:
         json.dump([[p, round(a, 4), round(b, 4)] for p, a, b in phones], f)
     return sid, entry, seconds, jaw, {s.uid for s in group}

@@ -1,12 +1,12 @@
 """Mean-motion baseline: the training set's mean 51-dim motion, repeated for every test frame.
 
-Writes the same layout as inference (main/results.py) under INFER.exp_name=mean_baseline (override it
+Writes the same layout as inference (main/results/layout.py) under INFER.exp_name=mean_baseline (override it
 with INFER.exp_name=...), so main/evaluate.py scores it exactly like a model. A model that learned
 anything from the audio must beat it on LVE.
 
     python scripts/mean_baseline.py --config config/demo.yaml [--overwrite | --resume] [SECTION.key=value ...]
 
-Results are written like inference's (main/results.py): whole or not at all, existing ones refused
+Results are written like inference's (main/results/layout.py): whole or not at all, existing ones refused
 unless --overwrite (redo all) or --resume (keep complete samples).
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from dataset.dataset import FaceDataset  # noqa: E402
-from scripts.baseline_results import baseline_setup, write_baseline_results  # noqa: E402
-from utils.errors import run_reporting_user_errors  # noqa: E402
+from dataset.dataset import FaceDataset
+from scripts.baseline_results import baseline_setup, write_baseline_results
+from utils.errors import run_reporting_user_errors
 
 
 def training_mean_motion(cfg, styles, log) -> np.ndarray:

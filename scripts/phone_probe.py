@@ -27,20 +27,20 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from dataset.dataset import FaceDataset  # noqa: E402
-from main.generation import generate_motion  # noqa: E402
-from main.metrics import lve  # noqa: E402
-from main.model_io import load_model  # noqa: E402
-from main.phones import BILABIALS, clean_label, read_alignment  # noqa: E402
-from models.flame import load_flame  # noqa: E402
-from models.flame_regions import region_indices  # noqa: E402
-from scripts.linear_baseline import LinearListener  # noqa: E402
-from utils.config import flame_path_for, flame_region_paths, load_config  # noqa: E402
-from utils.errors import DataError, run_reporting_user_errors  # noqa: E402
-from utils.runtime import setup_logger  # noqa: E402
+from dataset.dataset import FaceDataset
+from main.evaluation.metrics import lve
+from main.evaluation.phones import BILABIALS, clean_label, read_alignment
+from main.infer.decode import generate_motion
+from models.flame import load_flame
+from models.flame_regions import region_indices
+from models.loading import load_model
+from scripts.linear_baseline import LinearListener
+from utils.config import flame_path_for, flame_region_paths, load_config
+from utils.errors import DataError, run_reporting_user_errors
+from utils.runtime import setup_logger
 
 CONTEXT = 2      # frames either side given to every stage
 RIDGE = 1.0      # on standardised features

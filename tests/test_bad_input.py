@@ -13,8 +13,8 @@ from dataset.data_item import load_item
 from dataset.dataset import FaceDataset
 from dataset.index import read_index
 from dataset.split_check import check_split
-from utils.errors import DataError
-from utils.config import ConfigError, load_config
+from utils.config import load_config
+from utils.errors import ConfigError, DataError
 
 SR = 16000
 

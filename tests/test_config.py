@@ -5,7 +5,8 @@ import time
 import pytest
 import yaml
 
-from utils.config import ConfigError, load_config, resolve_data_path, save_config
+from utils.config import load_config, resolve_data_path, save_config
+from utils.errors import ConfigError
 
 DEMO_CFG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "demo.yaml")
 

@@ -9,7 +9,7 @@ import torch
 
 from dataset.dataset import FaceDataset, collate
 from dataset.flame_params import resample_motion
-from dataset.index import style_classes
+from dataset.styles import style_classes
 from tests.conftest import expected_vhap, make_cfg, two_dataset_root
 
 

@@ -15,10 +15,9 @@ from dataset.dataset import FaceDataset
 from dataset.flame_files import load_flame_params
 from dataset.flame_params import detail_from_params, load_motion, load_shape, resample_motion
 from dataset.index import read_index
-from models.flame import motion_to_coeffs287
+from main.results.formats import motion_to_coeffs287
 from tests.conftest import emoca_params, expected_vhap, make_cfg, vhap_params, write_json, write_sample
 from utils.errors import DataError
-
 
 # ----------------------------------------------------------------------------- resampling
 

@@ -4,10 +4,10 @@ import json
 import os
 
 from dataset.dataset import FaceDataset
-from dataset.index import read_index, style_classes
+from dataset.index import read_index
+from dataset.styles import style_classes
 from tests.conftest import make_cfg, two_dataset_root, write_json
 from utils.config import load_config
-
 
 # ----------------------------------------------------------------------------- JSON index
 

@@ -10,11 +10,12 @@ import scipy.sparse as sp
 import torch
 from scipy.spatial.transform import Rotation
 
-from models.flame import FLAME, FlameLoadError, load_flame, load_flame_pickle, motion_to_coeffs287
+from main.results.formats import motion_to_coeffs287
+from models.flame import FLAME, load_flame, load_flame_pickle
 from models.flame_regions import load_region_masks, region_indices
-from utils.safe_pickle import UnsafePickleError
 from scripts.flame_standin import write_standin_files
 from utils.config import flame_path_for, flame_region_paths, load_config
+from utils.safe_pickle import FlameLoadError, UnsafePickleError
 
 
 @pytest.fixture(scope="module")

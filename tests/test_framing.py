@@ -7,7 +7,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from utils.config import ConfigError, load_config
+from utils.config import load_config
+from utils.errors import ConfigError
 from utils.framing import DEFAULT_FRAMING, Framing, framing_from_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,7 +22,7 @@ def test_default_framing_and_frame_counts():
     # round(seconds * fps), halves up
     assert [f.frames_in(n) for n in (0, 319, 320, 639, 640, 959, 960)] == [0, 0, 1, 1, 1, 1, 2]
     g = framing_from_config(load_config(None, ["DATA.target_fps=20"]))
-    assert g.fps == 20 and g.samples_per_frame == 800 and g.samples_in(3) == 2400
+    assert g.fps == 20 and g.samples_per_frame == 800 and 3 * g.samples_per_frame == 2400
 
 
 @pytest.mark.parametrize("override, key", [
@@ -103,7 +104,7 @@ def test_framing_reaches_the_dataset(tmp_path):
 
 
 def test_inference_uses_checkpoint_framing_and_refuses_another(tmp_path):
-    from main.model_io import load_model
+    from models.loading import load_model
     from utils.errors import InferenceError
 
     cfg = load_config(DEMO, ["DATA.target_fps=20"])

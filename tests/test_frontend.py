@@ -83,7 +83,7 @@ def test_logmel_stream_with_whole_file_lookahead_equals_offline():
 
 
 def test_logmel_runtime_from_a_checkpoint_equals_transformers():
-    from main.checkpoint_io import plain_values
+    from models.checkpoint import plain_values
     from models.wav2vec import AudioEncoder
     from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
 
@@ -113,9 +113,9 @@ def test_logmel_checkpoint_loads_without_transformers(tmp_path):
     the transformers-free encoder with the same front end and the same outputs."""
     import logging
 
-    from main.checkpoint_io import save_checkpoint
-    from main.model_io import load_model
     from main.train_eval_loop import Trainer
+    from models.checkpoint import save_checkpoint
+    from models.loading import load_model
     from models.wav2vec2_runtime import Wav2Vec2Runtime
     from scripts.flame_standin import write_standin_files
 

@@ -12,8 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from utils.config import load_config
 from utils.config_schema import DATASET_DEFAULTS, DEFAULTS
@@ -110,9 +109,9 @@ def test_streaming_flags_are_checked_before_anything_runs(tiny, flags, overrides
     """What cli() checks before a model is loaded or a file is written: the flags parse, the config
     loads, the streaming settings and INFER values pass their ranges; whatever passes, the Streamer
     accepts."""
+    from main.infer.session import check_infer_config, stream_settings
     from main.inference import parse_args
-    from main.stream import Streamer
-    from main.session import check_infer_config, stream_settings
+    from models.streaming import Streamer
 
     argv = ["--audio", "-", *[x for flag, value in flags for x in (flag, value)],
             *[f"{k}={v}" for k, v in overrides]]

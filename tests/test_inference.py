@@ -13,6 +13,7 @@ import soundfile as sf
 import torch
 
 from main import inference as I
+from main.infer.jobs import default_log_file
 from models.flame import FLAME
 from scripts.flame_standin import write_standin_files
 from tests.conftest import tiny_model
@@ -226,7 +227,8 @@ def test_demo_data_frame_counts_match_ground_truth(demo_root, tmp_path):
     """On the demo generator's data (scripts/make_demo_data.py), every test sample's folder holds as
     many frames as its FLAME file at the dataset's native fps (MultiModal200: 20 fps)."""
     from dataset.flame_files import load_flame_params
-    from dataset.index import split_refs, style_classes
+    from dataset.index import split_refs
+    from dataset.styles import style_classes
 
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={demo_root}"])
     styles = style_classes(cfg)
@@ -313,10 +315,10 @@ def test_checkpoint_runs_without_the_pretrained_files(data_root, checkpoint, tmp
 
 
 def test_log_file_location():
-    assert I.default_log_file("results/metrics/faceformer_run/test") == os.path.join("results", "inference.log")
-    assert I.default_log_file("out/test") == os.path.join("out", "inference.log")
-    assert I.default_log_file("/x/results/metrics/run/test") == "/x/results/inference.log"
-    assert I.default_log_file("/x/y/test") == "/x/y/inference.log"
+    assert default_log_file("results/metrics/faceformer_run/test") == os.path.join("results", "inference.log")
+    assert default_log_file("out/test") == os.path.join("out", "inference.log")
+    assert default_log_file("/x/results/metrics/run/test") == "/x/results/inference.log"
+    assert default_log_file("/x/y/test") == "/x/y/inference.log"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -56,7 +56,7 @@ def config(root, out, *extra):
 
 
 def test_inference_coeffs287_detail_block(root):
-    from main.inference import run_test_splits
+    from main.infer.pipeline import run_test_splits
 
     cfg = config(root, "detail")
     run_test_splits(cfg)
@@ -71,7 +71,7 @@ def test_inference_coeffs287_detail_block(root):
 
 def test_inference_and_evaluation_honour_test_subjects(root):
     from main.evaluate import evaluate
-    from main.inference import run_test_splits
+    from main.infer.pipeline import run_test_splits
 
     cfg = config(root, "subjects", "DATA.test_subjects=p")
     rows = run_test_splits(cfg)
@@ -88,7 +88,7 @@ def test_test_split_inference_decodes_each_sample_once_and_parses_each_json_once
     import dataset.dataset as dataset_mod
     import dataset.index as index_mod
     import dataset.split_check as split_check
-    from main.inference import run_test_splits
+    from main.infer.pipeline import run_test_splits
 
     loaded, parsed = [], []
     real_load, real_parse = split_check.load_item, index_mod._parse_index

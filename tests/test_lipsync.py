@@ -1,4 +1,4 @@
-"""Lip-sync checks without ground truth (main/lipsync.py) on synthetic clips whose lag, silences and
+"""Lip-sync checks without ground truth (main/evaluation/lipsync.py) on synthetic clips whose lag, silences and
 closures are known: the stand-in FLAME's jaw is driven by the speech envelope, delayed by a known lag."""
 import json
 import os
@@ -6,7 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from main import lipsync as L
+from main.evaluation import lipsync as L
+from main.evaluation.lipsync_rules import LipSyncError, runs
+from main.lipsync import main as lipsync_main
 from models.flame_regions import lip_split
 
 FPS, SR = 25, 16000
@@ -30,7 +32,7 @@ def syllables(n_frames, silences=(), seed=0):
     gap of zero (a lip closure), and zero over the silences [(start s, end s)]."""
     rng = np.random.default_rng(seed)
     t = np.arange(n_frames) / FPS
-    env, k = np.zeros(n_frames), 0
+    env = np.zeros(n_frames)
     period = 0.32
     phase = t % period
     syll = (t // period).astype(int)
@@ -94,7 +96,7 @@ def test_mouth_at_rest_in_silence(face):
     env = syllables(175, silences=silences)
     audio = audio_of(env)
     silent = np.zeros(175, bool)  # the pauses with the syllable gaps next to them: where the audio is quiet
-    for a, b in L.runs(env == 0):
+    for a, b in runs(env == 0):
         silent[a:b] = b - a >= 0.25 * FPS
 
     lips, up, lo = lips_of(face, 0.2 * env)
@@ -171,9 +173,10 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
     """Two single-audio style folders (DIR/vertices, DIR/meta.json) under one root, an alignment file
     beside one wav: table, JSON, PNG; main/evaluate.py --lipsync runs the same."""
     import soundfile as sf
+
     from main.evaluate import main as evaluate_main
-    from main.result_writer import write_sample
-    from main.results import build_meta
+    from main.results.layout import build_meta
+    from main.results.writer import write_sample
 
     flame, _, root = face
     env = syllables(150, silences=[(2.5, 3.3)])
@@ -190,7 +193,7 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
 
     argv = ["--config", os.path.join(REPO, "config/demo.yaml"), "--results", str(tmp_path / "single"),
             f"DATA.data_root={root}"]
-    L.main(argv)
+    lipsync_main(argv)
     table = capsys.readouterr().out
     rows = [line.split()[0] for line in table.splitlines()[1:4]]
     assert rows == ["late", "sync", "overall"]
@@ -212,8 +215,9 @@ def test_cli_on_single_audio_folders(face, tmp_path, capsys):
 def test_test_split_tree_with_a_parallel_coeff_tree(face, tmp_path):
     """{DATASET}/{STYLE}/{i}.npy with meta.json in --coeffs; a folder without meta.json is skipped."""
     import soundfile as sf
-    from main.result_writer import write_sample
-    from main.results import build_meta
+
+    from main.results.layout import build_meta
+    from main.results.writer import write_sample
 
     flame, lip_idx, _ = face
     env = syllables(100)
@@ -229,12 +233,12 @@ def test_test_split_tree_with_a_parallel_coeff_tree(face, tmp_path):
     assert [c["clip"] for c in rep["clips"]] == [os.path.join("DS", "s1")]
     assert rep["clips"][0]["lag_ms"] == pytest.approx(-40, abs=40)
     assert [s["folder"] for s in rep["skipped"]] == [str(tmp_path / "res" / "DS" / "s2")]
-    with pytest.raises(L.LipSyncError, match="meta.json"):
+    with pytest.raises(LipSyncError, match="meta.json"):
         L.score_tree(str(tmp_path / "res"), lip_idx, phones="none")  # without --coeffs no clip has its audio
 
 
 def test_transcript_and_alignment_sources(tmp_path):
-    from main.phones import PhoneSource, clean_label, find_transcript, read_alignment
+    from main.evaluation.phones import PhoneSource, clean_label, find_transcript, read_alignment
 
     wav = str(tmp_path / "a.wav")
     assert find_transcript(wav, None, None) == (None, "")
@@ -254,7 +258,7 @@ def test_pocketsphinx_aligns_a_transcript_and_recognises_phones(tmp_path):
     """Forced alignment and phone recognition on recorded English (pocketsphinx-testdata's LibriVox
     reading, which the speech set uses); skipped where pocketsphinx or the recordings are missing."""
     pytest.importorskip("pocketsphinx")
-    from main.phones import PhoneSource
+    from main.evaluation.phones import PhoneSource
     from scripts.speech_set.sources import decode, list_prompts
 
     try:

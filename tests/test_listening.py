@@ -1,4 +1,4 @@
-"""The listening check (main/listening.py): LVE with another clip's audio over LVE with the clip's own."""
+"""The listening check (main/evaluation/listening.py): LVE with another clip's audio over LVE with the clip's own."""
 import json
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from main.listening import listening_check, other_audio
+from main.evaluation.listening import listening_check, other_audio
 from tests.conftest import ROOT, write_tiny_checkpoint
 from utils.config import load_config
 

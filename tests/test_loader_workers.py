@@ -9,9 +9,9 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 from dataset.dataset import CropSeeds, FaceDataset, collate, crop_seed
 from main.train import loader_workers, main as train_main
-from utils.config import ConfigError, load_config
-
 from tests.conftest import make_cfg, two_dataset_root
+from utils.config import load_config
+from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

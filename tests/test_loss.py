@@ -140,7 +140,7 @@ def test_lip_term_matches_its_definition_and_is_off_at_weight_zero(chunk_frames)
     p = pred.clone().requires_grad_()
     loss, per = motion_vertex_loss(p, gt, mask, flame, shape, 0.5, chunk_frames, lip_weight=2.0, lips=(upper, lower))
     vp, vg = flame.motion_to_vertices(pred, shape), flame.motion_to_vertices(gt, shape)
-    gap = lambda v: v[..., upper, 1].mean(-1) - v[..., lower, 1].mean(-1)  # noqa: E731
+    gap = lambda v: v[..., upper, 1].mean(-1) - v[..., lower, 1].mean(-1)
     sq = (gap(vp) - gap(vg)).pow(2) * mask
     assert torch.allclose(loss, base + 2.0 * sq.sum() / mask.sum(), rtol=1e-5)
     assert torch.allclose(per, base_per + 2.0 * sq.sum(1) / mask.sum(1), rtol=1e-5)
@@ -153,8 +153,8 @@ def test_lip_term_matches_its_definition_and_is_off_at_weight_zero(chunk_frames)
 def test_lip_vertices_split_the_standin_lips_into_upper_and_lower(demo_root):
     from main.train_eval_loop import lip_vertices
     from models.flame import load_flame
-    from utils.config import load_config
     from tests.conftest import ROOT
+    from utils.config import load_config
 
     cfg = load_config(f"{ROOT}/config/demo.yaml", [f"DATA.data_root={demo_root}"])
     flame = load_flame(f"{demo_root}/{cfg.FLAME.model_path}")

@@ -4,7 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from main.evaluate import aggregate, fdd, lip_opening_proxy, lve, mve, upper_face_dynamics
+from main.evaluate import lip_opening_proxy
+from main.evaluation.metrics import aggregate, fdd, lve, mve, upper_face_dynamics
 
 LIPS = [0, 1]
 UPPER = [2, 3]
@@ -134,6 +135,7 @@ def demo_like(tmp_path_factory):
     """A tiny copy of the demo layout: stand-in FLAME + masks, vhap npz test samples of MEAD_VHAP
     (25 fps) and MultiModal200 (20 fps), their test JSONs; a config pointing at it."""
     import soundfile as sf
+
     from scripts.flame_standin import write_standin_files
     from utils.config import load_config
 
@@ -169,7 +171,8 @@ def demo_like(tmp_path_factory):
 
 def _write_tree(cfg, exp, fps=None, jaw_scale=1.0, expr_offset=0.0, coeffs=False):
     """Prediction tree {output_root}/{exp}/{DATASET}/{STYLE_ID}/{i}.npy for every test sample of the
-    config, from the ground-truth motion (optionally perturbed), at ``fps`` (None = each sample's native fps), as inference would write it.
+    config, from the ground-truth motion (optionally perturbed), at ``fps`` (None = each sample's native
+    fps), as inference would write it.
     Returns {(dataset, style_id): (T,V,3) ground truth written unperturbed}."""
     from dataset.flame_params import load_motion, load_shape
     from dataset.index import read_index
@@ -341,6 +344,7 @@ def test_evaluate_fails_naming_missing_and_short_sequences(demo_like, tmp_path, 
     """One missing and one truncated sequence: exit 1 naming both (JSON still written, listing them);
     --allow_missing scores the rest. A torn frame file is named by path."""
     import shutil
+
     from main.evaluate import main as eval_main
     from utils.errors import run_reporting_user_errors
 

@@ -177,7 +177,7 @@ def test_rollout_training_pass_is_generation_with_gradients(model):
     style = torch.tensor([1, 2])
     with torch.no_grad():
         gen = model.generate(audio, style, 20)
-    out = model(audio, motion, style, teacher_forcing=False)
+    out = model(audio, motion, style, mode="rollout")
     assert (out - gen).abs().max() < 1e-5                  # independent of the target motion
     out.pow(2).mean().backward()
     assert model.motion_map.weight.grad is not None and model.motion_map.weight.grad.abs().sum() > 0

@@ -5,12 +5,17 @@ import math
 import pytest
 import torch
 
-from models.decoder_layer import DecoderLayer, alibi_slopes, biased_mask, periodic_positional_encoding
+from models.decoder_layer import DecoderLayer, alibi_bias, alibi_slopes, periodic_positional_encoding
 from models.faceformer import FaceFormer
 from utils.config import load_config
 
-
 # ---- attention bias and positional encoding -------------------------------------------------------
+
+def biased_mask(n_head: int, T: int, period: int) -> torch.Tensor:
+    """FaceFormer's biased causal mask for T frames -> (n_head, T, T), as the decoder builds it."""
+    pos = torch.arange(T)
+    return alibi_bias(alibi_slopes(n_head), pos, pos, period)
+
 
 def test_alibi_slopes():
     assert alibi_slopes(4).tolist() == [1 / 4, 1 / 16, 1 / 64, 1 / 256]

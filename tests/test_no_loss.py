@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from main.output_lock import LOCK_FILE, output_lock
-from main.result_reader import load_frames
+from main.results.lock import LOCK_FILE, output_lock
+from main.results.reader import load_frames
 from tests.conftest import speech
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -113,8 +113,8 @@ def test_write_frames_joins_its_worker_on_every_way_out(tmp_path, fail_in):
     uncommitted result removed."""
     import threading
 
-    from main.generation import write_frames
-    from main.result_writer import FrameWriter
+    from main.infer.decode import write_frames
+    from main.results.writer import FrameWriter
     from models.flame import FLAME
     from scripts.flame_standin import make_standin_flame
 
@@ -138,7 +138,7 @@ def test_write_frames_joins_its_worker_on_every_way_out(tmp_path, fail_in):
 def test_full_disk_while_coefficients_are_written_leaves_no_folder_of_a_new_sample(tmp_path, monkeypatch):
     import errno
 
-    from main.result_writer import FrameWriter
+    from main.results.writer import FrameWriter
     from utils.errors import ResultsError
 
     real_save = np.save
@@ -177,7 +177,7 @@ def test_stream_flags_are_range_checked_before_anything_is_written(setup, tmp_pa
 
 
 def test_stdin_is_read_in_bounded_pieces():
-    from main.speech import _read_upto
+    from main.infer.speech import _read_upto
 
     class Pipe:
         def __init__(self):
@@ -260,7 +260,7 @@ def test_inference_refuses_unusable_style_ids_before_writing(setup, bad_name_roo
 
 def test_corrupt_meta_json_neither_blocks_overwrite_nor_passes_for_complete(setup, tmp_path):
     from main import inference as I
-    from main import results as RT
+    from main.results import layout as RT
 
     out = tmp_path / "o"
     args = cli_args(setup, "--audio", setup[2], "--out", str(out))
@@ -278,7 +278,7 @@ def test_corrupt_meta_json_neither_blocks_overwrite_nor_passes_for_complete(setu
 @pytest.mark.parametrize("damage", ["empty", "torn", "header"])
 def test_torn_or_empty_frame_is_not_complete(setup, tmp_path, damage):
     from main import inference as I
-    from main import results as RT
+    from main.results import layout as RT
 
     out = tmp_path / "o"
     args = cli_args(setup, "--audio", setup[2], "--out", str(out))
@@ -295,7 +295,7 @@ def test_torn_or_empty_frame_is_not_complete(setup, tmp_path, damage):
 
 def test_a_second_run_on_a_locked_output_fails_at_once_naming_the_first(setup, tmp_path):
     from main import inference as I
-    from main import results as RT
+    from main.results import layout as RT
     from utils.errors import ResultsError
 
     out = tmp_path / "o"
@@ -309,7 +309,7 @@ def test_a_second_run_on_a_locked_output_fails_at_once_naming_the_first(setup, t
     # across processes: a run holding the lock (here a stand-in that holds it and waits) blocks the next
     # at once, named by its pid; killed with SIGKILL, it leaves a lock file that blocks nothing
     held = tmp_path / "held"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom main.output_lock import output_lock\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom main.results.lock import output_lock\n"
                                "with output_lock([sys.argv[1]]):\n    print('locked', flush=True)\n"
                                "    time.sleep(300)\n", str(held)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE)
     assert holder.stdout.readline().strip() == b"locked"

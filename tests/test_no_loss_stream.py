@@ -28,7 +28,7 @@ def snapshot(folder):
 
 def test_stream_overwrite_keeps_the_old_result_until_the_new_one_is_complete(setup, tmp_path, monkeypatch):
     from main import inference as I
-    from main import results as RT
+    from main.results import layout as RT
     from utils.errors import UserError
 
     out = tmp_path / "o"
@@ -66,7 +66,7 @@ def test_stream_overwrite_keeps_the_old_result_until_the_new_one_is_complete(set
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_stopped_stream_keeps_a_complete_result_of_the_frames_emitted(setup, tmp_path, sig, code):
-    from main import results as RT
+    from main.results import layout as RT
 
     out = tmp_path / "o"
     proc = popen(cli_args(setup, "--audio", setup[3], "--stream", "--out", str(out)))
@@ -88,7 +88,7 @@ def test_stopped_stream_keeps_a_complete_result_of_the_frames_emitted(setup, tmp
 def test_closed_stdout_vertices_pipe_ends_the_stream_quietly(setup, tmp_path):
     import threading
 
-    from main import results as RT
+    from main.results import layout as RT
 
     out = tmp_path / "o"
     pcm = (sf.read(setup[3], dtype="float32")[0][:16000 * 60] * 32767).astype("<i2").tobytes()

@@ -48,7 +48,8 @@ def test_the_three_requests_give_the_same_result_layout(setup, tmp_path):
     I.cli([*common, "--audio", wav, "--style", "B", "--out", str(tmp_path / "single")])
     I.cli([*common, "--audio", wav, "--style", "B", "--stream", "--out", str(tmp_path / "stream")])
 
-    results = {"test": result_of(tmp_path / "metrics" / "e" / "MEAD_VHAP" / "utt", tmp_path / "coeffs" / "e" / "MEAD_VHAP" / "utt"),
+    results = {"test": result_of(tmp_path / "metrics" / "e" / "MEAD_VHAP" / "utt",
+                                 tmp_path / "coeffs" / "e" / "MEAD_VHAP" / "utt"),
                "single": result_of(tmp_path / "single" / "vertices", tmp_path / "single"),
                "stream": result_of(tmp_path / "stream" / "vertices", tmp_path / "stream")}
     beside = {"test": set(), "single": {"vertices", "inference.log"}, "stream": {"vertices", "inference.log",
@@ -63,3 +64,25 @@ def test_the_three_requests_give_the_same_result_layout(setup, tmp_path):
     # the offline requests generate the same motion; the stream its causal approximation
     np.testing.assert_allclose(results["single"][2], results["test"][2], atol=1e-5)
     assert np.abs(results["stream"][2] - results["test"][2]).max() < 1.0
+
+
+def test_python_callers_stream_a_file_with_a_request(setup, tmp_path):
+    """The pipeline takes a typed request, not the CLI's arguments: a Python caller streams a file and gets
+    what the command line gives; a request that mixes modes is refused before anything runs."""
+    from main.infer.pipeline import run
+    from main.infer.request import Request
+    from utils.config import load_config
+
+    root, ckpt, wav = setup
+    cfg = load_config(DEMO_CFG, [f"DATA.data_root={root}", "INFER.device=cpu"])
+    meta = run(cfg, Request("stream", wav, style="B", out=str(tmp_path / "api"), checkpoint=ckpt, chunk_ms=100))
+    I.cli(["--config", DEMO_CFG, "--checkpoint", ckpt, f"DATA.data_root={root}", "INFER.device=cpu",
+           "--audio", wav, "--style", "B", "--stream", "--chunk_ms", "100", "--out", str(tmp_path / "cli")])
+    api, cli = result_of(tmp_path / "api" / "vertices", tmp_path / "api"), result_of(tmp_path / "cli" / "vertices",
+                                                                                   tmp_path / "cli")
+    assert meta["n_frames"] == FRAMES and api[0] == cli[0]
+    np.testing.assert_array_equal(api[2], cli[2])
+    for bad in (dict(mode="test", audio=wav), dict(mode="file"), dict(mode="file", audio=wav, chunk_ms=100),
+                dict(mode="stream", audio=wav, render=True), dict(mode="live", audio=wav)):
+        with pytest.raises(ValueError):
+            Request(**bad)

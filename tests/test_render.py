@@ -1,4 +1,4 @@
-"""main/render.py: real offscreen renders decoded back from the mp4 (frames, streams, durations)."""
+"""main/render.py and main/rendering/: real offscreen renders decoded back from the mp4 (frames, streams, durations)."""
 import json
 import os
 import re
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import main.render as R  # sets PYOPENGL_PLATFORM (default egl) before pyrender is imported
+import main.rendering.video as R  # sets PYOPENGL_PLATFORM (default egl) before pyrender is imported
+from main.render import main as render_main
+from main.rendering.scene import RenderError, frame_camera
 from utils.errors import ResultsError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -158,12 +160,12 @@ def test_silent_video_and_side_by_side_ground_truth(backend, standin, tmp_path):
 
 def test_frame_without_mesh_is_an_error(backend, standin, tmp_path):
     frames, faces = _talking_head(standin, 1)
-    renderer, used = R.open_renderer(backend, faces, R.frame_camera(frames), size=64)
+    renderer, used = R.open_renderer(backend, faces, frame_camera(frames), size=64)
     assert used == backend
     try:
         _assert_shows_mesh(renderer.render(frames[0]))
         behind_camera = frames[0] + np.array([0, 0, 100.0], np.float32)
-        with pytest.raises(R.RenderError, match="frame 7 .*no mesh pixel"):
+        with pytest.raises(RenderError, match="frame 7 .*no mesh pixel"):
             renderer.render(behind_camera, 7)
     finally:
         renderer.close()
@@ -172,11 +174,11 @@ def test_frame_without_mesh_is_an_error(backend, standin, tmp_path):
 def test_bad_input_writes_no_video(standin, tmp_path):
     frames, faces = _talking_head(standin, 2)
     out = tmp_path / "bad.mp4"
-    with pytest.raises(R.RenderError, match="same point"):
+    with pytest.raises(RenderError, match="same point"):
         R.render_sequence(np.zeros_like(frames), faces, str(out), 25, progress=False, backend="cpu")
-    with pytest.raises(R.RenderError, match="NaN"):
+    with pytest.raises(RenderError, match="NaN"):
         R.render_sequence(frames * np.nan, faces, str(out), 25, progress=False, backend="cpu")
-    with pytest.raises(R.RenderError, match="do not index"):
+    with pytest.raises(RenderError, match="do not index"):
         R.render_sequence(frames[:, :10], faces, str(out), 25, progress=False, backend="cpu")
     assert os.listdir(tmp_path) == []
 
@@ -190,7 +192,7 @@ def test_backends_draw_the_same_face(gl, standin):
     (whose 4x multisampled edges add a rim of partly covered pixels: IoU 0.995 measured at 512 px) and
     its shading (Gouraud vs per-pixel) stays within a few grey levels inside."""
     frames, faces = _talking_head(standin, 5)
-    camera = R.frame_camera(frames)
+    camera = frame_camera(frames)
     gl_renderer, _ = R.open_renderer(gl, faces, camera, 512)
     cpu_renderer, _ = R.open_renderer("cpu", faces, camera, 512)
     try:
@@ -210,7 +212,7 @@ def test_camera_projection_is_pyrenders(gl, standin):
     """Camera.to_pixels (the CPU path) projects with the matrix pyrender builds from the same Camera."""
     import pyrender
     frames, _ = _talking_head(standin, 1)
-    camera = R.frame_camera(frames)
+    camera = frame_camera(frames)
     size = 200
     P = pyrender.PerspectiveCamera(yfov=camera.yfov, znear=camera.znear, zfar=camera.zfar,
                                    aspectRatio=1.0).get_projection_matrix(size, size)
@@ -228,7 +230,7 @@ def test_rasteriser_covers_pixel_centres_once_and_keeps_the_nearest():
     """Shapes whose coverage is known exactly: a rectangle of two triangles covers the pixels whose
     centres it contains, each once (the shared diagonal too); a nearer rectangle hides a farther one;
     back faces are not drawn; enumerating candidates in small batches changes nothing."""
-    from main.raster_cpu import rasterize
+    from main.rendering.cpu import rasterize
     size = 40
     # rectangle x 10..30, y 10..20 at depth 2 and x 20..35, y 5..15 at depth 1 (front faces: clockwise
     # on screen with y down); one back-facing triangle over the whole image
@@ -261,7 +263,7 @@ def test_auto_falls_back_to_cpu_and_says_why(standin, tmp_path, monkeypatch, cap
         try:
             raise ValueError("Invalid device ID (0)")
         except ValueError as e:
-            raise R.RenderError("could not create an offscreen GL renderer") from e
+            raise RenderError("could not create an offscreen GL renderer") from e
     monkeypatch.setattr(R, "MeshRenderer", no_context)
     monkeypatch.setattr(R, "use_platform", lambda platform: None)
     monkeypatch.setattr(R, "missing_libraries", lambda platform: ["libOSMesa"] if platform == "osmesa" else [])
@@ -281,7 +283,7 @@ def test_auto_falls_back_to_cpu_and_says_why(standin, tmp_path, monkeypatch, cap
         R.render_sequence(frames, faces, str(tmp_path / "b.mp4"), 25, size=64, progress=False)
     assert [r.levelname for r in caplog.records if r.levelname == "WARNING"] == []
     # a backend asked for by name that cannot start is an error, not a fallback
-    with pytest.raises(R.RenderError, match="offscreen GL renderer"):
+    with pytest.raises(RenderError, match="offscreen GL renderer"):
         R.render_sequence(frames, faces, str(tmp_path / "c.mp4"), 25, size=64, progress=False, backend="egl")
     assert sorted(os.listdir(tmp_path)) == ["a.mp4", "b.mp4"]
 
@@ -378,12 +380,12 @@ def test_cli_keeps_existing_videos_unless_told(standin, tmp_path):
     mp4 = tmp_path / "clip.mp4"
     args = ["--config", os.path.join(REPO, "config", "demo.yaml"), "--results", str(leaf), "--out", str(mp4),
             "--size", "64", "--backend", "cpu", f"FLAME.model_path={standin[0]}"]
-    R.main(args)
+    render_main(args)
     mp4.write_bytes(b"old")
     with pytest.raises(ResultsError, match=re.escape(f"{mp4} already holds results; rerun with --overwrite")):
-        R.main(args)
-    R.main([*args, "--resume"])
+        render_main(args)
+    render_main([*args, "--resume"])
     assert mp4.read_bytes() == b"old"
-    R.main([*args, "--overwrite"])
+    render_main([*args, "--overwrite"])
     assert imageio_ffmpeg.count_frames_and_secs(str(mp4))[0] == 3
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "leaf"]  # no temporary video left

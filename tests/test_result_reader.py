@@ -1,4 +1,4 @@
-"""main/result_reader.py: frame files in numeric order without gaps, bad frame files named, temporary
+"""main/results/reader.py: frame files in numeric order without gaps, bad frame files named, temporary
 folders skipped, meta.json found beside a result, a result folder's fps."""
 import os
 import re
@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-import main.result_reader as RT
+import main.results.reader as RT
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

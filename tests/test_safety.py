@@ -24,10 +24,10 @@ import soundfile as sf
 import torch
 
 from main import inference as I
-from main import results as RT
-from main.checkpoint_io import convert_old_checkpoint, load_checkpoint, save_checkpoint
-from main.model_io import load_model
-from main.result_reader import load_frames
+from main.results import layout as RT
+from main.results.reader import load_frames
+from models.checkpoint import convert_old_checkpoint, load_checkpoint, save_checkpoint
+from models.loading import load_model
 from utils.atomic import TMP_PREFIX
 from utils.config import load_config
 from utils.errors import CheckpointError, InferenceError, ResultsError
@@ -50,7 +50,7 @@ class CreatesFile:
 @pytest.fixture(scope="module")
 def ckpt(demo_root, tmp_path_factory):
     """A tiny demo model (non-zero output map) saved by save_checkpoint in the training format."""
-    from dataset.index import style_classes
+    from dataset.styles import style_classes
     from tests.conftest import tiny_model
 
     cfg = load_config(DEMO_CFG, [f"DATA.data_root={demo_root}"])

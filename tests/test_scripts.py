@@ -7,7 +7,8 @@ import sys
 import numpy as np
 
 from dataset.dataset import FaceDataset
-from dataset.index import split_refs, style_classes
+from dataset.index import split_refs
+from dataset.styles import style_classes
 from models.flame import load_flame
 from scripts.compare_metrics import main as compare_main
 from utils.config import flame_path_for, load_config

@@ -10,12 +10,11 @@ import soundfile as sf
 import torch
 
 from main import inference as I
-from main.generation import generate_motion
-from main.model_io import load_model
-from main.speech import read_speech
+from main.infer.decode import generate_motion
+from main.infer.speech import read_speech
 from models.flame import FLAME
-from tests.test_inference import (DEMO_CFG, REPO, SR, assert_single_outputs, checkpoint, data_root,  # noqa: F401
-                                  run_single, speechy)
+from models.loading import load_model
+from tests.test_inference import DEMO_CFG, REPO, SR, assert_single_outputs, checkpoint, data_root, run_single, speechy  # noqa: F401
 from utils.config import load_config
 from utils.errors import AudioError, InferenceError
 
@@ -117,7 +116,7 @@ def test_cli_exit_code_and_message(data_root, checkpoint, tmp_path, capsys):
 
 
 def test_render_flag_calls_render_sequence(data_root, checkpoint, tmp_path, monkeypatch):
-    import main.render as R
+    import main.rendering.video as R
     calls = []
     monkeypatch.setattr(R, "render_sequence", lambda frames, faces, out_mp4, fps, audio=None, **kw:
                         calls.append((frames.shape, faces.shape, out_mp4, fps, audio)))

@@ -2,10 +2,10 @@
 alignments, clip building, native-fps sampling, the alignment checks and the Italian spelling rules."""
 import numpy as np
 
+from main.evaluation.align import PHONES as ALIGNED_PHONES, italian_phones, normalise, number_words
 from scripts.make_demo_data import sample_motion, speaker_style
 from scripts.make_speech_set import SPEAKERS, lag1_r2, own_style_ids
 from scripts.speech_set import clips as C
-from main.align import PHONES as ALIGNED_PHONES, italian_phones, normalise, number_words
 from scripts.speech_set.alignment_checks import check_alignment
 from scripts.speech_set.visemes import LEAD_S, motion_signals
 
@@ -144,6 +144,6 @@ def test_evaluation_clips_get_their_own_output_folders():
 
 
 def test_every_aligned_phone_has_a_viseme_target():
-    """The aligner labels with main/align.PHONES; the speech set's motion needs a target for each."""
+    """The aligner labels with main/evaluation/align.PHONES; the speech set's motion needs a target for each."""
     from scripts.speech_set.visemes import _TABLE, DIPHTHONGS
     assert set(_TABLE) | set(DIPHTHONGS) == ALIGNED_PHONES

@@ -10,7 +10,6 @@ import re
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,14 +18,13 @@ from torch.utils.data import DataLoader, SequentialSampler
 import dataset.index as index_mod
 import dataset.store as store_mod
 from dataset.dataset import CropSeeds, FaceDataset, collate, crop_seed
-from dataset.index import style_classes
 from dataset.store import store_dir
+from dataset.styles import style_classes
 from main.prepare_data import main as prepare_main
 from main.train import main as train_main
-from utils.config import ConfigError, load_config
-from utils.errors import DataError
-
 from tests.conftest import make_cfg, two_dataset_root, write_json, write_sample
+from utils.config import load_config
+from utils.errors import ConfigError, DataError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STYLES = ["a1", "a2", "b1"]

@@ -1,4 +1,4 @@
-"""Bounded decoder attention and streaming (main/stream.py) on the demo's tiny wav2vec2 (CPU, random init)."""
+"""Bounded decoder attention and streaming (models/streaming.py) on the demo's tiny wav2vec2 (CPU, random init)."""
 import os
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dataset.audio import normalize_audio
-from main.stream import Streamer
 from models.decoder_layer import alibi_bias, periodic_positional_encoding
+from models.streaming import Streamer
 from tests.conftest import speech, tiny_model as conftest_tiny_model
 from utils.config import load_config
 
@@ -341,8 +341,8 @@ def test_streamer_from_a_checkpoint_path(cli_setup):
 def test_decode_blocks_equal_generation_and_write_frames_equal_the_whole_conversion(model, tmp_path):
     """run_single decodes block by block and writes each block while the next is decoded: the same
     motion as one generate_from_features call, the same vertices as converting it whole."""
-    from main.generation import decode_blocks, write_frames
-    from main.result_writer import FrameWriter
+    from main.infer.decode import decode_blocks, write_frames
+    from main.results.writer import FrameWriter
     from models.flame import FLAME
     from scripts.flame_standin import make_standin_flame
 

@@ -37,7 +37,7 @@ def vhap_export(t, seed=0, tex_res=2048, n_verts=5143):
     """The dict VHAP's FlameTracker.save_result passes to np.savez (uncalibrated, photometric,
     static and dynamic offsets on, PCA texture)."""
     r = np.random.default_rng(seed)
-    f32 = lambda *s: r.normal(size=s).astype(np.float32)  # noqa: E731
+    f32 = lambda *s: r.normal(size=s).astype(np.float32)
     return {"rotation": f32(t, 3), "translation": f32(t, 3), "neck_pose": f32(t, 3),
             "jaw_pose": 0.1 * f32(t, 3), "eyes_pose": f32(t, 6), "shape": f32(300), "expr": f32(t, 100),
             "timestep_id": np.array([f"{i:05d}" for i in range(t)]), "n_processed_frames": np.array(t),

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dataset.dataset import FaceDataset, collate
-from dataset.index import style_classes
+from dataset.styles import style_classes
 from main.train_eval_loop import Trainer, batch_loss
 from models.faceformer import FaceFormer
 from models.flame import FLAME, load_flame

@@ -10,7 +10,8 @@ from main.train import main as train_main
 from models.faceformer import FaceFormer, shift_motion
 from models.flame import FLAME
 from scripts.flame_standin import make_standin_flame
-from utils.config import ConfigError, load_config
+from utils.config import load_config
+from utils.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPF = 640  # audio samples per motion frame (16 kHz / 25 fps)

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from main.checkpoint_io import load_checkpoint
+from models.checkpoint import load_checkpoint
 from utils.errors import ResultsError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -17,8 +17,8 @@ import soundfile as sf
 import torch
 from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-from main.checkpoint_io import load_checkpoint, plain_values, save_checkpoint
-from main.model_io import load_model
+from models.checkpoint import load_checkpoint, plain_values, save_checkpoint
+from models.loading import load_model
 from models.wav2vec import AudioEncoder
 from models.wav2vec2_runtime import Wav2Vec2Runtime, unsupported
 from scripts.flame_standin import write_standin_files
@@ -202,7 +202,7 @@ RUN = """
 import json, sys
 import soundfile as sf
 from main import inference as I
-from main.stream import Streamer
+from models.streaming import Streamer
 ckpt, args = sys.argv[1], sys.argv[2:]
 I.cli(args)                                      # single audio
 I.cli(args[:-3] + [args[-3] + "_stream", "--stream"] + args[-2:])   # the same fed chunk by chunk

@@ -1,7 +1,7 @@
 """A file written whole or not at all: saved under a temporary name beside it, renamed over it last.
 
 A kill or a full disk then leaves the previous file intact and at most a ``.tmp-<name>-<pid>`` file
-(the results tree removes those of dead processes, main/results.py ``clean_stale_temps``). The rename
+(the results tree removes those of dead processes, main/results/layout.py ``clean_stale_temps``). The rename
 is atomic because the temporary file is in the same folder, hence on the same filesystem.
 """
 from __future__ import annotations

@@ -20,9 +20,8 @@ import re
 
 import yaml
 
-# ConfigError and DEFAULTS stay importable from here: callers need not know where the schema lives
-from utils.config_schema import DATASET_DEFAULTS, DEFAULTS, NUMBER_OR_WORD, RETIRED_KEYS, check_config  # noqa: F401
-from utils.errors import ConfigError  # noqa: F401
+from utils.config_schema import DATASET_DEFAULTS, DEFAULTS, NUMBER_OR_WORD, RETIRED_KEYS, check_config
+from utils.errors import ConfigError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

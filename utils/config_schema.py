@@ -5,17 +5,16 @@ utils/config.py loads, merges and overrides; this module says what a valid confi
 """
 from __future__ import annotations
 
-import re
-
 import math
+import re
 
 from utils.errors import ConfigError
 from utils.framing import DEFAULT_FPS, MOTION_DIM, WAV2VEC2_SAMPLE_RATE, framing_from_config
 from utils.names import folder_name_problem, shown_name
-
+from utils.trackers import FORMATS
 
 DATASET_DEFAULTS = {
-    "format": "vhap",        # "emoca" (expcode/posecode) or "vhap" (expr/jaw_pose)
+    "format": "vhap",        # a tracker format: a key of utils/trackers.py FORMATS
     "fps": 25,               # native frame rate of the FLAME tracking
     "train": None,           # JSON index (relative to DATA.data_root or absolute), or a list of them
     "val": None,
@@ -142,7 +141,7 @@ _DATASET_TYPES = {
     "val": (_is_paths, "a JSON index path or a list of them"),
     "test": (_is_paths, "a JSON index path or a list of them"),
     "flame_model": (_is_str, "a FLAME model file path"),
-    "format": (_is_str, "'emoca' or 'vhap'"),
+    "format": (_is_str, " or ".join(f"'{name}'" for name in FORMATS)),
 }
 SUBJECT_KEYS = ("train_subjects", "val_subjects", "test_subjects")
 
@@ -305,8 +304,9 @@ def check_config(cfg, where: str):
     for key in SUBJECT_KEYS:
         cfg.DATA[key] = parse_subjects(cfg.DATA[key], f"DATA.{key}", where)
     for name, ds in cfg.DATA.datasets.items():
-        if ds.format not in ("emoca", "vhap"):
-            raise ConfigError(f"{where}: DATA.datasets.{name}.format is '{ds.format}'; expected 'emoca' or 'vhap'")
+        if ds.format not in FORMATS:
+            raise ConfigError(f"{where}: DATA.datasets.{name}.format is '{ds.format}'; expected "
+                              f"{_DATASET_TYPES['format'][1]}")
         if isinstance(ds.fps, bool) or not isinstance(ds.fps, (int, float)) or ds.fps <= 0:
             raise ConfigError(f"{where}: DATA.datasets.{name}.fps must be a positive number, got {ds.fps!r}")
     if cfg.DATA.bad_samples not in ("error", "skip"):

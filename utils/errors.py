@@ -3,7 +3,8 @@
 A user error is a mistake or a fault the user can fix (bad config key, missing or corrupt file, wrong
 shape, full disk, unsafe checkpoint); its message names the file/key and what was expected, so a
 traceback would only hide it. Module-specific errors (``FlameLoadError`` in utils/safe_pickle.py,
-``AudioEncoderLoadError`` in models/wav2vec.py, ``EvalError``, ``RenderError``) stay where they are raised and subclass ``UserError``; the ones shared
+``AudioEncoderLoadError`` in models/wav2vec.py, ``EvalError``, ``RenderError``) stay where they are raised
+and subclass ``UserError``; the ones shared
 by several modules live here (``DataError``: every dataset/ module; ``ConfigError``: the config and
 everything that reads it; ``InferenceError``: every stage of the inference pipeline).
 

@@ -48,10 +48,6 @@ class Framing:
         """Motion frames covered by n audio samples: round(seconds * fps), halves up."""
         return (2 * int(n_samples) + self.samples_per_frame) // (2 * self.samples_per_frame)
 
-    def samples_in(self, n_frames: int) -> int:
-        """Audio samples of n motion frames."""
-        return int(n_frames) * self.samples_per_frame
-
     def to_dict(self) -> dict:
         return {"sample_rate": self.sample_rate, "fps": self.fps, "motion_dim": self.motion_dim,
                 "n_expr": self.n_expr}

@@ -6,7 +6,7 @@ from __future__ import annotations
 # NAME_MAX of the usual Linux file systems (ext4, xfs, btrfs, tmpfs), in bytes.
 NAME_MAX = 255
 # The longest thing the results writer adds to a name: its temporary sibling ".tmp-<name>-<pid>"
-# (main/results.py; pids go up to 4194304) and the renderer's "<name>.mp4".
+# (main/results/layout.py; pids go up to 4194304) and the renderer's "<name>.mp4".
 _NAME_OVERHEAD = len(".tmp-") + len("-4194304")
 MAX_NAME_BYTES = NAME_MAX - _NAME_OVERHEAD
 

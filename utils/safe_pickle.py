@@ -63,7 +63,7 @@ class _SparseStandIn:
 
     def to_numpy(self, where: str) -> np.ndarray:
         # dense in numpy (entries at the same place summed, as todense does): importing scipy.sparse
-        # would cost ~0.2 s of every inference start-up (docs/BENCHMARKS.md, start-up)
+        # would slow every inference start-up (docs/BENCHMARKS.md, "Start-up")
         s = self._state
         try:
             data = np.asarray(to_plain(s["data"], where))

@@ -8,7 +8,8 @@ store (dataset/store.py), on files shaped like the real ones, written into a tem
   passes over the clips after one warm-up pass (the files are in the page cache either way);
 - a 20,000-sample index: start-up (``style_classes`` + the train ``FaceDataset`` with its validation,
   in a fresh interpreter, imports excluded) from the source files (every run decodes every sample), and
-  from the store on the first run (the store prepared) and the second (the store in place). Its samples are 0.4 s clips whose files are hard links to 8 distinct 0.4 s clips of
+  from the store on the first run (the store prepared) and the second (the store in place). Its samples are
+  0.4 s clips whose files are hard links to 8 distinct 0.4 s clips of
   the same formats (48 kHz stereo wav, VHAP npz with every key incl. the 48 MB ``tex_extra``): each
   path is its own sample to the store (keyed by path, size and mtime) and is decoded on the first run;
 - memory of a fresh interpreter that builds the index of N samples from the store (second run) and
@@ -31,6 +32,7 @@ import soundfile as sf
 import yaml
 
 from scripts.bench.common import ROOT, speech_like
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 
 N_INDEX = 20_000
 DISTINCT = 8
@@ -42,7 +44,8 @@ def _write_clip(folder: str, name: str, seconds: float, seed: int) -> tuple[str,
 
     t = int(round(seconds * 25))
     os.makedirs(os.path.join(folder, name), exist_ok=True)
-    mono = np.interp(np.arange(int(seconds * 48000)) / 3.0, np.arange(int(seconds * 16000)),
+    mono = np.interp(np.arange(int(seconds * 48000)) / (48000 / WAV2VEC2_SAMPLE_RATE),
+                     np.arange(int(seconds * WAV2VEC2_SAMPLE_RATE)),
                      speech_like(seconds, seed)).astype(np.float32)
     wav = os.path.join(name, "audio.wav")
     sf.write(os.path.join(folder, wav), np.stack([mono, 0.9 * mono], 1) * 0.5, 48000, subtype="PCM_16")
@@ -96,7 +99,7 @@ def write_data(tmp: str, clips: int) -> dict:
 def _probe(cfg_path: str, prepared: bool, reads: int) -> dict:
     """In a fresh interpreter: start-up time and memory of the train FaceDataset, then ``reads`` items."""
     from dataset.dataset import FaceDataset, crop_seed
-    from dataset.index import style_classes
+    from dataset.styles import style_classes
     from utils.config import load_config
 
     def rss_mb(field="VmRSS"):
@@ -133,7 +136,7 @@ def _run_probe(cfg_path: str, prepared: bool, reads: int) -> dict:
 def _frames_per_s(cfg_path: str, prepared: bool, repeat: int) -> dict:
     """One process: items of every clip (training crops), best pass of ``repeat`` after a warm-up pass."""
     from dataset.dataset import FaceDataset, crop_seed
-    from dataset.index import style_classes
+    from dataset.styles import style_classes
     from utils.config import load_config
 
     cfg = load_config(cfg_path)

@@ -93,7 +93,7 @@ def _cpu_model() -> str:
 def _child(argv: list[str]):
     mode, backend, frames_path, faces_path, size, repeat, tmp, cores = argv
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(cores)])
-    import main.render as R
+    import main.rendering.video as R
     frames, faces, size = np.load(frames_path), np.load(faces_path), int(size)
     camera = R.frame_camera(frames)
     if mode == "agree":

@@ -16,6 +16,7 @@ from models.faceformer import FaceFormer
 from scripts.bench.common import FPS, HOP, ROOT, SR, legacy_padded_forward, speech_like, timed, timed_in_turn
 from scripts.reference_decoding import generate_naive, generate_naive_from_features
 
+
 def bench_train(model, flame, device, clips: int, seconds: float, repeat: int, compare_old_padding: bool = False):
     T = int(seconds * FPS)
     audio = torch.from_numpy(np.stack([speech_like(seconds, i) for i in range(clips)])).to(device)
@@ -114,8 +115,9 @@ def bench_infer(cfg, ckpt, device, seconds_list, tmp, repeat: int):
 
 
 def _bench_infer(cfg, ckpt, device, seconds_list, tmp, out_root, repeat: int):
-    from main.inference import run_single
-    from main.model_io import load_model
+    from main.infer.pipeline import run_single
+    from main.infer.request import Request
+    from models.loading import load_model
     from utils.runtime import setup_logger
 
     logger = setup_logger("bench_infer")
@@ -134,8 +136,8 @@ def _bench_infer(cfg, ckpt, device, seconds_list, tmp, out_root, repeat: int):
             model.audio_encoder(audio, T)
 
         def whole():
-            run_single(cfg, wav, None, ckpt, os.path.join(out_root, f"out_{seconds:g}"), overwrite=True, logger=logger,
-                       loaded=(model, styles))
+            run_single(cfg, Request("file", wav, out=os.path.join(out_root, f"out_{seconds:g}"), checkpoint=ckpt,
+                                    overwrite=True), logger, loaded=(model, styles))
 
         t_bare, t_whole = timed_in_turn([bare, whole], device, repeat=repeat)
         out.append({"audio_s": seconds, "bare_encoder_s": t_bare, "whole_inference_s": t_whole,
@@ -148,9 +150,10 @@ def bench_memory(config_path, ckpt, seconds, tmp, device):
     sf.write(wav, speech_like(seconds), SR)
     code = (
         "import resource, sys; sys.path.insert(0, %r)\n"
-        "from utils.config import load_config\nfrom main.inference import run_single\n"
+        "from utils.config import load_config\nfrom main.infer.pipeline import run_single\n"
+        "from main.infer.request import Request\n"
         "cfg = load_config(%r, sys.argv[1:])\n"
-        "run_single(cfg, %r, None, %r, %r, overwrite=True)\n"
+        "run_single(cfg, Request('file', %r, checkpoint=%r, out=%r, overwrite=True))\n"
         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     ) % (ROOT, config_path, wav, ckpt, os.path.join(tmp, "out_memory"))
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ def demo_run_files(tmp: str, encoder: str = "tiny") -> tuple[str, dict, list[str
     """A 2 s wav, demo-config checkpoints of one model (random weights; the demo's tiny wav2vec2, or
     with ``encoder="base"`` the full wav2vec2-base architecture) with and without the saved encoder
     config ({"runtime": path, "transformers": path}) and the run's overrides."""
-    from main.checkpoint_io import plain_values
+    from models.checkpoint import plain_values
     from models.faceformer import FaceFormer
     from scripts.flame_standin import write_standin_files
     from utils.config import load_config

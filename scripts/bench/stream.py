@@ -1,4 +1,4 @@
-"""Section stream: bounded decoder attention and the Streamer (main/stream.py): speed, latency, and
+"""Section stream: bounded decoder attention and the Streamer (models/streaming.py): speed, latency, and
 deviation from offline output on a trained demo model."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from scripts.bench.common import FPS, HOP, ROOT, SR, speech_like, table
 from utils.config import load_config
 from utils.framing import DEFAULT_FRAMING
+
 
 def _deviation(pred: list, ref: list) -> float:
     """RMS of the motion difference / RMS of the reference motion's deviation from its mean (pooled
@@ -50,7 +51,7 @@ def offline_motion(model, raw: np.ndarray, style: int, attention_window) -> np.n
 
 def stream_motion(model, raw, style, prime=False, **settings) -> tuple[np.ndarray, list]:
     """Streamer over raw audio pushed one chunk at a time -> ((T,51), per-chunk stats)."""
-    from main.stream import Streamer
+    from models.streaming import Streamer
 
     s = Streamer(model, style, **settings)
     if prime:
@@ -104,7 +105,7 @@ def bench_attention_deviation(model, styles, clips, windows, seconds: float = 60
 
 def bench_stream_speed(model, device, seconds: float, settings: dict):
     """Per-chunk compute of the Streamer (full-size encoder) on speech-like audio fed chunk by chunk."""
-    from main.stream import Streamer
+    from models.streaming import Streamer
 
     model.eval()
     raw = speech_like(seconds)
@@ -162,7 +163,7 @@ def bench_stream_deviation(model, styles, clips, lookaheads, lefts, base: dict):
 def session_deviation(model, styles, clips, ref, base: dict) -> float:
     """The clips as consecutive utterances of one live session (``Streamer.next_utterance``: each starts
     from the normalisation statistics of the ones before; the first starts cold)."""
-    from main.stream import Streamer
+    from models.streaming import Streamer
 
     s, pred = None, []
     for _, raw, spk in clips:
@@ -175,8 +176,8 @@ def session_deviation(model, styles, clips, ref, base: dict) -> float:
 def bench_stream(model, device, args):
     """The "stream" section: decoder cost with bounded attention, the Streamer's real-time budget on the
     full-size encoder, and deviations on the trained demo model."""
-    from main.model_io import load_model
-    from utils.config import DEFAULTS
+    from models.loading import load_model
+    from utils.config_schema import DEFAULTS
 
     inf = DEFAULTS["INFER"]
     base = {"chunk_ms": float(inf["stream_chunk_ms"]), "lookahead_ms": float(inf["stream_lookahead_ms"]),

@@ -1,15 +1,16 @@
-"""Checks that reject forced alignments (main/align.py) that do not fit the audio, for the held-out
+"""Checks that reject forced alignments (main/evaluation/align.py) that do not fit the audio, for the held-out
 speech set: implausible phone lengths, vowels on silence, loud audio labelled silence, speaking rate.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from main.align import FRAME_S
+from main.evaluation.align import FRAME_S
 from scripts.speech_set.visemes import VOWELS
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 
 
-def frame_db(audio: np.ndarray, sr: int = 16000) -> np.ndarray:
+def frame_db(audio: np.ndarray, sr: int = WAV2VEC2_SAMPLE_RATE) -> np.ndarray:
     """Energy (dB) of each 10 ms frame."""
     hop = int(sr * FRAME_S)
     n = len(audio) // hop

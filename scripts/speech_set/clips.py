@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SR = 16000
+from utils.framing import WAV2VEC2_SAMPLE_RATE
+
+SR = WAV2VEC2_SAMPLE_RATE
 MAX_CLIP_S = 8.0
 MIN_CLIP_S = 2.0
 MAX_EDGE_SIL_S = 0.15      # silence kept at each end of a cut-out segment

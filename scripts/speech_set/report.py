@@ -5,9 +5,10 @@ import os
 
 import numpy as np
 
-from main.align import FRAME_S
+from main.evaluation.align import FRAME_S
 from scripts.speech_set.alignment_checks import frame_db
 from scripts.speech_set.visemes import LEAD_S, motion_signals
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 from utils.plots import pyplot, save_figure
 
 
@@ -28,7 +29,7 @@ def plot_alignment(prompt, audio, phones, loud, path):
     plt = pyplot()
     db = frame_db(audio)
     t = np.arange(len(db)) * FRAME_S
-    tg, jaw, expr = motion_signals(phones, len(audio) / 16000, loud)
+    tg, jaw, expr = motion_signals(phones, len(audio) / WAV2VEC2_SAMPLE_RATE, loud)
     fig, ax = plt.subplots(2, 1, figsize=(max(8, 2.2 * t[-1]), 5), sharex=True)
     ax[0].plot(t, db, lw=0.8)
     for p, t0, t1 in phones:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SR = 16000
+from utils.framing import WAV2VEC2_SAMPLE_RATE as SR
+
 APT_PACKAGES = ("asterisk-core-sounds-en-g722", "asterisk-core-sounds-it-g722", "pocketsphinx-testdata", "alsa-utils")
 PIP_PACKAGES = ("pocketsphinx>=5",)      # ships the US English acoustic model and CMU dictionary
 _AST = "/usr/share/asterisk/sounds"

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from main.render_scene import AMBIENT, BG_COLOR, LIGHTS, MESH_COLOR, METALLIC, ROUGHNESS, Camera, RenderError, light_rotation
+from main.rendering.scene import AMBIENT, BG_COLOR, LIGHTS, MESH_COLOR, METALLIC, ROUGHNESS, Camera, RenderError, light_rotation
 
 PLATFORM_LIBRARIES = {"egl": ["EGL", "GL"], "osmesa": ["OSMesa"]}
 
@@ -53,7 +53,7 @@ def gl_help(platform: str | None = None) -> str:
                  "apt-get install libegl1 libegl-mesa0 libgl1-mesa-dri, then --backend egl")
     lines.append("  OSMesa (pure software): apt-get install libosmesa6 and pip install 'PyOpenGL>=3.1.4' "
                  "(after pyrender; pyrender's pin 3.1.0 fails on Python 3.11), then --backend osmesa")
-    lines.append("  or, with no GL at all: --backend cpu (numpy rasteriser, main/raster_cpu.py)")
+    lines.append("  or, with no GL at all: --backend cpu (numpy rasteriser, main/rendering/cpu.py)")
     if platform == "osmesa":
         try:
             import OpenGL

@@ -117,16 +117,6 @@ def is_silent(normalised: np.ndarray) -> bool:
     return float(np.std(normalised)) < SILENT_NORMALISED_STD
 
 
-def as_float_pcm(pcm) -> np.ndarray:
-    """int16 (scaled by 1/32768, as soundfile reads 16-bit files) or float samples -> (N,) float32."""
-    x = np.asarray(pcm)
-    if x.dtype == np.int16:
-        return x.astype(np.float32) / 32768.0
-    if x.ndim != 1:
-        raise ValueError(f"pcm must be mono samples (N,), got shape {x.shape}")
-    return x.astype(np.float32)
-
-
 def _read_upto(stream, n: int, piece: int = 1 << 16) -> bytes:
     """Up to n bytes, fewer only at the end of the stream; read in pieces of at most ``piece`` bytes so
     that memory follows what arrives, not what was asked for."""

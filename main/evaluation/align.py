@@ -1,6 +1,6 @@
 """Forced phone alignment of a transcript with pocketsphinx 5 (PyPI; its US English acoustic model and
 CMU dictionary, offline), and the transcript normalisation it needs. Used by the lip-closure check's
-phone source (main/phones.py) and by the held-out speech set (scripts/make_speech_set.py).
+phone source (main/evaluation/phones.py) and by the held-out speech set (scripts/make_speech_set.py).
 
 English: the transcript's words (numbers spelled out) are looked up in pocketsphinx's CMU dictionary
 (an utterance with a word that is not there is not aligned); pocketsphinx aligns the words (first
@@ -18,6 +18,8 @@ import re
 import unicodedata
 
 import numpy as np
+
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 
 # The phones an alignment is labelled with: ARPAbet without stress digits, and SIL for silence or noise.
 PHONES = frozenset("AA AE AH AO AW AY B CH D DH EH ER EY F G HH IH IY JH K L M N NG OW OY P R S SH T TH "
@@ -145,7 +147,7 @@ class Aligner:
 
     def __init__(self):
         from pocketsphinx import Decoder
-        self.dec = Decoder(samprate=16000, bestpath=False, loglevel="FATAL")
+        self.dec = Decoder(samprate=WAV2VEC2_SAMPLE_RATE, bestpath=False, loglevel="FATAL")
         self._added = set()
 
     def dictionary_words(self, words: list, lang: str) -> tuple:
@@ -190,7 +192,7 @@ class Aligner:
                     phones.append((label, t0, t1))
         if not any(p != "SIL" for p, _, _ in phones):
             raise RuntimeError("no phones aligned")
-        end = len(audio) / 16000
+        end = len(audio) / WAV2VEC2_SAMPLE_RATE
         if phones[-1][2] < end - 1e-6:
             phones.append(("SIL", phones[-1][2], end))
         return phones

@@ -1,4 +1,4 @@
-"""Phone timings of a clip's audio, for the lip-closure check of main/lipsync.py (English).
+"""Phone timings of a clip's audio, for the lip-closure check of main/evaluation/lipsync.py (English).
 
 Where the phones come from (``mode="auto"``), first found wins; with neither, the clip has no phones:
 1. an alignment file beside the audio, ``<audio stem>.phones.json``: ``[[phone, start s, end s], ...]``
@@ -6,7 +6,7 @@ Where the phones come from (``mode="auto"``), first found wins; with neither, th
 2. a transcript: meta.json's ``transcript``, the sample's dataset JSON entry ``transcript`` (when a
    config names the JSON), or ``<audio stem>.txt`` / ``<audio stem>.lab`` beside the audio; it is
    forced-aligned with pocketsphinx 5 (its US English model and CMU dictionary, offline), the aligner
-   of main/align.py, also used to build the held-out speech set: words, then phones, 10 ms frames;
+   of main/evaluation/align.py, also used to build the held-out speech set: words, then phones, 10 ms frames;
 ``mode="recognise"`` ignores all of these and recognises the phones from the audio alone (alignment-free):
 pocketsphinx's all-phone search with the phone language model it ships. Rougher: it confuses phones
 and misses short closures, so closure fractions measured this way are lower for every motion, true
@@ -26,16 +26,15 @@ import numpy as np
 
 from dataset.audio import load_audio
 from dataset.index import split_jsons
-from main.align import Aligner, normalise
+from main.evaluation.align import FRAME_S, Aligner, normalise
 from utils.config import resolve_data_path
 from utils.errors import DataError, UserError
+from utils.framing import WAV2VEC2_SAMPLE_RATE as SR
 
 log = logging.getLogger("lipsync.phones")
 
 BILABIALS = frozenset({"P", "B", "M"})
 MODES = ("auto", "recognise", "none")
-SR = 16000
-FRAME_S = 0.01
 
 
 class PhonesError(UserError, RuntimeError):

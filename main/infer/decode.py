@@ -1,6 +1,6 @@
 """Offline generation: a batch of clips -> motion at the model's fps, one long clip decoded block by
 block while its frames are written, output-fps resampling, a result's vertices and coefficient arrays.
-(Streaming generation is main/stream.py's Streamer.)"""
+(Streaming generation is models/streaming.py's Streamer.)"""
 from __future__ import annotations
 
 import contextlib
@@ -11,10 +11,7 @@ import torch
 from tqdm import tqdm
 
 from dataset.dataset import pad_batch
-from dataset.flame_params import resample_motion
-from main.session import attention_window, window_frames
-from models.flame import motion_to_coeffs287
-from utils.framing import DEFAULT_FPS
+from main.infer.session import attention_window, window_frames
 
 
 @contextlib.contextmanager
@@ -63,7 +60,7 @@ def decode_blocks(model, feats: torch.Tensor, style: int, attention_window: int 
 
 def write_frames(writer, flame, blocks, shape: np.ndarray | None = None, progress: int | None = None) -> np.ndarray:
     """Motion blocks (n,51) in frame order -> each frame's FLAME vertices (V,3) added to ``writer``
-    (main/result_writer.py FrameWriter); returns the whole motion (T,51). ``progress``: the expected
+    (main/results/writer.py FrameWriter); returns the whole motion (T,51). ``progress``: the expected
     frame count, shown as a progress bar.
 
     A block is converted and written in a worker thread while the next one is made: FLAME (torch) and
@@ -101,18 +98,3 @@ def encode_one(model, audio: torch.Tensor, n_frames: int, cfg, device: torch.dev
     window, overlap = window_frames(cfg)
     with full_fp32():
         return model.encode(audio[None].to(device), n_frames, window_frames=window, overlap_frames=overlap)
-
-
-def to_output_fps(motion25: np.ndarray, fps: float, model_fps: float = DEFAULT_FPS) -> np.ndarray:
-    """(T,51) at the model's ``model_fps`` (DATA.target_fps, 25 by default) -> (round(T * fps / model_fps), 51)
-    float32, by the linear rule of dataset/flame_params.py ``resample_motion``."""
-    return resample_motion(motion25, model_fps, float(fps)).astype(np.float32)
-
-
-def sample_arrays(motion: np.ndarray, shape: np.ndarray | None,
-                  detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The coefficient-tree arrays of a sample: motion (T,51) and coeffs287 (T,287), float32; the
-    287's detail block is ``detail`` (128,) (the sample's EMOCA detail code) or zeros."""
-    return {"motion": motion.astype(np.float32),
-            "coeffs287": np.asarray(motion_to_coeffs287(motion, shape=shape, detail=detail),
-                                    dtype=np.float32)}

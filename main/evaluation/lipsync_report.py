@@ -1,4 +1,4 @@
-"""The lip-sync report (main/lipsync.py's checks): printed table, JSON with the definitions, and a PNG of
+"""The lip-sync report (main/evaluation/lipsync.py's checks): printed table, JSON with the definitions, and a PNG of
 one clip's speech envelope and mouth opening over time above the pooled correlation against lag."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 
 import numpy as np
 
-from main.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
-from main.result_reader import default_out_path
+from main.evaluation.lipsync_rules import CLOSED_SHARE, JITTER_HZ, STATIC_M, LipSyncError, runs
+from main.results.reader import default_out_path
 from utils.atomic import write_json
 from utils.plots import pyplot, save_figure
 

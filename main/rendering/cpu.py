@@ -1,7 +1,7 @@
 """A z-buffered triangle rasteriser in numpy: the render backend for machines where no OpenGL context
 can be made (no EGL, no OSMesa), or when asked for with ``--backend cpu``.
 
-It draws the scene of main/render_scene.py as the pyrender path does: the same camera, back faces
+It draws the scene of main/rendering/scene.py as the pyrender path does: the same camera, back faces
 culled, pixel centres sampled (a pixel is covered when its centre is inside a triangle), the nearest
 surface kept, and pyrender's metallic-roughness shading with the same lights, evaluated at the
 vertices and interpolated across each triangle (Gouraud) instead of per pixel. Edges are not
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from main.render_scene import AMBIENT, BG_COLOR, LIGHTS, MESH_COLOR, METALLIC, ROUGHNESS, Camera, RenderError
+from main.rendering.scene import AMBIENT, BG_COLOR, LIGHTS, MESH_COLOR, METALLIC, ROUGHNESS, Camera, RenderError
 
 _MIN_ROUGHNESS = 0.04  # pyrender's floor on roughness, also the dielectric reflectance f0
 
@@ -137,7 +137,7 @@ def _covered(chunk: slice, per_tri, counts, lo, width, size):
 
 
 class CpuMeshRenderer:
-    """Draws one mesh topology with a fixed camera, like main/render_gl.py's MeshRenderer.
+    """Draws one mesh topology with a fixed camera, like main/rendering/gl.py's MeshRenderer.
 
     ``render(vertices (V,3)) -> (size, size, 3) uint8``. A frame in which no pixel shows the mesh is a
     RenderError, never a blank frame in the video.

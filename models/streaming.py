@@ -1,7 +1,7 @@
 """Live animation: mono PCM at the model's rate in, FLAME motion at its fps out (16 kHz / 25 fps by
 default, ``model.framing``), each frame final when it is returned.
 
-    s = Streamer(model, style=0, chunk_ms=200, lookahead_ms=300, left_context_ms=1000)
+    s = Streamer(model, style=0)     # chunk, lookahead, context: the INFER.stream_* defaults
     for pcm in microphone():          # any number of samples per call, float in [-1, 1] or int16
         frames = s.push(pcm)          # (n,51): the frames that became final
     frames = s.flush()                # (m,51): the rest, at the end of the utterance
@@ -26,13 +26,26 @@ import time
 import numpy as np
 import torch
 
-from main.model_io import load_model
-from main.session import check_stream_value
-from main.speech import as_float_pcm
+from dataset.audio import as_float_pcm
+from models.loading import load_model
 from models.wav2vec_stream import StreamingEncoder
 from utils.config import load_config
+from utils.config_schema import DEFAULTS, NUMERIC_RANGES, check_number
 
 log = logging.getLogger("inference")
+
+
+_INFER = DEFAULTS["INFER"]  # the defaults of the Streamer's arguments are the config's (one home)
+STREAM_FLAGS = {"chunk_ms": "stream_chunk_ms", "lookahead_ms": "stream_lookahead_ms",
+                "left_context_ms": "stream_left_context_ms", "warmup_ms": "stream_warmup_ms"}
+
+
+def check_stream_value(flag: str, value, name: str | None = None, where: str = "Streamer") -> float | None:
+    """One streaming setting (a Streamer argument) in its INFER.stream_* key's range, else ConfigError
+    (a UserError and a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
+    if flag == "left_context_ms" and (value is None or check_number(value, name or flag, False, None, None, where) < 0):
+        return None
+    return float(check_number(value, name or flag, *NUMERIC_RANGES[f"INFER.{STREAM_FLAGS[flag]}"], where=where))
 
 
 class Streamer:
@@ -48,9 +61,11 @@ class Streamer:
     process CPU seconds).
     """
 
-    def __init__(self, model, style=0, chunk_ms: float = 200, lookahead_ms: float = 300,
-                 left_context_ms: float | None = 1000, attention_window: int | None = 600, styles=None,
-                 device=None, cfg=None, warmup_ms: float = 0):
+    def __init__(self, model, style=0, chunk_ms: float = _INFER["stream_chunk_ms"],
+                 lookahead_ms: float = _INFER["stream_lookahead_ms"],
+                 left_context_ms: float | None = _INFER["stream_left_context_ms"],
+                 attention_window: int | None = _INFER["attention_window"] or None, styles=None,
+                 device=None, cfg=None, warmup_ms: float = _INFER["stream_warmup_ms"]):
         if isinstance(model, (str, os.PathLike)):
             model, styles = load_model(str(model), cfg or load_config(None), torch.device(device or "cpu"))
         if isinstance(style, str):

@@ -1,7 +1,7 @@
 """Inference as one pipeline: request (a test split: ``run_test_splits``, one audio file: ``run_single``,
-a stream: ``run_stream``) -> outputs (main/results.py, locked) -> session (main/session.py) ->
-generation (main/generation.py or main/stream.py; frames arrive in order) -> the one writer
-(main/result_writer.py, ``meta.json`` last) -> summary; drawn in docs/ARCHITECTURE.md. The three
+a stream: ``run_stream``) -> outputs (main/results/layout.py, locked) -> session (main/infer/session.py) ->
+generation (main/infer/decode.py or models/streaming.py; frames arrive in order) -> the one writer
+(main/results/writer.py, ``meta.json`` last) -> summary; drawn in docs/ARCHITECTURE.md. The three
 requests differ only in their source and in how frames arrive. Every check that can fail runs before
 anything is written, so a failed rerun leaves an older result whole; Ctrl-C / SIGTERM end a run with
 one line saying what was kept and how to continue.
@@ -18,22 +18,24 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dataset.audio import fit_audio_to_frames
+from dataset.audio import as_float_pcm, fit_audio_to_frames
 from dataset.flame_params import fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split, decode_outcomes
-from main import render as renderer
-from main import results as RT
-from main.generation import (add_vertices, decode_blocks, encode_one, generate_motion, sample_arrays, to_output_fps,
-                             write_frames)
-from main.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
-from main.output_lock import output_lock
-from main.result_reader import load_frames, read_meta
-from main.result_writer import FrameWriter, write_sample
-from main.session import attention_window, choose_style, open_session, stream_settings
-from main.speech import AudioCheck, as_float_pcm, is_silent, pcm_chunks_from_stdin, read_speech
-from main.stream import Streamer
-from main.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
+from dataset.styles import choose_style
+from main.infer.decode import add_vertices, decode_blocks, encode_one, generate_motion, write_frames
+from main.infer.jobs import check_clashes, check_roots, format_summary, jobs_to_write, plan_jobs, summary_row
+from main.infer.request import Request
+from main.infer.session import attention_window, open_session, stream_settings
+from main.infer.speech import AudioCheck, is_silent, pcm_chunks_from_stdin, read_speech
+from main.infer.stream_sink import STATS, ReaderGone, StdoutVertices, signals_held, stream_stats
+from main.rendering import video as renderer
+from main.results import layout as RT
+from main.results.formats import ARRAY_FILES, sample_arrays, to_output_fps
+from main.results.lock import output_lock
+from main.results.reader import load_frames, read_meta
+from main.results.writer import FrameWriter, write_sample
+from models.streaming import Streamer
 from utils.disk import check_can_write
 from utils.errors import DataError, InferenceError, Interrupted
 from utils.framing import DEFAULT_FRAMING, framing_from_config, output_fps
@@ -76,13 +78,22 @@ def _key(ref) -> tuple[str, str]:
     return ref.json_path, ref.sample_id
 
 
-def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
-                    logger: logging.Logger | None = None, resume: bool = False) -> list[dict]:
+def run(cfg, request: Request, logger: logging.Logger | None = None, loaded: tuple | None = None):
+    """The one entry point: ``request`` (main/infer/request.py) -> its mode's run below. ``loaded``: a
+    ``(model, styles)`` pair from ``load_model`` to reuse (file mode)."""
+    if request.mode == "test":
+        return run_test_splits(cfg, request, logger)
+    if request.mode == "file":
+        return run_single(cfg, request, logger, loaded)
+    return run_stream(cfg, request, logger)
+
+
+def run_test_splits(cfg, request: Request = Request(), logger: logging.Logger | None = None) -> list[dict]:
     """Every dataset's ``INFER.split`` JSONs -> the results tree. Returns the summary rows (dataset,
     samples, frames, audio_s, wall_s, rtf)."""
     logger = logger or log
     inf = cfg.INFER
-    mode, split = RT.results_mode(overwrite, resume, cfg), inf.split or "test"
+    mode, split = RT.results_mode(request.overwrite, request.resume, cfg), inf.split or "test"
     check_roots(cfg)
     roots = [os.path.join(inf.output_root, inf.exp_name), os.path.join(inf.coeff_root, inf.exp_name)]
     with output_lock(roots, "wait for it to finish, or set another INFER.exp_name"):
@@ -90,7 +101,7 @@ def run_test_splits(cfg, checkpoint: str | None = None, overwrite: bool = False,
         if not refs and not any(ds.get(split) for ds in cfg.DATA.datasets.values()):
             raise InferenceError(f"no dataset of the config has a '{split}' split (DATA.datasets.*.{split})")
         check_clashes(cfg, refs)
-        session = open_session(cfg, checkpoint, logger)
+        session = open_session(cfg, request.checkpoint, logger)
         jobs = jobs_to_write(cfg, plan_jobs(cfg, refs, session.styles, logger), mode, session.flame, logger)
         items = _validated_items(cfg, split, jobs, logger)
         jobs = [j for j in jobs if _key(j.ref) in items]
@@ -153,23 +164,22 @@ def _validated_items(cfg, split, jobs, logger) -> dict:
 
 # ---- one audio file -------------------------------------------------------------------------------
 
-def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str | None = None,
-               out_dir: str | None = None, overwrite: bool = False, render: bool = False,
-               logger: logging.Logger | None = None, loaded: tuple | None = None, resume: bool = False) -> dict:
-    """One audio file -> DIR/vertices/{i}.npy, DIR/motion.npy, DIR/coeffs287.npy, DIR/meta.json (+
+def run_single(cfg, request: Request, logger: logging.Logger | None = None, loaded: tuple | None = None) -> dict:
+    """One audio file -> DIR/vertices/{i}.npy, the arrays of main/results/formats.py and DIR/meta.json (+
     DIR/video.mp4 with ``render``). Returns the meta dict plus ``out_dir``. ``loaded``: a ``(model,
     styles)`` pair from ``load_model`` to reuse. Frames are converted and written while later ones are
     still decoded (``write_frames``)."""
     logger = logger or log
-    mode, out_dir = RT.results_mode(overwrite, resume, cfg), RT.single_dir(audio_path, out_dir)
+    audio_path = request.audio
+    mode, out_dir = RT.results_mode(request.overwrite, request.resume, cfg), RT.single_dir(audio_path, request.out)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, mode, logger):
             return dict(read_meta(out_dir), out_dir=out_dir)
         fr = framing_from_config(cfg)
         out_fps = output_fps(cfg, fr.fps)
         audio = read_speech(audio_path, fr.sample_rate, logger, fr.fps)  # before the (slow) model load
-        session = open_session(cfg, checkpoint, logger, loaded)
-        style = choose_style(cfg, session.styles, style, logger)
+        session = open_session(cfg, request.checkpoint, logger, loaded)
+        style = choose_style(cfg, session.styles, request.style, logger)
         t0, n, flame = time.perf_counter(), fr.frames_in(audio.shape[0]), session.flame()
         check_can_write({out_dir: RT.sample_bytes(int(round(n * out_fps / fr.fps)), flame.n_vertices)})
         feats = encode_one(session.model, torch.from_numpy(fit_audio_to_frames(audio, n, fr.samples_per_frame)),
@@ -187,7 +197,7 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
     wall = time.perf_counter() - t0
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path, n / fr.fps,
                 len(motion), out_fps, out_dir, wall, wall / (n / fr.fps))
-    if render:
+    if request.render:
         mp4 = os.path.join(out_dir, "video.mp4")  # from the frames written: the vertices are computed once
         renderer.render_sequence(load_frames(os.path.join(out_dir, "vertices")), flame.faces, mp4, out_fps,
                         audio=os.path.abspath(audio_path))
@@ -197,31 +207,31 @@ def run_single(cfg, audio_path: str, style: str | None = None, checkpoint: str |
 
 # ---- a stream -------------------------------------------------------------------------------------
 
-def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
-    """``--stream`` (args.audio a file, fed chunk by chunk as if live) or ``--audio -`` (raw 16-bit mono
-    16 kHz PCM on stdin). Each frame's vertices are written as soon as the frame is final (and with
+def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> dict:
+    """A stream request: ``request.audio`` a file fed chunk by chunk as if live, or ``-`` (raw 16-bit
+    mono 16 kHz PCM on stdin). Each frame's vertices are written as soon as the frame is final (and with
     --stdout_vertices sent to stdout); at the end motion, coefficients, ``stream_stats.json`` and
     ``meta.json``. Returns the meta dict plus ``out_dir`` and ``stats``. Ctrl-C / SIGTERM (how a live
     stream is stopped) and a reader closing --stdout_vertices end the stream with a complete result
     of the frames emitted; the interrupt then raises Interrupted saying so (exit 130 / 143)."""
     logger = logger or log
-    live, out = args.audio == "-", StdoutVertices(logger) if args.stdout_vertices else None
+    live, out = request.audio == "-", StdoutVertices(logger) if request.stdout_vertices else None
     fr, std = framing_from_config(cfg), DEFAULT_FRAMING  # the Streamer's CNN caching assumes this framing
     if fr != std:
         raise InferenceError(f"streaming runs at {std.fps} fps; the config has DATA.target_fps={fr.fps}")
     if output_fps(cfg, fr.fps) != fr.fps:
         raise InferenceError(f"streaming emits {fr.fps} fps frames as they are made; INFER.output_fps is "
                              f"{cfg.INFER.output_fps} (use native or {fr.fps}, or run without --stream)")
-    settings = stream_settings(cfg, args)
-    out_dir, mode = RT.single_dir(args.audio, args.out), RT.results_mode(args.overwrite, args.resume, cfg)
+    settings = stream_settings(cfg, request)
+    out_dir, mode = RT.single_dir(request.audio, request.out), RT.results_mode(request.overwrite, request.resume, cfg)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
         if not single_todo(out_dir, "overwrite" if live and mode == "resume" else mode, logger):
             return dict(read_meta(out_dir), out_dir=out_dir)
-        audio = None if live else read_speech(args.audio, fr.sample_rate, logger, fr.fps, normalise=False)
-        prime = read_speech(args.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
-            if args.prime_audio else None
-        session = open_session(cfg, args.checkpoint, logger)
-        style = choose_style(cfg, session.styles, args.style, logger)
+        audio = None if live else read_speech(request.audio, fr.sample_rate, logger, fr.fps, normalise=False)
+        prime = read_speech(request.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
+            if request.prime_audio else None
+        session = open_session(cfg, request.checkpoint, logger)
+        style = choose_style(cfg, session.styles, request.style, logger)
         flame = session.flame()
         # a file's length is known: its frames must fit (a live stream's is not: a full disk is reported then)
         check_can_write({out_dir: RT.sample_bytes(fr.frames_in(1 if live else len(audio)), flame.n_vertices)})
@@ -229,9 +239,9 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
         if prime is not None:
             streamer.prime(prime)
             logger.info("normalisation statistics primed with %.2f s of %s", len(prime) / fr.sample_rate,
-                        args.prime_audio)
+                        request.prime_audio)
         logger.info("streaming %s (style %s): chunk %g ms, lookahead %g ms, left context %s ms, attention window "
-                    "%s frames; algorithmic latency %.3f s", "stdin (16-bit 16 kHz mono PCM)" if live else args.audio,
+                    "%s frames; algorithmic latency %.3f s", "stdin (16-bit 16 kHz mono PCM)" if live else request.audio,
                     style, settings["chunk_ms"], settings["lookahead_ms"], settings["left_context_ms"],
                     settings["attention_window"], streamer.latency_s)
         chunk = streamer.chunk
@@ -246,7 +256,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
             motion = np.concatenate(motion)[:writer.n]
             stats = stream_stats(settings, streamer, chunks, n_in / fr.sample_rate, motion.shape[0], session.device,
                                  len(prime) / fr.sample_rate if prime is not None else 0.0, stopped)
-            meta = single_meta(session, args.audio, style, fr.fps, motion.shape[0])
+            meta = single_meta(session, request.audio, style, fr.fps, motion.shape[0])
             with signals_held():  # the result goes in place whole, even if Ctrl-C is pressed again
                 writer.commit(sample_arrays(motion, None), meta, {STATS: stats})
     logger.info("%s: %.2f s of audio -> %d frames in %s; compute %.2f s (real-time factor %.3f), per chunk "
@@ -256,7 +266,7 @@ def run_stream(cfg, args, logger: logging.Logger | None = None) -> dict:
     if stopped is not None:
         raise Interrupted(stopped, f"stream stopped by {signal.Signals(stopped).name} after {meta['n_frames']} "
                                    f"frame(s) ({stats['audio_s']:.2f} s of audio): {out_dir} holds them as a complete "
-                                   f"result (meta.json, motion.npy, coeffs287.npy, {STATS}); to stream again into "
+                                   f"result (meta.json, {', '.join(ARRAY_FILES)}, {STATS}); to stream again into "
                                    f"it run the same command with --overwrite, or give another --out")
     return dict(meta, out_dir=out_dir, stats=stats)
 

@@ -1,8 +1,8 @@
 """What every render backend draws alike: the camera framed on the mesh, its projection, the lights,
 the material and the background, and the error a backend raises when it cannot draw a frame.
 
-The OpenGL backend (main/render_gl.py) hands these values to pyrender; the CPU rasteriser
-(main/raster_cpu.py) evaluates them itself. Keeping them in one place is what makes the two backends
+The OpenGL backend (main/rendering/gl.py) hands these values to pyrender; the CPU rasteriser
+(main/rendering/cpu.py) evaluates them itself. Keeping them in one place is what makes the two backends
 frame, light and colour a face the same way.
 """
 from __future__ import annotations

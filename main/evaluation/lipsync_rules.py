@@ -1,4 +1,4 @@
-"""What the lip-sync checks (main/lipsync.py) and their report (main/lipsync_report.py) share: the
+"""What the lip-sync checks (main/evaluation/lipsync.py) and their report (main/evaluation/lipsync_report.py) share: the
 thresholds the report's definitions name, the error type, and runs of a boolean mask."""
 from __future__ import annotations
 

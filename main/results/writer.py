@@ -1,5 +1,5 @@
 """The one writer of results, for every mode: frames as they arrive, the result put in place whole,
-``meta.json`` last (main/results.py: a result is complete exactly when its ``meta.json`` is readable
+``meta.json`` last (main/results/layout.py: a result is complete exactly when its ``meta.json`` is readable
 and its frames are all there).
 """
 from __future__ import annotations
@@ -9,8 +9,8 @@ import shutil
 
 import numpy as np
 
-from main.result_reader import FRAME_FILE
-from main.results import META, SINGLE_FILES, remove_path
+from main.results.layout import SINGLE_FILES, remove_path
+from main.results.reader import FRAME_FILE, META
 from utils.atomic import atomic_write, tmp_sibling, write_json
 from utils.errors import ResultsError
 

@@ -1,6 +1,6 @@
 """Test-split requests: the samples -> jobs (output folders, conditioning style, output fps), the
 clash check, which jobs to (re)make and whether they fit, the log file, and the per-dataset summary
-table (main/pipeline.py, scripts/mean_baseline.py)."""
+table (main/infer/pipeline.py, scripts/mean_baseline.py)."""
 from __future__ import annotations
 
 import logging
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
-from main import results as RT
-from main.session import pick_condition_style, style_for
+from dataset.styles import pick_condition_style, style_for
+from main.results import layout as RT
 from utils.disk import check_can_write
 from utils.errors import InferenceError
 from utils.framing import output_fps

@@ -7,7 +7,7 @@ import logging
 
 import torch
 
-from main.checkpoint_io import check_state_dict, load_checkpoint, plain_values, save_checkpoint
+from models.checkpoint import check_state_dict, load_checkpoint, plain_values, save_checkpoint
 from models.faceformer import FaceFormer
 from models.wav2vec import AudioEncoder, AudioEncoderLoadError
 from models.wav2vec2_runtime import Wav2Vec2Runtime, rename_weight_norm, unsupported

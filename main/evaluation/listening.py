@@ -22,12 +22,13 @@ import torch
 from dataset.data_item import load_item
 from dataset.flame_params import fit_shape
 from dataset.index import dataset_refs, split_jsons
-from main.metrics import lve
-from main.generation import generate_motion
-from main.model_io import load_model
-from main.session import resolve_checkpoint, style_for
+from dataset.styles import style_for
+from main.evaluation.metrics import lve
+from main.infer.decode import generate_motion
+from main.infer.session import resolve_checkpoint
 from models.flame import load_flame
 from models.flame_regions import region_indices
+from models.loading import load_model
 from utils.config import flame_path_for, flame_region_paths
 from utils.framing import framing_from_config
 from utils.runtime import pick_device

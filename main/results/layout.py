@@ -3,9 +3,9 @@
 Layout of one result (evaluation mode; single-audio and streaming mode use ``DIR/vertices/`` and ``DIR``)::
 
     {INFER.output_root}/{exp_name}/{DATASET}/{STYLE_ID}/{i}.npy   (V,3) float32, i = 0..T-1, nothing else
-    {INFER.coeff_root}/{exp_name}/{DATASET}/{STYLE_ID}/motion.npy (T,51), coeffs287.npy (T,287), meta.json
+    {INFER.coeff_root}/{exp_name}/{DATASET}/{STYLE_ID}/{name}.npy per array of main/results/formats.py, meta.json
 
-Written whole or not at all (main/result_writer.py; read by main/result_reader.py): a result is
+Written whole or not at all (main/results/writer.py; read by main/results/reader.py): a result is
 complete exactly when its ``meta.json`` is readable and its vertex folder holds ``meta["n_frames"]``
 whole frames; nothing inside the vertex folder marks it (the evaluation reads that folder and nothing
 else may be in it). A kill or a full disk leaves at most ``.tmp-*`` entries, which the next run that
@@ -21,13 +21,13 @@ import shutil
 import numpy as np
 
 from dataset.index import folder_clashes
-from main.result_reader import META, frame_files, read_meta
+from main.results.formats import ARRAY_FILES, NPY_HEADER_BYTES, arrays_bytes
+from main.results.reader import META, frame_files, read_meta
 from utils.errors import InferenceError, ResultsError
 
 TMP_NAME = re.compile(r"^\.tmp-(.+)-(\d+)$")
-NPY_HEADER_BYTES = 128
 # what a single-audio DIR may hold of a result besides meta.json
-SINGLE_FILES = ("motion.npy", "coeffs287.npy", "video.mp4", "stream_stats.json")
+SINGLE_FILES = (*ARRAY_FILES, "video.mp4", "stream_stats.json")
 
 log = logging.getLogger("results")
 
@@ -177,5 +177,5 @@ def _alive(pid: int) -> bool:
 
 
 def sample_bytes(n_frames: int, n_vertices: int) -> int:
-    """Disk estimate of one result: its vertex frames plus motion (T,51) and coeffs (T,287)."""
-    return n_frames * (NPY_HEADER_BYTES + n_vertices * 3 * 4) + 2 * NPY_HEADER_BYTES + n_frames * (51 + 287) * 4 + 4096
+    """Disk estimate of one result: its vertex frames plus its arrays (main/results/formats.py)."""
+    return n_frames * (NPY_HEADER_BYTES + n_vertices * 3 * 4) + arrays_bytes(n_frames) + 4096

@@ -1,5 +1,5 @@
 """Reading results: the frame files of a result folder, its meta.json, the result folders under a root,
-and a folder's frame rate (main/render.py, main/evaluate.py, main/lipsync.py; the layout is main/results.py).
+and a folder's frame rate (main/render.py, main/evaluate.py, main/lipsync.py; the layout is main/results/layout.py).
 Every missing, torn or wrong-shaped file is a ResultsError naming it."""
 from __future__ import annotations
 

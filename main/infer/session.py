@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
-from main.model_io import check_framing, load_model
 from models.flame import load_flame
+from models.loading import check_framing, load_model
+from models.streaming import STREAM_FLAGS, check_stream_value
 from utils.config import flame_path_for
-from utils.config_schema import NUMERIC_RANGES, check_number
 from utils.errors import ConfigError, InferenceError
 from utils.framing import framing_from_config
 from utils.runtime import pick_device
@@ -63,35 +63,6 @@ def resolve_checkpoint(cfg, checkpoint: str | None) -> str:
     return path
 
 
-# ---- conditioning style -------------------------------------------------------------------------
-
-def pick_condition_style(cfg, styles: list[str]) -> str:
-    """The style of a speaker the model was not trained on: INFER.condition_style (checked) or the
-    first training style."""
-    name = cfg.INFER.condition_style
-    if name is None:
-        return styles[0]
-    if str(name) not in styles:
-        raise InferenceError(f"INFER.condition_style is '{name}', which is not a trained style; trained "
-                             f"styles: {', '.join(styles)}")
-    return str(name)
-
-
-def style_for(cfg, styles: list[str], speaker: str) -> str:
-    """A test speaker's own style when it was trained, else ``pick_condition_style``."""
-    return speaker if speaker in styles else pick_condition_style(cfg, styles)
-
-
-def choose_style(cfg, styles: list[str], style: str | None, logger: logging.Logger | None = None) -> str:
-    """Single-audio and streaming mode's ``--style``: checked, or ``pick_condition_style``."""
-    if style is None:
-        style = pick_condition_style(cfg, styles)
-        (logger or log).info("no --style given: conditioning on '%s' (trained styles: %s)", style, ", ".join(styles))
-    elif style not in styles:
-        raise InferenceError(f"--style '{style}' is not a trained style; trained styles: {', '.join(styles)}")
-    return style
-
-
 # ---- INFER settings ------------------------------------------------------------------------------
 
 def window_frames(cfg) -> tuple[int, int]:
@@ -117,28 +88,17 @@ def check_infer_config(cfg):
     window_frames(cfg)
 
 
-STREAM_FLAGS = {"chunk_ms": "stream_chunk_ms", "lookahead_ms": "stream_lookahead_ms",
-                "left_context_ms": "stream_left_context_ms", "warmup_ms": "stream_warmup_ms"}
-
-
-def stream_settings(cfg, args=None) -> dict:
-    """Streamer keyword arguments from INFER.stream_* / INFER.attention_window and the CLI flags
-    (--chunk_ms, --lookahead_ms, --left_context_ms, --warmup_ms override the config), each checked
-    against its config key's range (``check_stream_value``). A user error names the flag or key."""
+def stream_settings(cfg, request=None) -> dict:
+    """Streamer keyword arguments from INFER.stream_* / INFER.attention_window and a stream request's
+    chunk_ms, lookahead_ms, left_context_ms, warmup_ms (the --flags of the same names; they override the
+    config), each checked against its config key's range (``check_stream_value``). A user error names
+    the flag or key."""
     values = {}
     for flag, key in STREAM_FLAGS.items():
-        given = getattr(args, flag, None)
+        given = getattr(request, flag, None)
         name, where = (f"INFER.{key}", "config") if given is None else (f"--{flag} (INFER.{key})", "command line")
         try:
             values[flag] = check_stream_value(flag, cfg.INFER[key] if given is None else given, name, where)
         except ConfigError as e:  # an inference run's errors are InferenceErrors
             raise InferenceError(str(e)) from None
     return dict(values, attention_window=attention_window(cfg))
-
-
-def check_stream_value(flag: str, value, name: str | None = None, where: str = "Streamer") -> float | None:
-    """One streaming setting (a Streamer argument) in its INFER.stream_* key's range, else ConfigError
-    (a UserError and a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
-    if flag == "left_context_ms" and (value is None or check_number(value, name or flag, False, None, None, where) < 0):
-        return None
-    return float(check_number(value, name or flag, *NUMERIC_RANGES[f"INFER.{STREAM_FLAGS[flag]}"], where=where))

@@ -1,16 +1,15 @@
 """One writer per output folder: an exclusive lock held on each output folder for a run.
 
 A second run writing the same results fails at once, naming the pid that holds the lock, instead of
-both runs overwriting each other's samples. The lock (``fcntl.flock``) goes with the process, also on
-SIGKILL, so a crashed run never blocks the next one.
+both runs overwriting each other's samples. The lock is utils/filelock.py's: it goes with the process.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 
 from utils.errors import ResultsError
+from utils.filelock import LockHeld, lock_file
 
 LOCK_FILE = ".inference.lock"
 
@@ -51,31 +50,13 @@ def _lock_one(path: str, how: str) -> tuple[str, int, bool]:
     while True:
         created = not os.path.exists(path)
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = lock_file(path)
+        except LockHeld as e:
+            raise ResultsError(f"another inference run ({e.holder}) is writing {os.path.dirname(path)} (it holds "
+                               f"{path}); {how}") from None
         except OSError as e:
             raise ResultsError(f"cannot open the lock file {path}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _flock_holder(os.fstat(fd).st_ino)
-            os.close(fd)
-            raise ResultsError(f"another inference run ({holder}) is writing {os.path.dirname(path)} (it holds "
-                               f"{path}); {how}") from None
         with contextlib.suppress(FileNotFoundError):
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 return path, fd, created
         os.close(fd)  # its holder removed it as we opened it: lock the file that is there now
-
-
-def _flock_holder(inode: int) -> str:
-    """'pid N' of the process holding a flock on ``inode`` (from /proc/locks, Linux), or a vaguer word."""
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                parts = line.split()
-                # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF"
-                if len(parts) >= 6 and parts[1] == "FLOCK" and parts[5].rsplit(":", 1)[-1] == str(inode):
-                    return f"pid {parts[4]}"
-    except OSError:
-        pass
-    return "pid unknown"
