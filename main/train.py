@@ -168,6 +168,9 @@ def main(argv=None):
             writer.close()
     log.info("done: %s", os.path.abspath(cfg.TRAIN.save_path))
     if world_size > 1:
+        # every rank leaves the process group together: gloo can abort a rank whose peer has already
+        # torn its side down ("terminate called without an active exception" at exit)
+        dist.barrier()
         dist.destroy_process_group()
 
 
