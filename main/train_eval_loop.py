@@ -60,10 +60,17 @@ def batch_loss(pred, batch, flame_of, velocity_weight=0.0, lip_weight=0.0, lips_
 def lip_vertices(cfg, flames, device) -> dict:
     """{id(flame): (upper, lower) lip vertex ids (long tensors)} from the config's lip region, split on
     each FLAME model's template (the lip-aperture loss term)."""
-    lip_idx = region_indices(**flame_region_paths(cfg))[0]
+    paths = flame_region_paths(cfg)
+    lip_idx = region_indices(**paths)[0]
     out = {}
     for flame in flames:
-        upper, lower = lip_split(flame.v_template.detach().cpu().numpy(), lip_idx)
+        try:
+            upper, lower = lip_split(flame.v_template.detach().cpu().numpy(), lip_idx)
+        except ValueError as e:
+            where = (f"FLAME.lip_indices ({paths['lip_indices']})" if paths["lip_indices"]
+                     else f"the 'lips' region of FLAME.masks_path ({paths['masks_path']})")
+            raise UserError(f"TRAIN.lip_weight={cfg.TRAIN.lip_weight} needs lip vertices above and below the mouth "
+                            f"centre; {where} has none on one side ({e})") from None
         out[id(flame)] = (torch.as_tensor(upper, device=device), torch.as_tensor(lower, device=device))
     return out
 

@@ -61,10 +61,6 @@ class LogMel(nn.Module):
         self.register_buffer("filters", torch.from_numpy(
             mel_filterbank(sample_rate, self.n_fft, self.n_mels, fmin, fmax)), persistent=False)
 
-    def n_frames(self, n_samples):
-        """Frames computed from n samples (int or long tensor)."""
-        return (n_samples - self.win) // self.hop + 1
-
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.shape[-1] < self.win:
             raise ValueError(f"audio of {audio.shape[-1]} samples is shorter than one {self.win}-sample window")
@@ -106,7 +102,7 @@ def frontend_config(overrides: dict, frontend: str, sample_rate: int = WAV2VEC2_
     n_mels = int(overrides.get("num_mel_bins", N_MELS))
     return {**overrides, "audio_frontend": "logmel", "num_mel_bins": n_mels, "conv_dim": [n_mels],
             "conv_kernel": [int(0.025 * sample_rate)], "conv_stride": [int(0.02 * sample_rate)],
-            "conv_bias": True, "feat_extract_norm": "layer"}
+            "feat_extract_norm": "layer"}
 
 
 def install_frontend(model) -> None:

@@ -29,6 +29,7 @@ from models.log_mel import LogMel
 from scripts.baseline_results import baseline_setup, write_baseline_results
 from utils.config import flame_path_for
 from utils.errors import UserError, run_reporting_user_errors
+from utils.framing import framing_from_config
 
 MEL_HOP = 160                 # 10 ms at 16 kHz
 CONTEXT_STEP = 2              # mel frames between context taps: 20 ms
@@ -90,7 +91,7 @@ class LinearListener:
 
 
 def load_clips(cfg, split: str, styles: list[str], log) -> list:
-    """[(audio (N,), motion (T,51), style index, shape)] of a split's training-style samples, whole clips."""
+    """[(audio (N,), motion (T,51), style index, shape, dataset)] of a split's training-style samples, whole clips."""
     data = FaceDataset(cfg, split, styles, train=False, check=False, log=log, progress=False)
     clips = []
     for i in range(len(data)):
@@ -108,6 +109,8 @@ def add_options(p):
 
 def main(argv=None):
     args, cfg, styles, mode, log = baseline_setup(argv, __doc__.splitlines()[0], "linear_baseline", add_options)
+    if not 0 <= args.context_ms <= 1000:
+        raise UserError(f"--context_ms is {args.context_ms:g}; expected milliseconds in [0, 1000]")
     train = load_clips(cfg, "train", styles, log)
     if not train:
         raise UserError("linear_baseline: the training split has no samples")
@@ -123,7 +126,7 @@ def main(argv=None):
         err = flame.motion_to_vertices(motion, shape) - flame.motion_to_vertices(truth, shape)
         return float(np.mean(np.sum(np.square(err), -1)))
 
-    framing = FaceDataset(cfg, "train", styles, train=False, check=False, log=log, progress=False).framing
+    framing = framing_from_config(cfg)
     model = LinearListener(len(styles), framing.sample_rate, framing.samples_per_frame, args.context_ms)
     model.fit([c[:3] for c in train], val, val_error)
     log.info("linear listener: %d training frames, %d features, ridge %g (validation vertex MSE %.4g)",

@@ -32,7 +32,7 @@ import torch
 
 from dataset.dataset import FaceDataset
 from main.evaluation.metrics import lve
-from main.evaluation.phones import BILABIALS, clean_label, read_alignment
+from main.evaluation.phones import BILABIALS, alignment_path, clean_label, read_alignment
 from main.infer.decode import generate_motion
 from models.flame import load_flame
 from models.flame_regions import region_indices
@@ -48,7 +48,7 @@ RIDGE = 1.0      # on standardised features
 
 def frame_phones(audio_path: str, n_frames: int, fps: float) -> np.ndarray:
     """(T,) phone label at each frame's centre, from the alignment beside the audio."""
-    path = os.path.splitext(audio_path)[0] + ".phones.json"
+    path = alignment_path(audio_path)
     if not os.path.isfile(path):
         raise DataError(f"{audio_path}: no phone alignment beside it ({path}); the probe needs labelled "
                         f"speech (scripts/make_speech_set.py writes one per clip)")

@@ -167,3 +167,20 @@ def test_lip_vertices_split_the_standin_lips_into_upper_and_lower(demo_root):
     v = flame.motion_to_vertices(motion)
     gap = v[:, upper, 1].mean(-1) - v[:, lower, 1].mean(-1)
     assert gap[1] > gap[0] + 1e-3
+
+
+def test_lip_term_with_lips_on_one_side_names_the_file(demo_root, tmp_path):
+    import numpy as np
+
+    from main.train_eval_loop import lip_vertices
+    from models.flame import load_flame
+    from tests.conftest import ROOT
+    from utils.config import load_config
+    from utils.errors import UserError
+
+    flame = load_flame(f"{demo_root}/FLAME/standin_generic_model.pkl")
+    np.save(tmp_path / "lips.npy", np.array([7, 7]))     # one vertex: nothing above or below a mouth centre
+    cfg = load_config(f"{ROOT}/config/demo.yaml", [f"DATA.data_root={demo_root}",
+                                                   f"FLAME.lip_indices={tmp_path}/lips.npy"])
+    with pytest.raises(UserError, match=r"TRAIN.lip_weight=0.3 .*FLAME.lip_indices \(.*lips.npy\)"):
+        lip_vertices(cfg, [flame], "cpu")

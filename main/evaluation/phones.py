@@ -65,6 +65,11 @@ def _beside(audio_path: str, suffix: str) -> str:
     return os.path.splitext(audio_path)[0] + suffix
 
 
+def alignment_path(audio_path: str) -> str:
+    """Where a clip's phone alignment lies: ``<audio stem>.phones.json`` beside the audio."""
+    return _beside(audio_path, ".phones.json")
+
+
 def find_transcript(audio_path: str, meta: dict | None, entry: dict | None) -> tuple[str | None, str]:
     """-> (transcript text or None, where it came from)."""
     for src, d in (("meta.json", meta), ("dataset JSON", entry)):
@@ -110,7 +115,7 @@ class PhoneSource:
             return None, "not asked (--phones none)"
         if self.mode == "recognise":
             return self._recognise(audio), "phone recognition"
-        path = _beside(audio_path, ".phones.json")
+        path = alignment_path(audio_path)
         if os.path.isfile(path):
             return read_alignment(path), os.path.basename(path)
         entry = self.entries.get(((meta or {}).get("dataset"), (meta or {}).get("sample_id")))
