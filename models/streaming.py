@@ -13,7 +13,13 @@ plus ``lookahead_ms`` has arrived, and the decoder continues its KV cache across
 ``attention_window`` frames.
 
 Algorithmic latency (end of a frame's audio -> frame emitted, before compute) is at most chunk +
-lookahead. With a lookahead longer than the input, nothing is emitted before ``flush`` and the result
+lookahead.
+
+A model trained for streaming (``MODEL.encoder_block_frames`` = B > 0, models/block_encoder.py) streams
+exactly as it runs offline: the chunk is rounded up to whole blocks of B frames, the lookahead is the CNN's
+overhang past a frame (5 ms at 16 kHz), each chunk is processed as soon as its last block's audio has
+arrived, and the left context is the trained one (``left_context_ms``, ``warmup_ms`` and priming do not
+apply). With a lookahead longer than the input, nothing is emitted before ``flush`` and the result
 equals offline generation (``FaceFormer.generate`` on the normalised audio) when the left context and
 the attention window are unbounded (None).
 """
@@ -82,12 +88,18 @@ class Streamer:
         self.chunk = max(1, int(round(chunk_ms * self.sr / 1000)))
         self.lookahead = int(round(lookahead_ms * self.sr / 1000))
         self.warmup = int(round(warmup_ms * self.sr / 1000))
+        self.block = model.audio_encoder.block
+        if self.block:  # whole blocks, each processed once its audio (and the CNN's overhang) is in
+            block = self.block * self.hop
+            self.chunk = -(-self.chunk // block) * block
+            self.lookahead, self.warmup = model.audio_encoder.frame_overhang(), 0
         left = None if left_context_ms is None else int(round(left_context_ms * self.fps / 1000))
         self.audio = StreamingEncoder(model.audio_encoder, self.hop, left)
         self.chunk_ms, self.lookahead_ms, self.left_context_ms = chunk_ms, lookahead_ms, left_context_ms
         self.style, self.attention_window = int(style), attention_window
         self.state = model.start_generation(torch.tensor([int(style)], device=self.device), attention_window)
         self.n_in, self.n_emitted, self.finished = 0, 0, False  # samples received, frames emitted
+        self.next_point = self.chunk + (self.lookahead if self.block else 0)  # the next processing point
         self.stats: list[dict] = []
 
     @property
@@ -106,8 +118,9 @@ class Streamer:
         self.audio.receive(x)
         self.n_in += x.shape[0]
         out = []
-        while self.audio.n_done + self.chunk <= self.n_in:
-            out.append(self._process(self.audio.n_done + self.chunk, final=False))
+        while self.next_point <= self.n_in:
+            out.append(self._process(self.next_point, final=False))
+            self.next_point += self.chunk
         return np.concatenate(out) if out else np.zeros((0, self.model.motion_dim), np.float32)
 
     def prime(self, pcm):
@@ -146,6 +159,8 @@ class Streamer:
         else:
             n_audio = n
             n_target = max(0, (n - self.lookahead) // self.hop) if n >= self.warmup else 0
+            if self.block:
+                n_target -= n_target % self.block
         frames = np.zeros((0, self.model.motion_dim), np.float32)
         # nothing to emit yet: the CNN waits, until the running statistics know more
         if final or n_target > self.n_emitted:

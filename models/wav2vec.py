@@ -20,6 +20,7 @@ import os
 import torch
 import torch.nn as nn
 
+from models.block_encoder import BlockCache, NormState, causal_normalise, encode_masked
 from models.log_mel import frontend_config, install_frontend
 from utils.errors import UserError
 from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
@@ -103,6 +104,13 @@ def build_audio_encoder(model_cfg, sample_rate: int = WAV2VEC2_SAMPLE_RATE, fps:
         model.masked_spec_embed.requires_grad_(False)
     if cfg.get("freeze_feature_encoder", True):
         model.freeze_feature_encoder()
+    # in the wav2vec2 config, so that a checkpoint rebuilds the same encoder (models/block_encoder.py)
+    model.config.encoder_block_frames = int(cfg.get("encoder_block_frames") or 0)
+    model.config.encoder_left_frames = int(cfg.get("encoder_left_frames") or 0)
+    if model.config.encoder_block_frames and model.config.feat_extract_norm == "group":
+        raise UserError("MODEL.encoder_block_frames > 0 (an encoder trained for streaming) needs a CNN that sees "
+                        "no whole-clip statistics: MODEL.audio_frontend=logmel, or a wav2vec2 whose "
+                        "feat_extract_norm is 'layer'; this one's first layer is a whole-clip GroupNorm")
     return AudioEncoder(model, sample_rate=sample_rate, fps=fps)
 
 
@@ -182,6 +190,15 @@ class AudioEncoder(nn.Module):
             rf += (k - 1) * jump
             jump *= s
         self.receptive_field = rf
+        # block-causal (trained for streaming, models/block_encoder.py) when > 0
+        self.block = int(getattr(config, "encoder_block_frames", 0) or 0)
+        self.left = int(getattr(config, "encoder_left_frames", 0) or 0)
+
+    def frame_overhang(self) -> int:
+        """Samples past a frame's end that its CNN features read (80 at 16 kHz / 25 fps): frame i reads
+        features up to 2i + 1 (``resample``), whose window ends stride (2i + 1) + rf."""
+        per_frame = int(self.samples_per_frame) // self.stride
+        return self.stride * (per_frame - 1) + self.receptive_field - int(self.samples_per_frame)
 
     @property
     def cnn_frozen(self) -> bool:
@@ -232,6 +249,8 @@ class AudioEncoder(nn.Module):
         n_samples = audio_mask.long().sum(1) if audio_mask is not None else \
             torch.full((B,), N, dtype=torch.long, device=audio.device)
         n_valid = self.cnn_lengths(n_samples).clamp(min=1)
+        if self.block:
+            audio = causal_normalise(audio)
         cnn = self.model.feature_extractor
         # a frozen CNN needs no graph: saves its activations' memory in training
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
@@ -245,6 +264,10 @@ class AudioEncoder(nn.Module):
                 x = self.resample(cnn(audio), n_frames, n_valid)        # (B,T,C)
         x = self.model.feature_projection(x)[0]                         # (B,T,H)
         lengths = self.frame_lengths(audio_mask, n_frames, B, audio.device)
+        if self.block:
+            frame_mask = torch.arange(n_frames, device=audio.device)[None] < lengths[:, None]  # (B,T)
+            h = encode_masked(self.model, x, self.block, self.left, None if bool(frame_mask.all()) else frame_mask)
+            return h.masked_fill(~frame_mask[..., None], 0.0)
         if bool((lengths == n_frames).all()):
             return self.model.encoder(x)[0]                             # tuple or ModelOutput -> (B,T,H)
         frame_mask = torch.arange(n_frames, device=audio.device)[None] < lengths[:, None]  # (B,T)
@@ -328,6 +351,8 @@ class AudioEncoder(nn.Module):
                 raise ValueError("encode_long takes one clip: audio (N,) or (1,N)")
             audio = audio[0]
         T, W, O = int(n_frames), int(window_frames), int(overlap_frames)
+        if self.block:
+            return self.encode_blocks(audio, T, chunk_features)
         if T <= W:
             return self.forward(audio[None], T)
         if not 0 <= 2 * O < W:
@@ -359,3 +384,13 @@ class AudioEncoder(nn.Module):
                 out = h.new_zeros(T, h.shape[1])
             out[s:e] = out[s:e] + w[:, None] * h
         return out[None]
+
+    def encode_blocks(self, audio: torch.Tensor, n_frames: int, chunk_features: int = 250) -> torch.Tensor:
+        """A block-causal encoder over one clip of any length, block by block -> (1,T,H): equal to
+        ``forward`` (nothing looks past a block), with the transformer's memory bounded by its left context."""
+        state, step = NormState(), 1 << 20  # normalised piece by piece: float64 sums of a long clip are big
+        audio = torch.cat([causal_normalise(audio[None, a:a + step], state)[0] for a in range(0, audio.shape[0], step)])
+        feats = self.cnn_features(audio, chunk_features)               # (C, F)
+        x = self.resample(feats[None], n_frames, torch.tensor([feats.shape[1]], device=feats.device))
+        x = self.model.feature_projection(x)[0]                        # (1,T,H)
+        return BlockCache(self.model, self.block, self.left).step(x)

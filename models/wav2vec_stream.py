@@ -23,6 +23,11 @@
 - Resampling to frames and the feature projection are local per frame: cached as well.
 - The transformer (bidirectional) is re-run on a sliding window: ``left_frames`` of frames before
   ``start`` (None: all), then the frames up to the last one ready.
+
+An encoder trained for streaming (``encoder.block`` > 0, models/block_encoder.py) needs none of the
+estimates above: each sample is normalised on arrival with the statistics of the samples up to it, as
+offline, and the transformer runs block after block with its keys and values cached (``BlockCache``):
+its output equals the offline one, and each frame is encoded once.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import copy
 import numpy as np
 import torch
 
+from models.block_encoder import BlockCache, NormState, causal_normalise
 from models.wav2vec import AudioEncoder, Conv0Moments
 from utils.framing import AUDIO_NORM_EPS
 
@@ -78,22 +84,38 @@ class StreamingEncoder:
         self.proj = None        # (n, H) projected frames from global frame proj_start
         self.proj_start = 0
         self.n_proj = 0         # frames projected
+        # trained for streaming: raw holds causally normalised samples, the transformer runs block by block
+        self.norm = NormState() if encoder.block else None
+        self.blocks = BlockCache(encoder.model, encoder.block, encoder.left) if encoder.block else None
+        self.n_hidden = 0       # frames through the block cache
 
     def receive(self, x: np.ndarray):
+        if self.norm is not None:
+            self.audio_stats.add(x)  # the utterance's mean: the padding at its end (pad_to)
+            x = causal_normalise(torch.from_numpy(np.asarray(x, np.float32))[None], self.norm)[0].numpy()
         self.raw = np.concatenate([self.raw, x])
 
     @torch.no_grad()
     def prime(self, x: np.ndarray):
         """Seed the running statistics with audio recorded beforehand; it is not encoded."""
+        if self.norm is not None:
+            raise ValueError("this model was trained for streaming (MODEL.encoder_block_frames > 0): it starts "
+                             "cold, as in training, and priming would only make it differ from its offline output")
         self.audio_stats.add(x)
         if self.group_norm:
             self.conv0_stats.add(torch.from_numpy(x))
 
     def continue_statistics(self, other: "StreamingEncoder"):
-        """Start from the running statistics of an earlier stream (the same speaker and microphone)."""
+        """Start from the running statistics of an earlier stream (the same speaker and microphone); a
+        model trained for streaming starts every utterance cold, as in training."""
+        if self.norm is not None:
+            return
         self.audio_stats, self.conv0_stats = copy.deepcopy(other.audio_stats), copy.deepcopy(other.conv0_stats)
 
     def advance(self, n: int):
+        if self.norm is not None:  # its statistics are taken on arrival (receive)
+            self.n_done = n
+            return
         self.audio_stats.add(self.raw[self.n_done - self.raw_start:n - self.raw_start])
         self.n_done = n
 
@@ -101,8 +123,10 @@ class StreamingEncoder:
         """The end of the stream: zero padding (in normalised units: the mean in raw units) up to n_audio."""
         end = self.raw_start + self.raw.shape[0]
         if n_audio > end:
-            mean = self.audio_stats.mean_var()[0]
-            self.raw = np.concatenate([self.raw, np.full(n_audio - end, mean, np.float32)])
+            pad = np.full(n_audio - end, self.audio_stats.mean_var()[0], np.float32)
+            if self.norm is not None:
+                pad = causal_normalise(torch.from_numpy(pad)[None], self.norm)[0].numpy()
+            self.raw = np.concatenate([self.raw, pad])
 
     @torch.no_grad()
     def encode_to(self, n_audio: int, final: bool = False) -> int:
@@ -122,6 +146,13 @@ class StreamingEncoder:
     def hidden(self, start: int, end: int) -> torch.Tensor:
         """Transformer output of frames [start, end) -> (1,end-start,H), run over [start - left context,
         last frame ready)."""
+        if self.blocks is not None:
+            if start != self.n_hidden:
+                raise ValueError(f"a block-causal stream encodes its frames once, in order: frame {start} asked, "
+                                 f"{self.n_hidden} next")
+            h = self.blocks.step(self.proj[start - self.proj_start:end - self.proj_start][None])
+            self.n_hidden = end
+            return h
         a = 0 if self.left is None else max(0, start - self.left)
         window = self.proj[a - self.proj_start:self.n_proj - self.proj_start]
         return self.enc.model.encoder(window[None])[0][:, start - a:end - a]
@@ -147,7 +178,7 @@ class StreamingEncoder:
         """Samples [a, b) as the CNN takes them -> (1,1,b-a): raw with a group-norm CNN (see the module
         docstring), else normalised with the current running statistics."""
         x = self.raw[a - self.raw_start:b - self.raw_start]
-        if not self.group_norm:
+        if not self.group_norm and self.norm is None:
             mean, var = self.audio_stats.mean_var()
             x = (x - np.float32(mean)) / np.float32(np.sqrt(var + AUDIO_NORM_EPS))
         return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None, None].to(self.device)

@@ -44,6 +44,7 @@ as trained ones) unless --encoder tiny; FLAME is the procedural stand-in (same 5
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -94,6 +95,8 @@ def main(argv=None):
     p.add_argument("--mode_jobs", type=int, default=4, help="train_modes: trainings run side by side")
     p.add_argument("--startup_pythonpath", default=None, help="startup: also time with this folder first on "
                    "PYTHONPATH (e.g. pip install --target DIR 'transformers<5' --no-deps)")
+    p.add_argument("--workdir", default=None, help="keep the data, trainings and results here (default: a "
+                                                    "temporary folder, removed at the end)")
     p.add_argument("--json", default=None, help="output JSON (default docs/benchmarks_<device>.json; "
                                                  "docs/benchmarks_train_modes_<device>.json for --only train_modes)")
     args = p.parse_args(argv)
@@ -105,7 +108,7 @@ def main(argv=None):
                "encoder": args.encoder, "date": time.strftime("%Y-%m-%d")}
     print(f"device {results['device']}, torch {torch.__version__}, {results['cpu_threads']} CPU threads, "
           f"wav2vec2 {args.encoder}")
-    with tempfile.TemporaryDirectory() as tmp:
+    with (contextlib.nullcontext(os.path.abspath(args.workdir)) if args.workdir else tempfile.TemporaryDirectory()) as tmp:
         write_standin_files(tmp, seed=0)
         cfg = model_config(args.encoder, tmp)
         cfg.INFER.device = args.device

@@ -42,6 +42,8 @@ DEFAULTS = {
         "audio_encoder_config": None,   # dict of Wav2Vec2Config kwargs when not pretrained
         "freeze_feature_encoder": True,
         "audio_frontend": "cnn",        # cnn: wav2vec2's; logmel: a fixed log-mel front end (random init only)
+        "encoder_block_frames": 0,      # > 0: the encoder sees no audio past its block of this many frames ...
+        "encoder_left_frames": 25,      # ... and attends this many frames before it: trained for streaming
         "feature_dim": 64,
         "n_head": 4,
         "num_layers": 1,
@@ -230,6 +232,8 @@ MODEL.num_layers               whole   1      256
 MODEL.ff_dim                   whole   1      1048576
 MODEL.dropout                  number  0      0.99
 MODEL.period                   whole   1      1e6
+MODEL.encoder_block_frames     whole   0      1e4
+MODEL.encoder_left_frames      whole   0      1e6
 FLAME.n_shape                  whole   0      300
 TRAIN.lr                       number  1e-12  10
 TRAIN.epochs                   whole   0      1e6

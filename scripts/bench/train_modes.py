@@ -36,6 +36,9 @@ TRAIN_MODE_RUNS = {
     "logmel": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0"],
     "logmel+lip0.1": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.1"],
     "logmel+lip0.3": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.3"],
+    # trained for streaming (models/block_encoder.py): blocks of 6 frames, 1 s of left context
+    "logmel+lip0.3+block6": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.3", "MODEL.encoder_block_frames=6",
+                             "MODEL.encoder_left_frames=25"],
 }
 DEMO_CONFIG = os.path.join(ROOT, "config", "demo.yaml")
 

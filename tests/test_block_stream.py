@@ -1,0 +1,152 @@
+"""An encoder trained for streaming (MODEL.encoder_block_frames, models/block_encoder.py): offline, in a
+padded batch, block by block and streamed live, it computes the same numbers."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from dataset.audio import normalize_audio
+from models.block_encoder import block_mask
+from models.streaming import Streamer
+from tests.conftest import speech, tiny_model
+from utils.config import load_config
+from utils.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HOP = 640
+
+
+def block_cfg(block=6, left=25, **model):
+    cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"),
+                      [f"MODEL.encoder_block_frames={block}", f"MODEL.encoder_left_frames={left}"])
+    for k, v in model.items():
+        cfg.MODEL[k] = v
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(block_cfg().MODEL, weight_std=0.2).eval()
+
+
+def offline(model, x, style=1):
+    with torch.no_grad():
+        audio = torch.from_numpy(normalize_audio(x))[None]
+        return model.generate(audio, torch.tensor([style]), len(x) // HOP, attention_window=None)[0].numpy()
+
+
+def streamed(model, x, piece, **kw):
+    s = Streamer(model, style=1, attention_window=None, **kw)
+    out = np.concatenate([s.push(x[i:i + piece]) for i in range(0, len(x), piece)] + [s.flush()])
+    return out, s
+
+
+def test_block_mask_sees_its_block_and_the_left_context_only():
+    m = block_mask(10, block=3, left=2)
+    assert m[4].tolist() == [False, True, True, True, True, True, False, False, False, False]  # block [3, 6)
+    assert m[0].tolist() == [True] * 3 + [False] * 7
+    assert m[9].tolist() == [False] * 7 + [True] * 3                   # the last, partial block
+
+
+def test_one_pass_equals_block_by_block_and_a_padded_batch_equals_clips_alone(model):
+    enc = model.audio_encoder
+    a = torch.from_numpy(normalize_audio(speech(100)))
+    b = torch.from_numpy(normalize_audio(speech(70, seed=1)))
+    with torch.no_grad():
+        whole = enc(a[None], 100)
+        assert (whole - enc.encode_blocks(a, 100)).abs().max() < 1e-5
+        batch, mask = torch.zeros(2, 100 * HOP), torch.zeros(2, 100 * HOP, dtype=torch.bool)
+        batch[0], batch[1, :70 * HOP], mask[0], mask[1, :70 * HOP] = a, b, True, True
+        padded = enc(batch, 100, mask)
+        assert (padded[0] - whole[0]).abs().max() < 1e-5
+        assert (padded[1, :70] - enc(b[None], 70)[0]).abs().max() < 1e-5
+        assert padded[1, 70:].abs().max() == 0
+    # block-causal: a change after a block's audio (and the CNN's 80-sample overhang) leaves it alone
+    c = a.clone()
+    c[60 * HOP + 80:] += 0.5 * torch.randn(40 * HOP - 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        changed = enc(c[None], 100)
+    assert (changed[0, :60] - whole[0, :60]).abs().max() < 1e-5 and (changed[0, 60:] - whole[0, 60:]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("piece", [1, 777, 16000])
+def test_streamed_cold_at_the_defaults_equals_offline(model, piece):
+    """Cold (no priming, the first sample is the first the model hears), at the default settings, any
+    push size: the streamed motion is the model's offline motion; latency <= 0.25 s."""
+    x = speech(80, seed=3)
+    x[:12 * HOP] *= 1e-3                               # starts near-silent: speech after silence
+    ref = offline(model, x if piece > 1 else x[:40 * HOP])
+    got, s = streamed(model, x if piece > 1 else x[:40 * HOP], piece)
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max() and np.abs(ref).std() > 0.1  # float32 rounding
+    assert s.latency_s <= 0.25 and s.chunk == 6 * HOP and s.lookahead == 80
+
+
+def test_streamed_output_does_not_depend_on_the_input_gain(model):
+    x = speech(50, seed=4)
+    a, _ = streamed(model, x, 1000)
+    b, _ = streamed(model, 0.01 * x, 1000)
+    assert np.abs(a - b).max() < 1e-4
+
+
+def test_frames_are_final_at_each_block_and_a_longer_chunk_takes_whole_blocks(model):
+    x = speech(60, seed=5)
+    s = Streamer(model, style=1, attention_window=None)
+    first = s.push(x[:6 * HOP + 79])
+    assert first.shape[0] == 0                          # the CNN's 5 ms overhang past the block is not in yet
+    assert s.push(x[6 * HOP + 79:6 * HOP + 80]).shape[0] == 6
+    long = Streamer(model, style=1, chunk_ms=300)        # rounded up to two blocks
+    assert long.chunk == 12 * HOP and long.latency_s == pytest.approx(0.485)
+
+
+def test_priming_is_refused_and_a_group_norm_cnn_cannot_be_trained_block_causal(model):
+    s = Streamer(model, style=1)
+    with pytest.raises(ValueError, match="trained for streaming"):
+        s.prime(speech(10))
+    cfg = block_cfg(audio_frontend="cnn")
+    cfg.MODEL.audio_encoder_config = dict(cfg.MODEL.audio_encoder_config, feat_extract_norm="group")
+    with pytest.raises(UserError, match="encoder_block_frames"):
+        tiny_model(cfg.MODEL)
+
+
+def test_a_training_step_runs_and_reaches_the_encoder(model):
+    m = tiny_model(block_cfg().MODEL, weight_std=0.2).train()
+    x = torch.from_numpy(normalize_audio(speech(20)))[None]
+    target = torch.randn(1, 20, 51) * 0.1
+    out = m(x, target, torch.tensor([0]), mode="parallel_rollout", rollout_steps=2)
+    torch.nn.functional.mse_loss(out, target).backward()
+    grads = [p.grad for p in m.audio_encoder.model.encoder.parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_a_checkpoint_streams_equal_to_its_offline_run_through_the_cli(tmp_path):
+    """Saved as training saves it, loaded without transformers: the CLI's --stream gives the files of
+    its single-audio run, at 0.245 s of algorithmic latency."""
+    import soundfile as sf
+
+    from main import inference as I
+    from scripts.flame_standin import write_standin_files
+    from models.checkpoint import plain_values
+
+    root = str(tmp_path)
+    write_standin_files(os.path.join(root, "FLAME"))
+    cfg = block_cfg()
+    m = tiny_model(cfg.MODEL, weight_std=0.2)
+    ckpt = os.path.join(root, "best_model.pth")
+    torch.save({"model": m.state_dict(), "optimizer": {}, "epoch": 1, "styles": ["A", "B", "C"],
+                "config": cfg.to_dict(), "audio_encoder_config": plain_values(m.audio_encoder.model.config.to_dict())},
+               ckpt)
+    wav = os.path.join(root, "speech.wav")
+    sf.write(wav, np.round(speech(45, seed=6) * 32767).astype(np.int16), 16000, subtype="PCM_16")
+    args = ["--config", os.path.join(ROOT, "config", "demo.yaml"), "--checkpoint", ckpt, "--style", "B",
+            "--audio", wav, f"DATA.data_root={root}", "INFER.device=cpu"]
+    I.cli([*args, "--out", str(tmp_path / "single")])
+    I.cli([*args, "--stream", "--out", str(tmp_path / "live")])
+    ref = np.load(tmp_path / "single" / "motion.npy")
+    assert np.abs(np.load(tmp_path / "live" / "motion.npy") - ref).max() < 1e-4
+    stats = json.loads((tmp_path / "live" / "stream_stats.json").read_text())
+    assert stats["algorithmic_latency_s"] == pytest.approx(0.245)
+    assert sum(c["frames"] for c in stats["chunks"]) == 45
