@@ -128,8 +128,8 @@ def test_a_checkpoint_streams_equal_to_its_offline_run_through_the_cli(tmp_path)
     import soundfile as sf
 
     from main import inference as I
-    from scripts.flame_standin import write_standin_files
     from models.checkpoint import plain_values
+    from scripts.flame_standin import write_standin_files
 
     root = str(tmp_path)
     write_standin_files(os.path.join(root, "FLAME"))
