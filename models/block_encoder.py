@@ -7,8 +7,9 @@ With ``MODEL.encoder_block_frames`` = B > 0 the encoder's frames come in blocks 
 - the transformer's positional convolution keeps its past taps only (``causal_pos_conv``);
 - attention: a frame of block c attends to frames [cB - L, (c+1)B) at every layer (``block_mask``,
   L = ``MODEL.encoder_left_frames``), so a block's outputs are final once its own audio has arrived.
-The CNN is local (a log-mel or layer-norm CNN; a group-norm CNN's first layer is made causal too, see
-models/wav2vec.py). Training and offline inference run a clip in one masked pass (``encode_masked``);
+The CNN is local, except wav2vec2-base's first layer, whose GroupNorm normalises each channel over the
+whole clip: here it takes each channel's statistics over the positions up to each one
+(``causal_group_norm``). Training and offline inference run a clip in one masked pass (``encode_masked``);
 live, ``BlockCache`` runs block after block with each layer's keys and values of the last L frames kept:
 the same numbers, and each frame is paid for once.
 """
@@ -26,7 +27,8 @@ CAUSAL_NORM_EPS = AUDIO_NORM_EPS * 1e-5
 
 
 class NormState:
-    """Running sums of a stream's samples (float64): what ``causal_normalise`` carries between calls."""
+    """Running sums (float64) of a stream's samples or of a layer's channels: what ``causal_normalise``
+    and ``causal_group_norm`` carry between calls."""
 
     def __init__(self):
         self.n, self.s1, self.s2 = 0, 0.0, 0.0
@@ -48,6 +50,25 @@ def causal_normalise(x: torch.Tensor, state: NormState | None = None) -> torch.T
         state.n, state.s1, state.s2 = n0 + x.shape[-1], float(c1[0, -1]) if x.shape[-1] else s1, \
             float(c2[0, -1]) if x.shape[-1] else s2
     return ((xd - mean) / torch.sqrt(var + CAUSAL_NORM_EPS)).to(x.dtype)
+
+
+def causal_group_norm(y: torch.Tensor, norm, state: NormState | None = None, keep: int | None = None):
+    """A GroupNorm with one group per channel (wav2vec2-base's first CNN layer), causal: y (B,C,P) ->
+    (B,C,P), position t normalised with its channel's mean and variance over positions [0, t], then
+    ``norm``'s affine map. ``state`` (one row): the sums of the positions before y, updated to include
+    y's first ``keep`` positions (where the next piece starts: pieces may overlap)."""
+    yd = y.double()
+    n0, s1, s2 = (0, 0.0, 0.0) if state is None else (state.n, state.s1, state.s2)
+    s1, s2 = (torch.as_tensor(v, dtype=torch.float64, device=y.device) for v in (s1, s2))
+    c1 = yd.cumsum(-1) + (s1[:, None] if s1.dim() else s1)
+    c2 = yd.square().cumsum(-1) + (s2[:, None] if s2.dim() else s2)
+    n = torch.arange(n0 + 1, n0 + 1 + y.shape[-1], device=y.device, dtype=torch.float64)
+    mean = c1 / n
+    var = (c2 / n - mean.square()).clamp(min=0)
+    if state is not None and keep:
+        state.n, state.s1, state.s2 = n0 + keep, c1[0, :, keep - 1], c2[0, :, keep - 1]
+    out = ((yd - mean) / torch.sqrt(var + norm.eps)).to(y.dtype)
+    return out * norm.weight[:, None] + norm.bias[:, None]
 
 
 def block_mask(T: int, block: int, left: int, device=None) -> torch.Tensor:

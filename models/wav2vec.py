@@ -20,7 +20,7 @@ import os
 import torch
 import torch.nn as nn
 
-from models.block_encoder import BlockCache, NormState, causal_normalise, encode_masked
+from models.block_encoder import BlockCache, NormState, causal_group_norm, causal_normalise, encode_masked
 from models.log_mel import frontend_config, install_frontend
 from utils.errors import UserError
 from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
@@ -107,10 +107,6 @@ def build_audio_encoder(model_cfg, sample_rate: int = WAV2VEC2_SAMPLE_RATE, fps:
     # in the wav2vec2 config, so that a checkpoint rebuilds the same encoder (models/block_encoder.py)
     model.config.encoder_block_frames = int(cfg.get("encoder_block_frames") or 0)
     model.config.encoder_left_frames = int(cfg.get("encoder_left_frames") or 0)
-    if model.config.encoder_block_frames and model.config.feat_extract_norm == "group":
-        raise UserError("MODEL.encoder_block_frames > 0 (an encoder trained for streaming) needs a CNN that sees "
-                        "no whole-clip statistics: MODEL.audio_frontend=logmel, or a wav2vec2 whose "
-                        "feat_extract_norm is 'layer'; this one's first layer is a whole-clip GroupNorm")
     return AudioEncoder(model, sample_rate=sample_rate, fps=fps)
 
 
@@ -254,7 +250,9 @@ class AudioEncoder(nn.Module):
         cnn = self.model.feature_extractor
         # a frozen CNN needs no graph: saves its activations' memory in training
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
-            if self.group_norm and bool((n_samples < N).any()):
+            if self.block:  # causal: a clip's features are the same in a padded batch
+                x = self.resample(self.cnn_causal(audio[:, None]), n_frames, n_valid)
+            elif self.group_norm and bool((n_samples < N).any()):
                 # GroupNorm statistics over each clip's own audio. A clip shorter than the receptive
                 # field (a few ms; refused when alone, above) keeps the zeros the CNN needs.
                 rf = self.receptive_field
@@ -296,13 +294,15 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"audio of {N} samples is shorter than the wav2vec2 receptive field "
                              f"({self.receptive_field} samples)")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cnn_frozen):
-            stats = self._layer0_stats(audio, chunk_features) if self.group_norm else None
+            stats = self._layer0_stats(audio, chunk_features) if self.group_norm and not self.block else None
+            state = NormState()  # block-causal: the first layer's running sums, chunk to chunk
             F = int(self.cnn_lengths(torch.tensor(N)))
             out = None  # (C, F), filled in place: a list + cat would hold the features twice
             for j0 in range(0, F, chunk_features):
                 j1 = min(j0 + chunk_features, F)
                 x = audio[self.stride * j0:self.stride * (j1 - 1) + self.receptive_field]
-                h = self.cnn_chunk(x[None, None], stats)[0]             # (C, j1-j0)
+                h = self.cnn_causal(x[None, None], state, j1 - j0)[0] if self.block else \
+                    self.cnn_chunk(x[None, None], stats)[0]             # (C, j1-j0)
                 out = h.new_empty(h.shape[0], F) if out is None else out
                 out[:, j0:j1] = h
         return out
@@ -331,6 +331,22 @@ class AudioEncoder(nn.Module):
             x = l0.activation(x * scale.to(x.dtype)[:, None] + shift.to(x.dtype)[:, None])
             layers = layers[1:]
         for layer in layers:
+            x = layer(x)
+        return x
+
+    def cnn_causal(self, x: torch.Tensor, state: NormState | None = None, features: int | None = None):
+        """The CNN of a block-causal encoder over x (B,1,n) -> (B,C,F). With group norm, the first layer's
+        GroupNorm is ``causal_group_norm``: ``state`` holds its sums before x and is moved on to where the
+        next piece starts, ``features`` CNN features later (pieces overlap by the receptive field)."""
+        layers = self.model.feature_extractor.conv_layers
+        if not self.group_norm:
+            for layer in layers:
+                x = layer(x)
+            return x
+        l0 = layers[0]
+        keep = None if features is None else features * self.stride // self.strides[0]
+        x = l0.activation(causal_group_norm(l0.conv(x), l0.layer_norm, state, keep))
+        for layer in layers[1:]:
             x = layer(x)
         return x
 

@@ -88,6 +88,7 @@ class StreamingEncoder:
         self.norm = NormState() if encoder.block else None
         self.blocks = BlockCache(encoder.model, encoder.block, encoder.left) if encoder.block else None
         self.n_hidden = 0       # frames through the block cache
+        self.gn_state = NormState()  # ... and the first CNN layer's causal GroupNorm sums
 
     def receive(self, x: np.ndarray):
         if self.norm is not None:
@@ -168,7 +169,8 @@ class StreamingEncoder:
             if keep > self.proj_start:
                 self.proj = self.proj[keep - self.proj_start:]
                 self.proj_start = keep
-        keep_raw = min(self.n_feat * self.enc.stride, self.n_conv0 * self.s0 if self.group_norm else 1 << 62,
+        keep_raw = min(self.n_feat * self.enc.stride, self.n_conv0 * self.s0 if self.group_norm and self.norm is None
+                       else 1 << 62,
                        self.n_done)
         if keep_raw > self.raw_start:
             self.raw = self.raw[keep_raw - self.raw_start:]
@@ -187,7 +189,7 @@ class StreamingEncoder:
         """CNN features for all audio < n_audio, computing only the new ones."""
         enc = self.enc
         F = int(enc.cnn_lengths(torch.tensor(n_audio)).item()) if n_audio >= enc.receptive_field else 0
-        if self.group_norm:
+        if self.group_norm and self.norm is None:
             # running GroupNorm statistics over the first conv layer's outputs of all audio so far
             P = (n_audio - self.k0) // self.s0 + 1 if n_audio >= self.k0 else 0
             if P > self.n_conv0:
@@ -196,6 +198,11 @@ class StreamingEncoder:
         if F <= self.n_feat:
             return
         a, b = self.n_feat * enc.stride, (F - 1) * enc.stride + enc.receptive_field
+        if self.norm is not None:  # block-causal: the same computation as offline
+            new = enc.cnn_causal(self._cnn_input(a, b), self.gn_state, F - self.n_feat)[0]
+            self.cnn_feats = new if self.cnn_feats is None else torch.cat([self.cnn_feats, new], 1)
+            self.n_feat = F
+            return
         stats = eps = None
         if self.group_norm:  # layer 0's GroupNorm with the running statistics of all audio so far
             stats = self.conv0_stats.mean_var(self.layer0.conv)
