@@ -1,17 +1,18 @@
 """The wav2vec2 encoder made block-causal: what a model trained for streaming sees offline and live alike.
 
 With ``MODEL.encoder_block_frames`` = B > 0 the encoder's frames come in blocks of B (block c = frames
-[cB, (c+1)B)) and nothing in it looks past the end of a frame's block:
+[cB, (c+1)B)) and nothing in it looks further than A = ``MODEL.encoder_lookahead_frames`` past a block:
 - audio normalisation: each sample is normalised with the mean and variance of the samples up to it
   (``causal_normalise``), instead of the whole utterance's;
 - the transformer's positional convolution keeps its past taps only (``causal_pos_conv``);
-- attention: a frame of block c attends to frames [cB - L, (c+1)B) at every layer (``block_mask``,
-  L = ``MODEL.encoder_left_frames``), so a block's outputs are final once its own audio has arrived.
+- attention: a frame of block c attends to frames [cB - L, (c+1)B + A) in the first layer and
+  [cB - L, (c+1)B) in the others (``block_mask``, L = ``MODEL.encoder_left_frames``): the lookahead is
+  paid once, not once per layer, and a block's outputs are final once its audio and A frames more are in.
 The CNN is local, except wav2vec2-base's first layer, whose GroupNorm normalises each channel over the
 whole clip: here it takes each channel's statistics over the positions up to each one
 (``causal_group_norm``). Training and offline inference run a clip in one masked pass (``encode_masked``);
-live, ``BlockCache`` runs block after block with each layer's keys and values of the last L frames kept:
-the same numbers, and each frame is paid for once.
+live, ``BlockCache`` runs block after block with each layer's keys and values kept for the queries to
+come: the same numbers, and each frame is paid for once.
 """
 from __future__ import annotations
 
@@ -71,12 +72,12 @@ def causal_group_norm(y: torch.Tensor, norm, state: NormState | None = None, kee
     return out * norm.weight[:, None] + norm.bias[:, None]
 
 
-def block_mask(T: int, block: int, left: int, device=None) -> torch.Tensor:
-    """(T,T) bool, True where query frame i may attend key frame j: j in [cB - L, (c+1)B), c = i // B."""
+def block_mask(T: int, block: int, left: int, lookahead: int = 0, device=None) -> torch.Tensor:
+    """(T,T) bool, True where query frame i may attend key frame j: j in [cB - L, (c+1)B + A), c = i // B."""
     i = torch.arange(T, device=device)
     start = (i // block) * block
     j = i[None]
-    return (j >= (start - left)[:, None]) & (j < (start + block)[:, None])
+    return (j >= (start - left)[:, None]) & (j < (start + block + lookahead)[:, None])
 
 
 def causal_pos_conv(encoder, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,22 +103,25 @@ def _attention(attn, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return attn.out_proj(out.transpose(1, 2).reshape(B, T, H))
 
 
-def _layer(layer, x, past, mask, pre_ln: bool, heads: int, training: bool):
-    """One wav2vec2 encoder layer (HF's or models/wav2vec2_runtime.py's modules): x (B,T,H) attends its own
-    keys/values after ``past`` ((B,h,S,d) pair or None) -> (output (B,T,H), the keys/values attended)."""
-    p_attn = float(getattr(layer.attention, "dropout", 0.0)) if training else 0.0
-    drop = getattr(layer, "dropout", None) or (lambda h: h)
+def _keys_values(layer, x: torch.Tensor, pre_ln: bool, heads: int):
+    """A layer's keys and values of its input x (B,T,H) -> two (B,h,T,H/h)."""
     inp = layer.layer_norm(x) if pre_ln else x
     B, T, H = inp.shape
-    k, v = (p(inp).view(B, T, heads, H // heads).transpose(1, 2) for p in (layer.attention.k_proj, layer.attention.v_proj))
-    if past is not None:
-        k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-    a = drop(_attention(layer.attention, inp, k, v, mask, p_attn))
+    return tuple(p(inp).view(B, T, heads, H // heads).transpose(1, 2)
+                 for p in (layer.attention.k_proj, layer.attention.v_proj))
+
+
+def _layer(layer, x, keys, values, mask, pre_ln: bool, training: bool):
+    """One wav2vec2 encoder layer (HF's or models/wav2vec2_runtime.py's modules): x (B,T,H) attends
+    (keys, values) (B,h,S,H/h) -> (B,T,H)."""
+    p_attn = float(getattr(layer.attention, "dropout", 0.0)) if training else 0.0
+    drop = getattr(layer, "dropout", None) or (lambda h: h)
+    a = drop(_attention(layer.attention, layer.layer_norm(x) if pre_ln else x, keys, values, mask, p_attn))
     if pre_ln:
         x = x + a
-        return x + layer.feed_forward(layer.final_layer_norm(x)), (k, v)
+        return x + layer.feed_forward(layer.final_layer_norm(x))
     x = layer.layer_norm(x + a)
-    return layer.final_layer_norm(x + layer.feed_forward(x)), (k, v)
+    return layer.final_layer_norm(x + layer.feed_forward(x))
 
 
 def _encoder_parts(model):
@@ -125,58 +129,90 @@ def _encoder_parts(model):
     return model.encoder, bool(c.do_stable_layer_norm), int(c.num_attention_heads)
 
 
-def encode_masked(model, x: torch.Tensor, block: int, left: int, frame_mask: torch.Tensor | None = None):
+def _first_layer_input(enc, x: torch.Tensor, pre_ln: bool, past=None) -> torch.Tensor:
+    """Projected frames (B,T,H) -> the first layer's input: plus the causal positional convolution, then
+    (post-LN) the encoder's layer norm. Per frame, given the frames before: final as soon as x is."""
+    x = x + causal_pos_conv(enc, x, past)
+    return x if pre_ln else enc.layer_norm(x)
+
+
+def encode_masked(model, x: torch.Tensor, block: int, left: int, lookahead: int = 0,
+                  frame_mask: torch.Tensor | None = None):
     """A wav2vec2 model's transformer over whole clips, block-causally: projected features x (B,T,H)
-    -> (B,T,H). ``frame_mask`` (B,T) True = real frame (padding at the end: a clip's outputs are those
-    of the clip alone, since nothing looks ahead past its block and padded keys are masked)."""
+    -> (B,T,H). The first layer also sees ``lookahead`` frames past a block. ``frame_mask`` (B,T) True =
+    real frame (padding at the end: a clip's outputs are those of the clip alone, since nothing looks
+    past its block and the lookahead, and padded keys are masked)."""
     enc, pre_ln, heads = _encoder_parts(model)
     B, T, _ = x.shape
-    mask = block_mask(T, block, left, x.device)[None, None]                          # (1,1,T,T)
+    masks = [block_mask(T, block, left, a, x.device)[None, None] for a in (lookahead, 0)]  # (1,1,T,T)
     if frame_mask is not None:
         x = x.masked_fill(~frame_mask[..., None], 0.0)
-        mask = mask & frame_mask[:, None, None, :]
-    x = x + causal_pos_conv(enc, x)
-    if not pre_ln:
-        x = enc.layer_norm(x)
-    x = (getattr(enc, "dropout", None) or (lambda h: h))(x)
-    for layer in enc.layers:
-        x = _layer(layer, x, None, mask, pre_ln, heads, enc.training)[0]
+        masks = [m & frame_mask[:, None, None, :] for m in masks]
+    x = (getattr(enc, "dropout", None) or (lambda h: h))(_first_layer_input(enc, x, pre_ln))
+    for i, layer in enumerate(enc.layers):
+        x = _layer(layer, x, *_keys_values(layer, x, pre_ln, heads), masks[min(i, 1)], pre_ln, enc.training)
     return enc.layer_norm(x) if pre_ln else x
 
 
 class BlockCache:
     """The transformer run block by block over a stream of projected frames, paying for each frame once.
 
-        cache = BlockCache(model, block=6, left=25)
-        h = cache.step(x)     # x (1,n,H): the next whole blocks (or, at the end, the rest) -> (1,n,H)
+        cache = BlockCache(model, block=2, left=25, lookahead=4)
+        cache.push(x)          # x (1,n,H): projected frames, in order, as they become final
+        h = cache.pop(n)       # (1,n,H) the next n outputs: whole blocks whose lookahead has been pushed,
+                               # or, at the end of the stream (final=True), the rest
 
-    Keeps per layer the keys and values of the last ``left`` frames and the positional convolution's
-    past input frames: equal to ``encode_masked`` over the whole stream."""
+    Keeps per layer the keys and values of the frames later queries attend (the last ``left`` frames,
+    and in the first layer those of the lookahead) and the positional convolution's last input frames:
+    equal to ``encode_masked`` over the whole stream."""
 
-    def __init__(self, model, block: int, left: int):
-        self.model, self.block, self.left = model, int(block), int(left)
+    def __init__(self, model, block: int, left: int, lookahead: int = 0):
+        self.block, self.left, self.lookahead = int(block), int(left), int(lookahead)
         self.enc, self.pre_ln, self.heads = _encoder_parts(model)
-        self.past = None          # (1,K/2,H) positional convolution input before the next frame
-        self.kv = [None] * len(self.enc.layers)
-        self.done = False
+        self.past = None          # (1,K/2,H) the last projected frames pushed (the positional convolution's)
+        self.inputs = None        # (1,n,H) first-layer inputs of the frames not yet output
+        self.kv = [None] * len(self.enc.layers)  # per layer (keys, values) of frames [kv_start[i], ...)
+        self.kv_start = [0] * len(self.enc.layers)
+        self.n_in = self.n_out = 0
 
     @torch.no_grad()
-    def step(self, x: torch.Tensor) -> torch.Tensor:
-        if self.done:
-            raise RuntimeError("BlockCache.step after a partial block: that was the end of the stream")
-        outs = [self._block(x[:, a:a + self.block]) for a in range(0, x.shape[1], self.block)]
-        return torch.cat(outs, 1) if outs else x[:, :0]
-
-    def _block(self, x: torch.Tensor) -> torch.Tensor:
-        self.done = x.shape[1] < self.block
+    def push(self, x: torch.Tensor):
+        if not x.shape[1]:
+            return
         half = self.enc.pos_conv_embed.conv.kernel_size[0] // 2
         past = self.past if self.past is not None else x.new_zeros(1, half, x.shape[2])
-        h = x + causal_pos_conv(self.enc, x, past)
+        h = _first_layer_input(self.enc, x, self.pre_ln, past)
         self.past = torch.cat([past, x], 1)[:, -half:]
-        if not self.pre_ln:
-            h = self.enc.layer_norm(h)
-        for i, layer in enumerate(self.enc.layers):
-            h, (k, v) = _layer(layer, h, self.kv[i], None, self.pre_ln, self.heads, False)
-            self.kv[i] = (k[:, :, -self.left:], v[:, :, -self.left:]) if self.left else None
-        return self.enc.layer_norm(h) if self.pre_ln else h
+        self.inputs = h if self.inputs is None else torch.cat([self.inputs, h], 1)
+        self._append_kv(0, *_keys_values(self.enc.layers[0], h, self.pre_ln, self.heads))
+        self.n_in += x.shape[1]
 
+    @torch.no_grad()
+    def pop(self, n: int, final: bool = False) -> torch.Tensor:
+        if n % self.block and not final or self.n_out + n + (0 if final else self.lookahead) > self.n_in:
+            raise ValueError(f"BlockCache.pop({n}): frames {self.n_out}..{self.n_out + n} need whole blocks and "
+                             f"{self.lookahead} frames of lookahead; {self.n_in} frames pushed")
+        outs = [self._block(min(self.block, self.n_out + n - a)) for a in range(self.n_out, self.n_out + n, self.block)]
+        return torch.cat(outs, 1) if outs else self.inputs[:, :0]
+
+    def _append_kv(self, i: int, k, v):
+        self.kv[i] = (k, v) if self.kv[i] is None else (torch.cat([self.kv[i][0], k], 2), torch.cat([self.kv[i][1], v], 2))
+
+    def _block(self, b: int) -> torch.Tensor:
+        """The next b frames (a block, or the last frames) through every layer -> (1,b,H)."""
+        start, end = self.n_out, self.n_out + b
+        h, self.inputs = self.inputs[:, :b], self.inputs[:, b:]
+        for i, layer in enumerate(self.enc.layers):
+            if i:
+                self._append_kv(i, *_keys_values(layer, h, self.pre_ln, self.heads))
+            first = max(0, start - self.left)  # keys [start - L, end (+ the lookahead in the first layer))
+            k, v = (t[:, :, first - self.kv_start[i]:] for t in self.kv[i])
+            if i == 0:
+                k, v = k[:, :, :end + self.lookahead - first], v[:, :, :end + self.lookahead - first]
+            h = _layer(layer, h, k, v, None, self.pre_ln, False)
+            keep = max(0, end - self.left)  # what the next block's queries can still attend
+            if keep > self.kv_start[i]:
+                self.kv[i] = tuple(t[:, :, keep - self.kv_start[i]:] for t in self.kv[i])
+                self.kv_start[i] = keep
+        self.n_out = end
+        return self.enc.layer_norm(h) if self.pre_ln else h

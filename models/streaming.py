@@ -13,15 +13,15 @@ plus ``lookahead_ms`` has arrived, and the decoder continues its KV cache across
 ``attention_window`` frames.
 
 Algorithmic latency (end of a frame's audio -> frame emitted, before compute) is at most chunk +
-lookahead.
-
-A model trained for streaming (``MODEL.encoder_block_frames`` = B > 0, models/block_encoder.py) streams
-exactly as it runs offline: the chunk is rounded up to whole blocks of B frames, the lookahead is the CNN's
-overhang past a frame (5 ms at 16 kHz), each chunk is processed as soon as its last block's audio has
-arrived, and the left context is the trained one (``left_context_ms``, ``warmup_ms`` and priming do not
-apply). With a lookahead longer than the input, nothing is emitted before ``flush`` and the result
+lookahead. With a lookahead longer than the input, nothing is emitted before ``flush`` and the result
 equals offline generation (``FaceFormer.generate`` on the normalised audio) when the left context and
 the attention window are unbounded (None).
+
+A model trained for streaming (``MODEL.encoder_block_frames`` = B > 0, models/block_encoder.py) streams
+exactly as it runs offline: the chunk is rounded up to whole blocks of B frames, the lookahead is the
+trained one (``MODEL.encoder_lookahead_frames``) plus the CNN's overhang past a frame (5 ms at 16 kHz),
+each chunk is processed as soon as that much audio past its last block has arrived, and the left context
+is the trained one (``lookahead_ms``, ``left_context_ms``, ``warmup_ms`` and priming do not apply).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from dataset.audio import as_float_pcm
 from models.loading import load_model
 from models.wav2vec_stream import StreamingEncoder
 from utils.config import load_config
-from utils.config_schema import DEFAULTS, NUMERIC_RANGES, check_number
+from utils.config_schema import DEFAULTS, NUMERIC_RANGES, STREAM_MS_UNBLOCKED, check_number
 
 log = logging.getLogger("inference")
 
@@ -48,7 +48,10 @@ STREAM_FLAGS = {"chunk_ms": "stream_chunk_ms", "lookahead_ms": "stream_lookahead
 
 def check_stream_value(flag: str, value, name: str | None = None, where: str = "Streamer") -> float | None:
     """One streaming setting (a Streamer argument) in its INFER.stream_* key's range, else ConfigError
-    (a UserError and a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None)."""
+    (a UserError and a ValueError) naming it. ``left_context_ms`` None or negative: all past audio (None);
+    ``chunk_ms``, ``lookahead_ms`` None: the model's (see ``Streamer``)."""
+    if value is None and flag in ("chunk_ms", "lookahead_ms"):
+        return None
     if flag == "left_context_ms" and (value is None or check_number(value, name or flag, False, None, None, where) < 0):
         return None
     return float(check_number(value, name or flag, *NUMERIC_RANGES[f"INFER.{STREAM_FLAGS[flag]}"], where=where))
@@ -59,7 +62,8 @@ class Streamer:
     class index or, with a checkpoint (or ``styles``), a style name.
 
     chunk_ms: processing granularity (audio is encoded and decoded at every chunk boundary);
-    lookahead_ms: audio after a frame's end needed before it is emitted; left_context_ms: past audio
+    lookahead_ms: audio after a frame's end needed before it is emitted (both None: a block-causal
+    encoder's block and trained lookahead, else utils/config_schema.py STREAM_MS_UNBLOCKED); left_context_ms: past audio
     the wav2vec2 transformer sees (None = all); attention_window: decoder attention in frames
     (None = unbounded); warmup_ms: audio held before the first frame is emitted (once: the first
     frames then use warmer normalisation statistics; after it, latency is chunk + lookahead again).
@@ -85,17 +89,23 @@ class Streamer:
         self.device = next(model.parameters()).device
         fr = self.framing = model.framing
         self.sr, self.fps, self.hop = fr.sample_rate, fr.fps, fr.samples_per_frame
-        self.chunk = max(1, int(round(chunk_ms * self.sr / 1000)))
-        self.lookahead = int(round(lookahead_ms * self.sr / 1000))
-        self.warmup = int(round(warmup_ms * self.sr / 1000))
-        self.block = model.audio_encoder.block
-        if self.block:  # whole blocks, each processed once its audio (and the CNN's overhang) is in
+        enc = model.audio_encoder
+        self.block = enc.block
+        if self.block:  # whole blocks, each processed once its audio, the lookahead and the CNN's overhang are in
             block = self.block * self.hop
-            self.chunk = -(-self.chunk // block) * block
-            self.lookahead, self.warmup = model.audio_encoder.frame_overhang(), 0
+            self.chunk = block if chunk_ms is None else -(-int(round(chunk_ms * self.sr / 1000)) // block) * block
+            self.lookahead, self.warmup = enc.frame_overhang() + enc.lookahead * self.hop, 0
+        else:
+            chunk_ms = STREAM_MS_UNBLOCKED["stream_chunk_ms"] if chunk_ms is None else chunk_ms
+            lookahead_ms = STREAM_MS_UNBLOCKED["stream_lookahead_ms"] if lookahead_ms is None else lookahead_ms
+            self.chunk = max(1, int(round(chunk_ms * self.sr / 1000)))
+            self.lookahead = int(round(lookahead_ms * self.sr / 1000))
+            self.warmup = int(round(warmup_ms * self.sr / 1000))
         left = None if left_context_ms is None else int(round(left_context_ms * self.fps / 1000))
         self.audio = StreamingEncoder(model.audio_encoder, self.hop, left)
-        self.chunk_ms, self.lookahead_ms, self.left_context_ms = chunk_ms, lookahead_ms, left_context_ms
+        # the settings in force (a block-causal encoder's own), as the user would pass them again
+        self.chunk_ms, self.lookahead_ms = 1000 * self.chunk / self.sr, 1000 * self.lookahead / self.sr
+        self.left_context_ms = 1000 * enc.left / self.fps if self.block else left_context_ms
         self.style, self.attention_window = int(style), attention_window
         self.state = model.start_generation(torch.tensor([int(style)], device=self.device), attention_window)
         self.n_in, self.n_emitted, self.finished = 0, 0, False  # samples received, frames emitted
@@ -166,7 +176,7 @@ class Streamer:
         if final or n_target > self.n_emitted:
             n_target = min(n_target, self.audio.encode_to(n_audio, final))
             if n_target > self.n_emitted:
-                h = self.audio.hidden(self.n_emitted, n_target)                 # (1,n,H)
+                h = self.audio.hidden(self.n_emitted, n_target, final)          # (1,n,H)
                 frames = self.model.generate_steps(self.state, self.model.audio_feature_map(h))[0].float().cpu().numpy()
                 self.n_emitted = n_target
             self.audio.trim(self.n_emitted)

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from models.block_encoder import BlockCache, NormState, causal_group_norm, causal_normalise, encode_masked
+from models.conv0_moments import Conv0Moments
 from models.log_mel import frontend_config, install_frontend
 from utils.errors import UserError
 from utils.framing import DEFAULT_FPS, WAV2VEC2_SAMPLE_RATE
@@ -107,51 +108,8 @@ def build_audio_encoder(model_cfg, sample_rate: int = WAV2VEC2_SAMPLE_RATE, fps:
     # in the wav2vec2 config, so that a checkpoint rebuilds the same encoder (models/block_encoder.py)
     model.config.encoder_block_frames = int(cfg.get("encoder_block_frames") or 0)
     model.config.encoder_left_frames = int(cfg.get("encoder_left_frames") or 0)
+    model.config.encoder_lookahead_frames = int(cfg.get("encoder_lookahead_frames") or 0)
     return AudioEncoder(model, sample_rate=sample_rate, fps=fps)
-
-
-class Conv0Moments:
-    """Running moments of wav2vec2's first convolution's outputs, from its input alone.
-
-    The first layer is a 1-channel strided convolution (kernel k, stride s): output channel c at
-    position t is w_c . x_t (+ b_c), x_t = the t-th input window (k,). Its per-channel mean and
-    variance over all positions (what GroupNorm needs) follow from the windows' sum (k,) and Gram
-    matrix (k,k): mean_c = w_c . sum / n (+ b_c), E[(w_c . x)^2] = w_c^T G w_c / n. Accumulating those
-    (float64) costs O(k^2) per position instead of running the convolution (512 channels) once more:
-    at 60 s of audio 0.01 s instead of 0.5 s, equal to 1e-9 relative."""
-
-    def __init__(self, kernel: int, stride: int):
-        self.k, self.s = int(kernel), int(stride)
-        self.n, self.sum, self.gram = 0, torch.zeros(self.k, dtype=torch.float64), \
-            torch.zeros(self.k, self.k, dtype=torch.float64)
-
-    def add(self, x: torch.Tensor, chunk: int = 1 << 20):
-        """x (N,): input samples whose windows start at multiples of the stride from x[0]; every
-        complete window is counted (chunk: samples per step, bounding the float64 copy)."""
-        x = x.reshape(-1)
-        n = (x.shape[0] - self.k) // self.s + 1 if x.shape[0] >= self.k else 0
-        step = max(1, chunk // self.s)
-        for a in range(0, n, step):
-            b = min(a + step, n)
-            w = x[self.s * a:self.s * (b - 1) + self.k].unfold(0, self.k, self.s).double().cpu()  # (b-a, k)
-            self.n += b - a
-            self.sum += w.sum(0)
-            self.gram += w.T @ w
-
-    def mean_var(self, conv: nn.Conv1d):
-        """Per-channel (mean, biased variance) of ``conv``'s outputs over the windows added: (C,), (C,)
-        float64 on the conv's device."""
-        if conv.in_channels != 1 or conv.kernel_size[0] != self.k or conv.stride[0] != self.s or \
-                conv.padding[0] != 0 or conv.dilation[0] != 1 or conv.groups != 1:
-            raise ValueError(f"Conv0Moments needs a plain 1-channel convolution, kernel {self.k}, stride {self.s}")
-        w = conv.weight[:, 0, :].detach().double().cpu()                 # (C, k)
-        n = max(self.n, 1)
-        mean = w @ self.sum / n
-        var = ((w @ self.gram) * w).sum(1) / n - mean.pow(2)
-        if conv.bias is not None:
-            mean = mean + conv.bias.detach().double().cpu()
-        device = conv.weight.device
-        return mean.to(device), var.clamp(min=0).to(device)
 
 
 class AudioEncoder(nn.Module):
@@ -189,10 +147,12 @@ class AudioEncoder(nn.Module):
         # block-causal (trained for streaming, models/block_encoder.py) when > 0
         self.block = int(getattr(config, "encoder_block_frames", 0) or 0)
         self.left = int(getattr(config, "encoder_left_frames", 0) or 0)
+        self.lookahead = int(getattr(config, "encoder_lookahead_frames", 0) or 0)
 
     def frame_overhang(self) -> int:
         """Samples past a frame's end that its CNN features read (80 at 16 kHz / 25 fps): frame i reads
-        features up to 2i + 1 (``resample``), whose window ends stride (2i + 1) + rf."""
+        features up to 2i + 1 (``resample``), whose window ends stride (2i + 1) + rf. The encoder's own
+        lookahead (``lookahead`` frames) comes on top."""
         per_frame = int(self.samples_per_frame) // self.stride
         return self.stride * (per_frame - 1) + self.receptive_field - int(self.samples_per_frame)
 
@@ -264,7 +224,8 @@ class AudioEncoder(nn.Module):
         lengths = self.frame_lengths(audio_mask, n_frames, B, audio.device)
         if self.block:
             frame_mask = torch.arange(n_frames, device=audio.device)[None] < lengths[:, None]  # (B,T)
-            h = encode_masked(self.model, x, self.block, self.left, None if bool(frame_mask.all()) else frame_mask)
+            h = encode_masked(self.model, x, self.block, self.left, self.lookahead,
+                              None if bool(frame_mask.all()) else frame_mask)
             return h.masked_fill(~frame_mask[..., None], 0.0)
         if bool((lengths == n_frames).all()):
             return self.model.encoder(x)[0]                             # tuple or ModelOutput -> (B,T,H)
@@ -409,4 +370,6 @@ class AudioEncoder(nn.Module):
         feats = self.cnn_features(audio, chunk_features)               # (C, F)
         x = self.resample(feats[None], n_frames, torch.tensor([feats.shape[1]], device=feats.device))
         x = self.model.feature_projection(x)[0]                        # (1,T,H)
-        return BlockCache(self.model, self.block, self.left).step(x)
+        cache = BlockCache(self.model, self.block, self.left, self.lookahead)
+        cache.push(x)
+        return cache.pop(n_frames, final=True)

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 
 from models.block_encoder import BlockCache, NormState, causal_normalise
-from models.wav2vec import AudioEncoder, Conv0Moments
+from models.conv0_moments import Conv0Moments
+from models.wav2vec import AudioEncoder
 from utils.framing import AUDIO_NORM_EPS
 
 
@@ -86,8 +87,9 @@ class StreamingEncoder:
         self.n_proj = 0         # frames projected
         # trained for streaming: raw holds causally normalised samples, the transformer runs block by block
         self.norm = NormState() if encoder.block else None
-        self.blocks = BlockCache(encoder.model, encoder.block, encoder.left) if encoder.block else None
-        self.n_hidden = 0       # frames through the block cache
+        self.blocks = BlockCache(encoder.model, encoder.block, encoder.left, encoder.lookahead) \
+            if encoder.block else None
+        self.n_pushed = 0       # projected frames given to the block cache
         self.gn_state = NormState()  # ... and the first CNN layer's causal GroupNorm sums
 
     def receive(self, x: np.ndarray):
@@ -144,16 +146,16 @@ class StreamingEncoder:
         return n_ready
 
     @torch.no_grad()
-    def hidden(self, start: int, end: int) -> torch.Tensor:
+    def hidden(self, start: int, end: int, final: bool = False) -> torch.Tensor:
         """Transformer output of frames [start, end) -> (1,end-start,H), run over [start - left context,
-        last frame ready)."""
+        last frame ready); a block-causal encoder's frames are asked for once, in order."""
         if self.blocks is not None:
-            if start != self.n_hidden:
+            if start != self.blocks.n_out:
                 raise ValueError(f"a block-causal stream encodes its frames once, in order: frame {start} asked, "
-                                 f"{self.n_hidden} next")
-            h = self.blocks.step(self.proj[start - self.proj_start:end - self.proj_start][None])
-            self.n_hidden = end
-            return h
+                                 f"{self.blocks.n_out} next")
+            self.blocks.push(self.proj[self.n_pushed - self.proj_start:self.n_proj - self.proj_start][None])
+            self.n_pushed = self.n_proj
+            return self.blocks.pop(end - start, final)
         a = 0 if self.left is None else max(0, start - self.left)
         window = self.proj[a - self.proj_start:self.n_proj - self.proj_start]
         return self.enc.model.encoder(window[None])[0][:, start - a:end - a]
@@ -165,7 +167,7 @@ class StreamingEncoder:
             self.cnn_feats = self.cnn_feats[:, keep_feat - self.cnn_start:]
             self.cnn_start = keep_feat
         if self.left is not None and self.proj is not None:
-            keep = max(0, n_emitted - self.left)
+            keep = max(0, n_emitted - self.left) if self.blocks is None else self.n_pushed
             if keep > self.proj_start:
                 self.proj = self.proj[keep - self.proj_start:]
                 self.proj_start = keep

@@ -20,6 +20,10 @@ Sections (each prints a table; all results go to one JSON):
           compute per chunk vs the chunk's duration, algorithmic latency; with a trained demo model
           (--demo_checkpoint, --demo_data), the deviation of bounded attention at 60 s and of streamed
           from offline motion per lookahead x left context. ``python scripts/benchmark.py stream``.
+- stream_trained: (not in the default set) trained checkpoints (``--trained``) streamed cold at the default
+          settings against their own offline output on the test clips of ``--trained_data`` (the held-out
+          speech set), the CPU time of a 60 s stream against offline inference as whole processes, and
+          the per-chunk compute of wav2vec2-base's size, with and without MODEL.encoder_block_frames.
 - startup: (not in the default set) fresh-interpreter wall time of a bare ``import torch``, of
           transformers' wav2vec2 import, of the inference entry and of a 2 s clip end to end from the
           command line (scripts/bench/startup.py), the clip with a checkpoint that records its wav2vec2
@@ -65,6 +69,7 @@ from scripts.bench.render import bench_render, print_render
 from scripts.bench.speed import bench_amp, bench_decode, bench_infer, bench_memory, bench_train
 from scripts.bench.startup import bench_startup
 from scripts.bench.stream import bench_stream, print_stream
+from scripts.bench.stream_trained import bench_stream_trained, print_stream_trained
 from scripts.bench.train_modes import TRAIN_MODE_DEFAULT, TRAIN_MODE_RUNS, bench_train_modes
 from scripts.flame_standin import make_standin_flame, write_standin_files
 
@@ -95,6 +100,10 @@ def main(argv=None):
     p.add_argument("--mode_jobs", type=int, default=4, help="train_modes: trainings run side by side")
     p.add_argument("--startup_pythonpath", default=None, help="startup: also time with this folder first on "
                    "PYTHONPATH (e.g. pip install --target DIR 'transformers<5' --no-deps)")
+    p.add_argument("--trained", nargs="+", default=[], help="stream_trained: checkpoints to stream cold and "
+                                                             "compare with their offline output")
+    p.add_argument("--trained_data", default=None, help="stream_trained: the data folder whose test clips are "
+                                                        "streamed (e.g. the speech set of make_speech_set.py)")
     p.add_argument("--workdir", default=None, help="keep the data, trainings and results here (default: a "
                                                     "temporary folder, removed at the end)")
     p.add_argument("--json", default=None, help="output JSON (default docs/benchmarks_<device>.json; "
@@ -166,6 +175,11 @@ def main(argv=None):
         if "stream" in args.only:
             results["stream"] = bench_stream(model, device, args)
             print_stream(results["stream"])
+        if "stream_trained" in args.only:
+            if not args.trained or not args.trained_data:
+                raise SystemExit("stream_trained needs --trained CHECKPOINT ... and --trained_data DATA_ROOT")
+            results["stream_trained"] = bench_stream_trained(args, tmp)
+            print_stream_trained(results["stream_trained"])
         if "startup" in args.only:
             r = bench_startup(tmp, max(args.repeat, 3), args.startup_pythonpath, args.encoder)
             results["startup"] = r

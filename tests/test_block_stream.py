@@ -17,17 +17,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOP = 640
 
 
-def block_cfg(block=6, left=25, **model):
+def block_cfg(block=2, lookahead=3, left=7, **model):
     cfg = load_config(os.path.join(ROOT, "config", "demo.yaml"),
-                      [f"MODEL.encoder_block_frames={block}", f"MODEL.encoder_left_frames={left}"])
+                      [f"MODEL.encoder_block_frames={block}", f"MODEL.encoder_lookahead_frames={lookahead}",
+                       f"MODEL.encoder_left_frames={left}"])
     for k, v in model.items():
         cfg.MODEL[k] = v
     return cfg
 
 
 def cnn_cfg(norm):
-    """wav2vec2's CNN front end (the pretrained encoders' path) with a ``norm`` first layer."""
-    cfg = block_cfg(audio_frontend="cnn")
+    """wav2vec2's CNN front end (the pretrained encoders' path) with a ``norm`` first layer; blocks without
+    a lookahead."""
+    cfg = block_cfg(6, 0, 25, audio_frontend="cnn")
     cfg.MODEL.audio_encoder_config = dict(cfg.MODEL.audio_encoder_config, feat_extract_norm=norm)
     return cfg
 
@@ -52,11 +54,12 @@ def streamed(model, x, piece, **kw):
     return out, s
 
 
-def test_block_mask_sees_its_block_and_the_left_context_only():
+def test_block_mask_sees_its_block_the_left_context_and_the_lookahead_only():
     m = block_mask(10, block=3, left=2)
     assert m[4].tolist() == [False, True, True, True, True, True, False, False, False, False]  # block [3, 6)
     assert m[0].tolist() == [True] * 3 + [False] * 7
     assert m[9].tolist() == [False] * 7 + [True] * 3                   # the last, partial block
+    assert block_mask(10, block=3, left=2, lookahead=2)[4].tolist() == [False] + [True] * 7 + [False] * 2
 
 
 def test_one_pass_equals_block_by_block_and_a_padded_batch_equals_clips_alone(model):
@@ -73,9 +76,10 @@ def test_one_pass_equals_block_by_block_and_a_padded_batch_equals_clips_alone(mo
         assert (padded[0] - whole[0]).abs().max() < 1e-5
         assert (padded[1, :35] - enc(b[None], 35)[0]).abs().max() < 1e-5
         assert padded[1, 35:].abs().max() == 0
-    # block-causal: a change after a block's audio (and the CNN's 80-sample overhang) leaves it alone
+    # block-causal: a change after a block's audio, its lookahead and the CNN's 80-sample overhang leaves it alone
+    edge = (30 + enc.lookahead) * HOP + 80
     c = a.clone()
-    c[30 * HOP + 80:] += 0.5 * torch.randn(20 * HOP - 80, generator=torch.Generator().manual_seed(0))
+    c[edge:] += 0.5 * torch.randn(50 * HOP - edge, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         changed = enc(c[None], 50)
     assert (changed[0, :30] - whole[0, :30]).abs().max() < 1e-5 and (changed[0, 30:] - whole[0, 30:]).abs().max() > 1e-2
@@ -90,10 +94,11 @@ def test_streamed_cold_at_the_defaults_equals_offline(model, piece):
     ref = offline(model, x)
     got, s = streamed(model, x, piece)
     assert got.shape == ref.shape
+    enc = model.audio_encoder
     # to float32 rounding: offline reads the utterance-normalised samples, whose offset dwarfs the near-silent
     # start, live the raw ones; the causal statistics of the first few samples magnify that difference
     assert np.abs(got - ref).max() < 1e-3 * np.abs(ref).max() and np.abs(ref).std() > 0.1
-    assert s.latency_s <= 0.25 and s.chunk == 6 * HOP and s.lookahead == 80
+    assert s.latency_s <= 0.25 and s.chunk == enc.block * HOP and s.lookahead == 80 + enc.lookahead * HOP
 
 
 def test_streamed_output_does_not_depend_on_the_input_gain(model):
@@ -105,12 +110,13 @@ def test_streamed_output_does_not_depend_on_the_input_gain(model):
 
 def test_frames_are_final_at_each_block_and_a_longer_chunk_takes_whole_blocks(model):
     x = speech(60, seed=5)
+    enc = model.audio_encoder
     s = Streamer(model, style=1, attention_window=None)
-    first = s.push(x[:6 * HOP + 79])
-    assert first.shape[0] == 0                          # the CNN's 5 ms overhang past the block is not in yet
-    assert s.push(x[6 * HOP + 79:6 * HOP + 80]).shape[0] == 6
-    long = Streamer(model, style=1, chunk_ms=300)        # rounded up to two blocks
-    assert long.chunk == 12 * HOP and long.latency_s == pytest.approx(0.485)
+    edge = (2 * enc.block + enc.lookahead) * HOP + 80     # two blocks, the lookahead, the CNN's 5 ms overhang
+    assert s.push(x[:edge - 1]).shape[0] == enc.block
+    assert s.push(x[edge - 1:edge]).shape[0] == enc.block
+    long = Streamer(model, style=1, chunk_ms=enc.block * 40 + 1)  # rounded up to two blocks
+    assert long.chunk == 2 * enc.block * HOP and long.latency_s == pytest.approx((2 * enc.block + enc.lookahead) * 0.04 + 0.005)
 
 
 def test_priming_is_refused(model):
@@ -132,7 +138,7 @@ def test_a_training_step_runs_and_reaches_the_encoder(model):
 
 def test_a_checkpoint_streams_equal_to_its_offline_run_through_the_cli(tmp_path):
     """Saved as training saves it, loaded without transformers: the CLI's --stream gives the files of
-    its single-audio run, at 0.245 s of algorithmic latency."""
+    its single-audio run, at the latency of its block and lookahead."""
     import soundfile as sf
 
     from main import inference as I
@@ -156,5 +162,6 @@ def test_a_checkpoint_streams_equal_to_its_offline_run_through_the_cli(tmp_path)
     ref = np.load(tmp_path / "single" / "motion.npy")
     assert np.abs(np.load(tmp_path / "live" / "motion.npy") - ref).max() < 1e-4
     stats = json.loads((tmp_path / "live" / "stream_stats.json").read_text())
-    assert stats["algorithmic_latency_s"] == pytest.approx(0.245)
+    assert stats["algorithmic_latency_s"] == pytest.approx(0.205)  # 2 frames + 3 of lookahead + 5 ms
+    assert stats["chunk_ms"] == pytest.approx(80) and stats["lookahead_ms"] == pytest.approx(125)
     assert sum(c["frames"] for c in stats["chunks"]) == 45

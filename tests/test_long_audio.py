@@ -125,7 +125,7 @@ def test_conv0_moments_give_the_first_convs_channel_statistics(bias):
     the Streamer does) equals adding it at once."""
     import copy
 
-    from models.wav2vec import Conv0Moments
+    from models.conv0_moments import Conv0Moments
 
     torch.manual_seed(1)
     conv = torch.nn.Conv1d(1, 24, 10, stride=5, bias=bias)

@@ -42,8 +42,9 @@ DEFAULTS = {
         "audio_encoder_config": None,   # dict of Wav2Vec2Config kwargs when not pretrained
         "freeze_feature_encoder": True,
         "audio_frontend": "cnn",        # cnn: wav2vec2's; logmel: a fixed log-mel front end (random init only)
-        "encoder_block_frames": 0,      # > 0: the encoder sees no audio past its block of this many frames ...
-        "encoder_left_frames": 25,      # ... and attends this many frames before it: trained for streaming
+        "encoder_block_frames": 0,      # > 0: trained for streaming: the encoder's frames come in blocks of this many, ...
+        "encoder_lookahead_frames": 0,  # ... it sees this many frames past a block (its first layer) ...
+        "encoder_left_frames": 25,      # ... and attends this many frames before it (models/block_encoder.py)
         "feature_dim": 64,
         "n_head": 4,
         "num_layers": 1,
@@ -93,8 +94,9 @@ DEFAULTS = {
         "window_seconds": 30.0,       # long audio is encoded in windows of this length ...
         "overlap_seconds": 2.0,       # ... overlapping by this much, cross-faded
         "attention_window": 600,      # decoder attends the last N frames only (0 = unbounded)
-        "stream_chunk_ms": 200,       # streaming (--stream, --audio -): processing granularity ...
-        "stream_lookahead_ms": 300,   # ... audio after a frame needed to emit it (latency = chunk + lookahead)
+        "stream_chunk_ms": None,      # streaming (--stream, --audio -): processing granularity ...
+        "stream_lookahead_ms": None,  # ... audio after a frame needed to emit it (latency = chunk + lookahead);
+                                      # null: the model's (STREAM_MS_UNBLOCKED for an encoder not trained for it)
         "stream_left_context_ms": 1000,  # ... past audio the wav2vec2 transformer sees (< 0: all)
         "stream_warmup_ms": 0,        # ... audio held before the first frame (once): warmer normalisation
         "batch_size": 4,
@@ -104,6 +106,10 @@ DEFAULTS = {
         "resume": False,              # keep complete samples, make the missing ones (after a crash)
     },
 }
+
+# INFER.stream_chunk_ms / stream_lookahead_ms when null, for a model whose encoder was not trained for
+# streaming (MODEL.encoder_block_frames 0); one that was streams by its trained block and lookahead
+STREAM_MS_UNBLOCKED = {"stream_chunk_ms": 200, "stream_lookahead_ms": 300}
 
 # Keys a config may no longer set, because only one value ever worked: what to tell a config that sets one.
 RETIRED_KEYS = {
@@ -234,6 +240,7 @@ MODEL.dropout                  number  0      0.99
 MODEL.period                   whole   1      1e6
 MODEL.encoder_block_frames     whole   0      1e4
 MODEL.encoder_left_frames      whole   0      1e6
+MODEL.encoder_lookahead_frames whole   0      1e4
 FLAME.n_shape                  whole   0      300
 TRAIN.lr                       number  1e-12  10
 TRAIN.epochs                   whole   0      1e6

@@ -242,7 +242,7 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
                         request.prime_audio)
         logger.info("streaming %s (style %s): chunk %g ms, lookahead %g ms, left context %s ms, attention window "
                     "%s frames; algorithmic latency %.3f s", "stdin (16-bit 16 kHz mono PCM)" if live else request.audio,
-                    style, settings["chunk_ms"], settings["lookahead_ms"], settings["left_context_ms"],
+                    style, streamer.chunk_ms, streamer.lookahead_ms, streamer.left_context_ms,
                     settings["attention_window"], streamer.latency_s)
         chunk = streamer.chunk
         pieces = pcm_chunks_from_stdin(chunk) if live else (audio[i:i + chunk] for i in range(0, len(audio), chunk))
@@ -262,7 +262,7 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
     logger.info("%s: %.2f s of audio -> %d frames in %s; compute %.2f s (real-time factor %.3f), per chunk "
                 "mean %.1f ms / max %.1f ms for %g ms chunks", meta["sample_id"], stats["audio_s"], meta["n_frames"],
                 out_dir, stats["compute_s"], stats["real_time_factor"], 1000 * stats["mean_chunk_compute_s"],
-                1000 * stats["max_chunk_compute_s"], settings["chunk_ms"])
+                1000 * stats["max_chunk_compute_s"], streamer.chunk_ms)
     if stopped is not None:
         raise Interrupted(stopped, f"stream stopped by {signal.Signals(stopped).name} after {meta['n_frames']} "
                                    f"frame(s) ({stats['audio_s']:.2f} s of audio): {out_dir} holds them as a complete "

@@ -48,7 +48,8 @@ def stream_stats(settings: dict, streamer, chunks: list[dict], audio_s: float, n
                  primed_s: float, stopped: int | None) -> dict:
     """stream_stats.json: the settings, latency, per-chunk compute times and what ended the stream."""
     compute = [c["compute_s"] for c in chunks] or [0.0]
-    return {**settings, "primed_s": primed_s, "algorithmic_latency_s": streamer.latency_s,
+    return {**settings, "chunk_ms": streamer.chunk_ms, "lookahead_ms": streamer.lookahead_ms,  # those in force
+            "left_context_ms": streamer.left_context_ms, "primed_s": primed_s, "algorithmic_latency_s": streamer.latency_s,
             "audio_s": audio_s, "frames": int(n_frames),
             "compute_s": float(sum(compute)), "real_time_factor": float(sum(compute)) / max(audio_s, 1e-9),
             "max_chunk_compute_s": max(compute), "mean_chunk_compute_s": float(np.mean(compute)),
