@@ -263,6 +263,9 @@ def test_yaml_alias_bomb_and_recursive_alias_are_refused_before_expansion(tmp_pa
     ("DATA.target_fps=1e-320", r"DATA.target_fps is 1e-320"),
     ("MODEL.n_head=3", r"MODEL.feature_dim \(64\) must be a multiple of MODEL.n_head \(3\)"),
     ("TRAIN.seed=-1", r"TRAIN.seed is -1"),
+    ("MODEL.encoder_block_frames=-2", r"MODEL.encoder_block_frames is -2; expected a whole number"),
+    ("MODEL.encoder_lookahead_frames=3", r"MODEL.encoder_lookahead_frames \(3\) applies to an encoder trained for "
+                                         r"streaming: set MODEL.encoder_block_frames > 0"),
 ])
 def test_numeric_config_values_are_range_checked_with_the_key_named(override, message):
     with pytest.raises(ConfigError, match=message):

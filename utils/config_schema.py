@@ -292,6 +292,10 @@ def _check_ranges(cfg, where: str):
         check_number(ds.fps, f"DATA.datasets.{name}.fps", False, 1e-3, 10_000, where)
     if cfg.INFER.output_fps != "native":
         check_number(cfg.INFER.output_fps, "INFER.output_fps", False, 1e-3, 10_000, where)
+    if cfg.MODEL.encoder_lookahead_frames and not cfg.MODEL.encoder_block_frames:
+        raise ConfigError(f"{where}: MODEL.encoder_lookahead_frames ({cfg.MODEL.encoder_lookahead_frames}) applies to "
+                          f"an encoder trained for streaming: set MODEL.encoder_block_frames > 0 too, or the "
+                          f"lookahead to 0")
     if cfg.MODEL.feature_dim % cfg.MODEL.n_head:
         raise ConfigError(f"{where}: MODEL.feature_dim ({cfg.MODEL.feature_dim}) must be a multiple of "
                           f"MODEL.n_head ({cfg.MODEL.n_head})")

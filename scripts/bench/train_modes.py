@@ -36,9 +36,14 @@ TRAIN_MODE_RUNS = {
     "logmel": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0"],
     "logmel+lip0.1": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.1"],
     "logmel+lip0.3": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.3"],
-    # trained for streaming (models/block_encoder.py): blocks of 6 frames, 1 s of left context
+    # trained for streaming (models/block_encoder.py), 1 s of left context: blocks of 6 frames; blocks of 2 or
+    # 4 frames with 4 or 2 frames of lookahead (each 0.245 s of latency)
     "logmel+lip0.3+block6": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.3", "MODEL.encoder_block_frames=6",
-                             "MODEL.encoder_left_frames=25"],
+                             "MODEL.encoder_lookahead_frames=0", "MODEL.encoder_left_frames=25"],
+    "logmel+lip0.3+block2la4": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.3", "MODEL.encoder_block_frames=2",
+                                "MODEL.encoder_lookahead_frames=4", "MODEL.encoder_left_frames=25"],
+    "logmel+lip0.3+block4la2": ["MODEL.audio_frontend=logmel", "TRAIN.lip_weight=0.3", "MODEL.encoder_block_frames=4",
+                                "MODEL.encoder_lookahead_frames=2", "MODEL.encoder_left_frames=25"],
 }
 DEMO_CONFIG = os.path.join(ROOT, "config", "demo.yaml")
 
