@@ -231,6 +231,10 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
         prime = read_speech(request.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
             if request.prime_audio else None
         session = open_session(cfg, request.checkpoint, logger)
+        if session.device.type == "cpu":
+            # a chunk's work is a few small operations: threads would spend more time waiting for each other
+            # than computing (docs/BENCHMARKS.md, "Trained for streaming")
+            torch.set_num_threads(1)
         style = choose_style(cfg, session.styles, request.style, logger)
         flame = session.flame()
         # a file's length is known: its frames must fit (a live stream's is not: a full disk is reported then)
