@@ -33,9 +33,9 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from main.exporting.glb import write_glb
 from main.infer.jobs import default_log_file
 from main.infer.pipeline import run
-from main.exporting.glb import write_glb
 from main.infer.request import STREAM_ONLY, Request
 from main.results.layout import single_dir
 from utils.config import load_config
