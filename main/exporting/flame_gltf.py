@@ -12,6 +12,13 @@ float), and with fixed inverse bind matrices IBM_j = T(-J_rest_j) (J_rest: the j
 without expression) each joint node's world matrix per frame is world_j = A_j T(J_rest_j); the nodes'
 local translation and rotation follow from the hierarchy. Only the correctives of joints that rotate
 in the animation are kept (their weights are zero otherwise).
+
+Each blend shape becomes two morph targets, ``+`` and ``-``, so that every morph weight lies in [0, 1]:
+importers may clamp weights to that range (Blender's shape keys do, and its glTF importer 3.4 widens the
+range only to the first key's value), while FLAME's coefficients and pose features take either sign. A
+coefficient c with largest positive value P and negative value N over the animation is played as
+weight_+ = max(c, 0) / s_+ on target s_+ * d and weight_- = max(-c, 0) / s_- on target -s_- * d, with
+s_+ = max(1, P), s_- = max(1, N): the targets are the FLAME basis itself (+/-) when |c| <= 1.
 """
 from __future__ import annotations
 
@@ -27,7 +34,9 @@ JOINT_NAMES = ("global", "neck", "jaw", "eye_left", "eye_right")
 
 @dataclass(frozen=True)
 class GltfAnimation:
-    """base (V,3) float32; faces (F,3); targets (M,V,3) float32 with names (M,); weights (T,M) float32;
+    """base (V,3) float32; faces (F,3); targets (M,V,3) float32 with names (M,) and scales (M,) (the signed
+    s_+ / -s_- of the module docstring: coefficient = sum of scale * weight over its two targets);
+    weights (T,M) float32 in [0, 1];
     joint_weights (V,J) float32 (FLAME's skinning weights); parents (J,); rest_joints (J,3) float64
     (IBM_j = T(-rest_joints[j])); translations (T,J,3) float32 and rotations (T,J,4) float32 (x, y, z, w)
     of each joint node relative to its parent (the root relative to the scene)."""
@@ -35,6 +44,7 @@ class GltfAnimation:
     faces: np.ndarray
     targets: np.ndarray
     target_names: list[str]
+    target_scales: list[float]
     weights: np.ndarray
     joint_weights: np.ndarray
     parents: tuple
@@ -72,12 +82,24 @@ def flame_to_gltf(flame, shape: np.ndarray | None, expr: np.ndarray, pose: np.nd
     posedirs = _np(flame.posedirs)
     targets = np.concatenate([dirs[:, :, ns:ns + E].transpose(2, 0, 1), posedirs[:, :, cols].transpose(2, 0, 1)])
     names = [f"expr_{k:02d}" for k in range(E)] + [f"pose_{JOINT_NAMES[j]}_{k}" for j in moving for k in range(9)]
+    targets, names, scales, weights = split_signs(targets, names, np.concatenate([expr, feature[:, cols]], 1))
     world = _joint_worlds(rot, joints, rest, flame.parents_list)
     local = _locals(world, flame.parents_list)
-    return GltfAnimation(base.astype(np.float32), flame.faces, targets.astype(np.float32), names,
-                         np.concatenate([expr, feature[:, cols]], 1).astype(np.float32),
+    return GltfAnimation(base.astype(np.float32), flame.faces, targets, names, scales, weights,
                          _np(flame.lbs_weights).astype(np.float32), tuple(flame.parents_list), rest,
                          local[:, :, :3, 3].astype(np.float32), _quaternions(local[:, :, :3, :3]))
+
+
+def split_signs(targets: np.ndarray, names: list[str], coeffs: np.ndarray):
+    """Blend shapes (K,V,3) named ``names`` with coefficients (T,K) -> the +/- morph targets of the module
+    docstring: targets (2K,V,3) float32, names, signed scales (2K,), weights (T,2K) float32 in [0, 1]."""
+    pos = np.maximum(1.0, coeffs.max(0))
+    neg = np.maximum(1.0, -coeffs.min(0))
+    scales = np.stack([pos, -neg], 1).reshape(-1)                                    # (2K,) [+, -, +, -, ...]
+    out = (targets[:, None] * np.stack([pos, -neg], 1)[:, :, None, None]).reshape(-1, *targets.shape[1:])
+    weights = np.stack([np.maximum(coeffs, 0) / pos, np.maximum(-coeffs, 0) / neg], 2).reshape(coeffs.shape[0], -1)
+    return (out.astype(np.float32), [f"{n}{sign}" for n in names for sign in "+-"], scales.tolist(),
+            np.clip(weights, 0, 1).astype(np.float32))
 
 
 def _joint_worlds(rot: np.ndarray, joints: np.ndarray, rest: np.ndarray, parents) -> np.ndarray:
