@@ -162,3 +162,16 @@ def test_bad_input_is_one_line_and_nothing_half_written(result, tmp_path, monkey
     with pytest.raises(ResultsError, match=r"expected \(30,51\)"):
         E.cli(["--results", str(tmp_path / "short")])
     assert not os.path.exists(tmp_path / "short" / "animation.glb")
+
+
+def test_a_result_whose_meta_json_predates_the_identity_keys(result, tmp_path):
+    """No flame_model: one line asking for --flame; no shape: the shape block of coeffs287.npy."""
+    folder, model = result
+    old = tmp_path / "old"
+    shutil.copytree(folder, old, ignore=shutil.ignore_patterns("animation.*"))
+    meta = json.load(open(old / "meta.json"))
+    json.dump({k: v for k, v in meta.items() if k not in ("flame_model", "shape", "identity")}, open(old / "meta.json", "w"))
+    with pytest.raises(ResultsError, match=r"names no flame_model; pass .* \(--flame FILE\)"):
+        E.cli(["--results", str(old)])
+    E.cli(["--results", str(old), "--flame", model])
+    assert _max_error(old / "animation.glb", _frames(old / "vertices")) < TOL

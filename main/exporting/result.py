@@ -13,7 +13,7 @@ from main.results.reader import META, read_meta
 from utils.errors import ResultsError
 from utils.framing import MOTION_DIM
 
-MOTION_FILE = "motion.npy"
+MOTION_FILE, COEFFS_FILE = "motion.npy", "coeffs287.npy"
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def read_source(folder: str, flame_model: str | None = None) -> ExportSource:
     if not model:
         raise ResultsError(f"{os.path.join(folder, META)} names no flame_model; pass the FLAME file the result was "
                            f"made with (--flame FILE)")
-    shape = meta.get("shape")
+    shape = meta["shape"] if "shape" in meta else _shape_of_coeffs(folder)
     try:
         shape = None if shape is None else np.asarray(shape, dtype=np.float32).reshape(-1)
         fps = float(meta["fps"])
@@ -55,6 +55,17 @@ def read_source(folder: str, flame_model: str | None = None) -> ExportSource:
     if not fps > 0:
         raise ResultsError(f"{os.path.join(folder, META)}: fps is {fps}; expected a positive frame rate")
     return ExportSource(folder, meta, motion, fps, meta.get("audio_path") or None, os.path.abspath(model), shape)
+
+
+def _shape_of_coeffs(folder: str) -> np.ndarray | None:
+    """A result whose meta.json does not record its shape (made before it did): the shape block of its
+    coeffs287.npy, the first 100 shape coefficients, which is the whole shape at FLAME.n_shape <= 100."""
+    path = os.path.join(folder, COEFFS_FILE)
+    try:
+        return np.load(path, allow_pickle=False)[0, :100]
+    except (OSError, ValueError, EOFError, IndexError):
+        raise ResultsError(f"{os.path.join(folder, META)} records no shape and {path} is missing or unreadable; "
+                           f"expected one of them to give the result's identity shape") from None
 
 
 def _motion(path: str, meta: dict) -> np.ndarray:
