@@ -17,7 +17,7 @@ from main.exporting.glb_binary import encode_glb
 from main.results.formats import sample_arrays
 from main.results.layout import build_meta
 from main.results.writer import write_sample
-from models.flame import load_flame
+from models.flame import FLAME, load_flame, load_flame_pickle
 from scripts.flame_standin import write_standin_files
 from tests.gltf_player import Player, read_glb
 from tests.test_inference import checkpoint, coeff_root, data_root, run_eval, run_single, speechy, vert_root  # noqa: F401
@@ -84,9 +84,12 @@ def test_glb_plays_back_the_vertex_files(result):
 
 
 def test_every_joint_and_all_expressions(result, tmp_path):
-    """Neck, eyes and jaw rotating at once, 100 expression components: the skin and all pose correctives."""
+    """Neck, eyes and jaw rotating at once, 100 expression components: the skin and all pose correctives;
+    vertices with five weights (a second JOINTS/WEIGHTS set)."""
     _, model = result
-    flame = load_flame(model)
+    params = load_flame_pickle(model)
+    params["weights"][:200] = 0.2
+    flame = FLAME(params)
     r = np.random.default_rng(1)
     shape, expr = r.normal(size=300), r.normal(size=(8, 100))
     pose = 0.3 * r.normal(size=(8, 5, 3))
@@ -96,6 +99,7 @@ def test_every_joint_and_all_expressions(result, tmp_path):
     assert len(anim.target_names) == 2 * (100 + 36)
     (tmp_path / "all.glb").write_bytes(encode_glb(anim, 30.0, {}))
     assert _max_error(tmp_path / "all.glb", ref) < TOL
+    assert "JOINTS_1" in read_glb(tmp_path / "all.glb")[0]["meshes"][0]["primitives"][0]["attributes"]
 
 
 @pytest.mark.skipif(shutil.which("node") is None or not os.path.isdir(VALIDATOR),

@@ -48,7 +48,10 @@ class _Buffer:
 
 def _skin_attributes(buf: _Buffer, weights: np.ndarray) -> dict:
     """FLAME's (V,J) weights as JOINTS_n / WEIGHTS_n sets of four: the non-zero ones per vertex, heaviest
-    first; unused slots are joint 0 with weight 0 (as the specification asks)."""
+    first; unused slots are joint 0 with weight 0 (as the specification asks). A second set is written only
+    where some vertex has more than four weights that count: one below 2^-24 vanishes in a float32 sum of
+    weights that is 1, and runtimes such as three.js read only the first set."""
+    weights = np.where(np.abs(weights) < 2.0 ** -24, 0, weights)
     order = np.argsort(-weights, axis=1, kind="stable")
     n_sets = max(1, -(-int((weights != 0).sum(1).max()) // 4))
     joints = np.zeros((weights.shape[0], 4 * n_sets), np.int64)
