@@ -45,7 +45,8 @@ def read_source(folder: str, flame_model: str | None = None) -> ExportSource:
     if not model:
         raise ResultsError(f"{os.path.join(folder, META)} names no flame_model; pass the FLAME file the result was "
                            f"made with (--flame FILE)")
-    shape = meta["shape"] if "shape" in meta else _shape_of_coeffs(folder)
+    # a meta.json without flame_model does not record the shape either (made before it did)
+    shape = meta.get("shape") if meta.get("flame_model") else _shape_of_coeffs(folder)
     try:
         shape = None if shape is None else np.asarray(shape, dtype=np.float32).reshape(-1)
         fps = float(meta["fps"])
@@ -58,7 +59,7 @@ def read_source(folder: str, flame_model: str | None = None) -> ExportSource:
 
 
 def _shape_of_coeffs(folder: str) -> np.ndarray | None:
-    """A result whose meta.json does not record its shape (made before it did): the shape block of its
+    """A result whose meta.json does not record its FLAME model and shape: the shape block of its
     coeffs287.npy, the first 100 shape coefficients, which is the whole shape at FLAME.n_shape <= 100."""
     path = os.path.join(folder, COEFFS_FILE)
     try:
