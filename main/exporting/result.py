@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from main.results.formats import shape_of_coeffs287
 from main.results.reader import META, read_meta
 from utils.errors import ResultsError
 from utils.framing import MOTION_DIM
 
-MOTION_FILE, COEFFS_FILE = "motion.npy", "coeffs287.npy"
+MOTION_FILE = "motion.npy"
 
 
 @dataclass(frozen=True)
@@ -58,15 +59,13 @@ def read_source(folder: str, flame_model: str | None = None) -> ExportSource:
     return ExportSource(folder, meta, motion, fps, meta.get("audio_path") or None, os.path.abspath(model), shape)
 
 
-def _shape_of_coeffs(folder: str) -> np.ndarray | None:
-    """A result whose meta.json does not record its FLAME model and shape: the shape block of its
-    coeffs287.npy, the first 100 shape coefficients, which is the whole shape at FLAME.n_shape <= 100."""
-    path = os.path.join(folder, COEFFS_FILE)
+def _shape_of_coeffs(folder: str) -> np.ndarray:
+    """A result whose meta.json does not record its FLAME model and shape: the shape block of its 287
+    coefficients, the first 100 shape coefficients, which is the whole shape at FLAME.n_shape <= 100."""
     try:
-        return np.load(path, allow_pickle=False)[0, :100]
-    except (OSError, ValueError, EOFError, IndexError):
-        raise ResultsError(f"{os.path.join(folder, META)} records no shape and {path} is missing or unreadable; "
-                           f"expected one of them to give the result's identity shape") from None
+        return shape_of_coeffs287(folder)
+    except ResultsError as e:
+        raise ResultsError(f"{os.path.join(folder, META)} records no shape, and {e}") from None
 
 
 def _motion(path: str, meta: dict) -> np.ndarray:

@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from scripts.bench.common import ROOT, table
+from utils.framing import WAV2VEC2_SAMPLE_RATE
 
 SECONDS, FPS = 60, 25
 
@@ -42,7 +43,8 @@ def make_result(tmp: str) -> str:
     motion[:, 50] = 0.15 * (1 - np.cos(2 * np.pi * 4 * t))
     shape = r.normal(size=300).astype(np.float32)
     wav = os.path.join(tmp, "speech.wav")
-    sf.write(wav, 0.1 * np.sin(2 * np.pi * 150 * np.arange(SECONDS * 16000) / 16000), 16000)
+    sr = WAV2VEC2_SAMPLE_RATE
+    sf.write(wav, 0.1 * np.sin(2 * np.pi * 150 * np.arange(SECONDS * sr) / sr), sr)
     folder = os.path.join(tmp, "export_result")
     shutil.rmtree(folder, ignore_errors=True)
     flame = load_flame(model)
