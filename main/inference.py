@@ -3,6 +3,7 @@ coefficients. The three modes run through one pipeline (main/infer/pipeline.py):
 
     python inference.py --config config/faceformer.yaml [--checkpoint P] [--overwrite | --resume] [KEY=value ...]
     python inference.py [--config CFG] --audio speech.wav [--style STYLE] [--out DIR] [--render]
+                        [--identity FILE] [--export glb]
     python inference.py --audio speech.wav --stream [--chunk_ms 200] [--lookahead_ms 300]
                         [--left_context_ms 1000] [--warmup_ms 0] [--prime_audio EARLIER.wav]
     ... | python inference.py --audio - [--stdout_vertices]     (raw 16-bit mono 16 kHz PCM on stdin)
@@ -13,7 +14,9 @@ match the ground truth) or at a given rate. A speaker that is not a training sty
 ``INFER.condition_style`` (default: the first style). Single-audio mode (any rate, channel count and
 length) writes ``DIR/vertices/{i}.npy``, ``motion.npy``, ``coeffs287.npy`` and ``meta.json`` in DIR
 (default ``results/single/<audio stem>``; + ``video.mp4`` with ``--render``); streaming (models/streaming.py)
-writes each frame as soon as it is final, and ``stream_stats.json``.
+writes each frame as soon as it is final, and ``stream_stats.json``. ``--identity FILE`` animates the FLAME
+shape of that file (dataset/identity.py: which files, which FLAME model) instead of the mean face;
+``--export glb`` also writes ``DIR/animation.glb`` (main/exporting/glb.py, as ``main/export.py`` does).
 
 Checkpoint: ``--checkpoint``, else ``INFER.checkpoint``, else ``{TRAIN.save_path}/best_model.pth``.
 Existing results are an error unless ``--overwrite`` (redo all) or ``--resume`` (keep complete results).
@@ -30,6 +33,7 @@ import sys
 if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from main.exporting.glb import write_glb
 from main.infer.jobs import default_log_file
 from main.infer.pipeline import run
 from main.infer.request import STREAM_ONLY, Request
@@ -57,6 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--style", help="single-audio mode: trained style to condition on (default: the first)")
     p.add_argument("--out", help="single-audio mode: output folder (default results/single/<audio stem>)")
     p.add_argument("--render", action="store_true", help="single-audio mode: also render DIR/video.mp4")
+    p.add_argument("--identity", help="single-audio mode: animate the FLAME shape of this file (a VHAP npz, "
+                   "EMOCA/DECA codes, inferno's HDF5, a per-frame folder or a plain .npy of shape coefficients)")
+    p.add_argument("--export", choices=["glb"], help="single-audio mode: also write DIR/animation.glb "
+                   "(as python main/export.py --results DIR)")
     p.add_argument("--log", help="log file (default: see the module docstring; results/inference.log)")
     p.add_argument("--stream", action="store_true", help="single-audio mode fed chunk by chunk as if live "
                    "(models/streaming.py); --audio - reads raw 16-bit mono 16 kHz PCM from stdin (always streaming)")
@@ -77,8 +85,8 @@ def parse_args(argv=None):
         p.error("--stream needs --audio FILE (or --audio - for stdin) and does not --render")
     if not args.stream and any(getattr(args, k) not in (None, False) for k in STREAM_ONLY):
         p.error(", ".join(f"--{k}" for k in STREAM_ONLY[:-1]) + f" and --{STREAM_ONLY[-1]} belong to --stream")
-    if args.audio is None and (args.style or args.out or args.render):
-        p.error("--style, --out and --render belong to single-audio mode: give --audio too")
+    if args.audio is None and (args.style or args.out or args.render or args.identity or args.export):
+        p.error("--style, --out, --render, --identity and --export belong to single-audio mode: give --audio too")
     return args
 
 
@@ -89,7 +97,7 @@ def cli(argv=None):
     cfg = load_config(args.config, args.overrides)
     request = Request("stream" if args.stream else "file" if args.audio else "test", args.audio, args.style,
                       single_dir(args.audio, args.out) if args.audio else None, args.checkpoint, args.overwrite,
-                      args.resume, args.render, **{k: getattr(args, k) for k in STREAM_ONLY})
+                      args.resume, args.render, args.identity, **{k: getattr(args, k) for k in STREAM_ONLY})
     if request.mode == "test":
         logger = setup_logger("inference", args.log or default_log_file(cfg.INFER.output_root))
         logger.info("inference on the %s split (config %s, overrides %s)", cfg.INFER.split, args.config,
@@ -99,7 +107,10 @@ def cli(argv=None):
         if request.mode == "file":
             logger.info("single-audio inference: %s (config %s, overrides %s)", args.audio, args.config,
                         args.overrides)
-    return run(cfg, request, logger)
+    result = run(cfg, request, logger)
+    if args.export:  # the result was just made (or found complete): its export is remade with it
+        logger.info("glb: %s", write_glb(result["out_dir"], overwrite=True))
+    return result
 
 
 def main(argv=None):

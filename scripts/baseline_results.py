@@ -50,7 +50,8 @@ def write_baseline_results(cfg, styles: list[str], predict, label: str, mode: st
         motion = to_output_fps(motion25, job.out_fps, test.framing.fps)
         flame, shape = flames[job.ref.dataset], item["shape"].numpy()
         meta = RT.build_meta(job.ref.sample_id, job.ref.dataset, job.ref.style_id, job.ref.speaker,
-                             job.ref.audio_path, job.out_fps, motion.shape[0], label, None)
+                             job.ref.audio_path, job.out_fps, motion.shape[0], label, None, flame.source, shape,
+                             job.ref.template_path or job.ref.flame_path)
         write_sample(job.vert_dir, job.coeff_dir, flame.motion_to_vertices(motion, shape),
                      sample_arrays(motion, shape, item["detail"].numpy()), meta)
     log.info("wrote %d %s sample(s) to %s", len(jobs), label, os.path.join(cfg.INFER.output_root, cfg.INFER.exp_name))

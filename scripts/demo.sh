@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The embedded offline demo, end to end on a CPU: set-up, synthetic data, training, inference on the
-# demo test split, metrics of the model next to two baselines (mean motion, linear listener), one mp4.
+# demo test split, metrics of the model next to two baselines (mean motion, linear listener), one mp4 and
+# the same sample as a glb.
 #   bash scripts/demo.sh            (extra arguments are config overrides for training, e.g. TRAIN.epochs=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,9 +34,12 @@ python scripts/compare_metrics.py "$RESULTS/metrics_faceformer_demo.json" "$RESU
 python scripts/compare_metrics.py "$RESULTS/metrics_faceformer_demo.json" "$RESULTS/metrics_mean_baseline.json" \
   --names faceformer mean_motion --require_better LVE --max_ratio 0.6
 
-echo "== 6/6 render one test sample"
+echo "== 6/6 render one test sample, and export it as a glb"
 SAMPLE=$(ls -d "$RESULTS"/faceformer_demo/MEAD_VHAP/*/ | head -n 1)
 python main/render.py --config "$CONFIG" --results "$SAMPLE" --out results/videos/demo_sample.mp4 --overwrite
+# the sample's meta.json and motion live in the parallel coefficient tree
+SAMPLE_COEFFS="results/coeffs/demo_run/test/${SAMPLE#"$RESULTS"/}"
+python main/export.py --results "$SAMPLE_COEFFS" --overwrite
 
 cat <<EOT
 
@@ -46,4 +50,5 @@ Done.
   metrics:           $RESULTS/metrics_faceformer_demo.json (baselines: metrics_mean_baseline.json,
                      metrics_linear_baseline.json; jaw plots *_jaw_*.png)
   video:             results/videos/demo_sample.mp4
+  glb (+ wav):       ${SAMPLE_COEFFS}animation.glb (open it in Blender or https://gltf-viewer.donmccurdy.com)
 EOT

@@ -50,9 +50,11 @@ def write_ground_truth(cfg, exp: str):
         for ref in dataset_refs(cfg, name, "test"):
             motion = load_motion(ref.flame_path, ref.fmt, ref.fps, target_fps=ref.fps,
                                  valid_frames_num=ref.valid_frames_num)
-            verts = flame.motion_to_vertices(motion, fit_shape(sample_shape(ref), cfg.FLAME.n_shape))
+            shape = fit_shape(sample_shape(ref), cfg.FLAME.n_shape)
+            verts = flame.motion_to_vertices(motion, shape)
             meta = RT.build_meta(ref.sample_id, name, ref.style_id, ref.speaker, ref.audio_path, ref.fps,
-                                 len(verts), "ground truth", None)
+                                 len(verts), "ground truth", None, flame.source, shape,
+                                 ref.template_path or ref.flame_path)
             write_sample(os.path.join(cfg.INFER.output_root, exp, name, ref.style_id),
                             os.path.join(cfg.INFER.coeff_root, exp, name, ref.style_id), verts, {"motion": motion}, meta)
 

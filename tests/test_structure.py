@@ -2,7 +2,7 @@
 nothing is imported or run.
 
 - ``main/``'s top level holds the doors (modules a user runs, with a ``__main__`` block) and the seed's
-  Trainer, at most 10 files; the machinery lives in rooms (``main/<room>/``, ``models/``, ``dataset/``,
+  Trainer, at most 11 files; the machinery lives in rooms (``main/<room>/``, ``models/``, ``dataset/``,
   ``utils/``, ``loss/``), and rooms never import doors.
 - Training (``main/train.py`` and everything it imports) never imports the inference machinery.
 - ``models/``, ``dataset/``, ``utils/`` and ``loss/`` never import ``main/``.
@@ -21,7 +21,7 @@ LOWER = ("models", "dataset", "utils", "loss")
 TRAINING = ("main.train", "main.train_eval_loop")
 INFERENCE = "main.infer"
 MAX_LINES = 400
-MAX_MAIN_FILES = 10
+MAX_MAIN_FILES = 11
 
 
 def tracked_sources(root: str = REPO) -> list[str]:
@@ -202,7 +202,7 @@ def long_files(house: House) -> list[str]:
 
 
 def test_main_is_doors_and_rooms_never_import_doors(house):
-    assert house.doors() >= {"main.train", "main.inference", "main.render", "main.evaluate"}
+    assert house.doors() >= {"main.train", "main.inference", "main.render", "main.evaluate", "main.export"}
     assert door_problems(house) == []
 
 

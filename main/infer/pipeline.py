@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dataset.audio import as_float_pcm, fit_audio_to_frames
 from dataset.flame_params import fit_shape
+from dataset.identity import fit_identity, identity_flame_path, read_identity
 from dataset.index import split_refs
 from dataset.split_check import check_split, decode_outcomes
 from dataset.styles import choose_style
@@ -35,6 +36,7 @@ from main.results.formats import ARRAY_FILES, sample_arrays, to_output_fps
 from main.results.lock import output_lock
 from main.results.reader import load_frames, read_meta
 from main.results.writer import FrameWriter, write_sample
+from models.flame import load_flame
 from models.streaming import Streamer
 from utils.disk import check_can_write
 from utils.errors import DataError, InferenceError, Interrupted
@@ -55,10 +57,22 @@ def interrupts_say(what):
         raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) {what()}") from None
 
 
-def single_meta(session, audio: str, style: str, fps: float, n_frames: int) -> dict:
+def single_meta(session, audio: str, style: str, fps: float, n_frames: int, flame, shape, identity) -> dict:
     """meta.json of a single-audio or streamed result: no dataset, the audio's stem as sample id."""
     return RT.build_meta(RT.audio_stem(audio), None, style, None, None if audio == "-" else audio, fps, n_frames,
-                         session.checkpoint, style)
+                         session.checkpoint, style, flame.source, shape, identity and identity.file)
+
+
+def single_flame(cfg, session, identity, logger: logging.Logger):
+    """The FLAME model and shape ((n_shape,) float32, or None: the mean face) of a single-audio or streamed
+    result; ``identity``: dataset/identity.py ``Identity`` or None. A shape too long for the model -> DataError."""
+    if identity is None:
+        return session.flame(), None
+    flame = load_flame(identity_flame_path(cfg, identity), device=session.device)
+    shape = fit_identity(identity, flame.n_shape, flame.source)
+    logger.info("identity %s: %d shape coefficients (%s), FLAME model %s", identity.file, identity.shape.shape[0],
+                identity.fmt or "plain array", flame.source)
+    return flame, shape
 
 
 def single_todo(out_dir: str, mode: str, logger: logging.Logger) -> bool:
@@ -139,7 +153,8 @@ def _generate_dataset(cfg, session, name, jobs, items, written: list, split, log
         for j, it, m in zip(batch, batch_items, motions):
             motion, shape = to_output_fps(m, j.out_fps, fps), fit_shape(it["shape"], cfg.FLAME.n_shape)
             meta = RT.build_meta(j.ref.sample_id, name, j.ref.style_id, j.ref.speaker, j.ref.audio_path,
-                                 j.out_fps, motion.shape[0], session.checkpoint, j.style)
+                                 j.out_fps, motion.shape[0], session.checkpoint, j.style, flame.source, shape,
+                                 None if it["shape"] is None else j.ref.template_path or j.ref.flame_path)
             write_sample(j.vert_dir, j.coeff_dir, flame.motion_to_vertices(motion, shape),
                          sample_arrays(motion, shape, it["detail"]), meta)
             written.append(j.ref.sample_id)
@@ -178,9 +193,11 @@ def run_single(cfg, request: Request, logger: logging.Logger | None = None, load
         fr = framing_from_config(cfg)
         out_fps = output_fps(cfg, fr.fps)
         audio = read_speech(audio_path, fr.sample_rate, logger, fr.fps)  # before the (slow) model load
+        identity = read_identity(request.identity) if request.identity else None
         session = open_session(cfg, request.checkpoint, logger, loaded)
         style = choose_style(cfg, session.styles, request.style, logger)
-        t0, n, flame = time.perf_counter(), fr.frames_in(audio.shape[0]), session.flame()
+        flame, shape = single_flame(cfg, session, identity, logger)
+        t0, n = time.perf_counter(), fr.frames_in(audio.shape[0])
         check_can_write({out_dir: RT.sample_bytes(int(round(n * out_fps / fr.fps)), flame.n_vertices)})
         feats = encode_one(session.model, torch.from_numpy(fit_audio_to_frames(audio, n, fr.samples_per_frame)),
                            n, cfg, session.device)
@@ -191,9 +208,9 @@ def run_single(cfg, request: Request, logger: logging.Logger | None = None, load
             if out_fps != fr.fps:  # resampling to the output fps needs the whole motion first
                 motion = to_output_fps(np.concatenate(list(blocks)), out_fps, fr.fps)
                 blocks = (motion[i:i + 50] for i in range(0, len(motion), 50))
-            motion = write_frames(writer, flame, blocks, progress=int(feats.shape[1] * out_fps / fr.fps))
-            meta = single_meta(session, audio_path, style, out_fps, len(motion))
-            writer.commit(sample_arrays(motion, None), meta)
+            motion = write_frames(writer, flame, blocks, shape, progress=int(feats.shape[1] * out_fps / fr.fps))
+            meta = single_meta(session, audio_path, style, out_fps, len(motion), flame, shape, identity)
+            writer.commit(sample_arrays(motion, shape), meta)
     wall = time.perf_counter() - t0
     logger.info("%s: %.2f s of audio -> %d frames at %s fps in %s (%.1f s, RTF %.3f)", audio_path, n / fr.fps,
                 len(motion), out_fps, out_dir, wall, wall / (n / fr.fps))
@@ -230,13 +247,14 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
         audio = None if live else read_speech(request.audio, fr.sample_rate, logger, fr.fps, normalise=False)
         prime = read_speech(request.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \
             if request.prime_audio else None
+        identity = read_identity(request.identity) if request.identity else None
         session = open_session(cfg, request.checkpoint, logger)
         if session.device.type == "cpu":
             # a chunk's work is a few small operations: threads would spend more time waiting for each other
             # than computing (docs/BENCHMARKS.md, "Trained for streaming")
             torch.set_num_threads(1)
         style = choose_style(cfg, session.styles, request.style, logger)
-        flame = session.flame()
+        flame, shape = single_flame(cfg, session, identity, logger)
         # a file's length is known: its frames must fit (a live stream's is not: a full disk is reported then)
         check_can_write({out_dir: RT.sample_bytes(fr.frames_in(1 if live else len(audio)), flame.n_vertices)})
         streamer = Streamer(session.model, session.styles.index(style), **settings)
@@ -251,7 +269,7 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
         chunk = streamer.chunk
         pieces = pcm_chunks_from_stdin(chunk) if live else (audio[i:i + chunk] for i in range(0, len(audio), chunk))
         with FrameWriter(os.path.join(out_dir, "vertices"), out_dir) as writer:
-            motion, chunks, n_in, stopped = _stream_frames(streamer, pieces, flame, writer, out, live, logger)
+            motion, chunks, n_in, stopped = _stream_frames(streamer, pieces, (flame, shape), writer, out, live, logger)
             if writer.n == 0:
                 if stopped is not None:
                     raise Interrupted(stopped, f"interrupted ({signal.Signals(stopped).name}) before the first frame "
@@ -260,9 +278,9 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
             motion = np.concatenate(motion)[:writer.n]
             stats = stream_stats(settings, streamer, chunks, n_in / fr.sample_rate, motion.shape[0], session.device,
                                  len(prime) / fr.sample_rate if prime is not None else 0.0, stopped)
-            meta = single_meta(session, request.audio, style, fr.fps, motion.shape[0])
+            meta = single_meta(session, request.audio, style, fr.fps, motion.shape[0], flame, shape, identity)
             with signals_held():  # the result goes in place whole, even if Ctrl-C is pressed again
-                writer.commit(sample_arrays(motion, None), meta, {STATS: stats})
+                writer.commit(sample_arrays(motion, shape), meta, {STATS: stats})
     logger.info("%s: %.2f s of audio -> %d frames in %s; compute %.2f s (real-time factor %.3f), per chunk "
                 "mean %.1f ms / max %.1f ms for %g ms chunks", meta["sample_id"], stats["audio_s"], meta["n_frames"],
                 out_dir, stats["compute_s"], stats["real_time_factor"], 1000 * stats["mean_chunk_compute_s"],
@@ -275,10 +293,11 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
     return dict(meta, out_dir=out_dir, stats=stats)
 
 
-def _stream_frames(streamer, pieces, flame, writer, out, live: bool, logger):
-    """Push the pieces, write each frame as it becomes final -> (motion blocks, per-chunk timings,
-    samples in, the signal that stopped the stream or None)."""
+def _stream_frames(streamer, pieces, body, writer, out, live: bool, logger):
+    """Push the pieces, write each frame as it becomes final (``body``: the FLAME model and shape or None)
+    -> (motion blocks, per-chunk timings, samples in, the signal that stopped the stream or None)."""
     motion, chunks, n_in, stopped = [], [], 0, None
+    flame, shape = body
     check = AudioCheck() if live else None  # a file was checked when it was read
     sr, hop = streamer.sr, streamer.hop
 
@@ -286,7 +305,7 @@ def _stream_frames(streamer, pieces, flame, writer, out, live: bool, logger):
         model_s = time.perf_counter() - t0
         if frames.shape[0]:
             motion.append(frames)  # first: the result keeps as many rows as frames written
-            add_vertices(writer, flame, frames, sink=out)
+            add_vertices(writer, flame, frames, shape, sink=out)
         chunks.append({"audio_end_s": round(n_in / sr, 6), "frames": int(frames.shape[0]),
                        "model_s": model_s, "compute_s": time.perf_counter() - t0})
     try:

@@ -15,7 +15,8 @@ class Request:
 
     audio, style (a trained style; None: INFER.condition_style or the first), out (the result folder;
     None: results/single/<audio stem>) and render (also DIR/video.mp4) belong to the file and stream
-    modes; checkpoint (None: INFER.checkpoint, else TRAIN.save_path's best model); overwrite / resume:
+    modes, and so does identity (a file holding the FLAME shape to animate, dataset/identity.py; None: FLAME's
+    mean shape); checkpoint (None: INFER.checkpoint, else TRAIN.save_path's best model); overwrite / resume:
     what to do with existing results (neither: INFER.overwrite / INFER.resume, else refuse).
     Stream mode only: chunk_ms, lookahead_ms, left_context_ms, warmup_ms (None: the INFER.stream_* key),
     prime_audio (a recording that starts the normalisation statistics warm), stdout_vertices (each
@@ -29,6 +30,7 @@ class Request:
     overwrite: bool = False
     resume: bool = False
     render: bool = False
+    identity: str | None = None
     chunk_ms: float | None = None
     lookahead_ms: float | None = None
     left_context_ms: float | None = None
@@ -39,8 +41,8 @@ class Request:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"Request mode must be one of {MODES}, got {self.mode!r}")
-        if self.mode == "test" and (self.audio or self.style or self.out or self.render):
-            raise ValueError("audio, style, out and render belong to the file and stream modes")
+        if self.mode == "test" and (self.audio or self.style or self.out or self.render or self.identity):
+            raise ValueError("audio, style, out, render and identity belong to the file and stream modes")
         if self.mode != "test" and not self.audio:
             raise ValueError(f"a {self.mode} request needs audio (a file, or '-' for stdin in stream mode)")
         if self.mode == "file" and self.audio == "-":

@@ -5,6 +5,7 @@ that count as a single-audio result (main/results/layout.py ``SINGLE_FILES``) an
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 
 from dataset.flame_params import resample_motion
+from utils.errors import ResultsError
 from utils.framing import DEFAULT_FPS, MOTION_DIM, N_EXPR
 
 NPY_HEADER_BYTES = 128  # np.save's header for these arrays (format 1.0, padded to 64 bytes)
@@ -61,6 +63,17 @@ ARRAYS = {
     "coeffs287": OutputArray(287, lambda motion, shape, detail: motion_to_coeffs287(motion, shape, detail)),
 }
 ARRAY_FILES = tuple(f"{name}.npy" for name in ARRAYS)
+
+
+def shape_of_coeffs287(folder: str) -> np.ndarray:
+    """The shape block (100,) of the first frame of ``folder/coeffs287.npy``: the first 100 shape
+    coefficients of the result. A missing or unreadable file -> ResultsError naming it."""
+    path = os.path.join(folder, "coeffs287.npy")
+    try:
+        coeffs = np.load(path, allow_pickle=False)
+        return np.asarray(coeffs[0, :100], np.float32)
+    except (OSError, ValueError, EOFError, IndexError):
+        raise ResultsError(f"{path}: missing or unreadable; expected the result's (T,287) coefficients") from None
 
 
 def sample_arrays(motion: np.ndarray, shape: np.ndarray | None,

@@ -26,8 +26,10 @@ from main.results.reader import META, frame_files, read_meta
 from utils.errors import InferenceError, ResultsError
 
 TMP_NAME = re.compile(r"^\.tmp-(.+)-(\d+)$")
+# the exported animation of a result and its audio, in the result's folder (main/exporting/glb.py)
+GLB_FILE, GLB_AUDIO = "animation.glb", "animation.wav"
 # what a single-audio DIR may hold of a result besides meta.json
-SINGLE_FILES = (*ARRAY_FILES, "video.mp4", "stream_stats.json")
+SINGLE_FILES = (*ARRAY_FILES, "video.mp4", "stream_stats.json", GLB_FILE, GLB_AUDIO)
 
 log = logging.getLogger("results")
 
@@ -52,11 +54,17 @@ def single_dir(audio: str, out: str | None = None) -> str:
     return out or os.path.join("results", "single", audio_stem(audio))
 
 
-def build_meta(sample_id, dataset, style_id, speaker, audio_path, fps, n_frames, checkpoint, condition_style) -> dict:
-    """The meta.json of a result (one definition for every mode and the mean baseline)."""
+def build_meta(sample_id, dataset, style_id, speaker, audio_path, fps, n_frames, checkpoint, condition_style,
+               flame_model=None, shape=None, identity=None) -> dict:
+    """The meta.json of a result (one definition for every mode and the mean baseline). ``flame_model``: the
+    FLAME file of the vertices; ``shape`` (S,): their identity shape (None: zeros), as read from the
+    file ``identity``; together they rebuild the mesh (main/exporting/)."""
     return {"sample_id": sample_id, "dataset": dataset, "style_id": style_id, "speaker": speaker,
             "audio_path": os.path.abspath(audio_path) if audio_path else None, "fps": float(fps),
-            "n_frames": int(n_frames), "checkpoint": checkpoint, "condition_style": condition_style}
+            "n_frames": int(n_frames), "checkpoint": checkpoint, "condition_style": condition_style,
+            "flame_model": os.path.abspath(flame_model) if flame_model else None,
+            "shape": None if shape is None else [float(x) for x in np.asarray(shape, np.float32)],
+            "identity": os.path.abspath(identity) if identity else None}
 
 
 def check_clashes(refs, folder_of) -> None:
