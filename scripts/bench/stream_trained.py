@@ -22,6 +22,8 @@ from utils.config import load_config
 from utils.config_schema import DEFAULTS
 
 DEMO_CONFIG = os.path.join(ROOT, "config", "demo.yaml")
+# the geometry of the wav2vec2-base-sized encoder trained for streaming: blocks of 4 frames, 2 of lookahead
+BASE_STREAM_TRAINED = (4, 2)
 # today's model at a quarter second: the chunk and lookahead of the same 0.25 s budget
 QUARTER_SECOND = {"chunk_ms": 120.0, "lookahead_ms": 130.0}
 
@@ -98,13 +100,14 @@ def chunk_compute(model, seconds: float, settings: dict) -> dict:
             "cpu_real_time_factor": float(sum(s["cpu_s"] for s in stats)) / seconds}
 
 
-def base_checkpoint(block: int, flame_dir: str, path: str) -> str:
+def base_checkpoint(block: int, lookahead: int, flame_dir: str, path: str) -> str:
     """A wav2vec2-base-sized FaceFormer (random init, group-norm CNN, 12 layers) saved as training saves it."""
     from models.checkpoint import plain_values
     from models.faceformer import FaceFormer
 
     cfg = load_config(DEMO_CONFIG, [f"DATA.data_root={flame_dir}", "MODEL.audio_frontend=cnn",
-                                    "MODEL.audio_encoder_config=null", f"MODEL.encoder_block_frames={block}"])
+                                    "MODEL.audio_encoder_config=null", f"MODEL.encoder_block_frames={block}",
+                                    f"MODEL.encoder_lookahead_frames={lookahead}"])
     torch.manual_seed(0)
     m = FaceFormer(cfg.MODEL, n_styles=2)
     torch.save({"model": m.state_dict(), "optimizer": {}, "epoch": 0, "styles": ["A", "B"], "config": cfg.to_dict(),
@@ -130,6 +133,7 @@ def bench_stream_trained(args, tmp: str) -> dict:
         model, styles = load_model(ckpt, cfg, torch.device("cpu"))
         block = model.audio_encoder.block
         row = {"checkpoint": os.path.basename(os.path.dirname(ckpt)) or ckpt, "block_frames": block,
+               "lookahead_frames": model.audio_encoder.lookahead,
                "clips": len(clips), "audio_s": sum(len(c[1]) for c in clips) / SR}
         row.update({f"defaults_{k}": v for k, v in cold_deviation(model, styles, clips, settings).items()})
         if not block:
@@ -139,12 +143,13 @@ def bench_stream_trained(args, tmp: str) -> dict:
         rows.append(row)
         print(f"[stream_trained] {row}", flush=True)
     base = []
-    for block in (0, 6):
-        ckpt = base_checkpoint(block, data, os.path.join(tmp, f"base_block{block}.pth"))
+    for block, lookahead in ((0, 0), BASE_STREAM_TRAINED):
+        ckpt = base_checkpoint(block, lookahead, data, os.path.join(tmp, f"base_block{block}.pth"))
         model, _ = load_model(ckpt, cfg, torch.device("cpu"))
-        row = {"encoder": "wav2vec2-base size", "block_frames": block, **chunk_compute(model, 60.0, settings),
+        row = {"encoder": "wav2vec2-base size", "block_frames": block, "lookahead_frames": lookahead,
+               **chunk_compute(model, 60.0, settings),
                "algorithmic_latency_s": Streamer(model, 0, **settings).latency_s}
-        row.update(stream_vs_offline_processes(ckpt, data, wav, tmp))
+        row.update(stream_vs_offline_processes(ckpt, data, wav, tmp, repeat=1))
         base.append(row)
         print(f"[stream_trained] {row}", flush=True)
     return {"defaults": settings, "quarter_second": QUARTER_SECOND, "trained": rows, "base": base}
@@ -154,10 +159,10 @@ def print_stream_trained(r):
     print(f"\n[stream_trained] cold streams at the defaults {r['defaults']} vs each model's own offline output "
           f"(deviation = RMS diff / RMS of the motion's spread); today's models also at {r['quarter_second']}; "
           f"CPU of whole processes on 60 s of the held-out speech")
-    print(table(r["trained"], ["checkpoint", "block_frames", "defaults_deviation", "defaults_algorithmic_latency_s",
+    print(table(r["trained"], ["checkpoint", "block_frames", "lookahead_frames", "defaults_deviation", "defaults_algorithmic_latency_s",
                                "quarter_s_deviation", "offline_cpu_s", "offline_1thread_cpu_s", "stream_cpu_s",
                                "stream_over_offline_cpu"]))
     print("\n[stream_trained] wav2vec2-base size (random init), 60 s")
-    print(table(r["base"], ["block_frames", "algorithmic_latency_s", "cpu_mean_chunk_ms", "cpu_p95_chunk_ms",
+    print(table(r["base"], ["block_frames", "lookahead_frames", "algorithmic_latency_s", "cpu_mean_chunk_ms", "cpu_p95_chunk_ms",
                             "cpu_real_time_factor", "offline_cpu_s", "offline_1thread_cpu_s", "stream_cpu_s",
                             "stream_over_offline_cpu"]))
