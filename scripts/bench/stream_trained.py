@@ -159,7 +159,8 @@ def print_stream_trained(r):
     print(f"\n[stream_trained] cold streams at the defaults {r['defaults']} vs each model's own offline output "
           f"(deviation = RMS diff / RMS of the motion's spread); today's models also at {r['quarter_second']}; "
           f"CPU of whole processes on 60 s of the held-out speech")
-    print(table(r["trained"], ["checkpoint", "block_frames", "lookahead_frames", "defaults_deviation", "defaults_algorithmic_latency_s",
+    print(table(r["trained"], ["checkpoint", "block_frames", "lookahead_frames", "defaults_deviation",
+                               "defaults_algorithmic_latency_s",
                                "quarter_s_deviation", "offline_cpu_s", "offline_1thread_cpu_s", "stream_cpu_s",
                                "stream_over_offline_cpu"]))
     print("\n[stream_trained] wav2vec2-base size (random init), 60 s")
