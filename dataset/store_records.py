@@ -63,6 +63,9 @@ def content_digest(path: str) -> str | None:
     return h.hexdigest()
 
 
+_GOOD_FIELDS = {"file", "audio", "frames", "n_shape", "crc", "notes"}
+
+
 class BadIndex(ValueError):
     """The store's index does not describe a store this code can read (the message says what)."""
 
@@ -98,6 +101,7 @@ def check_record(rec, n_shape: int, where: str) -> None:
     _need(isinstance(rec.get("racy"), bool), f"{where}: 'racy' is not true or false")
     if "error" in rec:
         _need(isinstance(rec["error"], str), f"{where}: 'error' is not text")
+        _need(not _GOOD_FIELDS & set(rec), f"{where}: both an error and a sample file")
         return
     name = rec.get("file")
     _need(isinstance(name, str) and name.endswith(".f32") and os.path.basename(name) == name
