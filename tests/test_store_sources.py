@@ -13,6 +13,7 @@ import pytest
 from dataset.dataset import FaceDataset
 from dataset.split_check import check_split
 from dataset.store import store_dir, store_root
+from main.prepare_data import main as prepare_main
 from tests.conftest import make_cfg, two_dataset_root, write_sample
 from tests.test_store import STYLES, age, assert_same_items, counting_decodes, setup
 from utils.errors import DataError
@@ -163,3 +164,15 @@ def test_stores_of_old_settings_are_removed(tmp_path):
     assert sorted(os.listdir(tmp_path / "store/A")) == sorted(os.path.basename(f) for f in folders[1:])
     index = json.loads(open(os.path.join(folders[2], "index.json")).read())
     assert len(index["records"]) == 3
+
+
+def test_prepare_data_takes_overrides_after_splits(tmp_path, capsys):
+    datasets, _ = two_dataset_root(tmp_path / "data")
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(json.dumps({"DATA": {"data_root": str(tmp_path / "data"), "datasets": datasets}}))
+    prepare_main(["--config", str(cfg_path), "--quiet", "--splits", "test", f"DATA.store_root={tmp_path / 'elsewhere'}"])
+    assert "test/B: 1 sample(s)" in capsys.readouterr().out
+    assert os.path.isdir(tmp_path / "elsewhere/B") and not os.path.exists(tmp_path / "data/.prepared")
+    with pytest.raises(SystemExit):
+        prepare_main(["--config", str(cfg_path), "--splits", "tset"])
+    assert "argument --splits: 'tset' is not a split (choose from train, val, test)" in capsys.readouterr().err
