@@ -391,3 +391,4 @@ def test_full_disk_during_training_is_one_clean_message(demo_root, tmp_path):
     assert "Traceback" not in text and "Exception ignored" not in text and "Exception in thread" not in text, text
     assert f"cannot write checkpoint {run}" in text and "No space left on device" in text
     assert text.count("tensorboard events in") == 1  # one warning, then training went on
+
