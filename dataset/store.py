@@ -138,10 +138,10 @@ def _look(ref: SampleRef, data_root: str, now: float) -> dict:
             "sources": sources, "racy": racy}
 
 
-def _same_sources(ref: SampleRef, seen: dict, old: dict) -> bool:
+def _same_sources(ref: SampleRef, seen: dict, old: dict, digests: dict) -> bool:
     """Whether ``ref``'s sources, as ``seen`` now, hold what they held when ``old`` was recorded: the same
     paths, and the same stat signatures (trusted unless recorded as too recent) or else the same bytes.
-    Fills in ``seen``'s digests."""
+    Fills in ``seen``'s digests; ``digests`` keeps those read, by (path, signature), for a second look."""
     if seen["setup"] != old["setup"]:
         return False
     for path, now, was in zip((ref.audio_path, ref.flame_path, ref.template_path), seen["sources"], old["sources"]):
@@ -154,7 +154,9 @@ def _same_sources(ref: SampleRef, seen: dict, old: dict) -> bool:
         if now[1] == was[1] and not old["racy"]:
             now[2] = was[2]
             continue
-        now[2] = content_digest(path)
+        if (path, now[1]) not in digests:
+            digests[(path, now[1])] = content_digest(path)
+        now[2] = digests[(path, now[1])]
         if now[2] is None or now[2] != was[2]:
             return False
     return True
@@ -176,16 +178,16 @@ def _workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _plan(refs: list[SampleRef], old: list[dict] | None, data_root: str) -> tuple[list, list]:
+def _plan(refs: list[SampleRef], old: list[dict] | None, data_root: str, digests: dict) -> tuple[list, list]:
     """(per ref: its kept record or None, per ref: what a new record would say of its sources) against
-    the ``old`` records; comparing contents reads files, on threads."""
+    the ``old`` records; comparing contents reads files, on threads (``digests``: see _same_sources)."""
     by_id = {tuple(rec["id"]): rec for rec in old or ()}
     now = time.time()
 
     def one(ref):
         seen = _look(ref, data_root, now)
         was = by_id.get(tuple(seen["id"]))
-        if was is not None and _same_sources(ref, seen, was):
+        if was is not None and _same_sources(ref, seen, was, digests):
             return {**was, "sources": seen["sources"], "racy": seen["racy"]}, seen
         return None, seen
 
@@ -240,14 +242,15 @@ def prepare(cfg, name: str, split: str, refs: list[SampleRef], root: str, log: l
     log = log or _log
     folder = store_dir(cfg, root, name, split)
     data_root, n_shape = str(cfg.DATA.data_root), int(cfg.FLAME.n_shape)
+    digests = {}
     old = _read_index(folder, n_shape, None)  # a damaged index is reported under the lock
-    kept, seen = _plan(refs, old, data_root)
+    kept, seen = _plan(refs, old, data_root, digests)
     if old is not None and all(k is not None for k in kept):
         if kept == old or not os.access(folder, os.W_OK):
             return SplitStore(folder, refs, kept)
     with _locked(folder, log):
         old = _read_index(folder, n_shape, log)  # again: another run may have prepared it meanwhile
-        kept, seen = _plan(refs, old, data_root)
+        kept, seen = _plan(refs, old, data_root, digests)
         todo = [i for i, k in enumerate(kept) if k is None]
         if todo:
             log.info("preparing %d of %d %s/%s sample(s) into %s", len(todo), len(refs), name, split, folder)
@@ -328,14 +331,14 @@ def _save_index(folder: str, records: list) -> None:
 
 
 def _write_sample(path: str, data: bytes, folder: str, todo: set) -> None:
-    """Write one sample file (temporary name, synced, renamed); a full disk is a DataError naming the bytes
-    this sample needs and, estimated from it, what the samples still to prepare need."""
+    """Write one sample file (temporary name, renamed); a full disk is a DataError naming the bytes this
+    sample needs and, estimated from it, what the samples still to prepare need. Not synced one by one
+    (4-5 ms a file, minutes for a large index): a file a power cut left short is found by its size when
+    the store is opened, one left whole-sized but wrong by its CRC when read, and is prepared again."""
     tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path))
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -361,15 +364,17 @@ def _remove_unused(samples: str, records: list[dict]) -> None:
 
 def _remove_other_stores(folder: str, log: logging.Logger) -> None:
     """Of the dataset's stores of the same split for other settings, keep the ``KEEP_OTHER_STORES`` most
-    recently used and remove the rest (one in use by another run, holding its lock, is left alone)."""
+    recently used of this layout and remove the rest, older layouts first (one in use by another run,
+    holding its lock, is left alone)."""
     parent, split = os.path.dirname(folder), os.path.basename(folder).rsplit("-", 1)[0]
     others = []
     for d in os.listdir(parent):
         path = os.path.join(parent, d)
         if path != folder and d.rsplit("-", 1)[0] == split and os.path.isdir(path):
             lock = os.path.join(path, "lock")
-            others.append((os.path.getmtime(lock if os.path.exists(lock) else path), path))
-    for _, path in sorted(others, reverse=True)[KEEP_OTHER_STORES:]:
+            used = os.path.getmtime(lock if os.path.exists(lock) else path)
+            others.append((os.path.isdir(os.path.join(path, SAMPLES)), used, path))
+    for _, _, path in sorted(others, reverse=True)[KEEP_OTHER_STORES:]:
         try:
             fd = lock_file(os.path.join(path, "lock"))
         except (LockHeld, OSError):
