@@ -5,7 +5,8 @@
 Every sample of the splits is decoded once (audio to normalised 16 kHz mono, motion to 25 fps, shape
 and detail) into the prepared-data store (dataset/store.py) under ``DATA.store_root`` (default
 ``<DATA.data_root>/.prepared``), validated as training validates, and the validation report is put
-beside it. Only samples that are new or whose files changed (size or mtime) are decoded again.
+beside it. Only samples that are new or whose files changed (dataset/store_records.py: stat signature,
+then content) are decoded again.
 Training does the same by itself when the store is missing or stale; deleting the store loses nothing.
 """
 from __future__ import annotations
