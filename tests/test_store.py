@@ -221,9 +221,17 @@ def test_deleted_or_damaged_store_is_prepared_again(tmp_path, monkeypatch, caplo
         del index["records"][1]["frames"]
         write_json(os.path.join(folder, "index.json"), index)
 
+    def record_without_a_field():  # a record lacking a field, with the index's checksum made to agree
+        index = json.loads(open(os.path.join(folder, "index.json")).read())
+        del index["records"][1]["frames"]
+        index["digest"] = store_records.records_digest(index["records"])
+        write_json(os.path.join(folder, "index.json"), index)
+
     for damage, why, redone in ((damage_sample, "holds 1000 bytes", ["A1"]),
                                 (damage_index, "Expecting value", ["A0", "A1", "A2"]),
-                                (damage_record, "do not match their checksum", ["A0", "A1", "A2"])):
+                                (damage_record, "do not match their checksum", ["A0", "A1", "A2"]),
+                                (record_without_a_field, "record 1: 'audio' and 'frames' are not positive counts",
+                                 ["A1"])):
         damage()
         decoded.clear()
         caplog.clear()
