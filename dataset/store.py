@@ -141,7 +141,7 @@ def _look(ref: SampleRef, data_root: str, now: float) -> dict:
 def _same_sources(ref: SampleRef, seen: dict, old: dict, digests: dict) -> bool:
     """Whether ``ref``'s sources, as ``seen`` now, hold what they held when ``old`` was recorded: the same
     paths, and the same stat signatures (trusted unless recorded as too recent) or else the same bytes.
-    Fills in ``seen``'s digests; ``digests`` keeps those read, by (path, signature), for a second look."""
+    Fills in ``seen``'s digests; ``digests`` keeps those read, by signature, for a second look."""
     if seen["setup"] != old["setup"]:
         return False
     for path, now, was in zip((ref.audio_path, ref.flame_path, ref.template_path), seen["sources"], old["sources"]):
@@ -154,9 +154,9 @@ def _same_sources(ref: SampleRef, seen: dict, old: dict, digests: dict) -> bool:
         if now[1] == was[1] and not old["racy"]:
             now[2] = was[2]
             continue
-        if (path, now[1]) not in digests:
-            digests[(path, now[1])] = content_digest(path)
-        now[2] = digests[(path, now[1])]
+        if now[1] not in digests:  # hard links share a signature (the inode's), and so their bytes
+            digests[now[1]] = content_digest(path)
+        now[2] = digests[now[1]]
         if now[2] is None or now[2] != was[2]:
             return False
     return True
@@ -254,12 +254,13 @@ def prepare(cfg, name: str, split: str, refs: list[SampleRef], root: str, log: l
         todo = [i for i, k in enumerate(kept) if k is None]
         if todo:
             log.info("preparing %d of %d %s/%s sample(s) into %s", len(todo), len(refs), name, split, folder)
-        records = _write(folder, refs, kept, seen, cfg, progress, f"{split}/{name}") if kept != old else kept
+        records = _write(folder, refs, kept, seen, digests, cfg, progress, f"{split}/{name}") \
+            if kept != old else kept
         _remove_other_stores(folder, log)
     return SplitStore(folder, refs, records)
 
 
-def _decoder(cfg, refs, seen, todo: set):
+def _decoder(cfg, refs, seen, todo: set, digests: dict):
     """decode(i): None for a kept sample, else (the sample's item or DataError, its sources with digests)."""
     framing = framing_from_config(cfg)
 
@@ -268,8 +269,10 @@ def _decoder(cfg, refs, seen, todo: set):
             return None
         ref, sources = refs[i], [None if s is None else list(s) for s in seen[i]["sources"]]
         for path, s in zip((ref.audio_path, ref.flame_path, ref.template_path), sources):
-            if s is not None and s[2] is None:
-                s[2] = content_digest(path)  # read before decoding: a later change shows in the signature
+            if s is not None and s[2] is None:  # read before decoding: a later change shows in the signature
+                if s[1] not in digests:
+                    digests[s[1]] = content_digest(path)
+                s[2] = digests[s[1]]
         try:
             return load_item(ref, framing, cfg.DATA.max_av_diff), sources
         except DataError as e:
@@ -283,7 +286,7 @@ def _sample_bytes(item: dict, n_shape: int) -> bytes:
     return b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in parts)
 
 
-def _write(folder, refs, kept, seen, cfg, progress, desc) -> list[dict]:
+def _write(folder, refs, kept, seen, digests, cfg, progress, desc) -> list[dict]:
     """Decode and write the samples ``kept`` has no record for, then the index; remove unused sample files.
     A full disk keeps the samples written so far and is one DataError naming the bytes still needed."""
     n_shape = int(cfg.FLAME.n_shape)
@@ -293,7 +296,7 @@ def _write(folder, refs, kept, seen, cfg, progress, desc) -> list[dict]:
     gen = f"{time.time_ns():x}-{os.getpid()}"
     bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"preparing {desc}", leave=False)
     try:
-        for i, got in enumerate(_ordered_map(_decoder(cfg, refs, seen, todo), range(len(refs)), _workers())):
+        for i, got in enumerate(_ordered_map(_decoder(cfg, refs, seen, todo, digests), range(len(refs)), _workers())):
             if got is None:
                 continue
             item, sources = got

@@ -6,7 +6,8 @@ its ``stat`` signature and its content digest. The signature is size, mtime, cti
 set the mtime back (``touch -r``, ``rsync -t``) but not the ctime, which the kernel sets to now on every
 write, ``utime``, rename or copy. While the signature is unchanged the file is trusted without being
 read; when it differs the file is read once and its SHA-1 compared: the same bytes keep the prepared
-arrays (a copy, a moved data root), other bytes are prepared again. A file whose times are within
+arrays (a copy, a moved data root), other bytes are prepared again. A file too large to hash (see
+``DIGEST_MAX_BYTES``) is prepared again whenever its signature changes. A file whose times are within
 ``RACY_SECONDS`` of the look (timestamps are coarse) is compared by content the next time too.
 """
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataset.flame_params import DETAIL_DIM
 from utils.framing import MOTION_DIM
 
 RACY_SECONDS = 2.0
+# Larger files are not hashed: a VHAP npz with its 48 MB texture is read in part by decoding (the arrays
+# it needs), so when such a file's signature changes, decoding it again costs less than hashing it.
+DIGEST_MAX_BYTES = 16 << 20
 _CHUNK = 1 << 20
 
 
@@ -50,10 +54,14 @@ def stat_signature(path: str, now: float) -> tuple[str | None, bool]:
 
 
 def content_digest(path: str) -> str | None:
-    """SHA-1 of the file's bytes (of a folder's file names and bytes), or None when it cannot be read."""
+    """SHA-1 of the file's bytes (of a folder's file names and bytes), or None when it cannot be read or
+    is larger than ``DIGEST_MAX_BYTES``."""
     h = hashlib.sha1()
     try:
-        for f in _files_of(path):
+        files = _files_of(path)
+        if sum(os.path.getsize(f) for f in files) > DIGEST_MAX_BYTES:
+            return None
+        for f in files:
             h.update(os.path.relpath(f, path).encode() + b"\0")
             with open(f, "rb") as src:
                 while block := src.read(_CHUNK):
