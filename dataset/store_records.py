@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 
 from dataset.flame_params import DETAIL_DIM
 from utils.framing import MOTION_DIM
@@ -42,15 +43,18 @@ def _files_of(path: str) -> list[str]:
 
 
 def stat_signature(path: str, now: float) -> tuple[str | None, bool]:
-    """(size, mtime, ctime and inode of the file or of a folder's files, as one string, or None when it
-    cannot be read; whether a time is too recent to trust)."""
+    """(size, mtime, ctime and inode of the file, or a hash of those of a folder's files, as one string,
+    or None when it cannot be read; whether a time is too recent to trust)."""
     try:
-        stats = [(os.path.relpath(f, path), os.stat(f)) for f in _files_of(path)]
+        st = os.stat(path)
+        stats = [(os.path.relpath(f, path), os.stat(f)) for f in _files_of(path)] if stat.S_ISDIR(st.st_mode) \
+            else [(".", st)]
     except OSError:
         return None, False
-    sig = [[name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] for name, st in stats]
-    racy = any(now - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 < RACY_SECONDS for _, st in stats)
-    return hashlib.sha1(json.dumps(sig).encode()).hexdigest(), racy
+    sig = [f"{name}:{s.st_size}:{s.st_mtime_ns}:{s.st_ctime_ns}:{s.st_ino}" for name, s in stats]
+    racy = any(now - max(s.st_mtime_ns, s.st_ctime_ns) / 1e9 < RACY_SECONDS for _, s in stats)
+    return (sig[0] if len(sig) == 1 and sig[0].startswith(".:") else
+            hashlib.sha1("\n".join(sig).encode()).hexdigest()), racy
 
 
 def content_digest(path: str) -> str | None:
