@@ -72,7 +72,7 @@ def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
     if not items:
         raise ValueError(f"no '{split}' samples in the config's datasets: nothing to check")
     own = [it["audio"] for it in items]
-    silent = sum(is_silent(a) for a in own)
+    silent = sum(bool(is_silent(a)) for a in own)
     if silent:
         log.warning("%d of the %d '%s' clips are silent: the listening ratio cannot tell whether the model "
                     "listens to them", silent, len(items), split)
