@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 
 from dataset.dataset import FaceDataset, collate
 from dataset.store import store_dir
+from dataset.store_records import records_digest
 from tests.test_store import STYLES, setup
 from utils.errors import DataError
 
@@ -46,7 +47,6 @@ def edit_index(data, path):
         else:
             target[key] = data.draw(VALUES, "value")
         if kind == "set_keeping_checksum" and isinstance(index.get("records"), list):
-            from dataset.store_records import records_digest
             index["digest"] = records_digest(index["records"])  # a hand edit that also fixed the checksum
         new = json.dumps(index)
     elif kind == "scramble":
