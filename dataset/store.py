@@ -25,7 +25,6 @@ that the source files do not: deleting it costs one preparation.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import hashlib
@@ -35,14 +34,13 @@ import os
 import shutil
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
 from dataset.data_item import SampleRef, load_item
 from dataset.flame_params import DETAIL_DIM, fit_shape
-from dataset.store_records import content_digest, records_digest, relative, stat_signature, usable_records
+from dataset.store_records import content_digest, ordered_map, plan, records_digest, usable_records, workers
 from utils.atomic import TMP_PREFIX, write_json
 from utils.config import resolve_data_path
 from utils.errors import DataError
@@ -119,82 +117,6 @@ def _read_index(folder: str, n_shape: int, log: logging.Logger | None) -> list[d
     return records
 
 
-def _identity(ref: SampleRef, data_root: str) -> list:
-    return [relative(ref.json_path, data_root), ref.sample_id]
-
-
-def _look(ref: SampleRef, data_root: str, now: float) -> dict:
-    """What a record of ``ref`` would say of it now, before reading any source file: identity, setup,
-    sources (relative path, stat signature, digest still None) and whether a time is too recent."""
-    sources, racy = [], False
-    for path in (ref.audio_path, ref.flame_path, ref.template_path):
-        if path is None:
-            sources.append(None)
-            continue
-        sig, recent = stat_signature(path, now)
-        sources.append([relative(path, data_root), sig, None])
-        racy = racy or recent
-    return {"id": _identity(ref, data_root), "setup": [ref.fmt, ref.fps, ref.valid_frames_num],
-            "sources": sources, "racy": racy}
-
-
-def _same_sources(ref: SampleRef, seen: dict, old: dict, digests: dict) -> bool:
-    """Whether ``ref``'s sources, as ``seen`` now, hold what they held when ``old`` was recorded: the same
-    paths, and the same stat signatures (trusted unless recorded as too recent) or else the same bytes.
-    Fills in ``seen``'s digests; ``digests`` keeps those read, by signature, for a second look."""
-    if seen["setup"] != old["setup"]:
-        return False
-    for path, now, was in zip((ref.audio_path, ref.flame_path, ref.template_path), seen["sources"], old["sources"]):
-        if now is None or was is None:
-            if now is not was:
-                return False
-            continue
-        if now[0] != was[0] or now[1] is None:
-            return False
-        if now[1] == was[1] and not old["racy"]:
-            now[2] = was[2]
-            continue
-        if now[1] not in digests:  # hard links share a signature (the inode's), and so their bytes
-            digests[now[1]] = content_digest(path)
-        now[2] = digests[now[1]]
-        if now[2] is None or now[2] != was[2]:
-            return False
-    return True
-
-
-def _ordered_map(fn, items, workers: int):
-    """``map(fn, items)`` on a thread pool with a bounded number of results waiting (memory stays flat)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = collections.deque()
-        for x in items:
-            pending.append(pool.submit(fn, x))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def _workers() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
-
-
-def _plan(refs: list[SampleRef], old: list[dict] | None, data_root: str, digests: dict) -> tuple[list, list]:
-    """(per ref: its kept record or None, per ref: what a new record would say of its sources) against
-    the ``old`` records; comparing contents reads files, on threads (``digests``: see _same_sources)."""
-    by_id = {tuple(rec["id"]): rec for rec in old or ()}
-    now = time.time()
-
-    def one(ref):
-        seen = _look(ref, data_root, now)
-        was = by_id.get(tuple(seen["id"]))
-        if was is not None and _same_sources(ref, seen, was, digests):
-            return {**was, "sources": seen["sources"], "racy": seen["racy"]}, seen
-        return None, seen
-
-    pairs = list(_ordered_map(one, refs, _workers()))
-    return [k for k, _ in pairs], [s for _, s in pairs]
-
-
 class SplitStore:
     """One dataset's split as prepared: ``outcome(ref)`` and ``arrays(ref)`` for its samples."""
 
@@ -244,13 +166,13 @@ def prepare(cfg, name: str, split: str, refs: list[SampleRef], root: str, log: l
     data_root, n_shape = str(cfg.DATA.data_root), int(cfg.FLAME.n_shape)
     digests = {}
     old = _read_index(folder, n_shape, None)  # a damaged index is reported under the lock
-    kept, seen = _plan(refs, old, data_root, digests)
+    kept, seen = plan(refs, old, data_root, digests)
     if old is not None and all(k is not None for k in kept):
         if kept == old or not os.access(folder, os.W_OK):
             return SplitStore(folder, refs, kept)
     with _locked(folder, log):
         old = _read_index(folder, n_shape, log)  # again: another run may have prepared it meanwhile
-        kept, seen = _plan(refs, old, data_root, digests)
+        kept, seen = plan(refs, old, data_root, digests)
         todo = [i for i, k in enumerate(kept) if k is None]
         if todo:
             log.info("preparing %d of %d %s/%s sample(s) into %s", len(todo), len(refs), name, split, folder)
@@ -296,7 +218,7 @@ def _write(folder, refs, kept, seen, digests, cfg, progress, desc) -> list[dict]
     gen = f"{time.time_ns():x}-{os.getpid()}"
     bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"preparing {desc}", leave=False)
     try:
-        for i, got in enumerate(_ordered_map(_decoder(cfg, refs, seen, todo, digests), range(len(refs)), _workers())):
+        for i, got in enumerate(ordered_map(_decoder(cfg, refs, seen, todo, digests), range(len(refs)), workers())):
             if got is None:
                 continue
             item, sources = got

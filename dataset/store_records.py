@@ -1,5 +1,6 @@
-"""The prepared-data store's records: how a sample's source files are fingerprinted, and how an index read
-from disk is checked before anything in it is believed.
+"""The prepared-data store's records: how a sample's source files are fingerprinted, how an index read
+from disk is checked before anything in it is believed, and which records still hold for the samples
+of a split (``plan``).
 
 A source file is known by its path relative to ``DATA.data_root`` (so a moved data root keeps its store),
 its ``stat`` signature and its content digest. The signature is size, mtime, ctime and inode: a user can
@@ -12,11 +13,15 @@ arrays (a copy, a moved data root), other bytes are prepared again. A file too l
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
 import stat
+import time
+from concurrent.futures import ThreadPoolExecutor
 
+from dataset.data_item import SampleRef
 from dataset.flame_params import DETAIL_DIM
 from utils.framing import MOTION_DIM
 
@@ -169,3 +174,90 @@ def _check_file(path: str, rec: dict, where: str) -> None:
     except OSError:
         raise BadIndex(f"{where}: sample file {rec['file']} is missing") from None
     _need(size == sample_bytes(rec), f"{where}: {rec['file']} holds {size} bytes, expected {sample_bytes(rec)}")
+
+
+def _identity(ref: SampleRef, data_root: str) -> list:
+    return [relative(ref.json_path, data_root), ref.sample_id]
+
+
+def _look(ref: SampleRef, data_root: str, now: float) -> dict:
+    """What a record of ``ref`` would say of it now, before reading any source file: identity, setup,
+    sources (relative path, stat signature, digest still None) and whether a time is too recent."""
+    sources, racy = [], False
+    for path in (ref.audio_path, ref.flame_path, ref.template_path):
+        if path is None:
+            sources.append(None)
+            continue
+        sig, recent = stat_signature(path, now)
+        sources.append([relative(path, data_root), sig, None])
+        racy = racy or recent
+    return {"id": _identity(ref, data_root), "setup": [ref.fmt, ref.fps, ref.valid_frames_num],
+            "sources": sources, "racy": racy}
+
+
+def _same_sources(ref: SampleRef, seen: dict, old: dict, digests: dict) -> bool:
+    """Whether ``ref``'s sources, as ``seen`` now, hold what they held when ``old`` was recorded: the same
+    paths, and the same stat signatures (trusted unless recorded as too recent) or else the same bytes.
+    Fills in ``seen``'s digests; ``digests`` keeps those read, by signature, for a second look."""
+    if seen["setup"] != old["setup"]:
+        return False
+    for path, now, was in zip((ref.audio_path, ref.flame_path, ref.template_path), seen["sources"], old["sources"]):
+        if now is None or was is None:
+            if now is not was:
+                return False
+            continue
+        if now[0] != was[0] or now[1] is None:
+            return False
+        if now[1] == was[1] and not old["racy"]:
+            now[2] = was[2]
+            continue
+        if now[1] not in digests:  # hard links share a signature (the inode's), and so their bytes
+            digests[now[1]] = content_digest(path)
+        now[2] = digests[now[1]]
+        if now[2] is None or now[2] != was[2]:
+            return False
+    return True
+
+
+def ordered_map(fn, items, workers: int):
+    """``map(fn, items)`` on a thread pool with a bounded number of results waiting (memory stays flat)."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = collections.deque()
+        for x in items:
+            pending.append(pool.submit(fn, x))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def plan(refs: list[SampleRef], old: list[dict] | None, data_root: str, digests: dict) -> tuple[list, list]:
+    """(per ref: its kept record or None, per ref: what a new record would say of its sources) against
+    the ``old`` records (``digests``: see _same_sources). The stat look is one pass; only the samples
+    whose signatures changed are compared by content, on threads (that reads files)."""
+    by_id = {tuple(rec["id"]): rec for rec in old or ()}
+    now = time.time()
+    seen = [_look(ref, data_root, now) for ref in refs]
+    was = [by_id.get(tuple(s["id"])) for s in seen]
+
+    def trusted(s, w):  # the same setup, paths and signatures, recorded when they were not too recent
+        return w is not None and not w["racy"] and s["setup"] == w["setup"] and all(
+            (a is None and b is None) or (a is not None and b is not None and a[:2] == b[:2] and a[1] is not None)
+            for a, b in zip(s["sources"], w["sources"]))
+
+    def keep(i):
+        s, w = seen[i], was[i]
+        if trusted(s, w):
+            s["sources"] = [None if a is None else [*a[:2], b[2]] for a, b in zip(s["sources"], w["sources"])]
+        elif w is None or not _same_sources(refs[i], s, w, digests):
+            return None
+        return {**w, "sources": s["sources"], "racy": s["racy"]}
+
+    compare = [i for i in range(len(refs)) if was[i] is not None and not trusted(seen[i], was[i])]
+    compared = dict(zip(compare, ordered_map(keep, compare, workers())))
+    kept = [compared[i] if i in compared else keep(i) for i in range(len(refs))]
+    return kept, seen

@@ -56,8 +56,9 @@ def counting_decodes(monkeypatch):
 def counting_digests(monkeypatch):
     """A list that gets the path of every source file the store reads to compare its content."""
     seen = []
-    real = store_mod.content_digest
-    monkeypatch.setattr(store_mod, "content_digest", lambda path: seen.append(path) or real(path))
+    real = store_records.content_digest
+    for module in (store_mod, store_records):  # comparing, and preparing
+        monkeypatch.setattr(module, "content_digest", lambda path: seen.append(path) or real(path))
     return seen
 
 
