@@ -15,7 +15,7 @@ from dataset.data_item import load_item
 from dataset.flame_params import DETAIL_DIM, fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split
-from dataset.store import prepare, store_root, write_report
+from dataset.store import StoreNotWritable, fallback_root, prepare, store_root, write_report
 from utils.framing import framing_from_config
 
 _log = logging.getLogger(__name__)
@@ -70,7 +70,16 @@ class FaceDataset(torch.utils.data.Dataset):
         stores = {}
 
         def outcomes(name, refs):
-            stores[name] = prepare(self.cfg, name, self.split, refs, root, self.log, progress)
+            try:
+                stores[name] = prepare(self.cfg, name, self.split, refs, root, self.log, progress)
+            except StoreNotWritable:
+                other = fallback_root(self.cfg)
+                if other is None:
+                    raise
+                # the default store in a read-only data root is out of date: prepare a copy beside the run
+                self.log.info("the prepared-data store in %s is not up to date and cannot be written: "
+                              "preparing %s/%s in %s", root, name, self.split, other)
+                stores[name] = prepare(self.cfg, name, self.split, refs, other, self.log, progress)
             return [stores[name].outcome(r) for r in refs]
 
         self.report = check_split(self.cfg, self.split, self.log, progress=progress, outcomes=outcomes)

@@ -53,10 +53,20 @@ KEEP_OTHER_STORES = 1  # per dataset and split: stores of other settings kept be
 _log = logging.getLogger(__name__)
 
 
+class StoreNotWritable(DataError):
+    """A store that is not up to date cannot be written (a read-only filesystem, no permission)."""
+
+
+def fallback_root(cfg) -> str | None:
+    """Where stores go when the default one in the data root cannot be written: ``<TRAIN.save_path>/prepared``;
+    None when ``DATA.store_root`` is set (the user chose the place)."""
+    return None if cfg.DATA.get("store_root") else os.path.join(str(cfg.TRAIN.save_path), "prepared")
+
+
 def store_root(cfg) -> str | None:
     """The folder holding the stores: ``DATA.store_root`` (relative to DATA.data_root), or by default
-    ``<DATA.data_root>/.prepared`` when it exists or can be made, else ``<TRAIN.save_path>/prepared``;
-    None when ``DATA.store_root`` is ``off``."""
+    ``<DATA.data_root>/.prepared`` when it exists or can be made, else ``fallback_root``; None when
+    ``DATA.store_root`` is ``off``."""
     value = cfg.DATA.get("store_root")
     if value is False or value == "off":  # YAML reads a bare off as false
         return None
@@ -65,7 +75,7 @@ def store_root(cfg) -> str | None:
     root = resolve_data_path(cfg, ".prepared")
     if os.path.isdir(root) or os.access(os.path.dirname(root), os.W_OK):
         return root  # an existing store is read even where it cannot be written
-    return os.path.join(str(cfg.TRAIN.save_path), "prepared")
+    return fallback_root(cfg)
 
 
 def store_dir(cfg, root: str, name: str, split: str) -> str:
@@ -88,7 +98,7 @@ def _locked(folder: str, log: logging.Logger):
         os.makedirs(os.path.join(folder, SAMPLES), exist_ok=True)
         fd = lock_file(os.path.join(folder, "lock"), lambda: log.info("waiting for another process preparing %s", folder))
     except OSError as e:
-        raise _cant_write(folder, f"it is not up to date and {e.strerror or e}") from None
+        raise StoreNotWritable(str(_cant_write(folder, f"it is not up to date and {e.strerror or e}"))) from None
     try:
         with contextlib.suppress(OSError):
             os.utime(fd)  # the store's last use, for the removal of unused stores

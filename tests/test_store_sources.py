@@ -134,13 +134,20 @@ def test_a_read_only_store_is_read(tmp_path, monkeypatch):
         with pytest.raises(DataError, match=r"cannot write the prepared-data store .*: it is not up to date and "
                                             r"Read-only file system; set DATA.store_root"):
             FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
-    # by default the store prepared ahead in the data root is used, though it cannot be written
+    # by default the store prepared ahead in the data root is used, though it cannot be written; what is out
+    # of date there is prepared beside the run instead
     datasets, _ = two_dataset_root(tmp_path / "ro")
     cfg = make_cfg(tmp_path / "ro", datasets)
-    os.makedirs(tmp_path / "ro/.prepared")
+    cfg.TRAIN.save_path = str(tmp_path / "run")
+    FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
+    write_sample(str(tmp_path / "ro"), "A/2", 20, seed=3)
     with monkeypatch.context() as m:
         read_only(m, tmp_path / "ro")
         assert store_root(cfg) == str(tmp_path / "ro/.prepared")
+        ds = FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
+    assert [os.path.relpath(s.folder, tmp_path).split(os.sep)[:3] for s in ds.stores] == \
+        [["run", "prepared", "A"]] * 3 + [["ro", ".prepared", "B"]] * 2
+    assert_same_items(FaceDataset(cfg, "train", STYLES, progress=False), ds)
 
 
 def test_updating_one_sample_writes_that_sample_alone(tmp_path, monkeypatch):
