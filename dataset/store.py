@@ -127,12 +127,17 @@ def _read_index(folder: str, n_shape: int, log: logging.Logger | None) -> list[d
     return records
 
 
+_READ_FIELDS = ("error", "file", "audio", "frames", "n_shape", "crc", "notes")
+
+
 class SplitStore:
     """One dataset's split as prepared: ``outcome(ref)`` and ``arrays(ref)`` for its samples."""
 
     def __init__(self, folder: str, refs: list[SampleRef], records: list[dict]):
         self.folder = folder
-        self._records = {(r.json_path, r.sample_id): rec for r, rec in zip(refs, records)}
+        # what reading needs, without the sources' fingerprints (they would double the memory of a large index)
+        self._records = {(r.json_path, r.sample_id): {k: rec[k] for k in _READ_FIELDS if k in rec}
+                         for r, rec in zip(refs, records)}
 
     def outcome(self, ref: SampleRef):
         """What validating the sample found: dict(n_frames, notes) or the DataError it raised."""
