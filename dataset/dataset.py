@@ -15,7 +15,7 @@ from dataset.data_item import load_item
 from dataset.flame_params import DETAIL_DIM, fit_shape
 from dataset.index import split_refs
 from dataset.split_check import check_split
-from dataset.store import prepare, store_root, write_report
+from dataset.store import StoreNotWritable, fallback_root, prepare, store_root, write_report
 from utils.framing import framing_from_config
 
 _log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ class FaceDataset(torch.utils.data.Dataset):
     ``check=True`` checks every sample at construction (``check_split``; ``DATA.bad_samples`` decides
     between raising and leaving bad samples out, the report is ``self.report``). ``prepared=True`` reads the
     samples from the prepared-data store under ``DATA.store_root`` (unless that is ``off``), preparing
-    the samples that are missing there or whose files changed first, and validates from its records;
-    a training crop then reads only its window. Items are the same, bit for bit, either way.
+    the samples that are missing there or whose files changed first, and validates from its records.
+    Items are the same, bit for bit, either way.
 
     ``dataset[i]``, or ``dataset[(i, crop_seed)]`` as a ``CropSeeds`` sampler asks (the crop is then a
     function of that seed alone, whichever process loads it) -> dict(audio (N,) float32, motion (T,51)
@@ -70,19 +70,23 @@ class FaceDataset(torch.utils.data.Dataset):
         stores = {}
 
         def outcomes(name, refs):
-            stores[name] = prepare(self.cfg, name, self.split, refs, root, self.log, progress)
+            try:
+                stores[name] = prepare(self.cfg, name, self.split, refs, root, self.log, progress)
+            except StoreNotWritable:
+                other = fallback_root(self.cfg)
+                if other is None:
+                    raise
+                # the default store in a read-only data root is out of date: prepare a copy beside the run
+                self.log.info("the prepared-data store in %s is not up to date and cannot be written: "
+                              "preparing %s/%s in %s", root, name, self.split, other)
+                stores[name] = prepare(self.cfg, name, self.split, refs, other, self.log, progress)
             return [stores[name].outcome(r) for r in refs]
 
         self.report = check_split(self.cfg, self.split, self.log, progress=progress, outcomes=outcomes)
         for name, store in stores.items():
             write_report(store, self.report["datasets"][name])
         self.refs = self.report["refs"]
-        names = list(stores)
-        self.stores = [stores[n] for n in names]
-        # per sample: store, row, first audio sample, first motion frame, frames
-        self._slots = np.array([(names.index(r.dataset), *stores[r.dataset].slots(r),
-                                 stores[r.dataset].outcome(r)["n_frames"]) for r in self.refs],
-                               dtype=np.int64).reshape(-1, 5)
+        self.stores = [stores[r.dataset] for r in self.refs]
 
     def __len__(self):
         return len(self.refs)
@@ -107,11 +111,9 @@ class FaceDataset(torch.utils.data.Dataset):
             shape = fit_shape(item["shape"], self.n_shape)
             detail = item["detail"] if item["detail"] is not None else np.zeros(DETAIL_DIM, np.float32)
         else:
-            store, row, a0, m0, frames = (int(x) for x in self._slots[i])
-            s, t = self._window(frames, seed)
-            read = self.stores[store].read  # the window alone
-            audio, motion = read("audio", a0 + s * self.hop, t * self.hop), read("motion", m0 + s, t)
-            shape, detail = read("shape", row, 1)[0], read("detail", row, 1)[0]
+            audio, motion, shape, detail = self.stores[i].arrays(ref)
+            s, t = self._window(motion.shape[0], seed)
+            audio, motion = audio[s * self.hop:(s + t) * self.hop], motion[s:s + t]
         return {
             "audio": torch.from_numpy(np.ascontiguousarray(audio)),
             "motion": torch.from_numpy(np.ascontiguousarray(motion)),

@@ -19,6 +19,7 @@ wrong keys, NaN) raise ``DataError`` naming the data file.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -28,6 +29,9 @@ from dataset.flame_files import load_flame_params, strip_leading
 from utils.errors import DataError
 from utils.framing import DEFAULT_FPS, N_EXPR
 from utils.trackers import FORMATS
+
+_log = logging.getLogger(__name__)
+_WARNED_SHAPES: set = set()
 
 # EMOCA/DECA detail code, the last block of the 287 coefficients
 DETAIL_KEYS, DETAIL_DIM = ("detailcode", "detail"), 128
@@ -157,6 +161,10 @@ def shape_from_params(params: dict, fmt: str | None = None, path: str = "") -> n
         if k in params:
             a = np.asarray(params[k])
             if a.ndim == 2:
+                if fmt == "vhap" and a.shape[0] > 1 and path not in _WARNED_SHAPES:
+                    _WARNED_SHAPES.add(path)  # once per file: raw loading reads it every epoch
+                    _log.warning("%s: key '%s' has shape %s; VHAP writes one (S,) shape per sequence: its %d rows "
+                                 "are averaged", path, k, a.shape, a.shape[0])
                 a = a.mean(axis=0)  # (T,S) per-frame estimates of one identity (EMOCA, inferno)
             if a.ndim != 1:
                 raise DataError(f"{path}: key '{k}' has shape {params[k].shape}; expected (S,) or (T,S)")

@@ -1,70 +1,81 @@
 """The prepared-data store: every sample of a dataset's split decoded once, as ``load_item`` gives it
-(normalised 16 kHz mono audio, 25 fps motion, shape, detail), into flat float32 files from which the
-loader reads a training crop's window alone, and from whose records start-up validation runs without
-decoding the samples again.
+(normalised 16 kHz mono audio, 25 fps motion, shape, detail), into one small file per sample, and the
+records from which start-up validation runs without decoding the samples again.
 
 One store per dataset and split, in ``<root>/<dataset>/<split>-<hash>/`` (the hash names what the
 decoded arrays depend on in the config: sample rate, frame rate, FLAME.n_shape, DATA.max_av_diff):
 
-    index.json          the records, one per sample, and the names of the array files below
-    <gen>.audio.f32     (sum of N,) float32     all samples' audio, concatenated
-    <gen>.motion.f32    (sum of T, 51) float32  all samples' motion, concatenated
-    <gen>.shape.f32     (n, FLAME.n_shape) float32
-    <gen>.detail.f32    (n, 128) float32
+    index.json          the records, one per sample
+    samples/<name>.f32  one sample: audio (N,) | motion (T, 51) | shape (FLAME.n_shape,) | detail (128,), float32
     report.json         the dataset's part of the split's validation report, for people to read
-    lock                held (flock) while a process checks or prepares the store
+    lock                held (flock) while a process prepares the store; its mtime marks the store's last use
 
-A record holds the sample's key (sample id, JSON, format, fps, valid_frames_num, and the path, size
-and mtime of its audio, parameter file and template) and either its offsets in the arrays and its
-validation notes, or the error it raised. A sample whose key is not in the index is decoded; the
-others are copied from the old arrays. A source file modified within ``RACY_SECONDS`` of being
-looked at may change again without its mtime changing (timestamps are coarse): its record is used
-this once and decoded again the next time. New arrays are written under a new generation name and
-``index.json`` is replaced last (temporary file + rename), so a killed run leaves the old store
-whole. The store holds nothing that the source files do not: deleting it costs one preparation.
+A record holds the sample's identity (JSON path relative to the data root, sample id), its setup
+(format, fps, valid_frames_num), its source files (dataset/store_records.py: relative path, stat
+signature, content digest) and either its sample file, lengths, CRC-32 and validation notes, or the
+error it raised. A sample whose sources changed is decoded again; the others keep their files, so an
+update writes about the size of the samples it changes. Sample files are written first under new names,
+``index.json`` is replaced last (temporary file + rename), and files no record names are removed after:
+a killed run leaves the old store whole. Everything read is checked (dataset/store_records.py); a bad
+record is prepared again after one warning line, a sample file that fails its CRC when read is one
+clear line (and is removed, so the next run prepares it again). A store that is complete and current is
+read without taking the lock, so a read-only store works. Of a dataset's stores for other settings (a
+config change), the most recently used one is kept and older ones are removed. The store holds nothing
+that the source files do not: deleting it costs one preparation.
 """
 from __future__ import annotations
 
-import collections
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+import zlib
 
 import numpy as np
 from tqdm import tqdm
 
 from dataset.data_item import SampleRef, load_item
 from dataset.flame_params import DETAIL_DIM, fit_shape
-from utils.atomic import write_json
+from dataset.store_records import content_digest, ordered_map, plan, records_digest, usable_records, workers
+from utils.atomic import TMP_PREFIX, write_json
 from utils.config import resolve_data_path
 from utils.errors import DataError
-from utils.filelock import lock_file
+from utils.filelock import LockHeld, lock_file
 from utils.framing import MOTION_DIM, framing_from_config
 
-STORE_VERSION = 1
-RACY_SECONDS = 2.0
-ARRAYS = ("audio", "motion", "shape", "detail")
+STORE_VERSION = 2
+SAMPLES = "samples"
+KEEP_OTHER_STORES = 1  # per dataset and split: stores of other settings kept beside the one in use
 _log = logging.getLogger(__name__)
+
+
+class StoreNotWritable(DataError):
+    """A store that is not up to date cannot be written (a read-only filesystem, no permission)."""
+
+
+def fallback_root(cfg) -> str | None:
+    """Where stores go when the default one in the data root cannot be written: ``<TRAIN.save_path>/prepared``;
+    None when ``DATA.store_root`` is set (the user chose the place)."""
+    return None if cfg.DATA.get("store_root") else os.path.join(str(cfg.TRAIN.save_path), "prepared")
 
 
 def store_root(cfg) -> str | None:
     """The folder holding the stores: ``DATA.store_root`` (relative to DATA.data_root), or by default
-    ``<DATA.data_root>/.prepared``, or ``<TRAIN.save_path>/prepared`` where the data root cannot be
-    written; None when ``DATA.store_root`` is ``off``."""
+    ``<DATA.data_root>/.prepared`` when it exists or can be made, else ``fallback_root``; None when
+    ``DATA.store_root`` is ``off``."""
     value = cfg.DATA.get("store_root")
     if value is False or value == "off":  # YAML reads a bare off as false
         return None
     if value:
         return resolve_data_path(cfg, str(value))
     root = resolve_data_path(cfg, ".prepared")
-    parent = os.path.dirname(root)
-    if os.access(root if os.path.isdir(root) else parent, os.W_OK):
-        return root
-    return os.path.join(str(cfg.TRAIN.save_path), "prepared")
+    if os.path.isdir(root) or os.access(os.path.dirname(root), os.W_OK):
+        return root  # an existing store is read even where it cannot be written
+    return fallback_root(cfg)
 
 
 def store_dir(cfg, root: str, name: str, split: str) -> str:
@@ -75,268 +86,250 @@ def store_dir(cfg, root: str, name: str, split: str) -> str:
     return os.path.join(root, name, f"{split}-{digest}")
 
 
-def _file_key(path: str | None, now: float) -> tuple[list | None, bool]:
-    """([path, size, mtime_ns] or None when absent, whether it changed too recently to trust). A
-    folder (per-frame parameter files) counts its files, their total size and latest mtime."""
-    if path is None:
-        return None, False
-    try:
-        st = os.stat(path)
-    except OSError:
-        return [path, None, None], False
-    size, mtime = st.st_size, st.st_mtime_ns
-    if os.path.isdir(path):
-        size = count = 0
-        for d, _, files in os.walk(path):
-            for f in files:
-                fst = os.stat(os.path.join(d, f))
-                size, count, mtime = size + fst.st_size, count + 1, max(mtime, fst.st_mtime_ns)
-        size = [count, size]
-    return [path, size, mtime], now - mtime / 1e9 < RACY_SECONDS
-
-
-def sample_key(ref: SampleRef, now: float | None = None) -> tuple[str, bool]:
-    """(the key a sample's record is found by, as a string; whether a source file is too recent)."""
-    now = time.time() if now is None else now
-    files = [_file_key(p, now) for p in (ref.audio_path, ref.flame_path, ref.template_path)]
-    key = [ref.sample_id, ref.json_path, ref.fmt, ref.fps, ref.valid_frames_num] + [k for k, _ in files]
-    return json.dumps(key), any(racy for _, racy in files)
+def _cant_write(folder: str, why: str) -> DataError:
+    return DataError(f"cannot write the prepared-data store {folder}: {why}; set DATA.store_root to a writable "
+                     f"folder, or DATA.store_root=off to read the source files")
 
 
 @contextlib.contextmanager
 def _locked(folder: str, log: logging.Logger):
     """Hold the store's lock (utils/filelock.py: released with the process, also when it is killed)."""
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.join(folder, SAMPLES), exist_ok=True)
         fd = lock_file(os.path.join(folder, "lock"), lambda: log.info("waiting for another process preparing %s", folder))
     except OSError as e:
-        raise DataError(f"cannot write the prepared-data store {folder}: {e.strerror or e} (set DATA.store_root "
-                        f"to a writable folder, or DATA.store_root=off to read the source files)") from None
+        raise StoreNotWritable(str(_cant_write(folder, f"it is not up to date and {e.strerror or e}"))) from None
     try:
+        with contextlib.suppress(OSError):
+            os.utime(fd)  # the store's last use, for the removal of unused stores
         yield
     finally:
         os.close(fd)
 
 
-def _read_index(folder: str, log: logging.Logger) -> dict | None:
-    """The store's index with its arrays mapped, or None when there is none or it is damaged (said in
-    the log: the store is then prepared again)."""
+def _read_index(folder: str, n_shape: int, log: logging.Logger | None) -> list[dict] | None:
+    """The usable records of the store's index, or None when there is no index or it is damaged as a whole.
+    With ``log``, what is damaged is said in one warning line (those samples are then prepared again)."""
     path = os.path.join(folder, "index.json")
     if not os.path.exists(path):
         return None
     try:
         with open(path, encoding="utf-8") as f:
             index = json.load(f)
-        if index.get("version") != STORE_VERSION:
-            raise ValueError(f"version {index.get('version')!r}, expected {STORE_VERSION}")
-        index["arrays"] = {k: _map(os.path.join(folder, index["files"][k]), index["shapes"][k]) for k in ARRAYS}
-        _check_records(index)
-        return index
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        log.warning("prepared-data store %s is damaged (%s); preparing it again from the source files", folder, e)
+        records, problems = usable_records(index, STORE_VERSION, n_shape, os.path.join(folder, SAMPLES))
+    except (OSError, ValueError, RecursionError) as e:  # BadIndex and bad JSON are ValueErrors
+        if log:
+            log.warning("prepared-data store %s is damaged (%s); preparing it again from the source files", folder, e)
         return None
+    if problems and log:
+        log.warning("prepared-data store %s is damaged (%d record(s): %s); preparing those samples again from the "
+                    "source files", folder, len(problems), "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else ""))
+    return records
 
 
-def _check_records(index: dict) -> None:
-    """Every record has a key and either an error or slots inside the arrays (ValueError if not)."""
-    n_audio, n_motion, n_rows = (index["arrays"][k].shape[0] for k in ("audio", "motion", "shape"))
-    if index["arrays"]["detail"].shape[0] != n_rows:
-        raise ValueError(f"{n_rows} shape rows but {index['arrays']['detail'].shape[0]} detail rows")
-    rows = 0
-    for rec in index["records"]:
-        if not isinstance(rec["key"], str):
-            raise ValueError("a record without a key")
-        if "error" in rec:
-            continue
-        (a0, na), (m0, t) = rec["audio"], rec["frames"]
-        if rec["row"] != rows or a0 + na > n_audio or m0 + t > n_motion or min(a0, na, m0, t) < 0:
-            raise ValueError(f"record {rows} points outside the arrays")
-        rows += 1
-    if rows != n_rows:
-        raise ValueError(f"{rows} samples but {n_rows} rows of arrays")
-
-
-def _map(path: str, shape: list) -> np.ndarray:
-    """A read-only memory map of a flat float32 file of ``shape``; a file of the wrong size is refused."""
-    shape = tuple(int(s) for s in shape)
-    expected = int(np.prod(shape)) * 4
-    size = os.path.getsize(path)
-    if size != expected:
-        raise ValueError(f"{os.path.basename(path)} holds {size} bytes, expected {expected}")
-    if expected == 0:
-        return np.zeros(shape, np.float32)
-    return np.memmap(path, dtype=np.float32, mode="r", shape=shape)
-
-
-def _ordered_map(fn, items, workers: int):
-    """``map(fn, items)`` on a thread pool with a bounded number of results waiting (memory stays flat)."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending = collections.deque()
-        for x in items:
-            pending.append(pool.submit(fn, x))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+_READ_FIELDS = ("error", "file", "audio", "frames", "n_shape", "crc", "notes")
 
 
 class SplitStore:
-    """One dataset's split as prepared: ``outcome(ref)``, ``slots(ref)`` and ``read`` for its samples.
+    """One dataset's split as prepared: ``outcome(ref)`` and ``arrays(ref)`` for its samples."""
 
-    Windows are read with ``preadv`` into fresh arrays rather than through a memory map: a map keeps
-    every page it touched (and the pages around them) in the process's resident memory, which would
-    grow with the number of samples read; a read costs only its window."""
-
-    def __init__(self, folder: str, index: dict, records: dict):
+    def __init__(self, folder: str, refs: list[SampleRef], records: list[dict]):
         self.folder = folder
-        self.files = {k: os.path.join(folder, index["files"][k]) for k in ARRAYS}
-        self.shapes = {k: tuple(int(n) for n in index["shapes"][k]) for k in ARRAYS}
-        self._records = records  # (json_path, sample_id) -> record
-        self._open()
-
-    def _open(self):
-        # opened now: a later preparation by another run replaces the files, never these inodes
-        self._fds = {k: os.open(self.files[k], os.O_RDONLY) for k in ARRAYS}
-
-    def __getstate__(self):  # a spawned loader process opens the files itself
-        return {k: v for k, v in self.__dict__.items() if k != "_fds"}
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._open()
-
-    def __del__(self):
-        for fd in getattr(self, "_fds", {}).values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        # what reading needs, without the sources' fingerprints (they would double the memory of a large index)
+        self._records = {(r.json_path, r.sample_id): {k: rec[k] for k in _READ_FIELDS if k in rec}
+                         for r, rec in zip(refs, records)}
 
     def outcome(self, ref: SampleRef):
         """What validating the sample found: dict(n_frames, notes) or the DataError it raised."""
         rec = self._records[(ref.json_path, ref.sample_id)]
         if "error" in rec:
             return DataError(rec["error"])
-        return {"n_frames": rec["frames"][1], "notes": rec["notes"]}
+        return {"n_frames": rec["frames"], "notes": rec["notes"]}
 
-    def slots(self, ref: SampleRef) -> tuple[int, int, int]:
-        """(row, first audio sample, first motion frame) of a good sample; its length is outcome's."""
+    def arrays(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A good sample's audio (N,), motion (T, 51), shape (FLAME.n_shape,), detail (128,), float32, checked
+        against its CRC-32 and for finite values. A sample file that fails is removed (the next run prepares
+        it again) and is one DataError naming it."""
         rec = self._records[(ref.json_path, ref.sample_id)]
-        return rec["row"], rec["audio"][0], rec["frames"][0]
-
-    def read(self, name: str, first: int, rows: int) -> np.ndarray:
-        """Rows ``first`` .. ``first + rows`` of array ``name`` -> (rows, ...) float32, e.g. audio (N,),
-        motion (T, 51), shape (1, S), detail (1, 128)."""
-        tail = self.shapes[name][1:]
-        out = np.empty((rows, *tail), np.float32)
-        got = os.preadv(self._fds[name], [out], first * int(np.prod(tail, dtype=np.int64)) * 4)
-        if got != out.nbytes:
-            raise DataError(f"prepared-data store {self.files[name]} is shorter than its index says (changed while "
-                            f"this run used it?); run again, or delete {self.folder} to prepare it afresh")
-        return out
+        path = os.path.join(self.folder, SAMPLES, rec["file"])
+        expected = rec["audio"] + rec["frames"] * MOTION_DIM + rec["n_shape"] + DETAIL_DIM
+        flat = np.empty(expected + 1, np.float32)  # one more: a longer file shows as a wrong count
+        try:
+            with open(path, "rb") as f:
+                got = f.readinto(flat)
+        except OSError as e:
+            raise DataError(f"prepared-data store {self.folder}: sample file {rec['file']} of {ref.where} cannot be "
+                            f"read ({e.strerror or e}; changed by another run?); run again to prepare it afresh") from None
+        flat, n, t = flat[:expected], rec["audio"], rec["frames"]
+        if got != 4 * expected or zlib.crc32(flat) != rec["crc"] or not np.isfinite(flat).all():
+            with contextlib.suppress(OSError):
+                os.remove(path)
+            raise DataError(f"prepared-data store {self.folder}: sample file {rec['file']} of {ref.where} is damaged "
+                            f"(it no longer holds what was prepared); it was removed: run again to prepare it afresh")
+        m = n + t * MOTION_DIM
+        return flat[:n], flat[n:m].reshape(t, MOTION_DIM), flat[m:m + rec["n_shape"]], flat[m + rec["n_shape"]:]
 
 
 def prepare(cfg, name: str, split: str, refs: list[SampleRef], root: str, log: logging.Logger | None = None,
             progress: bool = True) -> SplitStore:
     """The store of dataset ``name``'s ``split`` holding ``refs``, decoding (threads, with a progress bar)
-    only the samples that are new or whose files changed, under the store's lock."""
+    only the samples that are new or whose files changed. A store that needs no decoding is used without
+    its lock (written only to note new stat signatures, where it can be); otherwise it is updated under
+    the lock."""
     log = log or _log
     folder = store_dir(cfg, root, name, split)
-    framing = framing_from_config(cfg)
+    data_root, n_shape = str(cfg.DATA.data_root), int(cfg.FLAME.n_shape)
+    digests = {}
+    old = _read_index(folder, n_shape, None)  # a damaged index is reported under the lock
+    kept, seen = plan(refs, old, data_root, digests)
+    if old is not None and all(k is not None for k in kept):
+        if kept == old or not os.access(folder, os.W_OK):
+            return SplitStore(folder, refs, kept)
     with _locked(folder, log):
-        old = _read_index(folder, log)
-        now = time.time()
-        keyed = [sample_key(r, now) for r in refs]
-        old_recs = {rec["key"]: rec for rec in old["records"] if not rec.get("racy")} if old else {}
-        todo = [r for r, (k, _) in zip(refs, keyed) if k not in old_recs]
-        same_rows = old is not None and [k for k, _ in keyed] == [rec["key"] for rec in old["records"]] \
-            and all(racy == bool(rec.get("racy")) for (_, racy), rec in zip(keyed, old["records"]))
-        index = old
-        if not same_rows or todo:
-            if todo:
-                log.info("preparing %d of %d %s/%s sample(s) into %s", len(todo), len(refs), name, split, folder)
-            try:
-                index = _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, f"{split}/{name}")
-            except OSError as e:  # a full disk, a quota: the old store (if any) is still whole
-                for f in os.listdir(folder):
-                    if f.startswith(".tmp-"):
-                        with contextlib.suppress(OSError):
-                            os.remove(os.path.join(folder, f))
-                raise DataError(f"cannot write the prepared-data store {folder}: {e.strerror or e}; free space there, "
-                                f"set DATA.store_root to another folder, or DATA.store_root=off to read the source "
-                                f"files") from None
-        records = {(r.json_path, r.sample_id): rec for r, rec in zip(refs, index["records"])}
-        return SplitStore(folder, index, records)
+        old = _read_index(folder, n_shape, log)  # again: another run may have prepared it meanwhile
+        kept, seen = plan(refs, old, data_root, digests)
+        todo = [i for i, k in enumerate(kept) if k is None]
+        if todo:
+            log.info("preparing %d of %d %s/%s sample(s) into %s", len(todo), len(refs), name, split, folder)
+        records = _write(folder, refs, kept, seen, digests, cfg, progress, f"{split}/{name}") \
+            if kept != old else kept
+        _remove_other_stores(folder, log)
+    return SplitStore(folder, refs, records)
 
 
-def _write(folder, refs, keyed, old, old_recs, todo, framing, cfg, progress, desc) -> dict:
-    """Write the arrays of ``refs`` in order (decoding ``todo``, copying the rest from ``old``'s maps)
-    under a new generation name, then the index; remove the previous generation's files. Returns the
-    new index (without maps)."""
-    n_shape = int(cfg.FLAME.n_shape)
-    todo_ids = {id(r) for r in todo}
+def _decoder(cfg, refs, seen, todo: set, digests: dict):
+    """decode(i): None for a kept sample, else (the sample's item or DataError, its sources with digests)."""
+    framing = framing_from_config(cfg)
 
-    def decode(ref):
-        if id(ref) not in todo_ids:
+    def decode(i):
+        if i not in todo:
             return None
+        ref, sources = refs[i], [None if s is None else list(s) for s in seen[i]["sources"]]
+        for path, s in zip((ref.audio_path, ref.flame_path, ref.template_path), sources):
+            if s is not None and s[2] is None:  # read before decoding: a later change shows in the signature
+                if s[1] not in digests:
+                    digests[s[1]] = content_digest(path)
+                s[2] = digests[s[1]]
         try:
-            return load_item(ref, framing, cfg.DATA.max_av_diff)
+            return load_item(ref, framing, cfg.DATA.max_av_diff), sources
         except DataError as e:
-            return e
+            return e, sources
+    return decode
 
+
+def _sample_bytes(item: dict, n_shape: int) -> bytes:
+    detail = item["detail"] if item["detail"] is not None else np.zeros(DETAIL_DIM, np.float32)
+    parts = (item["audio"], item["motion"], fit_shape(item["shape"], n_shape), detail)
+    return b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in parts)
+
+
+def _write(folder, refs, kept, seen, digests, cfg, progress, desc) -> list[dict]:
+    """Decode and write the samples ``kept`` has no record for, then the index; remove unused sample files.
+    A full disk keeps the samples written so far and is one DataError naming the bytes still needed."""
+    n_shape = int(cfg.FLAME.n_shape)
+    samples = os.path.join(folder, SAMPLES)
+    todo = {i for i, k in enumerate(kept) if k is None}
+    records = list(kept)
     gen = f"{time.time_ns():x}-{os.getpid()}"
-    files = {k: f"{gen}.{k}.f32" for k in ARRAYS}
-    tmp = {k: os.path.join(folder, f".tmp-{files[k]}") for k in ARRAYS}
-    records, n_audio, n_motion, row = [], 0, 0, 0
-    outs = {}
+    bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"preparing {desc}", leave=False)
     try:
-        for k in ARRAYS:
-            outs[k] = open(tmp[k], "wb")
-        workers = max(1, min(8, os.cpu_count() or 1))
-        bar = tqdm(total=len(todo), disable=not progress or not todo, desc=f"preparing {desc}", leave=False)
-        for ref, (key, racy), item in zip(refs, keyed, _ordered_map(decode, refs, workers)):
-            rec = {"key": key, "racy": racy}
-            if item is None:  # unchanged: copy from the old arrays
-                was = old_recs[key]
-                if "error" in was:
-                    rec["error"] = was["error"]
-                else:
-                    (a0, na), (m0, t), r0 = was["audio"], was["frames"], was["row"]
-                    arrays = (old["arrays"]["audio"][a0:a0 + na], old["arrays"]["motion"][m0:m0 + t],
-                              old["arrays"]["shape"][r0], old["arrays"]["detail"][r0])
-                    rec["notes"] = was["notes"]
+        for i, got in enumerate(ordered_map(_decoder(cfg, refs, seen, todo, digests), range(len(refs)), workers())):
+            if got is None:
+                continue
+            item, sources = got
+            rec = {**seen[i], "sources": sources}
+            if isinstance(item, DataError):
+                rec["error"] = str(item)
             else:
-                bar.update(1)
-                if isinstance(item, DataError):
-                    rec["error"] = str(item)
-                else:
-                    detail = item["detail"] if item["detail"] is not None else np.zeros(DETAIL_DIM, np.float32)
-                    arrays = (item["audio"], item["motion"], fit_shape(item["shape"], n_shape), detail)
-                    rec["notes"] = item["notes"]
-            if "error" not in rec:
-                for k, a in zip(ARRAYS, arrays):
-                    outs[k].write(np.ascontiguousarray(a, dtype=np.float32).tobytes())
-                rec.update(row=row, audio=[n_audio, int(arrays[0].shape[0])], frames=[n_motion, int(arrays[1].shape[0])])
-                row, n_audio, n_motion = row + 1, n_audio + arrays[0].shape[0], n_motion + arrays[1].shape[0]
-            records.append(rec)
-        bar.close()
-        for f in outs.values():
-            f.flush()
-            os.fsync(f.fileno())
+                data = _sample_bytes(item, n_shape)
+                rec.update(file=f"{gen}-{i}.f32", audio=int(item["audio"].shape[0]), frames=int(item["motion"].shape[0]),
+                           n_shape=n_shape, crc=zlib.crc32(data), notes=list(item["notes"]))
+                _write_sample(os.path.join(samples, rec["file"]), data, folder, todo)
+            records[i] = rec
+            todo.discard(i)
+            bar.update(1)
+    except BaseException:
+        with contextlib.suppress(OSError, DataError):  # keep what was prepared; the error says the rest
+            _save_index(folder, records)
+        raise
     finally:
-        for f in outs.values():
-            f.close()
-    shapes = {"audio": [n_audio], "motion": [n_motion, MOTION_DIM], "shape": [row, n_shape],
-              "detail": [row, DETAIL_DIM]}
-    for k in ARRAYS:
-        os.replace(tmp[k], os.path.join(folder, files[k]))
-    index = {"version": STORE_VERSION, "files": files, "shapes": shapes, "records": records}
-    write_json(os.path.join(folder, "index.json"), index, indent=None, durable=True)
-    for f in os.listdir(folder):  # the previous generation, and temporary files of a killed run
-        if f.endswith(".f32") and not f.startswith(gen):
+        bar.close()
+    _save_index(folder, records)
+    return records
+
+
+def _save_index(folder: str, records: list) -> None:
+    """Replace the index by ``records`` (those not None), then remove the sample files it does not name."""
+    done = [r for r in records if r is not None]
+    index = {"version": STORE_VERSION, "records": done, "digest": records_digest(done)}
+    try:
+        write_json(os.path.join(folder, "index.json"), index, indent=None, durable=True)
+    except OSError as e:
+        need = len(json.dumps(index))
+        raise _cant_write(folder, f"{e.strerror or e} writing its index.json ({need} bytes)") from None
+    _remove_unused(os.path.join(folder, SAMPLES), done)
+
+
+def _write_sample(path: str, data: bytes, folder: str, todo: set) -> None:
+    """Write one sample file (temporary name, renamed); a full disk is a DataError naming the bytes this
+    sample needs and, estimated from it, what the samples still to prepare need. Not synced one by one
+    (4-5 ms a file, minutes for a large index): a file a power cut left short is found by its size when
+    the store is opened, one left whole-sized but wrong by its CRC when read, and is prepared again."""
+    tmp = os.path.join(os.path.dirname(path), TMP_PREFIX + os.path.basename(path))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise _cant_write(folder, e.strerror or str(e)) from None
+        free = shutil.disk_usage(folder).free
+        raise DataError(f"not enough free space for the prepared-data store {folder}: this sample needs {len(data)} "
+                        f"bytes and the {len(todo)} sample(s) still to prepare (it included) about {len(data) * len(todo)} bytes "
+                        f"({len(data) * len(todo) / 2**20:.1f} MB), {free} bytes are free there; the samples written so "
+                        f"far are kept. Free space, set DATA.store_root to another folder, or DATA.store_root=off to "
+                        f"read the source files") from None
+
+
+def _remove_unused(samples: str, records: list[dict]) -> None:
+    """Remove the sample files no record names (replaced samples, temporary files of a killed run)."""
+    used = {r["file"] for r in records if "file" in r}
+    for f in os.listdir(samples):
+        if f not in used:
             with contextlib.suppress(OSError):
-                os.remove(os.path.join(folder, f))
-    return index
+                os.remove(os.path.join(samples, f))
+
+
+def _remove_other_stores(folder: str, log: logging.Logger) -> None:
+    """Of the dataset's stores of the same split for other settings, keep the ``KEEP_OTHER_STORES`` most
+    recently used of this layout and remove the rest, older layouts first (one in use by another run,
+    holding its lock, is left alone)."""
+    parent, split = os.path.dirname(folder), os.path.basename(folder).rsplit("-", 1)[0]
+    others = []
+    for d in os.listdir(parent):
+        path = os.path.join(parent, d)
+        if path != folder and d.rsplit("-", 1)[0] == split and os.path.isdir(path):
+            lock = os.path.join(path, "lock")
+            used = os.path.getmtime(lock if os.path.exists(lock) else path)
+            others.append((os.path.isdir(os.path.join(path, SAMPLES)), used, path))
+    for _, _, path in sorted(others, reverse=True)[KEEP_OTHER_STORES:]:
+        try:
+            fd = lock_file(os.path.join(path, "lock"))
+        except (LockHeld, OSError):
+            continue
+        try:
+            shutil.rmtree(path)
+            log.info("removed the prepared-data store %s (other settings, not used lately)", path)
+        except OSError as e:
+            log.warning("could not remove the unused prepared-data store %s: %s", path, e.strerror or e)
+        finally:
+            os.close(fd)
 
 
 def write_report(store: SplitStore, dataset_report: dict) -> None:
-    """Put a dataset's part of the split's validation report beside its store, for people to read."""
-    write_json(os.path.join(store.folder, "report.json"), dataset_report, indent=None, durable=True)
+    """Put a dataset's part of the split's validation report beside its store, for people to read (skipped
+    where the store cannot be written: it is only a copy of what validation logged)."""
+    with contextlib.suppress(OSError):
+        write_json(os.path.join(store.folder, "report.json"), dataset_report, indent=None, durable=True)

@@ -5,7 +5,8 @@
 Every sample of the splits is decoded once (audio to normalised 16 kHz mono, motion to 25 fps, shape
 and detail) into the prepared-data store (dataset/store.py) under ``DATA.store_root`` (default
 ``<DATA.data_root>/.prepared``), validated as training validates, and the validation report is put
-beside it. Only samples that are new or whose files changed (size or mtime) are decoded again.
+beside it. Only samples that are new or whose files changed (dataset/store_records.py: stat signature,
+then content) are decoded again.
 Training does the same by itself when the store is missing or stale; deleting the store loses nothing.
 """
 from __future__ import annotations
@@ -26,15 +27,24 @@ from utils.errors import (
     run_reporting_user_errors,
 )
 
+SPLITS = ("train", "val", "test")
+
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config/faceformer.yaml", help="YAML config")
-    ap.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val", "test"],
+    ap.add_argument("--splits", nargs="+", default=["train", "val"], metavar="{train,val,test}",
                     help="splits to prepare (training reads train and val)")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("overrides", nargs="*", help="SECTION.key=value overrides")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)
+    # --splits takes what follows it: overrides written after it (as train accepts them anywhere) go back
+    args.overrides += [s for s in args.splits if "=" in s]
+    args.splits = [s for s in args.splits if "=" not in s]
+    bad = [s for s in args.splits if s not in SPLITS]
+    if bad or not args.splits:
+        ap.error(f"argument --splits: {bad[0]!r} is not a split (choose from train, val, test)" if bad
+                 else "argument --splits: expected at least one split (train, val, test)")
     cfg = load_config(args.config, args.overrides)
     root = store_root(cfg)
     if root is None:

@@ -35,6 +35,21 @@ def _leaf_dataset(leaf: str, meta: dict | None, cfg) -> str | None:
     return parent if cfg is not None and parent in cfg.DATA.datasets else None
 
 
+MAX_SIZE = 4096  # a frame is size x size RGB kept in memory per frame (twice with --gt); GL's usual texture limit
+
+
+def frame_size(text: str) -> int:
+    """--size: an even number of pixels from 16 to MAX_SIZE (H.264 wants even sides; past that the frames
+    outgrow GL's framebuffers and the memory of a video writer)."""
+    try:
+        size = int(text)
+    except ValueError:
+        size = None
+    if size is None or size % 2 or not 16 <= size <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an even number of pixels from 16 to {MAX_SIZE}")
+    return size
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Render {i}.npy vertex frames (+ wav) to mp4.")
     p.add_argument("--config", default="config/faceformer.yaml", help="config for defaults (paths, FLAME)")
@@ -49,7 +64,7 @@ def main(argv=None):
                                 "(T,V,3) .npy, or for a tree of results a tree with the same layout")
     p.add_argument("--flame", help="FLAME model (or mesh file) for the faces (default FLAME.model_path, "
                                    "or the dataset's flame_model)")
-    p.add_argument("--size", type=int, default=512, help="frame height in pixels (even)")
+    p.add_argument("--size", type=frame_size, default=512, help=f"frame height in pixels (even, 16 to {MAX_SIZE})")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="egl / osmesa: pyrender on that OpenGL platform; cpu: numpy rasteriser, no GL needed; "
                         "auto (default): PYOPENGL_PLATFORM (egl unless set), the other GL platform, then cpu")

@@ -112,6 +112,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.epoch, self.step, self.best_val = 0, 0, math.inf
         self.saved_epoch = None  # epoch held by last.pth, for the how-to-resume line after an interrupt
+        self.validating = False
 
     # ----------------------------------------------------------------- checkpoints
     def state(self) -> dict:
@@ -242,7 +243,9 @@ class Trainer:
             raise Interrupted(signum, self.resume_hint(signum)) from None
 
     def resume_hint(self, signum: int) -> str:
-        where = f"interrupted ({signal.Signals(signum).name}) at epoch {self.epoch + 1} step {self.step}"
+        # validation runs after the epoch counter moved on: it belongs to the epoch just trained
+        doing = f"in the validation of epoch {self.epoch}" if self.validating else f"at epoch {self.epoch + 1}"
+        where = f"interrupted ({signal.Signals(signum).name}) {doing} step {self.step}"
         if self.saved_epoch is None:
             return f"{where}; no epoch was complete, nothing saved: start again with TRAIN.overwrite=true"
         return (f"{where}; last complete epoch ({self.saved_epoch}) saved in "
@@ -265,7 +268,9 @@ class Trainer:
                 if self.writer is not None:
                     self.writer.add_scalar("train/epoch_loss", train_loss, self.epoch)
                 if self.val_loader is not None and (self.epoch % max(1, cfg.val_every) == 0 or last):
+                    self.validating = True
                     val = self.validation_losses()
+                    self.validating = False
                     score = val["val/generated"]
                     msg += " | " + " ".join(f"{k.split('/')[1]} {v:.6g}" for k, v in val.items())
                     if self.writer is not None:

@@ -12,7 +12,7 @@ from models.faceformer import FaceFormer
 from models.wav2vec import AudioEncoder, AudioEncoderLoadError
 from models.wav2vec2_runtime import Wav2Vec2Runtime, rename_weight_norm, unsupported
 from utils.config import Config, config_from_dict
-from utils.errors import InferenceError, UserError
+from utils.errors import CheckpointError, InferenceError, UserError
 from utils.framing import framing_from_config
 
 log = logging.getLogger("inference")
@@ -85,6 +85,9 @@ def runtime_audio_encoder(ckpt: dict, framing, path: str, logger: logging.Logger
     return AudioEncoder(model, sample_rate=framing.sample_rate, fps=framing.fps)
 
 
+FACEFORMER_MODULES = ("audio_encoder", "audio_feature_map", "motion_map", "output_map", "style_map", "layers")
+
+
 def record_encoder_config(path: str, cfg) -> bool:
     """Add ``audio_encoder_config`` to a checkpoint written before it was saved: the model is built once
     as inference builds it (through transformers), and its wav2vec2 config is what later loads use.
@@ -92,6 +95,11 @@ def record_encoder_config(path: str, cfg) -> bool:
     ckpt = load_checkpoint(path)
     if ckpt.get("audio_encoder_config") is not None:
         return False
+    # checked before a model is built: building one may first fetch wav2vec2, whose error would hide this
+    missing = [m for m in FACEFORMER_MODULES if not any(k.startswith(m + ".") for k in ckpt["model"])]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a FaceFormer checkpoint: its weights lack the modules "
+                              f"{', '.join(missing)}")
     saved = ckpt.get("config") or {}
     cfg = config_from_dict(saved) if "DATA" in saved and "MODEL" in saved else cfg  # the run config it was trained with
     model, _ = load_model(path, cfg, torch.device("cpu"))

@@ -176,3 +176,20 @@ def test_detail_code_is_the_files_detailcode_mean_else_zeros(tmp_path):
     assert (detail_from_params(load_flame_params(str(tmp_path / "E/1.npz"))) == 1).all()
     with pytest.raises(DataError, match="detailcode"):
         detail_from_params(load_flame_params(str(tmp_path / "E/2.npz")), "E/2.npz")
+
+
+def test_a_per_frame_vhap_shape_is_averaged_with_a_warning(caplog):
+    import logging
+
+    from dataset.flame_params import shape_from_params
+
+    shape = np.arange(7 * 300, dtype=np.float32).reshape(7, 300)
+    with caplog.at_level(logging.WARNING):
+        got = shape_from_params({"shape": shape}, "vhap", "seq/tracked_flame_params_30.npz")
+    assert np.allclose(got, shape.mean(axis=0))
+    assert ("seq/tracked_flame_params_30.npz: key 'shape' has shape (7, 300); VHAP writes one (S,) shape per "
+            "sequence: its 7 rows are averaged") in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # EMOCA's per-frame shape codes are averaged as documented
+        shape_from_params({"shapecode": shape[:, :100]}, "emoca", "clip.npz")
+    assert caplog.text == ""

@@ -252,6 +252,10 @@ def test_transcript_and_alignment_sources(tmp_path):
     phones, src = PhoneSource("auto").phones(wav, np.zeros(SR, np.float32), None)
     assert src == "a.phones.json" and phones[1][0] == "M"
     assert PhoneSource("none").phones(wav, np.zeros(SR, np.float32), None)[0] is None
+    # a bad alignment file costs its clip the P/B/M check, not the whole report
+    (tmp_path / "a.phones.json").write_text("[[\"m\", 0.3, 0.2]]")
+    phones, src = PhoneSource("auto").phones(wav, np.zeros(SR, np.float32), None)
+    assert phones is None and src.startswith("alignment file unreadable: ") and "ends before it starts" in src
 
 
 def test_pocketsphinx_aligns_a_transcript_and_recognises_phones(tmp_path):

@@ -63,3 +63,23 @@ def test_evaluate_listening_flag_writes_the_ratio(demo_root, tmp_path, capsys):
         rep = json.load(f)
     assert rep["listening"]["listening_ratio"] == pytest.approx(
         rep["listening"]["LVE_other_audio"] / rep["listening"]["LVE_own_audio"])
+
+
+def test_listening_line_says_what_was_heard():
+    from main.evaluation.listening import format_listening
+
+    rep = {"n_clips": 1, "split": "test", "LVE_own_audio": 1.0, "LVE_other_audio": 1.0, "listening_ratio": 1.0,
+           "silent_clips": 1, "other_audio": "reversed"}
+    line = format_listening(rep)
+    assert "its own audio reversed 1" in line and "other clip" not in line
+    assert line.endswith("(the audio is silent: the ratio says nothing about listening)")
+    line = format_listening(dict(rep, n_clips=3, silent_clips=0, other_audio="other clips'"))
+    assert "other clip's audio 1" in line and line.endswith("(about 1.0: the model ignores the audio)")
+
+
+def test_listening_without_a_checkpoint_names_the_key_evaluate_takes(tmp_path):
+    from utils.errors import InferenceError
+
+    cfg = load_config(DEMO_CFG, [f"TRAIN.save_path={tmp_path}", "INFER.device=cpu"])
+    with pytest.raises(InferenceError, match=r"or set INFER.checkpoint=PATH$"):
+        listening_check(cfg)

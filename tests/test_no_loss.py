@@ -25,6 +25,7 @@ import soundfile as sf
 
 from main.results.lock import LOCK_FILE, output_lock
 from main.results.reader import load_frames
+from models.loading import FACEFORMER_MODULES
 from tests.conftest import speech
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -357,10 +358,13 @@ def test_checkpoint_convert_refuses_what_is_not_a_checkpoint_without_writing(tmp
     whole = (tmp_path / "tensor.pth").read_bytes()
     (tmp_path / "torn.pth").write_bytes(whole[:len(whole) // 2])
     torch.save({"weights": torch.zeros(2), "rng": 1}, tmp_path / "foreign.pth")
-    torch.save({"model": {"w": torch.zeros(2)}, "styles": ["a"]}, tmp_path / "unfit.pth")  # not a FaceFormer
+    torch.save({"model": {"w": torch.zeros(2)}, "styles": ["a"]}, tmp_path / "alien.pth")  # not a FaceFormer
+    torch.save({"model": {f"{m}.weight": torch.zeros(2) for m in FACEFORMER_MODULES}, "styles": ["a"]},
+               tmp_path / "unfit.pth")  # a FaceFormer's modules, other shapes
     expect = {"text": "not a torch file: it starts with b'hello, t'", "empty": "the file is empty",
               "tensor": "it holds a Tensor, expected a dict", "torn": "truncated or corrupt",
               "foreign": "not a checkpoint of this project: expected keys 'model' and 'styles'",
+              "alien": "is not a FaceFormer checkpoint: its weights lack the modules audio_encoder",
               "unfit": "weights do not fit the model", "missing": "checkpoint not found"}
     for name, needle in expect.items():
         src, dst = tmp_path / f"{name}.pth", tmp_path / f"out_{name}.pth"
@@ -391,3 +395,4 @@ def test_full_disk_during_training_is_one_clean_message(demo_root, tmp_path):
     assert "Traceback" not in text and "Exception ignored" not in text and "Exception in thread" not in text, text
     assert f"cannot write checkpoint {run}" in text and "No space left on device" in text
     assert text.count("tensorboard events in") == 1  # one warning, then training went on
+

@@ -389,3 +389,12 @@ def test_cli_keeps_existing_videos_unless_told(standin, tmp_path):
     render_main([*args, "--overwrite"])
     assert imageio_ffmpeg.count_frames_and_secs(str(mp4))[0] == 3
     assert sorted(os.listdir(tmp_path)) == ["clip.mp4", "leaf"]  # no temporary video left
+
+
+@pytest.mark.parametrize("size", ["513", "100000", "0", "-2", "big"])
+def test_cli_size_must_be_an_even_frame_size(size, capsys):
+    with pytest.raises(SystemExit) as e:
+        render_main(["--results", "nowhere", "--size", size])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith(f"argument --size: '{size}' is not an even number of pixels from 16 to 4096")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, SequentialSampler
 
 import dataset.index as index_mod
 import dataset.store as store_mod
+import dataset.store_records as store_records
 from dataset.dataset import CropSeeds, FaceDataset, collate, crop_seed
 from dataset.store import store_dir
 from dataset.styles import style_classes
@@ -49,6 +50,15 @@ def counting_decodes(monkeypatch):
         return real(ref, *a, **k)
 
     monkeypatch.setattr(store_mod, "load_item", load_item)
+    return seen
+
+
+def counting_digests(monkeypatch):
+    """A list that gets the path of every source file the store reads to compare its content."""
+    seen = []
+    real = store_records.content_digest
+    for module in (store_mod, store_records):  # comparing, and preparing
+        monkeypatch.setattr(module, "content_digest", lambda path: seen.append(path) or real(path))
     return seen
 
 
@@ -153,20 +163,19 @@ def test_changed_and_added_files_are_prepared_again(tmp_path, monkeypatch):
     assert_same_items(FaceDataset(cfg, "train", STYLES, progress=False), ds)
 
 
-def test_a_file_changed_just_now_is_not_trusted(tmp_path, monkeypatch):
-    # a rewrite within the filesystem's timestamp granularity keeps size and mtime: such a file is decoded
-    # again at every start-up until it is older than the store's margin
-    cfg = setup(tmp_path, max_frames=0)
-    write_sample(str(tmp_path / "data"), "A/0", 40, seed=5)
+def test_a_file_changed_just_now_is_compared_by_content(tmp_path, monkeypatch):
+    # a rewrite within the filesystem's timestamp granularity keeps the stat signature: a file whose times
+    # were that recent is compared by content at the next start-up (not decoded), then trusted
+    cfg = setup(tmp_path, max_frames=0)  # every file's ctime is now
     FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
-    decoded = counting_decodes(monkeypatch)
+    decoded, digests = counting_decodes(monkeypatch), counting_digests(monkeypatch)
     FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
-    assert decoded == ["A0"]
-    age(tmp_path / "data", 100, ["A/0.wav", "A/0.npz"])
+    assert decoded == [] and len(digests) == 10  # 5 samples' wav and npz
+    monkeypatch.setattr(store_records, "RACY_SECONDS", 0.0)  # as if time had passed
     FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
-    assert decoded == ["A0", "A0"]  # once more, now that it is old enough to be trusted from then on
+    digests.clear()
     FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
-    assert decoded == ["A0", "A0"]
+    assert decoded == [] and digests == []
 
 
 def test_bad_samples_are_recorded_not_decoded_again(tmp_path, monkeypatch):
@@ -196,33 +205,45 @@ def test_deleted_or_damaged_store_is_prepared_again(tmp_path, monkeypatch, caplo
     assert_same_items(raw, FaceDataset(cfg, "train", STYLES, progress=False, prepared=True))
     assert len(decoded) == 5
 
-    def damage_audio():
-        audio = next(f for f in os.listdir(folder) if f.endswith(".audio.f32"))
-        with open(os.path.join(folder, audio), "r+b") as f:
+    def sample_file(i):
+        index = json.loads(open(os.path.join(folder, "index.json")).read())
+        return os.path.join(folder, "samples", index["records"][i]["file"])
+
+    def damage_sample():
+        with open(sample_file(1), "r+b") as f:
             f.truncate(1000)
 
     def damage_index():
         with open(os.path.join(folder, "index.json"), "w") as f:
-            f.write('{"version": 1, "files": ')
+            f.write('{"version": 2, "records": ')
 
     def damage_record():
         index = json.loads(open(os.path.join(folder, "index.json")).read())
-        index["records"][1]["frames"][1] = 10 ** 9
+        del index["records"][1]["frames"]
         write_json(os.path.join(folder, "index.json"), index)
 
-    for damage, why in ((damage_audio, "holds 1000 bytes"), (damage_index, "Expecting value"),
-                        (damage_record, "points outside the arrays")):
+    def record_without_a_field():  # a record lacking a field, with the index's checksum made to agree
+        index = json.loads(open(os.path.join(folder, "index.json")).read())
+        del index["records"][1]["frames"]
+        index["digest"] = store_records.records_digest(index["records"])
+        write_json(os.path.join(folder, "index.json"), index)
+
+    for damage, why, redone in ((damage_sample, "holds 1000 bytes", ["A1"]),
+                                (damage_index, "Expecting value", ["A0", "A1", "A2"]),
+                                (damage_record, "do not match their checksum", ["A0", "A1", "A2"]),
+                                (record_without_a_field, "record 1: 'audio' and 'frames' are not positive counts",
+                                 ["A1"])):
         damage()
         decoded.clear()
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             ds = FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
-        assert sorted(decoded) == ["A0", "A1", "A2"]  # dataset A's store alone, again
+        assert sorted(decoded) == redone  # dataset A's store alone, what is damaged in it
         assert f"prepared-data store {folder} is damaged" in caplog.text and why in caplog.text
         assert_same_items(raw, ds)
 
 
-def test_a_full_disk_is_one_message_and_leaves_the_old_store(tmp_path, monkeypatch):
+def test_a_full_disk_names_the_bytes_and_keeps_the_store_usable(tmp_path, monkeypatch):
     cfg = setup(tmp_path, max_frames=0)
     FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
     folder = store_dir(cfg, str(tmp_path / "store"), "A", "train")
@@ -237,11 +258,15 @@ def test_a_full_disk_is_one_message_and_leaves_the_old_store(tmp_path, monkeypat
         return real_open(path, mode, *a, **k)
 
     monkeypatch.setattr("builtins.open", full_disk)
-    with pytest.raises(DataError, match=f"cannot write the prepared-data store {folder}: No space left on device"):
+    with pytest.raises(DataError, match=f"not enough free space for the prepared-data store {folder}: this sample "
+                                        f"needs {4 * (20 * 640 + 20 * 51 + 100 + 128)} bytes"):
         FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)
     monkeypatch.undo()
     assert sorted(os.listdir(folder)) == before
+    assert not [f for f in os.listdir(os.path.join(folder, "samples")) if f.startswith(".tmp-")]
+    decoded = counting_decodes(monkeypatch)
     assert FaceDataset(cfg, "train", STYLES, progress=False, prepared=True)[2]["n_frames"] == 20
+    assert decoded == ["A2"]  # the samples prepared before the disk filled were kept
 
 
 def test_one_preparer_at_a_time(tmp_path, caplog):

@@ -359,3 +359,25 @@ def test_decode_blocks_equal_generation_and_write_frames_equal_the_whole_convers
         writer.commit({}, {"n_frames": 23})
     frames = np.stack([np.load(tmp_path / "v" / f"{i}.npy") for i in range(23)])
     assert np.allclose(frames, flame.motion_to_vertices(ref), atol=1e-5)
+
+
+def test_cli_stdin_never_replaces_a_complete_result_on_resume(cli_setup, tmp_path, monkeypatch):
+    import io
+
+    from utils.errors import InferenceError
+
+    root, ckpt, _, pcm = cli_setup
+    out = tmp_path / "live"
+
+    def stream(*flags):
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(pcm.astype("<i2").tobytes())))
+        return run_cli(root, ckpt, "--audio", "-", "--out", str(out), *flags)
+
+    stream()
+    before = np.load(out / "motion.npy")
+    with pytest.raises(InferenceError, match="live stream on stdin cannot be resumed into it .* --overwrite"):
+        stream("--resume")
+    with pytest.raises(InferenceError, match="already holds results; a live stream cannot be made again: rerun "
+                                             "with --overwrite to replace them, or choose another --out$"):
+        stream()
+    assert np.array_equal(np.load(out / "motion.npy"), before)

@@ -163,3 +163,24 @@ def test_validation_conditions_untrained_speakers_on_the_style_inference_gives_t
     chosen.INFER.condition_style = "nobody"
     with pytest.raises(InferenceError, match="INFER.condition_style is 'nobody'"):
         Trainer(chosen, model, ListLoader(), None, flame_of, styles, torch.device("cpu"), LOG)
+
+
+def test_an_interrupt_during_validation_names_the_epoch_validated(demo_root, tmp_path, monkeypatch):
+    import signal
+
+    from utils.errors import Interrupted
+
+    cfg = demo_cfg(demo_root, tmp_path, "TRAIN.epochs=4", "TRAIN.val_every=2")
+    styles = style_classes(cfg)
+    trainer = Trainer(cfg, FaceFormer(cfg.MODEL, len(styles)), ListLoader(), ListLoader([None]), {}, styles,
+                      torch.device("cpu"), LOG)
+    monkeypatch.setattr(trainer, "train_epoch", lambda: 1.0)
+
+    def interrupted():
+        raise Interrupted(signal.SIGINT)
+
+    monkeypatch.setattr(trainer, "validation_losses", interrupted)
+    with pytest.raises(Interrupted) as e:
+        trainer.fit()
+    assert str(e.value).startswith("interrupted (SIGINT) in the validation of epoch 2 step 0; last complete "
+                                   "epoch (1) saved in ")

@@ -236,3 +236,19 @@ def test_inference_from_a_checkpoint_without_transformers(files):
     np.testing.assert_allclose(verts["new"], verts["old"], atol=1e-5)
     np.testing.assert_allclose(np.load(os.path.join(root, "out_new_stream", "motion.npy")),
                                np.load(os.path.join(root, "out_old_stream", "motion.npy")), atol=1e-5)
+
+
+def test_checkpoint_convert_of_a_foreign_dict_without_config_says_so(tmp_path, capsys):
+    import torch
+
+    from main.checkpoint import main as checkpoint_main
+
+    src, dst = tmp_path / "unfit.pth", tmp_path / "out.pth"
+    torch.save({"model": {"w": torch.zeros(2)}, "styles": ["a"]}, src)
+    with pytest.raises(SystemExit) as e:
+        checkpoint_main(["convert", str(src), str(dst)])  # the default config: wav2vec2-base, not on disk
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and len(err.splitlines()) == 1
+    assert err.startswith(f"checkpoint: checkpoint {src} is not a FaceFormer checkpoint: its weights lack the "
+                          f"modules audio_encoder, audio_feature_map")
+    assert not dst.exists()

@@ -22,6 +22,14 @@ import sys
 class UserError(Exception):
     """Base of every error a user can cause or fix; reported as one line, exit status 1."""
 
+    def __init__(self, *args):
+        # A DataLoader worker's error reaches the main process rebuilt from the worker's whole traceback
+        # ("Caught X in DataLoader worker process N.\nOriginal Traceback ...\nmodule.X: message"): keep the line.
+        if len(args) == 1 and isinstance(args[0], str) and args[0].startswith("Caught ") \
+                and "\nOriginal Traceback" in args[0]:
+            args = (args[0].rstrip("\n").rsplit(f"{type(self).__name__}: ", 1)[-1],)
+        super().__init__(*args)
+
 
 class DataError(UserError, ValueError):
     """A bad data file or index entry. The message names the JSON file, sample id and data file."""

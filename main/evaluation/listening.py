@@ -26,6 +26,7 @@ from dataset.styles import style_for
 from main.evaluation.metrics import lve
 from main.infer.decode import generate_motion
 from main.infer.session import resolve_checkpoint
+from main.infer.speech import is_silent
 from models.flame import load_flame
 from models.flame_regions import region_indices
 from models.loading import load_model
@@ -52,7 +53,7 @@ def other_audio(audios: list[np.ndarray], seed: int = 0) -> list[np.ndarray]:
 def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
     """LVE with own and with other audio on INFER.split (default test), on INFER.device -> report dict."""
     dev = pick_device(cfg.INFER.device, log)
-    path = resolve_checkpoint(cfg, checkpoint)
+    path = resolve_checkpoint(cfg, checkpoint, "set INFER.checkpoint=PATH")
     model, styles = load_model(path, cfg, dev, log)
     framing = framing_from_config(cfg)
     lip_idx = np.asarray(region_indices(**flame_region_paths(cfg))[0], dtype=np.int64)
@@ -71,6 +72,10 @@ def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
     if not items:
         raise ValueError(f"no '{split}' samples in the config's datasets: nothing to check")
     own = [it["audio"] for it in items]
+    silent = sum(bool(is_silent(a)) for a in own)
+    if silent:
+        log.warning("%d of the %d '%s' clips are silent: the listening ratio cannot tell whether the model "
+                    "listens to them", silent, len(items), split)
     scores = {}
     for label, audios in (("own_audio", own), ("other_audio", other_audio(own, seed))):
         errs, frames = 0.0, 0
@@ -83,10 +88,18 @@ def listening_check(cfg, checkpoint: str | None = None, seed: int = 0) -> dict:
         scores[label] = errs / frames  # pooled over frames, as the LVE of main/evaluate.py
     return {"checkpoint": path, "split": split, "n_clips": len(items), "seed": seed,
             "LVE_own_audio": scores["own_audio"], "LVE_other_audio": scores["other_audio"],
-            "listening_ratio": scores["other_audio"] / scores["own_audio"]}
+            "listening_ratio": scores["other_audio"] / scores["own_audio"], "silent_clips": silent,
+            "other_audio": "reversed" if len(items) == 1 else "other clips'"}
 
 
 def format_listening(report: dict) -> str:
+    other = "its own audio reversed" if report["other_audio"] == "reversed" else "other clip's audio"
+    if report["silent_clips"] == report["n_clips"]:
+        verdict = "the audio is silent: the ratio says nothing about listening"
+    elif report["silent_clips"]:
+        verdict = f"about 1.0: the model ignores the audio; {report['silent_clips']} silent clip(s) pull it toward 1.0"
+    else:
+        verdict = "about 1.0: the model ignores the audio"
     return (f"listening check ({report['n_clips']} '{report['split']}' clips, model frame rate): "
-            f"LVE own audio {report['LVE_own_audio']:.4g}, other clip's audio {report['LVE_other_audio']:.4g}, "
-            f"ratio {report['listening_ratio']:.3f} (about 1.0: the model ignores the audio)")
+            f"LVE own audio {report['LVE_own_audio']:.4g}, {other} {report['LVE_other_audio']:.4g}, "
+            f"ratio {report['listening_ratio']:.3f} ({verdict})")

@@ -117,7 +117,11 @@ class PhoneSource:
             return self._recognise(audio), "phone recognition"
         path = alignment_path(audio_path)
         if os.path.isfile(path):
-            return read_alignment(path), os.path.basename(path)
+            try:
+                return read_alignment(path), os.path.basename(path)
+            except PhonesError as e:  # one bad file costs its clip the P/B/M check, not the whole report
+                log.warning("%s; the clip is scored without phones", e)
+                return None, f"alignment file unreadable: {e}"
         entry = self.entries.get(((meta or {}).get("dataset"), (meta or {}).get("sample_id")))
         text, src = find_transcript(audio_path, meta, entry)
         if text is None:

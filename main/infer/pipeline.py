@@ -45,6 +45,7 @@ from utils.framing import DEFAULT_FRAMING, framing_from_config, output_fps
 log = logging.getLogger("inference")
 
 SINGLE_HOW = "rerun with --overwrite to replace them, --resume to keep them if complete, or choose another --out"
+LIVE_HOW = "a live stream cannot be made again: rerun with --overwrite to replace them, or choose another --out"
 
 
 @contextlib.contextmanager
@@ -75,10 +76,16 @@ def single_flame(cfg, session, identity, logger: logging.Logger):
     return flame, shape
 
 
-def single_todo(out_dir: str, mode: str, logger: logging.Logger) -> bool:
-    """Whether DIR (single-audio and streaming mode) is to be (re)made; False: --resume finds it complete."""
+def single_todo(out_dir: str, mode: str, logger: logging.Logger, live: bool = False) -> bool:
+    """Whether DIR (single-audio and streaming mode) is to be (re)made; False: --resume finds it complete.
+    ``live`` (stdin): --resume never keeps a complete result in place of the stream (that stream would be
+    lost: it is refused) and makes an incomplete one afresh."""
     vert_dir = os.path.join(out_dir, "vertices")
-    todo = RT.select_todo([(vert_dir, out_dir)], mode, SINGLE_HOW, RT.SINGLE_FILES)[0]
+    todo = RT.select_todo([(vert_dir, out_dir)], mode, LIVE_HOW if live else SINGLE_HOW, RT.SINGLE_FILES)[0]
+    if live and not todo:
+        raise InferenceError(f"--resume: {out_dir} already holds a complete result and the live stream on stdin "
+                             f"cannot be resumed into it (nor made again); rerun with --overwrite to replace it, "
+                             f"or choose another --out")
     # stale temporaries go only once the run goes ahead: a refused run changes nothing
     RT.clean_stale_temps([vert_dir, os.path.join(out_dir, RT.META)], logger)
     if not todo:
@@ -242,7 +249,7 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
     settings = stream_settings(cfg, request)
     out_dir, mode = RT.single_dir(request.audio, request.out), RT.results_mode(request.overwrite, request.resume, cfg)
     with output_lock([out_dir], "wait for it to finish, or choose another --out"):
-        if not single_todo(out_dir, "overwrite" if live and mode == "resume" else mode, logger):
+        if not single_todo(out_dir, mode, logger, live):
             return dict(read_meta(out_dir), out_dir=out_dir)
         audio = None if live else read_speech(request.audio, fr.sample_rate, logger, fr.fps, normalise=False)
         prime = read_speech(request.prime_audio, fr.sample_rate, logger, fr.fps, normalise=False) \

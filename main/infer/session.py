@@ -53,13 +53,15 @@ def open_session(cfg, checkpoint: str | None = None, logger: logging.Logger | No
     return Session(cfg, path, model, list(styles), device)
 
 
-def resolve_checkpoint(cfg, checkpoint: str | None) -> str:
+def resolve_checkpoint(cfg, checkpoint: str | None, pass_it: str = "pass --checkpoint PATH") -> str:
+    """The checkpoint to load: ``checkpoint``, INFER.checkpoint or TRAIN.save_path's best model; ``pass_it``
+    tells the user how the command in use takes another."""
     path = checkpoint or cfg.INFER.checkpoint or os.path.join(cfg.TRAIN.save_path, "best_model.pth")
     if not os.path.isfile(path):
         how = ("--checkpoint" if checkpoint else "INFER.checkpoint" if cfg.INFER.checkpoint
                else "TRAIN.save_path (best_model.pth in it)")
         raise InferenceError(f"checkpoint not found: {path} (from {how}); train first (python train.py "
-                             f"--config ...) or pass --checkpoint PATH")
+                             f"--config ...) or {pass_it}")
     return path
 
 

@@ -11,13 +11,15 @@ store (dataset/store.py), on files shaped like the real ones, written into a tem
   from the store on the first run (the store prepared) and the second (the store in place). Its samples are
   0.4 s clips whose files are hard links to 8 distinct 0.4 s clips of
   the same formats (48 kHz stereo wav, VHAP npz with every key incl. the 48 MB ``tex_extra``): each
-  path is its own sample to the store (keyed by path, size and mtime) and is decoded on the first run;
+  path is its own sample to the store (known by its path; hard links share one stat signature, so
+  each distinct file is hashed once) and is decoded on the first run;
 - memory of a fresh interpreter that builds the index of N samples from the store (second run) and
   then reads ``reads`` random training items, for N = 2,000 and 20,000: RSS after the index, peak RSS
   (VmHWM) while building it, and peak while reading (VmHWM reset through /proc/self/clear_refs), in
   MB above the RSS after imports; what reading adds to the index should not grow with N.
 
-Source files are dated 100 s back, as data on disk is (the store re-reads files changed in the last 2 s).
+Source files are dated 100 s back, as data on disk is, and the run waits until their ctime (which cannot be
+set back) is older than the 2 s within which the store compares a file by content at the next run too.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
+from dataset.store_records import RACY_SECONDS
 from scripts.bench.common import ROOT, speech_like
 from utils.framing import WAV2VEC2_SAMPLE_RATE
 
@@ -93,6 +96,7 @@ def write_data(tmp: str, clips: int) -> dict:
         with open(cfgs[name], "w") as f:
             yaml.safe_dump(cfg, f)
     _age(root)
+    time.sleep(RACY_SECONDS)  # _age set every ctime to now: let them be as old as data on disk is
     return cfgs
 
 
