@@ -21,7 +21,7 @@ LOWER = ("models", "dataset", "utils", "loss")
 TRAINING = ("main.train", "main.train_eval_loop")
 INFERENCE = "main.infer"
 MAX_LINES = 400
-MAX_MAIN_FILES = 10
+MAX_MAIN_FILES = 11
 
 
 def tracked_sources(root: str = REPO) -> list[str]:
@@ -202,7 +202,7 @@ def long_files(house: House) -> list[str]:
 
 
 def test_main_is_doors_and_rooms_never_import_doors(house):
-    assert house.doors() >= {"main.train", "main.inference", "main.render", "main.evaluate"}
+    assert house.doors() >= {"main.train", "main.inference", "main.render", "main.evaluate", "main.export"}
     assert door_problems(house) == []
 
 
