@@ -32,6 +32,8 @@ Sections (each prints a table; all results go to one JSON):
 - loader: (not in the default set) frames/s of the training data loader in one process from the source
           files and from the prepared-data store on MEAD/VHAP-shaped files, start-up of a 20,000-sample
           index on the first and the second run, loader memory vs samples (scripts/bench/loader.py).
+- export: (not in the default set) a 60 s result onto a 52-shape rig (the bounded least-squares fit) and
+          into the browser viewer: seconds, page size, chromium's pass over every frame (scripts/bench/export.py).
 - train_modes: (not in the default set) every TRAIN.mode trained with the demo config on the held-out
           real-speech set (``--mode_data speech``, the default; or ``demo`` or a built folder), same
           epochs, seeds 0 and 1: teacher-forced and generated validation loss, LVE of generated test
@@ -59,6 +61,7 @@ import torch
 from models.faceformer import FaceFormer
 from models.flame import FLAME
 from scripts.bench.common import ROOT, model_config, table
+from scripts.bench.export import bench_export, print_export
 from scripts.bench.loader import bench_loader, print_loader
 from scripts.bench.render import bench_render, print_render
 from scripts.bench.speed import bench_amp, bench_decode, bench_infer, bench_memory, bench_train
@@ -176,13 +179,16 @@ def main(argv=None):
         if "render" in args.only:
             results["render"] = bench_render(tmp, max(args.repeat, 3))
             print_render(results["render"])
+        if "export" in args.only:
+            results["export"] = bench_export(tmp, max(args.repeat, 3))
+            print_export(results["export"])
         if "amp" in args.only and device.type == "cuda":
             r = bench_amp(cfg, flame, device)
             results["amp"] = r
             print(f"\n[amp] CUDA AMP training smoke test: loss {r['first_loss']:.3e} -> {r['last_loss']:.3e} in "
                   f"{r['steps']} steps, ok={r['ok']}, peak GPU memory {r['peak_gpu_mem_gb']:.2f} GB")
     section = f"_{args.only[0]}" if args.only in (["train_modes"], ["stream"], ["startup"], ["render"],
-                                                  ["loader"]) else ""
+                                                  ["loader"], ["export"]) else ""
     out = args.json or os.path.join(ROOT, "docs", f"benchmarks{section}_{device.type}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:

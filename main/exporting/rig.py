@@ -27,8 +27,7 @@ from utils.atomic import write_json
 log = logging.getLogger("export")
 
 # Above this the rig leaves more than a quarter of the motion's energy (1 - 0.5^2) unexplained: the lips
-# visibly miss their shapes. A rig of the motion's own space fits to ~0; a good hand-made ARKit rig
-# typically leaves 0.1-0.3 of speech motion.
+# visibly miss their shapes. A rig of the motion's own space fits to ~0.
 UNEXPLAINED_WARN = 0.5
 
 

@@ -89,6 +89,15 @@ def viewer_sequences(result, cfg) -> list[tuple[str, object, float]]:
     return seqs
 
 
+def viewer_page(data: dict) -> str:
+    """The page's HTML around ``data`` (main/exporting/viewer_data.py ``pack_sequences`` plus audio, title)."""
+    with open(PAGE, encoding="utf-8") as f:
+        page = f.read()
+    # "</" inside the JSON would end its <script> element
+    return page.replace("__VIEWER_TITLE__", html.escape(data["title"])).replace(
+        "__VIEWER_DATA__", json.dumps(data).replace("</", "<\\/"))
+
+
 def export_viewer(result, cfg) -> str:
     """Write ``DIR/viewer.html``; returns its path."""
     seqs = viewer_sequences(result, cfg)
@@ -100,12 +109,7 @@ def export_viewer(result, cfg) -> str:
     else:
         log.warning("viewer: audio %s not found: the page plays without sound", audio)
     data["title"] = f"{result.meta.get('sample_id', '')} {result.meta.get('style_id') or ''}".strip()
-    with open(PAGE, encoding="utf-8") as f:
-        page = f.read()
-    # "</" inside the JSON would end its <script> element
-    page = page.replace("__VIEWER_TITLE__", html.escape(data["title"])).replace(
-        "__VIEWER_DATA__", json.dumps(data).replace("</", "<\\/"))
-    path = result.out("viewer.html")
+    page, path = viewer_page(data), result.out("viewer.html")
 
     def save(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
