@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from main.results.formats import ARRAYS, result_shape
 from main.results.reader import META, is_inside, load_frames, read_meta
 from models.flame import load_flame
 from utils.config import flame_path_for
 from utils.errors import ExportError, ResultsError
-from utils.framing import MOTION_DIM
+from utils.framing import DEFAULT_FPS, MOTION_DIM
 
 IDENTITY_FRAMES = 50  # frames averaged to find the identity at rest (it is the same in every frame)
 
@@ -76,24 +77,24 @@ def load_result(path: str, cfg, flame_path: str | None = None) -> ExportResult:
         raise ExportError(f"{flame_path}: FLAME model of {flame.n_vertices} vertices, but the result {vert_dir} "
                           f"has {vertices.shape[1]}; expected the model the result was made with (--flame)")
     motion, shape = _result_motion(folder, len(vertices))
-    return ExportResult(folder, vert_dir, meta, vertices, float(meta.get("fps") or 25.0), flame.faces,
+    return ExportResult(folder, vert_dir, meta, vertices, float(meta.get("fps") or DEFAULT_FPS), flame.faces,
                         identity_at_rest(flame, vertices, motion, shape), flame_path)
 
 
 def _result_motion(folder: str, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """motion (T,51) and shape (100,) of a result, from its motion.npy and coeffs287.npy."""
+    """motion (T,51) and identity shape (100,) of a result, from the arrays written beside meta.json."""
     arrays = {}
-    for name, width in (("motion", MOTION_DIM), ("coeffs287", 287)):
+    for name, spec in ARRAYS.items():
         p = os.path.join(folder, f"{name}.npy")
         try:
             a = np.load(p, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise ResultsError(f"{p}: unreadable or missing ({e}); expected the ({n_frames},{width}) array "
+            raise ResultsError(f"{p}: unreadable or missing ({e}); expected the ({n_frames},{spec.width}) array "
                                f"inference writes beside meta.json") from None
-        if a.shape != (n_frames, width):
-            raise ResultsError(f"{p}: expected a ({n_frames},{width}) array, got {a.shape}")
+        if a.shape != (n_frames, spec.width):
+            raise ResultsError(f"{p}: expected a ({n_frames},{spec.width}) array, got {a.shape}")
         arrays[name] = a.astype(np.float32)
-    return arrays["motion"], arrays["coeffs287"][0, :100]
+    return arrays["motion"], result_shape(arrays)
 
 
 def identity_at_rest(flame, vertices: np.ndarray, motion: np.ndarray, shape: np.ndarray) -> np.ndarray:

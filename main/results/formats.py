@@ -70,6 +70,12 @@ def sample_arrays(motion: np.ndarray, shape: np.ndarray | None,
     return {name: np.asarray(a.make(motion, shape, detail), dtype=np.float32) for name, a in ARRAYS.items()}
 
 
+def result_shape(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The identity shape a result was made with, as its arrays keep it: the first frame's shape block of the
+    287 layout, (100,) (a result made with more shape dims keeps only these)."""
+    return arrays["coeffs287"][0, :100]
+
+
 def arrays_bytes(n_frames: int) -> int:
     """The bytes of a sample's ``ARRAYS`` files for ``n_frames`` frames."""
     return len(ARRAYS) * NPY_HEADER_BYTES + n_frames * sum(a.width for a in ARRAYS.values()) * 4
