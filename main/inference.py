@@ -34,6 +34,7 @@ if __name__ == "__main__":  # run as a script: make the repo importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from main.exporting.glb import write_glb
+from main.exporting.result import load_result
 from main.infer.jobs import default_log_file
 from main.infer.pipeline import run
 from main.infer.request import STREAM_ONLY, Request
@@ -109,7 +110,7 @@ def cli(argv=None):
                         args.overrides)
     result = run(cfg, request, logger)
     if args.export:  # the result was just made (or found complete): its export is remade with it
-        logger.info("glb: %s", write_glb(result["out_dir"], overwrite=True))
+        logger.info("glb: %s", write_glb(load_result(result["out_dir"], cfg, vertices=False)))
     return result
 
 

@@ -36,8 +36,10 @@ Sections (each prints a table; all results go to one JSON):
 - loader: (not in the default set) frames/s of the training data loader in one process from the source
           files and from the prepared-data store on MEAD/VHAP-shaped files, start-up of a 20,000-sample
           index on the first and the second run, loader memory vs samples (scripts/bench/loader.py).
-- export: (not in the default set) the glb of 60 s of animation: export time in process and from the
-          command line, glb and wav size, Blender's playback of every frame (scripts/bench/export.py).
+- export: (not in the default set) a 60 s result exported by main/export.py: the glb (time in process and
+          from the command line, glb and wav size, Blender's playback of every frame), the fit onto a
+          52-shape rig (bounded least squares), the browser viewer (seconds, page size, chromium's pass over
+          every frame) (scripts/bench/export.py).
 - train_modes: (not in the default set) every TRAIN.mode trained with the demo config on the held-out
           real-speech set (``--mode_data speech``, the default; or ``demo`` or a built folder), same
           epochs, seeds 0 and 1: teacher-forced and generated validation loss, LVE of generated test

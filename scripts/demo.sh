@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The embedded offline demo, end to end on a CPU: set-up, synthetic data, training, inference on the
-# demo test split, metrics of the model next to two baselines (mean motion, linear listener), one mp4 and
-# the same sample as a glb.
+# demo test split, metrics of the model next to two baselines (mean motion, linear listener), one mp4,
+# and that sample exported: a glb, a browser viewer and a test blendshape rig's weights.
 #   bash scripts/demo.sh            (extra arguments are config overrides for training, e.g. TRAIN.epochs=5)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,21 +11,21 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 CONFIG=config/demo.yaml
 RESULTS=results/metrics/demo_run/test
 
-echo "== 1/6 synthetic demo data (demo_data/)"
+echo "== 1/7 synthetic demo data (demo_data/)"
 python scripts/make_demo_data.py --out demo_data --seed 0
 python -m main.check_data --config "$CONFIG" --quiet
 
-echo "== 2/6 training (outputs/demo/)"
+echo "== 2/7 training (outputs/demo/)"
 python train.py --config "$CONFIG" TRAIN.overwrite=true "$@"
 
-echo "== 3/6 inference on the demo test split ($RESULTS/faceformer_demo)"
+echo "== 3/7 inference on the demo test split ($RESULTS/faceformer_demo)"
 python inference.py --config "$CONFIG" --overwrite
 
-echo "== 4/6 baselines: mean motion ($RESULTS/mean_baseline), linear listener ($RESULTS/linear_baseline)"
+echo "== 4/7 baselines: mean motion ($RESULTS/mean_baseline), linear listener ($RESULTS/linear_baseline)"
 python scripts/mean_baseline.py --config "$CONFIG" --overwrite
 python scripts/linear_baseline.py --config "$CONFIG" --overwrite
 
-echo "== 5/6 metrics"
+echo "== 5/7 metrics"
 python main/evaluate.py --config "$CONFIG" INFER.exp_name=mean_baseline
 python main/evaluate.py --config "$CONFIG" INFER.exp_name=linear_baseline
 python main/evaluate.py --config "$CONFIG"
@@ -34,12 +34,15 @@ python scripts/compare_metrics.py "$RESULTS/metrics_faceformer_demo.json" "$RESU
 python scripts/compare_metrics.py "$RESULTS/metrics_faceformer_demo.json" "$RESULTS/metrics_mean_baseline.json" \
   --names faceformer mean_motion --require_better LVE --max_ratio 0.6
 
-echo "== 6/6 render one test sample, and export it as a glb"
+echo "== 6/7 render one test sample"
 SAMPLE=$(ls -d "$RESULTS"/faceformer_demo/MEAD_VHAP/*/ | head -n 1)
 python main/render.py --config "$CONFIG" --results "$SAMPLE" --out results/videos/demo_sample.mp4 --overwrite
-# the sample's meta.json and motion live in the parallel coefficient tree
-SAMPLE_COEFFS="results/coeffs/demo_run/test/${SAMPLE#"$RESULTS"/}"
-python main/export.py --results "$SAMPLE_COEFFS" --overwrite
+
+echo "== 7/7 export the sample: a glb, a browser viewer, a 52-shape test rig's weights (Live Link Face CSV)"
+python scripts/make_rig.py --flame demo_data/FLAME/standin_generic_model.pkl --out results/demo_rig.npz
+python main/export.py --config "$CONFIG" --results "$SAMPLE" --glb --html --rig results/demo_rig.npz --overwrite
+# the exports go beside the sample's meta.json, in the parallel coefficient tree
+EXPORTED="results/coeffs/demo_run/test/${SAMPLE#"$RESULTS"/}"
 
 cat <<EOT
 
@@ -50,5 +53,7 @@ Done.
   metrics:           $RESULTS/metrics_faceformer_demo.json (baselines: metrics_mean_baseline.json,
                      metrics_linear_baseline.json; jaw plots *_jaw_*.png)
   video:             results/videos/demo_sample.mp4
-  glb (+ wav):       ${SAMPLE_COEFFS}animation.glb (open it in Blender or https://gltf-viewer.donmccurdy.com)
+  export:            ${EXPORTED}animation.glb + animation.wav (open it in Blender or https://gltf-viewer.donmccurdy.com),
+                     ${EXPORTED}viewer.html (open it in a browser: ground truth, prediction and mean baseline),
+                     ${EXPORTED}blendshapes.csv (Live Link Face layout) and blendshapes.json
 EOT

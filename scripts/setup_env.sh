@@ -13,7 +13,7 @@ if ! python -c "import torch, sys; v=tuple(int(x) for x in torch.__version__.spl
   echo "[setup] installing torch"
   python -m pip install -q --no-compile "torch==2.13.0" || python -m pip install -q --no-compile "torch>=2.4"
 fi
-if ! python -c "import yaml, transformers, soundfile, h5py, soxr, librosa, tqdm, tensorboardX, trimesh, pyrender, imageio_ffmpeg, matplotlib, scipy, pytest, hypothesis, pocketsphinx, ruff" 2>/dev/null; then
+if ! python -c "import yaml, transformers, soundfile, h5py, soxr, librosa, tqdm, tensorboardX, trimesh, pyrender, imageio_ffmpeg, matplotlib, scipy, pytest, hypothesis, pocketsphinx, ruff, pygltflib" 2>/dev/null; then
   echo "[setup] installing requirements.txt"
   python -m pip install -q --no-compile -r requirements.txt
   # pyrender pins PyOpenGL 3.1.0, which fails with OSMesa on Python 3.11; a newer one works with

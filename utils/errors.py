@@ -54,6 +54,11 @@ class InferenceError(UserError, RuntimeError):
     names the file, key or folder and what was expected."""
 
 
+class ExportError(UserError, ValueError):
+    """A result cannot be exported as asked (main/export.py): a rig or mesh file of the wrong kind or
+    topology, non-finite values, nothing to export; the message names the file and what was expected."""
+
+
 class AudioError(InferenceError):
     """An audio file that cannot be used: missing, empty, corrupt or shorter than one frame."""
 

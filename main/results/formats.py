@@ -5,7 +5,6 @@ that count as a single-audio result (main/results/layout.py ``SINGLE_FILES``) an
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -13,7 +12,6 @@ import numpy as np
 import torch
 
 from dataset.flame_params import resample_motion
-from utils.errors import ResultsError
 from utils.framing import DEFAULT_FPS, MOTION_DIM, N_EXPR
 
 NPY_HEADER_BYTES = 128  # np.save's header for these arrays (format 1.0, padded to 64 bytes)
@@ -65,22 +63,17 @@ ARRAYS = {
 ARRAY_FILES = tuple(f"{name}.npy" for name in ARRAYS)
 
 
-def shape_of_coeffs287(folder: str) -> np.ndarray:
-    """The shape block (100,) of the first frame of ``folder/coeffs287.npy``: the first 100 shape
-    coefficients of the result. A missing or unreadable file -> ResultsError naming it."""
-    path = os.path.join(folder, "coeffs287.npy")
-    try:
-        coeffs = np.load(path, allow_pickle=False)
-        return np.asarray(coeffs[0, :100], np.float32)
-    except (OSError, ValueError, EOFError, IndexError):
-        raise ResultsError(f"{path}: missing or unreadable; expected the result's (T,287) coefficients") from None
-
-
 def sample_arrays(motion: np.ndarray, shape: np.ndarray | None,
                   detail: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """The arrays of a sample, float32, one per ``ARRAYS`` row; the 287's detail block is ``detail`` (128,)
     (the sample's EMOCA detail code) or zeros."""
     return {name: np.asarray(a.make(motion, shape, detail), dtype=np.float32) for name, a in ARRAYS.items()}
+
+
+def result_shape(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    """The identity shape a result was made with, as its arrays keep it: the first frame's shape block of the
+    287 layout, (100,) (a result made with more shape dims keeps only these)."""
+    return arrays["coeffs287"][0, :100]
 
 
 def arrays_bytes(n_frames: int) -> int:

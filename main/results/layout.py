@@ -26,10 +26,14 @@ from main.results.reader import META, frame_files, read_meta
 from utils.errors import InferenceError, ResultsError
 
 TMP_NAME = re.compile(r"^\.tmp-(.+)-(\d+)$")
-# the exported animation of a result and its audio, in the result's folder (main/exporting/glb.py)
+# the exports of a result, in the result's folder (main/export.py): the glb and its audio, a rig's
+# weights, the browser viewer
 GLB_FILE, GLB_AUDIO = "animation.glb", "animation.wav"
+RIG_CSV, RIG_JSON = "blendshapes.csv", "blendshapes.json"
+VIEWER_FILE = "viewer.html"
+EXPORT_FILES = (GLB_FILE, GLB_AUDIO, RIG_CSV, RIG_JSON, VIEWER_FILE)
 # what a single-audio DIR may hold of a result besides meta.json
-SINGLE_FILES = (*ARRAY_FILES, "video.mp4", "stream_stats.json", GLB_FILE, GLB_AUDIO)
+SINGLE_FILES = (*ARRAY_FILES, "video.mp4", "stream_stats.json", *EXPORT_FILES)
 
 log = logging.getLogger("results")
 
