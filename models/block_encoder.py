@@ -154,6 +154,11 @@ def encode_masked(model, x: torch.Tensor, block: int, left: int, lookahead: int 
     return enc.layer_norm(x) if pre_ln else x
 
 
+# frames a BlockCache runs through the transformer in one pass (whole blocks): offline, a long clip goes in
+# passes of this many frames rather than block by block (the weights are read once per pass)
+GROUP_FRAMES = 240
+
+
 class BlockCache:
     """The transformer run block by block over a stream of projected frames, paying for each frame once.
 
@@ -192,25 +197,28 @@ class BlockCache:
         if n % self.block and not final or self.n_out + n + (0 if final else self.lookahead) > self.n_in:
             raise ValueError(f"BlockCache.pop({n}): frames {self.n_out}..{self.n_out + n} need whole blocks and "
                              f"{self.lookahead} frames of lookahead; {self.n_in} frames pushed")
-        outs = [self._block(min(self.block, self.n_out + n - a)) for a in range(self.n_out, self.n_out + n, self.block)]
+        step = max(self.block, GROUP_FRAMES // self.block * self.block)  # many blocks per pass: fewer, larger products
+        outs = [self._frames(min(step, self.n_out + n - a)) for a in range(self.n_out, self.n_out + n, step)]
         return torch.cat(outs, 1) if outs else self.inputs[:, :0]
 
     def _append_kv(self, i: int, k, v):
         self.kv[i] = (k, v) if self.kv[i] is None else (torch.cat([self.kv[i][0], k], 2), torch.cat([self.kv[i][1], v], 2))
 
-    def _block(self, b: int) -> torch.Tensor:
-        """The next b frames (a block, or the last frames) through every layer -> (1,b,H)."""
-        start, end = self.n_out, self.n_out + b
-        h, self.inputs = self.inputs[:, :b], self.inputs[:, b:]
+    def _frames(self, n: int) -> torch.Tensor:
+        """The next n frames (whole blocks, or the last frames) through every layer -> (1,n,H)."""
+        start, end = self.n_out, self.n_out + n
+        h, self.inputs = self.inputs[:, :n], self.inputs[:, n:]
+        block_start = torch.arange(start, end, device=h.device) // self.block * self.block  # (n,)
         for i, layer in enumerate(self.enc.layers):
             if i:
                 self._append_kv(i, *_keys_values(layer, h, self.pre_ln, self.heads))
-            first = max(0, start - self.left)  # keys [start - L, end (+ the lookahead in the first layer))
+            first = max(0, start - self.left)  # the first key any of these queries attends
             k, v = (t[:, :, first - self.kv_start[i]:] for t in self.kv[i])
-            if i == 0:
-                k, v = k[:, :, :end + self.lookahead - first], v[:, :, :end + self.lookahead - first]
-            h = _layer(layer, h, k, v, None, self.pre_ln, False)
-            keep = max(0, end - self.left)  # what the next block's queries can still attend
+            j = torch.arange(first, first + k.shape[2], device=h.device)
+            reach = block_start + self.block + (self.lookahead if i == 0 else 0)
+            mask = (j[None] >= (block_start - self.left)[:, None]) & (j[None] < reach[:, None])  # block_mask's rule
+            h = _layer(layer, h, k, v, mask[None, None], self.pre_ln, False)
+            keep = max(0, end - self.left)  # what the next queries can still attend
             if keep > self.kv_start[i]:
                 self.kv[i] = tuple(t[:, :, keep - self.kv_start[i]:] for t in self.kv[i])
                 self.kv_start[i] = keep

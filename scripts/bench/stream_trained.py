@@ -155,14 +155,17 @@ def bench_stream_trained(args, tmp: str) -> dict:
     return {"defaults": settings, "quarter_second": QUARTER_SECOND, "trained": rows, "base": base}
 
 
+def _filled(rows: list[dict], cols: list[str]) -> list[dict]:
+    return [{c: row.get(c, "") for c in cols} for row in rows]
+
+
 def print_stream_trained(r):
     print(f"\n[stream_trained] cold streams at the defaults {r['defaults']} vs each model's own offline output "
           f"(deviation = RMS diff / RMS of the motion's spread); today's models also at {r['quarter_second']}; "
           f"CPU of whole processes on 60 s of the held-out speech")
-    print(table(r["trained"], ["checkpoint", "block_frames", "lookahead_frames", "defaults_deviation",
-                               "defaults_algorithmic_latency_s",
-                               "quarter_s_deviation", "offline_cpu_s", "offline_1thread_cpu_s", "stream_cpu_s",
-                               "stream_over_offline_cpu"]))
+    cols = ["checkpoint", "block_frames", "lookahead_frames", "defaults_deviation", "defaults_algorithmic_latency_s",
+            "quarter_s_deviation", "offline_cpu_s", "offline_1thread_cpu_s", "stream_cpu_s", "stream_over_offline_cpu"]
+    print(table(_filled(r["trained"], cols), cols))
     print("\n[stream_trained] wav2vec2-base size (random init), 60 s")
     print(table(r["base"], ["block_frames", "lookahead_frames", "algorithmic_latency_s", "cpu_mean_chunk_ms", "cpu_p95_chunk_ms",
                             "cpu_real_time_factor", "offline_cpu_s", "offline_1thread_cpu_s", "stream_cpu_s",
