@@ -198,7 +198,8 @@ class BlockCache:
             raise ValueError(f"BlockCache.pop({n}): frames {self.n_out}..{self.n_out + n} need whole blocks and "
                              f"{self.lookahead} frames of lookahead; {self.n_in} frames pushed")
         step = max(self.block, GROUP_FRAMES // self.block * self.block)  # many blocks per pass: fewer, larger products
-        outs = [self._frames(min(step, self.n_out + n - a)) for a in range(self.n_out, self.n_out + n, step)]
+        end = self.n_out + n
+        outs = [self._frames(min(step, end - a)) for a in range(self.n_out, end, step)]
         return torch.cat(outs, 1) if outs else self.inputs[:, :0]
 
     def _append_kv(self, i: int, k, v):

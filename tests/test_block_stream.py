@@ -2,6 +2,7 @@
 padded batch, block by block and streamed live, it computes the same numbers."""
 import json
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -69,6 +70,8 @@ def test_one_pass_equals_block_by_block_and_a_padded_batch_equals_clips_alone(mo
     with torch.no_grad():
         whole = enc(a[None], 50)
         assert (whole - enc.encode_blocks(a, 50)).abs().max() < 1e-5
+        with mock.patch("models.block_encoder.GROUP_FRAMES", 12):  # a long clip goes in passes of many blocks
+            assert (whole - enc.encode_blocks(a, 50)).abs().max() < 1e-5
         assert (whole - enc.encode_long(a, 50, 20, 5, chunk_features=33)).abs().max() < 1e-5  # long audio
         batch, mask = torch.zeros(2, 50 * HOP), torch.zeros(2, 50 * HOP, dtype=torch.bool)
         batch[0], batch[1, :35 * HOP], mask[0], mask[1, :35 * HOP] = a, b, True, True
