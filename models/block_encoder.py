@@ -35,22 +35,29 @@ class NormState:
         self.n, self.s1, self.s2 = 0, 0.0, 0.0
 
 
-def causal_normalise(x: torch.Tensor, state: NormState | None = None) -> torch.Tensor:
-    """x (B,N) -> (B,N): sample t normalised with the mean and variance of samples [0, t] of its row.
-    ``state`` (one row only): the sums of the samples before x, updated in place (a stream's chunks)."""
+def _running_normalise(x: torch.Tensor, state: NormState | None, keep: int, eps: float) -> torch.Tensor:
+    """x (..., N) -> float64 (..., N): position t normalised with the mean and variance of positions [0, t]
+    along the last axis, after the sums in ``state`` (one row: a stream's earlier pieces), which then
+    move on by x's first ``keep`` positions."""
     xd = x.double()
-    n0, s1, s2 = (0, 0.0, 0.0) if state is None else (state.n, state.s1, state.s2)
-    c1 = xd.cumsum(-1) + s1
-    c2 = xd.square().cumsum(-1) + s2
+    n0 = 0 if state is None else state.n
+    s1, s2 = ((0.0, 0.0) if state is None else
+              (torch.as_tensor(v, dtype=torch.float64, device=x.device)[..., None] for v in (state.s1, state.s2)))
+    c1, c2 = xd.cumsum(-1) + s1, xd.square().cumsum(-1) + s2
     n = torch.arange(n0 + 1, n0 + 1 + x.shape[-1], device=x.device, dtype=torch.float64)
     mean = c1 / n
     var = (c2 / n - mean.square()).clamp(min=0)
-    if state is not None:
+    if state is not None and keep:
         if x.shape[0] != 1:
             raise ValueError("a stream's normaliser state holds one row")
-        state.n, state.s1, state.s2 = n0 + x.shape[-1], float(c1[0, -1]) if x.shape[-1] else s1, \
-            float(c2[0, -1]) if x.shape[-1] else s2
-    return ((xd - mean) / torch.sqrt(var + CAUSAL_NORM_EPS)).to(x.dtype)
+        state.n, state.s1, state.s2 = n0 + keep, c1[0, ..., keep - 1], c2[0, ..., keep - 1]
+    return (xd - mean) / torch.sqrt(var + eps)
+
+
+def causal_normalise(x: torch.Tensor, state: NormState | None = None) -> torch.Tensor:
+    """x (B,N) -> (B,N): sample t normalised with the mean and variance of samples [0, t] of its row.
+    ``state`` (one row only): the sums of the samples before x, updated in place (a stream's chunks)."""
+    return _running_normalise(x, state, x.shape[-1], CAUSAL_NORM_EPS).to(x.dtype)
 
 
 def causal_group_norm(y: torch.Tensor, norm, state: NormState | None = None, keep: int | None = None):
@@ -58,26 +65,21 @@ def causal_group_norm(y: torch.Tensor, norm, state: NormState | None = None, kee
     (B,C,P), position t normalised with its channel's mean and variance over positions [0, t], then
     ``norm``'s affine map. ``state`` (one row): the sums of the positions before y, updated to include
     y's first ``keep`` positions (where the next piece starts: pieces may overlap)."""
-    yd = y.double()
-    n0, s1, s2 = (0, 0.0, 0.0) if state is None else (state.n, state.s1, state.s2)
-    s1, s2 = (torch.as_tensor(v, dtype=torch.float64, device=y.device) for v in (s1, s2))
-    c1 = yd.cumsum(-1) + (s1[:, None] if s1.dim() else s1)
-    c2 = yd.square().cumsum(-1) + (s2[:, None] if s2.dim() else s2)
-    n = torch.arange(n0 + 1, n0 + 1 + y.shape[-1], device=y.device, dtype=torch.float64)
-    mean = c1 / n
-    var = (c2 / n - mean.square()).clamp(min=0)
-    if state is not None and keep:
-        state.n, state.s1, state.s2 = n0 + keep, c1[0, :, keep - 1], c2[0, :, keep - 1]
-    out = ((yd - mean) / torch.sqrt(var + norm.eps)).to(y.dtype)
+    out = _running_normalise(y, state, keep or 0, norm.eps).to(y.dtype)
     return out * norm.weight[:, None] + norm.bias[:, None]
 
 
+def attends(queries: torch.Tensor, keys: torch.Tensor, block: int, left: int, lookahead: int = 0) -> torch.Tensor:
+    """(Q,K) bool, True where query frame i may attend key frame j (absolute frame indices (Q,), (K,)):
+    j in [cB - L, (c+1)B + A), c = i // B."""
+    start = queries // block * block
+    return (keys[None] >= (start - left)[:, None]) & (keys[None] < (start + block + lookahead)[:, None])
+
+
 def block_mask(T: int, block: int, left: int, lookahead: int = 0, device=None) -> torch.Tensor:
-    """(T,T) bool, True where query frame i may attend key frame j: j in [cB - L, (c+1)B + A), c = i // B."""
+    """(T,T) bool: ``attends`` over the frames of one clip."""
     i = torch.arange(T, device=device)
-    start = (i // block) * block
-    j = i[None]
-    return (j >= (start - left)[:, None]) & (j < (start + block + lookahead)[:, None])
+    return attends(i, i, block, left, lookahead)
 
 
 def causal_pos_conv(encoder, x: torch.Tensor, past: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,15 +211,14 @@ class BlockCache:
         """The next n frames (whole blocks, or the last frames) through every layer -> (1,n,H)."""
         start, end = self.n_out, self.n_out + n
         h, self.inputs = self.inputs[:, :n], self.inputs[:, n:]
-        block_start = torch.arange(start, end, device=h.device) // self.block * self.block  # (n,)
+        queries = torch.arange(start, end, device=h.device)
         for i, layer in enumerate(self.enc.layers):
             if i:
                 self._append_kv(i, *_keys_values(layer, h, self.pre_ln, self.heads))
             first = max(0, start - self.left)  # the first key any of these queries attends
             k, v = (t[:, :, first - self.kv_start[i]:] for t in self.kv[i])
-            j = torch.arange(first, first + k.shape[2], device=h.device)
-            reach = block_start + self.block + (self.lookahead if i == 0 else 0)
-            mask = (j[None] >= (block_start - self.left)[:, None]) & (j[None] < reach[:, None])  # block_mask's rule
+            mask = attends(queries, torch.arange(first, first + k.shape[2], device=h.device), self.block, self.left,
+                           self.lookahead if i == 0 else 0)
             h = _layer(layer, h, k, v, mask[None, None], self.pre_ln, False)
             keep = max(0, end - self.left)  # what the next queries can still attend
             if keep > self.kv_start[i]:
