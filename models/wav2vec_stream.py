@@ -166,7 +166,7 @@ class StreamingEncoder:
         if self.cnn_feats is not None and keep_feat > self.cnn_start:
             self.cnn_feats = self.cnn_feats[:, keep_feat - self.cnn_start:]
             self.cnn_start = keep_feat
-        if self.left is not None and self.proj is not None:
+        if (self.left is not None or self.blocks is not None) and self.proj is not None:
             keep = max(0, n_emitted - self.left) if self.blocks is None else self.n_pushed
             if keep > self.proj_start:
                 self.proj = self.proj[keep - self.proj_start:]
@@ -202,16 +202,14 @@ class StreamingEncoder:
         a, b = self.n_feat * enc.stride, (F - 1) * enc.stride + enc.receptive_field
         if self.norm is not None:  # block-causal: the same computation as offline
             new = enc.cnn_causal(self._cnn_input(a, b), self.gn_state, F - self.n_feat)[0]
-            self.cnn_feats = new if self.cnn_feats is None else torch.cat([self.cnn_feats, new], 1)
-            self.n_feat = F
-            return
-        stats = eps = None
-        if self.group_norm:  # layer 0's GroupNorm with the running statistics of all audio so far
-            stats = self.conv0_stats.mean_var(self.layer0.conv)
-            # offline, eps is added to the variance of normalised audio's conv outputs: in raw units
-            # that is eps times the audio's variance
-            eps = self.layer0.layer_norm.eps * (self.audio_stats.mean_var()[1] + AUDIO_NORM_EPS)
-        new = enc.cnn_chunk(self._cnn_input(a, b), stats, eps)[0]      # (C, F - n_feat)
+        else:
+            stats = eps = None
+            if self.group_norm:  # layer 0's GroupNorm with the running statistics of all audio so far
+                stats = self.conv0_stats.mean_var(self.layer0.conv)
+                # offline, eps is added to the variance of normalised audio's conv outputs: in raw units
+                # that is eps times the audio's variance
+                eps = self.layer0.layer_norm.eps * (self.audio_stats.mean_var()[1] + AUDIO_NORM_EPS)
+            new = enc.cnn_chunk(self._cnn_input(a, b), stats, eps)[0]  # (C, F - n_feat)
         self.cnn_feats = new if self.cnn_feats is None else torch.cat([self.cnn_feats, new], 1)
         self.n_feat = F
 

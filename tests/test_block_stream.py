@@ -168,3 +168,15 @@ def test_a_checkpoint_streams_equal_to_its_offline_run_through_the_cli(tmp_path)
     assert stats["algorithmic_latency_s"] == pytest.approx(0.205)  # 2 frames + 3 of lookahead + 5 ms
     assert stats["chunk_ms"] == pytest.approx(80) and stats["lookahead_ms"] == pytest.approx(125)
     assert sum(c["frames"] for c in stats["chunks"]) == 45
+
+
+def test_stream_memory_is_bounded_whatever_the_left_context_flag(model):
+    """The block cache keeps what its queries attend; the projected frames it was given are dropped, also
+    with --left_context_ms -1 (which a block-causal encoder ignores)."""
+    s = Streamer(model, style=1, left_context_ms=None)
+    x = speech(60, seed=7)
+    for i in range(0, len(x), 3000):
+        s.push(x[i:i + 3000])
+    assert s.audio.proj.shape[0] <= 2 * model.audio_encoder.block + model.audio_encoder.lookahead
+    assert all(k.shape[2] <= model.audio_encoder.left + model.audio_encoder.lookahead + model.audio_encoder.block
+               for k, _ in s.audio.blocks.kv)
