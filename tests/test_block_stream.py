@@ -180,3 +180,12 @@ def test_stream_memory_is_bounded_whatever_the_left_context_flag(model):
     assert s.audio.proj.shape[0] <= 2 * model.audio_encoder.block + model.audio_encoder.lookahead
     assert all(k.shape[2] <= model.audio_encoder.left + model.audio_encoder.lookahead + model.audio_encoder.block
                for k, _ in s.audio.blocks.kv)
+
+
+def test_the_command_line_streams_in_one_thread_and_gives_the_threads_back():
+    from main.infer.pipeline import one_cpu_thread
+
+    before = torch.get_num_threads()
+    with one_cpu_thread(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -318,12 +318,15 @@ def test_cli_prime_audio_primes_the_streamer(cli_setup, tmp_path):
     """--prime_audio FILE = Streamer.prime with that file's samples; --warmup_ms reaches the Streamer."""
     import json
 
+    from main.infer.pipeline import one_cpu_thread
+
     root, ckpt, wav, pcm = cli_setup
     run_cli(root, ckpt, "--audio", wav, "--stream", "--prime_audio", wav, "--warmup_ms", "800",
             "--out", str(tmp_path / "p"))
     s = Streamer(tiny_model(), style=1, chunk_ms=200, lookahead_ms=300, left_context_ms=1000, warmup_ms=800)
     s.prime(pcm)
-    ref = np.concatenate([s.push(pcm[i:i + s.chunk]) for i in range(0, len(pcm), s.chunk)] + [s.flush()])
+    with one_cpu_thread(torch.device("cpu")):  # as the command line streams
+        ref = np.concatenate([s.push(pcm[i:i + s.chunk]) for i in range(0, len(pcm), s.chunk)] + [s.flush()])
     assert np.allclose(np.load(tmp_path / "p" / "motion.npy"), ref, atol=1e-6)
     stats = json.loads((tmp_path / "p" / "stream_stats.json").read_text())
     assert stats["primed_s"] == pytest.approx(1.6) and stats["warmup_ms"] == 800

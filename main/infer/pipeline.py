@@ -58,6 +58,20 @@ def interrupts_say(what):
         raise Interrupted(signum, f"interrupted ({signal.Signals(signum).name}) {what()}") from None
 
 
+@contextlib.contextmanager
+def one_cpu_thread(device):
+    """On a CPU, torch's intra-op threads set to one while the block runs, as they were after: a stream's
+    chunk is a few small operations, and threads would spend more time waiting for each other than
+    computing (docs/BENCHMARKS.md, "Trained for streaming")."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def single_meta(session, audio: str, style: str, fps: float, n_frames: int, flame, shape, identity) -> dict:
     """meta.json of a single-audio or streamed result: no dataset, the audio's stem as sample id."""
     return RT.build_meta(RT.audio_stem(audio), None, style, None, None if audio == "-" else audio, fps, n_frames,
@@ -256,10 +270,6 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
             if request.prime_audio else None
         identity = read_identity(request.identity) if request.identity else None
         session = open_session(cfg, request.checkpoint, logger)
-        if session.device.type == "cpu":
-            # a chunk's work is a few small operations: threads would spend more time waiting for each other
-            # than computing (docs/BENCHMARKS.md, "Trained for streaming")
-            torch.set_num_threads(1)
         style = choose_style(cfg, session.styles, request.style, logger)
         flame, shape = single_flame(cfg, session, identity, logger)
         # a file's length is known: its frames must fit (a live stream's is not: a full disk is reported then)
@@ -275,7 +285,7 @@ def run_stream(cfg, request: Request, logger: logging.Logger | None = None) -> d
                     settings["attention_window"], streamer.latency_s)
         chunk = streamer.chunk
         pieces = pcm_chunks_from_stdin(chunk) if live else (audio[i:i + chunk] for i in range(0, len(audio), chunk))
-        with FrameWriter(os.path.join(out_dir, "vertices"), out_dir) as writer:
+        with one_cpu_thread(session.device), FrameWriter(os.path.join(out_dir, "vertices"), out_dir) as writer:
             motion, chunks, n_in, stopped = _stream_frames(streamer, pieces, (flame, shape), writer, out, live, logger)
             if writer.n == 0:
                 if stopped is not None:
