@@ -39,6 +39,7 @@ import torch
 from models.block_encoder import BlockCache, NormState, causal_normalise
 from models.conv0_moments import Conv0Moments
 from models.wav2vec import AudioEncoder
+from utils.errors import ConfigError
 from utils.framing import AUDIO_NORM_EPS
 
 
@@ -102,8 +103,9 @@ class StreamingEncoder:
     def prime(self, x: np.ndarray):
         """Seed the running statistics with audio recorded beforehand; it is not encoded."""
         if self.norm is not None:
-            raise ValueError("this model was trained for streaming (MODEL.encoder_block_frames > 0): it starts "
-                             "cold, as in training, and priming would only make it differ from its offline output")
+            raise ConfigError(f"priming (--prime_audio, Streamer.prime): this model was trained for streaming "
+                              f"(MODEL.encoder_block_frames={self.enc.block}); it starts cold, as in training, and "
+                              f"priming would only make it differ from its offline output: leave it out")
         self.audio_stats.add(x)
         if self.group_norm:
             self.conv0_stats.add(torch.from_numpy(x))

@@ -13,6 +13,7 @@ from models.block_encoder import block_mask
 from models.streaming import Streamer
 from tests.conftest import speech, tiny_model
 from utils.config import load_config
+from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOP = 640
@@ -165,6 +166,10 @@ def test_a_checkpoint_streams_equal_to_its_offline_run_through_the_cli(tmp_path)
     ref = np.load(tmp_path / "single" / "motion.npy")
     assert np.abs(np.load(tmp_path / "live" / "motion.npy") - ref).max() < 1e-4
     stats = json.loads((tmp_path / "live" / "stream_stats.json").read_text())
+    with pytest.raises(UserError, match=r"priming \(--prime_audio, Streamer.prime\): this model was trained for "
+                                        r"streaming \(MODEL.encoder_block_frames=2\)"):
+        I.cli([*args, "--stream", "--prime_audio", wav, "--out", str(tmp_path / "primed")])
+    assert set(os.listdir(tmp_path / "primed")) <= {"inference.log"}  # no result: only the run's log
     assert stats["algorithmic_latency_s"] == pytest.approx(0.205)  # 2 frames + 3 of lookahead + 5 ms
     assert stats["chunk_ms"] == pytest.approx(80) and stats["lookahead_ms"] == pytest.approx(125)
     assert sum(c["frames"] for c in stats["chunks"]) == 45
